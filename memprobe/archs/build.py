@@ -1,0 +1,74 @@
+"""Turn an architecture name into a network: registered factories and user ``module:factory``."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from memprobe.archs.registry import ArchSpec
+from memprobe.errors import InvalidInputError, ModelError
+
+
+def _load_factory(path: str) -> Callable[..., object]:
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # an import can fail in any way; report it as one line
+        raise InvalidInputError(
+            f"cannot import {module_name!r} for model {path!r}: {type(error).__name__}: {error}; "
+            "check that the module is on PYTHONPATH"
+        ) from error
+    factory = module
+    for part in attribute.split("."):
+        factory = getattr(factory, part, None)  # type: ignore[assignment]
+        if factory is None:
+            raise InvalidInputError(f"{module_name!r} has no attribute {attribute!r} (from {path!r})")
+    if not callable(factory):
+        raise InvalidInputError(f"{path!r} is not callable: give a function or class returning an nn.Module")
+    return factory  # type: ignore[return-value]
+
+
+def _accepts(factory: Callable[..., object], name: str) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def build_model(
+    spec: ArchSpec,
+    in_channels: int,
+    out_channels: int,
+    *,
+    deep_supervision: bool = False,
+    patch: Sequence[int] | None = None,
+) -> nn.Module:
+    """Build the network described by ``spec``.
+
+    A user factory is called as ``factory(in_channels, out_channels)``, with
+    ``deep_supervision=``/``patch=`` added when its signature accepts them.
+
+    Raises:
+        InvalidInputError: the factory cannot be imported, or does not return an nn.Module.
+        ModelError: the factory itself raised.
+    """
+    factory = _load_factory(spec.factory)
+    kwargs: dict[str, object] = {}
+    if not spec.custom or _accepts(factory, "deep_supervision"):
+        kwargs["deep_supervision"] = deep_supervision
+    if not spec.custom or _accepts(factory, "patch"):
+        kwargs["patch"] = tuple(patch) if patch is not None else None
+    try:
+        model = factory(in_channels, out_channels, **kwargs)
+    except Exception as error:
+        raise ModelError(f"building {spec.name} failed: {type(error).__name__}: {error}") from error
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(
+            f"{spec.factory!r} returned {type(model).__name__}, not a torch.nn.Module: "
+            "the factory must return the network"
+        )
+    return model

@@ -1,0 +1,94 @@
+"""The trace and cpu backends: every storage allocation tracked, no GPU needed.
+
+``trace`` runs the step on fake tensors, so a 128^3 batch of 8 costs seconds and no real
+memory; ``cpu`` executes the same step for real, to check ``trace`` on small sizes.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import time
+from contextlib import ExitStack
+
+import torch
+from torch import nn
+
+from memprobe.archs.build import build_model
+from memprobe.archs.registry import resolve_arch
+from memprobe.backends.tracking import AllocationTracker
+from memprobe.config import StepConfig
+from memprobe.enums import DeviceKind
+from memprobe.environment import software_environment
+from memprobe.errors import ModelError
+from memprobe.measurement import Environment, Measurement
+from memprobe.step import TrainingState, parameter_count, prepare_training, train_step
+
+_CPU = torch.device("cpu")
+
+
+def _run_tracked(config: StepConfig, model: nn.Module, tracker: AllocationTracker) -> tuple[float, int]:
+    """Run a warm-up step, then the measured one; return its seconds and parameter count."""
+    tracker.track_module(model)
+    state: TrainingState = prepare_training(config, model, _CPU)
+    train_step(state)
+    tracker.reset_peak()
+    started = time.perf_counter()
+    train_step(state, tracker.start_phase)
+    return time.perf_counter() - started, parameter_count(model)
+
+
+class _TrackedBackend:
+    kind: DeviceKind
+    fake: bool
+
+    def environment(self) -> Environment:
+        return software_environment(self.kind.value, self.kind.value)
+
+    def measure(self, config: StepConfig) -> Measurement:
+        spec = resolve_arch(config.arch)
+        model = build_model(spec, config.in_channels, config.out_channels,
+                            deep_supervision=config.deep_supervision, patch=config.patch)
+        tracker = AllocationTracker()
+        try:
+            with ExitStack() as stack:
+                if self.fake:
+                    from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
+
+                    fake_mode = FakeTensorMode()
+                    with FakeCopyMode(fake_mode):
+                        model = copy.deepcopy(model)
+                    stack.enter_context(fake_mode)
+                stack.enter_context(tracker)
+                seconds, parameters = _run_tracked(config, model, tracker)
+        except (torch.OutOfMemoryError, MemoryError):
+            return Measurement(config, self.environment(), None, oom=True)
+        except Exception as error:
+            raise ModelError(
+                f"the training step of {config.label()} failed: {type(error).__name__}: {error}"
+            ) from error
+        finally:
+            del model
+            gc.collect()
+        return Measurement(
+            config=config,
+            environment=self.environment(),
+            peak_allocated_bytes=tracker.peak_bytes,
+            phase_peaks_bytes=dict(tracker.phase_peaks_bytes),
+            step_seconds=seconds,
+            parameter_count=parameters,
+        )
+
+
+class TraceBackend(_TrackedBackend):
+    """Fake tensors: the peak a CUDA step would allocate, measured on any machine."""
+
+    kind = DeviceKind.TRACE
+    fake = True
+
+
+class CpuBackend(_TrackedBackend):
+    """Real execution on the CPU, tracked the same way, to check the trace backend."""
+
+    kind = DeviceKind.CPU
+    fake = False

@@ -1,0 +1,59 @@
+"""A calibrated memory formula for one (architecture, device, precision, optimizer, deep supervision)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from memprobe.archs.registry import ArchSpec
+from memprobe.formula import evaluate, predict_parameter_count, term_values
+
+
+@dataclass(frozen=True)
+class FitQuality:
+    """How well the formula matches measurements: on its own points and on held-out ones."""
+
+    points: int
+    median_relative_error: float
+    max_relative_error: float
+    heldout_points: int = 0
+    heldout_median_relative_error: float | None = None
+    heldout_max_relative_error: float | None = None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Fitted coefficients (bytes per unit of each term, per phase) and their quality."""
+
+    arch: str
+    device: str  # "trace", "cpu", or the GPU's name
+    precision: str
+    optimizer: str
+    deep_supervision: bool
+    phase_coefficients: dict[str, dict[str, float]]
+    parameter_model: dict[str, float]
+    quality: FitQuality
+    environment: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+    source: str = "user"  # "user" (a database) or "shipped" (the package's defaults)
+
+    def predict_peak_bytes(self, spec: ArchSpec, patch: Sequence[int], batch: int,
+                           in_channels: int = 1, out_channels: int = 2) -> float:
+        """Predicted peak allocated bytes of a training step."""
+        parameters = predict_parameter_count(self.parameter_model, spec, patch, in_channels, out_channels)
+        terms = term_values(spec, patch, batch, in_channels, out_channels, parameters, self.deep_supervision)
+        return evaluate(self.phase_coefficients, terms)
+
+    @property
+    def key(self) -> tuple[str, str, str, str, bool]:
+        return (self.arch, self.device, self.precision, self.optimizer, self.deep_supervision)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        fields = dict(data)
+        fields["quality"] = FitQuality(**fields["quality"])
+        return cls(**fields)

@@ -1,0 +1,138 @@
+"""What one measured training step is: the architecture, sizes and training modes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from memprobe.archs.registry import ArchSpec, resolve_arch, smallest_patch_size
+from memprobe.enums import OptimizerName, Precision, parse_enum
+from memprobe.errors import InvalidInputError
+
+# A patch larger than this many voxels is refused before anything is built: 1024^3 voxels of
+# float32 are 4 GiB for the input alone, beyond what any training step on one card can hold.
+MAX_PATCH_VOXELS = 1024**3
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """One training-step configuration, the key every measurement is stored under."""
+
+    arch: str
+    patch: tuple[int, int, int]
+    batch: int
+    precision: Precision = Precision.FP32
+    optimizer: OptimizerName = OptimizerName.ADAMW
+    in_channels: int = 1
+    out_channels: int = 2
+    deep_supervision: bool = False
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.patch)
+
+    def with_batch(self, batch: int) -> StepConfig:
+        return _replace(self, batch=batch)
+
+    def with_patch(self, patch: Sequence[int]) -> StepConfig:
+        return _replace(self, patch=tuple(patch))
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["patch"] = list(self.patch)
+        data["precision"] = self.precision.value
+        data["optimizer"] = self.optimizer.value
+        return data
+
+    def label(self) -> str:
+        """Short human-readable form: ``mednext 128x128x128 b2 fp32``."""
+        size = "x".join(map(str, self.patch))
+        extras = [] if self.in_channels == 1 and self.out_channels == 2 else [
+            f"c{self.in_channels}->{self.out_channels}"
+        ]
+        extras += ["ds"] if self.deep_supervision else []
+        return " ".join([self.arch, size, f"b{self.batch}", self.precision.value, *extras])
+
+
+def _replace(config: StepConfig, **changes: object) -> StepConfig:
+    from dataclasses import replace
+
+    return replace(config, **changes)  # type: ignore[arg-type]
+
+
+def _positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidInputError(f"{what} must be a positive whole number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidInputError(f"{what} must be a positive whole number, got {value!r}") from None
+    if not number.is_integer() or number <= 0:
+        raise InvalidInputError(f"{what} must be a positive whole number, got {value!r}")
+    return int(number)
+
+
+def nearest_valid_sizes(size: int, divisor: int) -> tuple[int, int]:
+    """The multiples of ``divisor`` just below (at least one divisor) and above ``size``."""
+    below = max(divisor, (size // divisor) * divisor)
+    above = -(-size // divisor) * divisor
+    return below, above
+
+
+def validate_patch(patch: Sequence[object], spec: ArchSpec) -> tuple[int, int, int]:
+    """Ensure the patch has three positive sizes that the network's downsampling divides."""
+    if len(patch) != 3:
+        raise InvalidInputError(
+            f"a patch has 3 sizes (depth height width), got {len(patch)}: e.g. --patch 128 128 128"
+        )
+    sizes = tuple(_positive_int(size, "each patch size") for size in patch)
+    if math.prod(sizes) > MAX_PATCH_VOXELS:
+        raise InvalidInputError(
+            f"patch {'x'.join(map(str, sizes))} has more than 1024^3 voxels: no single GPU trains "
+            "on it; choose a smaller patch"
+        )
+    for size in sizes:
+        if size % spec.divisor:
+            below, above = nearest_valid_sizes(size, spec.divisor)
+            raise InvalidInputError(
+                f"{spec.name} needs every patch size divisible by {spec.divisor}: {size} is not "
+                f"(nearest valid: {below} or {above})"
+            )
+    smallest = smallest_patch_size(spec)
+    if min(sizes) < smallest:
+        raise InvalidInputError(
+            f"{spec.name} needs every patch size to be at least {smallest} "
+            "(its bottleneck needs more than one voxel)"
+        )
+    return sizes  # type: ignore[return-value]
+
+
+def make_step_config(
+    arch: str,
+    patch: Sequence[object],
+    batch: object,
+    *,
+    precision: str | Precision = Precision.FP32,
+    optimizer: str | OptimizerName = OptimizerName.ADAMW,
+    in_channels: object = 1,
+    out_channels: object = 2,
+    deep_supervision: bool = False,
+) -> StepConfig:
+    """Validate user input into a StepConfig, raising one-line InvalidInputErrors."""
+    spec = resolve_arch(arch)
+    if deep_supervision and not spec.custom and not spec.supports_deep_supervision:
+        raise InvalidInputError(
+            f"{spec.name} has no deep supervision: drop --deep-supervision or choose one of "
+            "mednext*, dynunet"
+        )
+    return StepConfig(
+        arch=spec.name,
+        patch=validate_patch(patch, spec),
+        batch=_positive_int(batch, "batch size"),
+        precision=parse_enum(Precision, str(precision), "precision"),
+        optimizer=parse_enum(OptimizerName, str(optimizer), "optimizer"),
+        in_channels=_positive_int(in_channels, "in_channels"),
+        out_channels=_positive_int(out_channels, "out_channels"),
+        deep_supervision=bool(deep_supervision),
+    )

@@ -1,0 +1,31 @@
+"""The MemprobeError family: every failure a user can act on, with its exit code."""
+
+from __future__ import annotations
+
+
+class MemprobeError(Exception):
+    """A failure that is reported to the user as one line, with an exit code."""
+
+    exit_code = 2
+
+
+class InvalidInputError(MemprobeError, ValueError):
+    """The user asked for something that cannot be done as asked (exit code 2)."""
+
+
+class ModelError(MemprobeError):
+    """The model itself failed: it could not be built or its training step raised (exit code 1)."""
+
+    exit_code = 1
+
+
+class DatabaseError(MemprobeError):
+    """The benchmark database cannot be opened, read or written as asked."""
+
+
+class NoCalibrationError(MemprobeError, LookupError):
+    """No calibration answers the question; the message says what to run."""
+
+
+class DeviceUnavailableError(MemprobeError):
+    """The measuring device asked for is not present on this machine."""

@@ -1,0 +1,72 @@
+"""The analytic memory formula: terms from the architecture and sizes, evaluated without torch.
+
+The seed planner sums per-stage feature maps, deep-supervision heads, parameters, optimizer
+state and a workspace share with hand-picked factors. memprobe keeps those terms but fits
+their factors to measurements, separately for each phase of the step (forward, backward,
+optimizer), because the peak of a step is the largest of its phases' peaks:
+
+    peak = max over phases of  sum_k  coefficient[phase][k] * term_k(config)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from memprobe.archs.registry import ArchSpec
+
+TERMS = ("constant", "parameters", "feature_maps", "input_voxels", "output_voxels", "attention")
+PARAMETER_TERMS = ("constant", "in_channels", "out_channels", "tokens")
+
+
+def stage_voxels(patch: Sequence[int], stages: int) -> list[int]:
+    """Voxels of each resolution stage, halving every dimension per stage."""
+    return [math.prod(max(1, size >> stage) for size in patch) for stage in range(stages)]
+
+
+def attention_tokens(spec: ArchSpec, patch: Sequence[int]) -> float:
+    return math.prod(patch) / spec.attention_token_volume if spec.attention_token_volume else 0.0
+
+
+def predict_parameter_count(model: Mapping[str, float], spec: ArchSpec, patch: Sequence[int],
+                            in_channels: int, out_channels: int) -> float:
+    """Parameters as a linear function of channels and tokens (UNETR's position embedding)."""
+    values = {
+        "constant": 1.0,
+        "in_channels": float(in_channels),
+        "out_channels": float(out_channels),
+        "tokens": attention_tokens(spec, patch),
+    }
+    return sum(model.get(term, 0.0) * values[term] for term in PARAMETER_TERMS)
+
+
+def term_values(spec: ArchSpec, patch: Sequence[int], batch: int, in_channels: int,
+                out_channels: int, parameter_count: float, deep_supervision: bool = False) -> dict[str, float]:
+    """Each formula term for one configuration (bytes-scale quantities, before coefficients).
+
+    feature_maps is the seed's sum over stages of voxels times channel width; output_voxels
+    counts the logits of every output head (deep-supervision heads at their own resolution);
+    attention is the token-count squared times heads of global self-attention.
+    """
+    voxels = math.prod(patch)
+    stages = stage_voxels(patch, len(spec.stage_features)) if spec.stage_features else [voxels]
+    widths = spec.stage_features or (1,)
+    heads = spec.deep_supervision_heads if deep_supervision else 0
+    head_voxels = sum(stages[: heads + 1]) if len(stages) > heads else voxels
+    tokens = attention_tokens(spec, patch)
+    return {
+        "constant": 1.0,
+        "parameters": float(parameter_count),
+        "feature_maps": float(batch * sum(v * w for v, w in zip(stages, widths))),
+        "input_voxels": float(batch * voxels * in_channels),
+        "output_voxels": float(batch * head_voxels * out_channels),
+        "attention": float(batch * spec.attention_heads * tokens * tokens),
+    }
+
+
+def evaluate(coefficients: Mapping[str, Mapping[str, float]], terms: Mapping[str, float]) -> float:
+    """The predicted peak: the largest phase sum."""
+    return max(
+        sum(phase_coefficients.get(term, 0.0) * value for term, value in terms.items())
+        for phase_coefficients in coefficients.values()
+    )

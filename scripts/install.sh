@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create .venv and install memprobe with the right PyTorch build for this machine.
+#
+# Torch choice, in order:
+#   1. a torch the environment already has (a user's CUDA build is kept as it is);
+#   2. an NVIDIA GPU present: the default PyPI build (CUDA);
+#   3. no GPU: the CPU build, from a local wheel if pip can find one, else from PyTorch's CPU index.
+# An unpinned `pip install torch` on a machine without a GPU would pull several GB of CUDA libraries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${MEMPROBE_VENV:-.venv}
+TORCH_CPU_VERSION=${MEMPROBE_TORCH_CPU_VERSION:-2.13.0}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  # System site-packages stay visible so a torch the user already installed is reused.
+  "$PY" -m venv --system-site-packages "$VENV"
+fi
+pip() { "$VENV/bin/python" -m pip "$@"; }
+
+if "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  echo "memprobe install: using the installed torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "memprobe install: NVIDIA GPU found, installing the CUDA build of torch"
+  pip install -q torch
+else
+  echo "memprobe install: no GPU found, installing the CPU build of torch"
+  # A CPU wheel that pip's find-links already hold is preferred (no download); else PyTorch's CPU index.
+  if pip download -q --no-deps --no-index -d "$(mktemp -d)" "torch==$TORCH_CPU_VERSION+cpu" >/dev/null 2>&1; then
+    pip install -q "torch==$TORCH_CPU_VERSION+cpu"
+  else
+    pip install -q "torch==$TORCH_CPU_VERSION" --index-url https://download.pytorch.org/whl/cpu \
+      --extra-index-url https://pypi.org/simple
+  fi
+fi
+pip install -q -e ".[dev]"
