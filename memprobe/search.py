@@ -39,8 +39,9 @@ class SearchResult:
 class _Recorder:
     """Memoise probes so no size is ever measured twice within one search."""
 
-    def __init__(self, probe: Probe) -> None:
+    def __init__(self, probe: Probe, floor: int = 0) -> None:
         self._probe = probe
+        self.floor = floor  # the answer when nothing fits: sizes at or below it are never probed
         self.seen: dict[int, Outcome] = {}
         self.order: list[tuple[int, Outcome]] = []
 
@@ -54,16 +55,17 @@ class _Recorder:
         """Largest known fit (0 if none) and smallest known failure (upper + 1 if none)."""
         fitting = [n for n, o in self.seen.items() if o.fits]
         failing = [n for n, o in self.seen.items() if not o.fits]
-        return max(fitting, default=0), min(failing, default=upper + 1)
+        return max(fitting, default=self.floor), min(failing, default=upper + 1)
 
     def result(self, upper: int) -> SearchResult:
         largest, _ = self.bounds(upper)
+        largest = 0 if largest == self.floor and not self.seen.get(largest, Outcome(False)).fits else largest
         return SearchResult(largest, tuple(self.order), capped=largest >= upper)
 
 
 def doubling_search(probe: Probe, *, start: int = 1, upper: int = 4096) -> SearchResult:
     """Lightning's batch-size scaling: double until a failure, then bisect the gap."""
-    record = _Recorder(probe)
+    record = _Recorder(probe, floor=start - 1)
     n = start
     while n <= upper and record(n).fits:
         if n == upper:
@@ -124,7 +126,7 @@ def guided_search(
     ``predict(n)``, when given (a calibrated formula), supplies the first guess instead of a
     probe at ``start``.
     """
-    record = _Recorder(probe)
+    record = _Recorder(probe, floor=start - 1)
     if predict is not None:
         guess = _largest_predicted(predict, budget_bytes, start, upper)
     else:

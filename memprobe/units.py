@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from memprobe.errors import InvalidInputError
+
 _UNITS = {
     "": 1024**3,  # a bare number is GiB: "24" means a 24 GiB card
     "b": 1,
@@ -29,19 +31,19 @@ def parse_bytes(text: str | int | float) -> int:
     """Parse a memory size; a bare number means GiB.
 
     Raises:
-        ValueError: if the text is not a positive size with a known unit.
+        InvalidInputError: if the text is not a positive size with a known unit.
     """
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         text = repr(text)
     match = _PATTERN.match(str(text))
     if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(
+        raise InvalidInputError(
             f"cannot read memory size {text!r}: write e.g. 24GiB, 24GB, 24000MiB or 24 (GiB)"
         )
     number, unit = float(match.group(1)), match.group(2).lower()
     size = int(number * _UNITS[unit])
     if size <= 0:
-        raise ValueError(f"memory size {text!r} must be greater than zero")
+        raise InvalidInputError(f"memory size {text!r} must be greater than zero")
     return size
 
 

@@ -1,0 +1,189 @@
+"""memprobe as a library: estimates from calibrations (no torch), and measurement on demand."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from memprobe.archs.registry import get_arch
+from memprobe.calibration import Calibration
+from memprobe.config import make_step_config
+from memprobe.planner import BatchPlan, PatchPlan, plan_batch, plan_patch
+from memprobe.sources import Choice, all_calibrations, choose_calibration
+from memprobe.units import parse_bytes
+
+if TYPE_CHECKING:
+    from memprobe.calibrate import CalibrationReport
+    from memprobe.measurement import Environment, Measurement
+
+DEFAULT_TRACE_BUDGET_BYTES = 24 * 2**30
+
+P = TypeVar("P", BatchPlan, PatchPlan)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Predicted peak memory of one training step, and which calibration said so."""
+
+    arch: str
+    patch: tuple[int, int, int]
+    batch: int
+    precision: str
+    peak_allocated_bytes: float
+    calibration: Calibration
+    warning: str | None = None
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_allocated_bytes / 2**30
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+@lru_cache(maxsize=8)
+def _load(db_path: str | None, stamp: tuple[int, int] | None) -> list[Calibration]:
+    return all_calibrations(db_path)
+
+
+def load_calibrations(db: str | Path | None = None) -> list[Calibration]:
+    """User and shipped calibrations, re-read whenever the database file changes."""
+    from memprobe.db import default_db_path
+
+    path = Path(db) if db is not None else default_db_path()
+    return _load(None if db is None else str(db), _file_stamp(path))
+
+
+def resolve_device(device: str | None) -> tuple[str, str | None]:
+    """The calibration device to use and the fallback: an explicit name, else the detected GPU, else trace."""
+    if device is not None:
+        return device, "trace"
+    if os.environ.get("MEMPROBE_NO_GPU_DETECT"):
+        return "trace", None
+    from memprobe.gpu_info import detect_gpu
+
+    gpu = detect_gpu()
+    return (gpu.name, "trace") if gpu else ("trace", None)
+
+
+def _choose(arch: str, precision: str, optimizer: str, deep_supervision: bool, db: str | Path | None,
+            device: str | None) -> Choice:
+    wanted, fallback = resolve_device(device)
+    choice = choose_calibration(load_calibrations(db), arch, precision, optimizer, deep_supervision, wanted, fallback)
+    if choice.warning:
+        warnings.warn(choice.warning, stacklevel=3)
+    return choice
+
+
+def estimate(arch: str, patch: Sequence[int], batch: int, precision: str = "fp32", *, optimizer: str = "adamw",
+             in_channels: int = 1, out_channels: int = 2, deep_supervision: bool = False,
+             db: str | Path | None = None, device: str | None = None) -> Estimate:
+    """Predict the peak allocated memory of a training step from the calibrations.
+
+    Args:
+        arch: a registered architecture, e.g. ``"mednext"``.
+        patch: three patch sizes (depth, height, width).
+        batch: batch size.
+        precision: ``fp32``, ``fp16-mixed`` or ``bf16-mixed``.
+        db: the database to read (default: ``$MEMPROBE_DB`` or the user data directory),
+            after which the calibrations shipped with memprobe are consulted.
+        device: whose calibration to use: ``"trace"`` or a GPU name; default the detected GPU,
+            else trace.
+
+    Returns:
+        An Estimate with ``peak_allocated_bytes``.
+    """
+    config = make_step_config(arch, patch, batch, precision=precision, optimizer=optimizer,
+                              in_channels=in_channels, out_channels=out_channels, deep_supervision=deep_supervision)
+    choice = _choose(config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device)
+    peak = choice.calibration.predict_peak_bytes(get_arch(config.arch), config.patch, config.batch,
+                                                 in_channels, out_channels)
+    return Estimate(config.arch, config.patch, config.batch, config.precision.value, peak, choice.calibration,
+                    choice.warning)
+
+
+def max_batch_size(arch: str, patch: Sequence[int], gpu_mem: str | int | float, precision: str = "fp32", *,
+                   safety: float = 0.9, optimizer: str = "adamw", in_channels: int = 1, out_channels: int = 2,
+                   deep_supervision: bool = False, effective_batch: int | None = None,
+                   db: str | Path | None = None, device: str | None = None) -> BatchPlan:
+    """The largest batch for ``patch`` whose predicted peak fits ``gpu_mem * safety``."""
+    config = make_step_config(arch, patch, 1, precision=precision, optimizer=optimizer, in_channels=in_channels,
+                              out_channels=out_channels, deep_supervision=deep_supervision)
+    choice = _choose(config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device)
+    plan = plan_batch(choice.calibration, get_arch(config.arch), config.patch, parse_bytes(gpu_mem), safety=safety,
+                      in_channels=in_channels, out_channels=out_channels, effective_batch=effective_batch)
+    return _with_warning(plan, choice.warning)
+
+
+def max_patch_size(arch: str, batch: int, gpu_mem: str | int | float, precision: str = "fp32", *,
+                   safety: float = 0.9, spacing: Sequence[float] | None = None,
+                   median_shape: Sequence[int] | None = None, optimizer: str = "adamw", in_channels: int = 1,
+                   out_channels: int = 2, deep_supervision: bool = False, db: str | Path | None = None,
+                   device: str | None = None) -> PatchPlan:
+    """The largest patch for ``batch`` (shaped by ``spacing``, within ``median_shape``) that fits."""
+    spec = get_arch(arch)
+    config = make_step_config(arch, (2 * spec.divisor,) * 3, batch, precision=precision, optimizer=optimizer,
+                              in_channels=in_channels, out_channels=out_channels, deep_supervision=deep_supervision)
+    choice = _choose(config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device)
+    plan = plan_patch(choice.calibration, spec, config.batch, parse_bytes(gpu_mem), safety=safety, spacing=spacing,
+                      median_shape=median_shape, in_channels=in_channels, out_channels=out_channels)
+    return _with_warning(plan, choice.warning)
+
+
+def _with_warning(plan: P, warning: str | None) -> P:
+    if warning is None:
+        return plan
+    from dataclasses import replace
+
+    field = "warnings" if isinstance(plan, BatchPlan) else "reasons"
+    return replace(plan, **{field: (warning, *getattr(plan, field))})
+
+
+def probe(arch: str, patch: Sequence[int], batch: int, precision: str = "fp32", *, device: str | None = None,
+          optimizer: str = "adamw", in_channels: int = 1, out_channels: int = 2, deep_supervision: bool = False,
+          budget: str | int | None = None, isolate: bool = False) -> Measurement:
+    """Run and measure one real training step (imports torch; seconds to minutes).
+
+    ``device`` is ``cuda``, ``trace`` or ``cpu`` (default: cuda if available, else trace).
+    """
+    from memprobe.backends.base import get_backend
+
+    config = make_step_config(arch, patch, batch, precision=precision, optimizer=optimizer,
+                              in_channels=in_channels, out_channels=out_channels, deep_supervision=deep_supervision)
+    budget_bytes = parse_bytes(budget) if budget is not None else None
+    return get_backend(device, budget_bytes=budget_bytes, isolate=isolate).measure(config)
+
+
+def calibrate(arch: str, precision: str = "fp32", *, device: str | None = None, optimizer: str = "adamw",
+              deep_supervision: bool = False, budget: str | int | None = None, db: str | Path | None = None,
+              isolate: bool = False) -> CalibrationReport:
+    """Measure ``arch``, fit its formula and store measurements and calibration in ``db``."""
+    from memprobe.backends.base import get_backend
+    from memprobe.calibrate import calibrate as run_calibration
+    from memprobe.db import Database
+    from memprobe.measuring import MeasurementLog
+
+    spec = get_arch(arch)
+    base = make_step_config(arch, (2 * spec.divisor,) * 3, 1, precision=precision, optimizer=optimizer,
+                            deep_supervision=deep_supervision)
+    backend = get_backend(device, budget_bytes=parse_bytes(budget) if budget is not None else None, isolate=isolate)
+    budget_bytes = default_budget_bytes(backend.environment(), budget)
+    with Database.open(db) as database:
+        return run_calibration(MeasurementLog(backend, database, budget_bytes), base, budget_bytes)
+
+
+def default_budget_bytes(environment: Environment, budget: str | int | None) -> int:
+    """The budget given, else the GPU's memory, else 24 GiB (a common card) for trace and cpu."""
+    if budget is not None:
+        return parse_bytes(budget)
+    return environment.total_memory_bytes or DEFAULT_TRACE_BUDGET_BYTES

@@ -1,0 +1,164 @@
+"""The cuda backend: the real step on a GPU, read from the caching allocator's statistics.
+
+An out-of-memory step is a result, not a crash: its references are dropped, the allocator's
+cache is emptied and the next probe starts from the same state as a fresh process.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any, Protocol
+
+import torch
+
+from memprobe.archs.build import build_model
+from memprobe.archs.registry import resolve_arch
+from memprobe.config import StepConfig
+from memprobe.enums import DeviceKind
+from memprobe.environment import software_environment
+from memprobe.errors import ModelError
+from memprobe.measurement import Environment, Measurement
+from memprobe.step import prepare_training, parameter_count, train_step
+
+
+class CudaRuntime(Protocol):
+    """The slice of ``torch.cuda`` this backend uses; tests inject a fake."""
+
+    def reset_peak_memory_stats(self) -> None: ...
+    def max_memory_allocated(self) -> int: ...
+    def max_memory_reserved(self) -> int: ...
+    def memory_allocated(self) -> int: ...
+    def synchronize(self) -> None: ...
+    def empty_cache(self) -> None: ...
+    def set_per_process_memory_fraction(self, fraction: float) -> None: ...
+    def total_memory_bytes(self) -> int: ...
+    def device_name(self) -> str: ...
+    def versions(self) -> dict[str, Any]: ...
+
+
+class TorchCudaRuntime:
+    """The real ``torch.cuda`` on the current device."""
+
+    def reset_peak_memory_stats(self) -> None:
+        torch.cuda.reset_peak_memory_stats()
+
+    def max_memory_allocated(self) -> int:
+        return torch.cuda.max_memory_allocated()
+
+    def max_memory_reserved(self) -> int:
+        return torch.cuda.max_memory_reserved()
+
+    def memory_allocated(self) -> int:
+        return torch.cuda.memory_allocated()
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize()
+
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
+
+    def set_per_process_memory_fraction(self, fraction: float) -> None:
+        torch.cuda.set_per_process_memory_fraction(fraction)
+
+    def total_memory_bytes(self) -> int:
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+
+    def device_name(self) -> str:
+        return torch.cuda.get_device_name()
+
+    def versions(self) -> dict[str, Any]:
+        from memprobe.gpu_info import nvml_driver_version
+
+        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        return {
+            "driver_version": nvml_driver_version(),
+            "cuda_version": torch.version.cuda,
+            "cudnn_version": str(cudnn) if cudnn else None,
+        }
+
+
+StepRunner = Any  # Callable[[StepConfig, torch.device, PhaseCallback], tuple[float, int]]
+
+
+def run_real_step(config: StepConfig, device: torch.device, on_phase: Any, before_measured: Any) -> tuple[float, int]:
+    """Build the network on ``device`` and run a warm-up step and the measured step."""
+    spec = resolve_arch(config.arch)
+    model = build_model(spec, config.in_channels, config.out_channels,
+                        deep_supervision=config.deep_supervision, patch=config.patch).to(device)
+    state = prepare_training(config, model, device)
+    train_step(state)
+    before_measured()
+    started = time.perf_counter()
+    train_step(state, on_phase)
+    return time.perf_counter() - started, parameter_count(model)
+
+
+class CudaBackend:
+    """Measure on the current CUDA device, optionally capped at ``budget_bytes``."""
+
+    kind = DeviceKind.CUDA
+
+    def __init__(self, budget_bytes: int | None = None, runtime: CudaRuntime | None = None,
+                 step_runner: Any = run_real_step) -> None:
+        self.runtime: CudaRuntime = runtime or TorchCudaRuntime()
+        self.budget_bytes = budget_bytes
+        self._step_runner = step_runner
+        self._environment: Environment | None = None
+
+    def environment(self) -> Environment:
+        if self._environment is None:
+            self._environment = software_environment(
+                "cuda", self.runtime.device_name(),
+                total_memory_bytes=self.runtime.total_memory_bytes(), **self.runtime.versions(),
+            )
+        return self._environment
+
+    def measure(self, config: StepConfig) -> Measurement:
+        runtime = self.runtime
+        phase_allocated: dict[str, int] = {}
+        phase_reserved: dict[str, int] = {}
+        current: list[str | None] = [None]
+
+        def on_phase(name: str | None) -> None:
+            runtime.synchronize()
+            if current[0] is not None:
+                phase_allocated[current[0]] = runtime.max_memory_allocated()
+                phase_reserved[current[0]] = runtime.max_memory_reserved()
+            runtime.reset_peak_memory_stats()
+            current[0] = name
+
+        self._release_cached_memory()
+        if self.budget_bytes is not None:
+            runtime.set_per_process_memory_fraction(min(1.0, self.budget_bytes / runtime.total_memory_bytes()))
+        out_of_memory = False
+        try:
+            seconds, parameters = self._step_runner(config, torch.device("cuda"), on_phase,
+                                                    runtime.reset_peak_memory_stats)
+        except torch.OutOfMemoryError:
+            out_of_memory = True
+        except Exception as error:
+            raise ModelError(f"the training step of {config.label()} failed: {type(error).__name__}: {error}") from error
+        finally:
+            if self.budget_bytes is not None:
+                runtime.set_per_process_memory_fraction(1.0)
+        # Outside the except block, so the OOM traceback (and the tensors its frames hold) is gone.
+        self._release_cached_memory()
+        if out_of_memory:
+            return Measurement(config, self.environment(), None, oom=True, budget_bytes=self.budget_bytes)
+        return Measurement(
+            config=config,
+            environment=self.environment(),
+            peak_allocated_bytes=max(phase_allocated.values(), default=0),
+            peak_reserved_bytes=max(phase_reserved.values(), default=0),
+            phase_peaks_bytes=phase_allocated,
+            step_seconds=seconds,
+            budget_bytes=self.budget_bytes,
+            parameter_count=parameters,
+        )
+
+    def _release_cached_memory(self) -> None:
+        """Drop every reference the last probe left (an OOM traceback holds frames) and free the cache."""
+        gc.collect()
+        self.runtime.synchronize()
+        self.runtime.empty_cache()

@@ -1,0 +1,79 @@
+"""The ``memprobe`` command: parses, calls the library, hands the result to a reporter.
+
+Every MemprobeError becomes one line on stderr and its exit code here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+import click
+
+from memprobe.__version__ import __version__
+from memprobe.commands import COMMANDS
+from memprobe.errors import MemprobeError
+
+INTERRUPTED_EXIT_CODE = 130
+
+
+class _TerminatedError(Exception):
+    """SIGTERM, turned into an exception so the same clean exit as Ctrl-C runs."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _TerminatedError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="memprobe")
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+@click.pass_context
+def cli(context: click.Context, debug: bool) -> None:
+    """Measured GPU-memory planning for 3D segmentation training.
+
+    \b
+    memprobe probe --arch mednext --patch 128 128 128 --batch 2
+    memprobe calibrate --arch mednext
+    memprobe suggest --patch 128 128 128 --gpu-mem 24GiB
+    """
+    context.obj = {"debug": debug}
+
+
+for command in COMMANDS:
+    cli.add_command(command)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"memprobe: error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every error is one line and an exit code (``--debug`` shows tracebacks)."""
+    arguments = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in arguments
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        cli.main(args=arguments, prog_name="memprobe", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.Abort:
+        _fail("aborted", INTERRUPTED_EXIT_CODE)
+    except click.UsageError as error:
+        hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
+        _fail(f"{error.format_message()}{hint}", error.exit_code)
+    except MemprobeError as error:
+        if debug:
+            raise
+        _fail(str(error).splitlines()[0] if str(error) else type(error).__name__, error.exit_code)
+    except (KeyboardInterrupt, _TerminatedError):
+        _fail("interrupted: every measurement taken so far is saved; run the same command to resume",
+              INTERRUPTED_EXIT_CODE)
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""One module per ``memprobe`` command."""
+
+from memprobe.commands.archs import archs
+from memprobe.commands.calibrate import calibrate
+from memprobe.commands.db import db
+from memprobe.commands.plan import plan
+from memprobe.commands.probe import probe
+from memprobe.commands.suggest import suggest
+
+COMMANDS = (archs, probe, calibrate, suggest, plan, db)

@@ -1,0 +1,110 @@
+"""``memprobe calibrate``: measure, fit and store an architecture's memory formula."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from memprobe.commands.options import arch_option, db_option, emit, json_option
+from memprobe.measurement import Measurement
+from memprobe.reporters import Report
+from memprobe.units import format_bytes, parse_bytes
+
+# Design points plus held-out points plus a few search steps: the progress bar's first length.
+_EXPECTED_STEPS = 10 + 4 + 6
+
+
+def _progress_bar(label: str) -> Any:
+    return click.progressbar(length=_EXPECTED_STEPS, label=label, file=click.get_text_stream("stderr"),
+                             show_pos=True, item_show_func=lambda text: text)
+
+
+@click.command()
+@arch_option
+@click.option("--device", default=None, help="cuda, trace or cpu; default cuda if present, else trace.")
+@click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")
+@click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
+@click.option("--deep-supervision", is_flag=True, help="Calibrate with deep-supervision heads.")
+@click.option("--budget", default=None, help="Memory budget for the searches (default: the GPU's memory; 24GiB on trace).")
+@click.option("--isolate", is_flag=True, help="Run every probe in a child process; a crash is recorded and skipped.")
+@db_option
+@json_option
+def calibrate(arch: str, device: str | None, precision: str, optimizer: str, deep_supervision: bool,
+              budget: str | None, isolate: bool, db_path: str | None, as_json: bool) -> None:
+    """Measure an architecture across sizes, fit its memory formula, store both.
+
+    Measures isotropic patches at batch 1 and 2 and two channel variants, fits the formula,
+    checks it on held-out configurations (an anisotropic patch, batch 3, other channels), and
+    searches the largest batch and patch within the budget. Each measurement is committed as
+    it is taken: an interrupted run resumes where it stopped.
+
+    \b
+    memprobe calibrate --arch mednext
+    memprobe calibrate --arch basicunet --device trace --precision bf16-mixed
+    memprobe calibrate --arch mednext --device cuda --budget 24GiB --isolate
+    """
+    from memprobe.api import default_budget_bytes
+    from memprobe.archs.registry import get_arch
+    from memprobe.backends.base import get_backend
+    from memprobe.calibrate import calibrate as run_calibration
+    from memprobe.config import make_step_config
+    from memprobe.db import Database
+    from memprobe.measuring import MeasurementLog
+
+    spec = get_arch(arch)
+    base = make_step_config(arch, (2 * spec.divisor,) * 3, 1, precision=precision, optimizer=optimizer,
+                            deep_supervision=deep_supervision)
+    cap = parse_bytes(budget) if budget is not None else None
+    with Database.open(db_path) as database:
+        backend = get_backend(device, budget_bytes=cap, isolate=isolate)
+        budget_bytes = default_budget_bytes(backend.environment(), budget)
+        with _progress_bar(f"calibrating {spec.name} on {backend.kind.value}") as bar:
+
+            def advance(measurement: Measurement, reused: bool) -> None:
+                bar.length = max(bar.length or 0, bar.pos + 2)
+                bar.update(1, f"{measurement.config.label()}{' (stored)' if reused else ''}")
+
+            log = MeasurementLog(backend, database, budget_bytes, on_measurement=advance)
+            report = run_calibration(log, base, budget_bytes)
+        emit(_report(report, budget_bytes, database.path), as_json)
+
+
+def _report(report: Any, budget_bytes: int, db_path: object) -> Report:
+    calibration = report.calibration
+    quality = calibration.quality
+    measured = [(m, "fit") for m in report.fitted] + [(m, "held out") for m in report.heldout]
+    predict = lambda m: calibration.predict_peak_bytes(  # noqa: E731
+        _spec(calibration.arch), m.config.patch, m.config.batch, m.config.in_channels, m.config.out_channels)
+    points = [
+        {"configuration": m.config.label(), "role": role,
+         "measured": format_bytes(m.peak_allocated_bytes) if m.ok else ("OOM" if m.oom else "failed"),
+         "formula": format_bytes(predict(m)),
+         "error %": round(100 * (predict(m) - m.peak_allocated_bytes) / m.peak_allocated_bytes, 2) if m.ok else "-"}
+        for m, role in measured
+    ]
+    coefficients = [{"phase": phase, **{term: f"{value:.4g}" for term, value in terms.items()}}
+                    for phase, terms in calibration.phase_coefficients.items()]
+    searches = [{"largest": s.kind, "for": s.fixed, "answer": s.answer, "training steps": s.result.steps}
+                for s in report.searches]
+    notes = (
+        f"fit on {quality.points} points: median error {100 * quality.median_relative_error:.2f}%, "
+        f"worst {100 * quality.max_relative_error:.2f}%",
+        f"held out {quality.heldout_points} points: median error "
+        f"{100 * (quality.heldout_median_relative_error or 0):.2f}%, worst {100 * (quality.heldout_max_relative_error or 0):.2f}%",
+        f"searches within {format_bytes(budget_bytes)}; {report.measured} steps measured, {report.reused} reused "
+        f"from {db_path or 'memory'}",
+    )
+    data = {"calibration": calibration.to_dict(), "budget_bytes": budget_bytes,
+            "measurements": [dict(m.to_dict(), role=role) for m, role in measured],
+            "searches": [{"kind": s.kind, "fixed": s.fixed, "answer": s.answer, "steps": s.result.steps,
+                          "probes": [n for n, _ in s.result.probes]} for s in report.searches],
+            "measured": report.measured, "reused": report.reused}
+    return Report(data, (("Measured points", points), ("Coefficients (bytes per unit of each term)", coefficients),
+                         ("Limits found (model-guided search)", searches)), notes)
+
+
+def _spec(arch: str) -> Any:
+    from memprobe.archs.registry import get_arch
+
+    return get_arch(arch)

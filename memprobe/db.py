@@ -1,0 +1,364 @@
+"""The benchmark database: environments, measurements and calibrations in SQLite.
+
+Every measurement is committed the moment it is taken, so an interrupted calibration keeps
+what it measured; WAL mode, a busy timeout and short transactions let several calibrations
+write one file at once. The schema is versioned with ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from memprobe.calibration import Calibration, FitQuality
+from memprobe.config import StepConfig
+from memprobe.enums import OptimizerName, Precision
+from memprobe.errors import DatabaseError
+from memprobe.measurement import Environment, Measurement
+
+T = TypeVar("T")
+ENV_VARIABLE = "MEMPROBE_DB"
+BUSY_TIMEOUT_MS = 60_000
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first schema.
+    """
+    CREATE TABLE environments (
+        id INTEGER PRIMARY KEY,
+        device_kind TEXT NOT NULL,
+        device_name TEXT NOT NULL,
+        total_memory_bytes INTEGER,
+        driver_version TEXT,
+        cuda_version TEXT,
+        cudnn_version TEXT,
+        torch_version TEXT,
+        monai_version TEXT,
+        memprobe_version TEXT,
+        host TEXT,
+        created_at TEXT NOT NULL,
+        fingerprint TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE measurements (
+        id INTEGER PRIMARY KEY,
+        environment_id INTEGER NOT NULL REFERENCES environments(id),
+        arch TEXT NOT NULL,
+        patch_d INTEGER NOT NULL, patch_h INTEGER NOT NULL, patch_w INTEGER NOT NULL,
+        batch INTEGER NOT NULL,
+        precision TEXT NOT NULL,
+        optimizer TEXT NOT NULL,
+        in_channels INTEGER NOT NULL,
+        out_channels INTEGER NOT NULL,
+        deep_supervision INTEGER NOT NULL,
+        budget_bytes INTEGER,
+        peak_allocated_bytes INTEGER,
+        peak_reserved_bytes INTEGER,
+        phase_peaks_json TEXT NOT NULL DEFAULT '{}',
+        breakdown_json TEXT NOT NULL DEFAULT '{}',
+        step_seconds REAL,
+        oom INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        parameter_count INTEGER,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX measurements_by_config ON measurements (
+        environment_id, arch, precision, optimizer, deep_supervision, batch, patch_d, patch_h, patch_w
+    );
+    CREATE TABLE calibrations (
+        id INTEGER PRIMARY KEY,
+        arch TEXT NOT NULL,
+        device TEXT NOT NULL,
+        precision TEXT NOT NULL,
+        optimizer TEXT NOT NULL,
+        deep_supervision INTEGER NOT NULL,
+        environment_id INTEGER REFERENCES environments(id),
+        phase_coefficients_json TEXT NOT NULL,
+        parameter_model_json TEXT NOT NULL,
+        quality_json TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX calibrations_by_key ON calibrations (arch, device, precision, optimizer, deep_supervision);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def default_db_path() -> Path:
+    """``$MEMPROBE_DB``, else ``memprobe.sqlite`` in the user's data directory."""
+    if os.environ.get(ENV_VARIABLE):
+        return Path(os.environ[ENV_VARIABLE]).expanduser()
+    from platformdirs import user_data_path
+
+    return user_data_path("memprobe", appauthor=False) / "memprobe.sqlite"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _retry_when_locked(action: Callable[[], T], attempts: int = 20) -> T:
+    """Run ``action``, retrying with backoff while another writer holds the lock."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+    raise AssertionError("unreachable")
+
+
+class Database:
+    """A memprobe benchmark database file (use :meth:`open`)."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path | None) -> None:
+        self._connection = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path | None = None, *, create: bool = True, readonly: bool = False) -> Database:
+        """Open (and, for writing, create or migrate) the database at ``path``.
+
+        Raises:
+            DatabaseError: the file is not a memprobe database, is from a newer memprobe,
+                is damaged, or cannot be created; the file is left as it was.
+        """
+        target = default_db_path() if path is None else Path(path).expanduser()
+        if str(target) == ":memory:":
+            return cls._prepare(sqlite3.connect(":memory:"), None, readonly=False)
+        if not target.exists():
+            if not create or readonly:
+                raise DatabaseError(f"no database at {target}: run `memprobe calibrate` first or pass --db")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise DatabaseError(f"cannot create a database at {target}: {error.strerror}; pass --db") from None
+        elif target.is_dir():
+            raise DatabaseError(f"{target} is a directory, not a database file: pass --db FILE")
+        else:
+            _refuse_foreign_file(target)
+        try:
+            uri = f"file:{target}?mode=ro" if readonly else f"file:{target}"
+            connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        except sqlite3.Error as error:
+            raise DatabaseError(f"cannot open database {target}: {error}") from None
+        return cls._prepare(connection, target, readonly=readonly)
+
+    @classmethod
+    def _prepare(cls, connection: sqlite3.Connection, path: Path | None, *, readonly: bool) -> Database:
+        where = path or ":memory:"
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise DatabaseError(
+                    f"database {where} has schema version {version}, newer than this memprobe "
+                    f"understands ({SCHEMA_VERSION}): upgrade memprobe or use another --db"
+                )
+            if version and not _has_memprobe_tables(connection):
+                raise DatabaseError(f"{where} is an SQLite database but not memprobe's: pass another --db")
+            if not version and _user_tables(connection):
+                raise DatabaseError(f"{where} is an SQLite database of something else: pass another --db")
+            if version < SCHEMA_VERSION:
+                if readonly:
+                    raise DatabaseError(f"database {where} needs an upgrade: open it once without read-only")
+                _retry_when_locked(lambda: _migrate(connection, version))
+            if path is not None and not readonly:
+                _retry_when_locked(lambda: connection.execute("PRAGMA journal_mode = WAL"))
+        except sqlite3.DatabaseError as error:
+            connection.close()
+            raise DatabaseError(f"{where} is not a readable memprobe database ({error}): pass another --db") from None
+        except DatabaseError:
+            connection.close()
+            raise
+        return cls(connection, path)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A short write transaction, taken with BEGIN IMMEDIATE so writers queue, not deadlock."""
+        try:
+            _retry_when_locked(lambda: self._connection.execute("BEGIN IMMEDIATE"))
+            try:
+                yield self._connection
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            _retry_when_locked(lambda: self._connection.execute("COMMIT"))
+        except sqlite3.OperationalError as error:
+            raise DatabaseError(f"cannot write to database {self.path}: {error}") from None
+
+    # Environments -------------------------------------------------------------------------
+
+    def environment_id(self, environment: Environment) -> int:
+        """The id of ``environment``, inserting it the first time it is seen."""
+        facts = environment.to_dict()
+        fingerprint = json.dumps(facts, sort_keys=True)
+        row = self._connection.execute("SELECT id FROM environments WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        if row:
+            return int(row[0])
+        with self._write() as connection:
+            connection.execute(
+                f"INSERT OR IGNORE INTO environments ({', '.join(facts)}, created_at, fingerprint) "
+                f"VALUES ({', '.join('?' * (len(facts) + 2))})",
+                (*facts.values(), _now(), fingerprint),
+            )
+        return int(self._connection.execute("SELECT id FROM environments WHERE fingerprint = ?", (fingerprint,)).fetchone()[0])
+
+    # Measurements -------------------------------------------------------------------------
+
+    def add_measurement(self, measurement: Measurement) -> int:
+        """Store one measurement, committed at once."""
+        environment_id = self.environment_id(measurement.environment)
+        c = measurement.config
+        with self._write() as connection:
+            cursor = connection.execute(
+                "INSERT INTO measurements (environment_id, arch, patch_d, patch_h, patch_w, batch, precision, "
+                "optimizer, in_channels, out_channels, deep_supervision, budget_bytes, peak_allocated_bytes, "
+                "peak_reserved_bytes, phase_peaks_json, breakdown_json, step_seconds, oom, error, "
+                "parameter_count, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (environment_id, c.arch, *c.patch, c.batch, c.precision.value, c.optimizer.value, c.in_channels,
+                 c.out_channels, int(c.deep_supervision), measurement.budget_bytes, measurement.peak_allocated_bytes,
+                 measurement.peak_reserved_bytes, json.dumps(measurement.phase_peaks_bytes),
+                 json.dumps(measurement.breakdown_bytes), measurement.step_seconds, int(measurement.oom),
+                 measurement.error, measurement.parameter_count, _now()),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def find_measurement(self, config: StepConfig, environment: Environment,
+                         budget_bytes: int | None = None) -> Measurement | None:
+        """A stored measurement of ``config`` on this environment, to reuse instead of re-measuring.
+
+        A successful peak does not depend on the budget; an out-of-memory result does, so it
+        is reused only for the same budget.
+        """
+        environment_id = self.environment_id(environment)
+        rows = self._connection.execute(
+            "SELECT * FROM measurements WHERE environment_id = ? AND arch = ? AND patch_d = ? AND patch_h = ? "
+            "AND patch_w = ? AND batch = ? AND precision = ? AND optimizer = ? AND in_channels = ? "
+            "AND out_channels = ? AND deep_supervision = ? AND error IS NULL ORDER BY id DESC",
+            (environment_id, config.arch, *config.patch, config.batch, config.precision.value,
+             config.optimizer.value, config.in_channels, config.out_channels, int(config.deep_supervision)),
+        ).fetchall()
+        for row in rows:
+            stored = self._measurement_from_row(row, environment)
+            if stored.ok or stored.budget_bytes == budget_bytes:
+                return stored
+        return None
+
+    def measurements(self, arch: str | None = None, device: str | None = None,
+                     precision: str | None = None) -> list[Measurement]:
+        """Stored measurements, oldest first, optionally filtered."""
+        query = ("SELECT m.*, e.* FROM measurements m JOIN environments e ON e.id = m.environment_id "
+                 "WHERE (? IS NULL OR m.arch = ?) AND (? IS NULL OR m.precision = ?) ORDER BY m.id")
+        result = []
+        for row in self._connection.execute(query, (arch, arch, precision, precision)):
+            environment = _environment_from_row(row)
+            if device is not None and environment.calibration_device != device:
+                continue
+            result.append(self._measurement_from_row(row, environment))
+        return result
+
+    @staticmethod
+    def _measurement_from_row(row: sqlite3.Row | tuple[Any, ...], environment: Environment) -> Measurement:
+        (_, _, arch, d, h, w, batch, precision, optimizer, cin, cout, ds, budget, peak, reserved, phases,
+         breakdown, seconds, oom, error, parameters, _) = row[:22]
+        config = StepConfig(arch, (d, h, w), batch, Precision(precision), OptimizerName(optimizer), cin, cout, bool(ds))
+        return Measurement(config, environment, peak, reserved, json.loads(phases), seconds, bool(oom), error,
+                           budget, parameters, json.loads(breakdown))
+
+    # Calibrations -------------------------------------------------------------------------
+
+    def add_calibration(self, calibration: Calibration, environment: Environment | None = None) -> int:
+        environment_id = self.environment_id(environment) if environment else None
+        with self._write() as connection:
+            cursor = connection.execute(
+                "INSERT INTO calibrations (arch, device, precision, optimizer, deep_supervision, environment_id, "
+                "phase_coefficients_json, parameter_model_json, quality_json, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (calibration.arch, calibration.device, calibration.precision, calibration.optimizer,
+                 int(calibration.deep_supervision), environment_id, json.dumps(calibration.phase_coefficients),
+                 json.dumps(calibration.parameter_model), json.dumps(calibration.quality.__dict__),
+                 calibration.created_at or _now()),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def calibrations(self) -> list[Calibration]:
+        """The newest calibration for each key."""
+        rows = self._connection.execute(
+            "SELECT c.arch, c.device, c.precision, c.optimizer, c.deep_supervision, c.phase_coefficients_json, "
+            "c.parameter_model_json, c.quality_json, c.created_at, c.environment_id FROM calibrations c "
+            "WHERE c.id IN (SELECT MAX(id) FROM calibrations GROUP BY arch, device, precision, optimizer, "
+            "deep_supervision) ORDER BY c.arch, c.device, c.precision"
+        ).fetchall()
+        result = []
+        for arch, device, precision, optimizer, ds, coefficients, parameters, quality, created, env_id in rows:
+            environment = self._environment_dict(env_id)
+            result.append(Calibration(arch, device, precision, optimizer, bool(ds), json.loads(coefficients),
+                                      json.loads(parameters), FitQuality(**json.loads(quality)), environment,
+                                      created, source=str(self.path or ":memory:")))
+        return result
+
+    def _environment_dict(self, environment_id: int | None) -> dict[str, Any]:
+        if environment_id is None:
+            return {}
+        row = self._connection.execute("SELECT * FROM environments WHERE id = ?", (environment_id,)).fetchone()
+        return _environment_from_row((None,) * 22 + tuple(row)).to_dict() if row else {}
+
+
+def _environment_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Environment:
+    values = tuple(row)[22:]
+    (_, kind, name, total, driver, cuda, cudnn, torch_version, monai, memprobe_version, host) = values[:11]
+    return Environment(kind, name, total, driver, cuda, cudnn, torch_version, monai, memprobe_version, host)
+
+
+def _user_tables(connection: sqlite3.Connection) -> set[str]:
+    rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {name for (name,) in rows if not name.startswith("sqlite_")}
+
+
+def _has_memprobe_tables(connection: sqlite3.Connection) -> bool:
+    return {"environments", "measurements", "calibrations"} <= _user_tables(connection)
+
+
+def _migrate(connection: sqlite3.Connection, version: int) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        current = connection.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated
+        for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            for statement in script.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {number}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _refuse_foreign_file(path: Path) -> None:
+    """Refuse a non-empty file that is not SQLite before SQLite touches it."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+    except OSError as error:
+        raise DatabaseError(f"cannot read {path}: {error.strerror}") from None
+    if header and header != _SQLITE_HEADER:
+        raise DatabaseError(f"{path} is not an SQLite database: pass another --db or move the file away")

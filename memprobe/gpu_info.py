@@ -1,0 +1,54 @@
+"""Detect the GPU without importing torch (NVML), so planning stays instant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    total_memory_bytes: int
+    compute_capability: tuple[int, int] | None = None
+
+    @property
+    def supports_bf16(self) -> bool:
+        """bf16 tensor cores arrived with Ampere (compute capability 8.0)."""
+        return self.compute_capability is not None and self.compute_capability >= (8, 0)
+
+
+def detect_gpu(index: int = 0) -> GpuInfo | None:
+    """The first GPU's name, memory and capability via NVML; None without a GPU or driver."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            name = pynvml.nvmlDeviceGetName(handle)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total
+            try:
+                capability = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle))
+            except pynvml.NVMLError:
+                capability = None
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        return None
+    return GpuInfo(name.decode() if isinstance(name, bytes) else name, int(memory), capability)  # type: ignore[arg-type]
+
+
+def nvml_driver_version() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML library or no driver: the version is simply unknown
+        return None
+    return version.decode() if isinstance(version, bytes) else str(version)

@@ -1,0 +1,53 @@
+"""Measure configurations through a backend, reusing and recording them in the database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from memprobe.backends.base import Backend
+from memprobe.config import StepConfig
+from memprobe.db import Database
+from memprobe.measurement import Measurement
+from memprobe.search import Outcome
+
+ProgressCallback = Callable[[Measurement, bool], None]
+
+
+def _ignore(measurement: Measurement, reused: bool) -> None:
+    """Default progress callback."""
+
+
+@dataclass
+class MeasurementLog:
+    """Measures through ``backend``; each new measurement is committed to ``db`` at once.
+
+    A configuration already measured on the same environment is taken from the database
+    instead (a re-run resumes where an interrupted one stopped).
+    """
+
+    backend: Backend
+    db: Database | None = None
+    budget_bytes: int | None = None
+    on_measurement: ProgressCallback = _ignore
+    taken: list[Measurement] = field(default_factory=list)
+    reused: int = 0
+
+    def measure(self, config: StepConfig) -> Measurement:
+        environment = self.backend.environment()
+        stored = self.db.find_measurement(config, environment, self.budget_bytes) if self.db else None
+        if stored is not None:
+            self.reused += 1
+            self.on_measurement(stored, True)
+            return stored
+        measurement = self.backend.measure(config)
+        if self.db is not None:
+            self.db.add_measurement(measurement)
+        self.taken.append(measurement)
+        self.on_measurement(measurement, False)
+        return measurement
+
+    def outcome(self, config: StepConfig) -> Outcome:
+        """Measure and judge against the budget: the probe searches use."""
+        measurement = self.measure(config)
+        return Outcome(measurement.fits(self.budget_bytes), measurement.peak_allocated_bytes)

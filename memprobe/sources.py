@@ -1,0 +1,81 @@
+"""Where calibrations come from: the user's database first, then the ones memprobe ships.
+
+Reading them needs neither torch nor numpy, so planning answers in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+
+from memprobe.calibration import Calibration
+from memprobe.db import Database, default_db_path
+from memprobe.errors import NoCalibrationError
+
+SHIPPED_FILE = "calibrations.json"
+
+
+def shipped_calibrations() -> list[Calibration]:
+    """Calibrations packaged with memprobe (made by `make shipped`)."""
+    try:
+        text = resources.files("memprobe.data").joinpath(SHIPPED_FILE).read_text()
+    except FileNotFoundError:
+        return []
+    return [replace(Calibration.from_dict(item), source="shipped") for item in json.loads(text)]
+
+
+def user_calibrations(db_path: str | Path | None = None) -> list[Calibration]:
+    """Calibrations in the user's database; a missing default database holds none.
+
+    Raises:
+        DatabaseError: an explicitly named database does not exist or cannot be read.
+    """
+    if db_path is None and not default_db_path().exists():
+        return []
+    with Database.open(db_path, create=False, readonly=True) as db:
+        return db.calibrations()
+
+
+def all_calibrations(db_path: str | Path | None = None) -> list[Calibration]:
+    """User calibrations, then shipped ones for keys the user has not calibrated."""
+    own = user_calibrations(db_path)
+    keys = {c.key for c in own}
+    return own + [c for c in shipped_calibrations() if c.key not in keys]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The calibration that answers a question, and a warning when it is a stand-in."""
+
+    calibration: Calibration
+    warning: str | None = None
+
+
+def choose_calibration(calibrations: list[Calibration], arch: str, precision: str, optimizer: str,
+                       deep_supervision: bool, device: str | None, fallback_device: str | None = "trace") -> Choice:
+    """Pick the calibration for (arch, device, precision, optimizer, deep supervision).
+
+    ``device`` None means "trace". When the asked-for GPU has no calibration, the
+    ``fallback_device`` one is used with a warning; nothing else is ever substituted.
+    """
+    wanted = device or "trace"
+    matching = [c for c in calibrations if c.arch == arch and c.precision == precision
+                and c.optimizer == optimizer and c.deep_supervision == deep_supervision]
+    exact = [c for c in matching if c.device == wanted]
+    if exact:
+        return Choice(exact[0])
+    stand_in = [c for c in matching if c.device == fallback_device]
+    if stand_in:
+        return Choice(stand_in[0], warning=(
+            f"no calibration of {arch} for {wanted}; using the {fallback_device} calibration, which counts "
+            f"tensors only (no CUDA context or cuDNN workspace): run `memprobe calibrate --arch {arch} "
+            f"--device cuda --precision {precision}` on that GPU"
+        ))
+    flags = " --deep-supervision" if deep_supervision else ""
+    raise NoCalibrationError(
+        f"no calibration of {arch} ({precision}, {optimizer}{', deep supervision' if deep_supervision else ''}) "
+        f"for {wanted}: run `memprobe calibrate --arch {arch} --precision {precision} --optimizer {optimizer}"
+        f"{flags} --device {'cuda' if device not in (None, 'trace', 'cpu') else wanted}`"
+    )
