@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,8 +67,6 @@ def resolve_device(device: str | None) -> tuple[str, str | None]:
     """The calibration device to use and the fallback: an explicit name, else the detected GPU, else trace."""
     if device is not None:
         return device, "trace"
-    if os.environ.get("MEMPROBE_NO_GPU_DETECT"):
-        return "trace", None
     from memprobe.gpu_info import detect_gpu
 
     gpu = detect_gpu()

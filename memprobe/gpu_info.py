@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -18,7 +19,12 @@ class GpuInfo:
 
 
 def detect_gpu(index: int = 0) -> GpuInfo | None:
-    """The first GPU's name, memory and capability via NVML; None without a GPU or driver."""
+    """The first GPU's name, memory and capability via NVML; None without a GPU or driver.
+
+    ``MEMPROBE_NO_GPU_DETECT=1`` hides any GPU (tests, and planning for another machine).
+    """
+    if os.environ.get("MEMPROBE_NO_GPU_DETECT"):
+        return None
     try:
         import pynvml
     except ImportError:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Sequence
 
 from torch import nn
@@ -14,6 +16,8 @@ from memprobe.errors import InvalidInputError, ModelError
 
 def _load_factory(path: str) -> Callable[..., object]:
     module_name, _, attribute = path.partition(":")
+    if os.getcwd() not in sys.path:  # as `python -m` would: a model module beside the user is found
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as error:  # an import can fail in any way; report it as one line

@@ -38,17 +38,39 @@ def _run_tracked(config: StepConfig, model: nn.Module, tracker: AllocationTracke
     return time.perf_counter() - started, parameter_count(model)
 
 
+def _model_key(config: StepConfig) -> tuple[object, ...]:
+    """What a built network depends on: UNETR's parameters depend on the patch too."""
+    return (config.arch, config.in_channels, config.out_channels, config.deep_supervision, config.patch)
+
+
 class _TrackedBackend:
     kind: DeviceKind
     fake: bool
 
+    def __init__(self) -> None:
+        # The last network built, as a template: each probe works on a copy, and building
+        # (with MONAI's weight initialisation) costs more than a fake step for large networks.
+        self._template: tuple[tuple[object, ...], nn.Module] | None = None
+        self._environment: Environment | None = None
+
     def environment(self) -> Environment:
-        return software_environment(self.kind.value, self.kind.value)
+        if self._environment is None:
+            self._environment = software_environment(self.kind.value, self.kind.value)
+        return self._environment
+
+    def _fresh_model(self, config: StepConfig) -> nn.Module:
+        key = _model_key(config)
+        if self._template is None or self._template[0] != key:
+            spec = resolve_arch(config.arch)
+            self._template = None  # release the old network before building the next
+            self._template = (key, build_model(spec, config.in_channels, config.out_channels,
+                                               deep_supervision=config.deep_supervision, patch=config.patch))
+        return self._template[1]
 
     def measure(self, config: StepConfig) -> Measurement:
-        spec = resolve_arch(config.arch)
-        model = build_model(spec, config.in_channels, config.out_channels,
-                            deep_supervision=config.deep_supervision, patch=config.patch)
+        model = self._fresh_model(config)
+        if not self.fake:
+            model = copy.deepcopy(model)  # a real step updates the weights in place
         tracker = AllocationTracker()
         try:
             with ExitStack() as stack:

@@ -1,0 +1,38 @@
+# memprobe: `make run` installs and runs the main job; `make test` installs and runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MEMPROBE := $(VENV)/bin/memprobe
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test unit bench lint shipped clean
+
+$(STAMP): pyproject.toml scripts/install.sh
+	bash scripts/install.sh
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Calibrate MedNeXt and suggest a batch for 128^3 on the best device present.
+run: install
+	bash scripts/main_job.sh
+
+# Unit tests, then the benchmark tables (printed and written to benchmarks/results/).
+test: install
+	$(PY) -m pytest tests benchmarks -p no:cacheprovider
+
+unit: install
+	$(PY) -m pytest tests -p no:cacheprovider
+
+bench: install
+	$(PY) -m pytest benchmarks -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check memprobe tests benchmarks scripts
+	$(VENV)/bin/mypy memprobe
+
+# Rebuild the calibrations shipped in memprobe/data from trace measurements (tens of minutes).
+shipped: install
+	$(PY) scripts/build_shipped.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .benchmarks

@@ -1,0 +1,50 @@
+"""Small user models for tests: fast on every backend, and some that fail on purpose."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """A two-level 3D encoder-decoder: divisible by 2, a few milliseconds a step."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv3d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 16, 2, stride=2))
+        self.up = nn.Sequential(nn.ConvTranspose3d(16, 8, 2, stride=2), nn.ReLU(), nn.Conv3d(8, out_channels, 1))
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.up(self.down(x))
+
+
+def tiny_net(in_channels: int, out_channels: int) -> nn.Module:
+    return TinyNet(in_channels, out_channels)
+
+
+def not_a_module(in_channels: int, out_channels: int) -> str:
+    return "not a network"
+
+
+class _Raises(TinyNet):
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        raise RuntimeError("forward failed on purpose")
+
+
+def raising_net(in_channels: int, out_channels: int) -> nn.Module:
+    return _Raises(in_channels, out_channels)
+
+
+class _Segfaults(TinyNet):
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGSEGV)
+        return super().forward(x)
+
+
+def segfaulting_net(in_channels: int, out_channels: int) -> nn.Module:
+    return _Segfaults(in_channels, out_channels)
+
+
+NOT_CALLABLE = 42
