@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from memprobe.archs.registry import get_arch
+from memprobe.archs.registry import resolve_arch
 from memprobe.calibration import Calibration
 from memprobe.config import make_step_config
 from memprobe.planner import BatchPlan, PatchPlan, plan_batch, plan_patch
@@ -51,7 +51,9 @@ def _file_stamp(path: Path) -> tuple[int, int] | None:
 
 
 @lru_cache(maxsize=8)
-def _load(db_path: str | None, stamp: tuple[int, int] | None) -> list[Calibration]:
+def _load(db_path: str | None, resolved: str, stamp: tuple[int, int] | None) -> list[Calibration]:
+    # ``resolved`` keys the cache by the file actually read: with db=None that is $MEMPROBE_DB,
+    # which may change between calls (two missing files would otherwise share one entry).
     return all_calibrations(db_path)
 
 
@@ -60,7 +62,7 @@ def load_calibrations(db: str | Path | None = None) -> list[Calibration]:
     from memprobe.db import default_db_path
 
     path = Path(db) if db is not None else default_db_path()
-    return _load(None if db is None else str(db), _file_stamp(path))
+    return _load(None if db is None else str(db), str(path), _file_stamp(path))
 
 
 def resolve_device(device: str | None) -> tuple[str, str | None]:
@@ -103,8 +105,8 @@ def estimate(arch: str, patch: Sequence[int], batch: int, precision: str = "fp32
     config = make_step_config(arch, patch, batch, precision=precision, optimizer=optimizer,
                               in_channels=in_channels, out_channels=out_channels, deep_supervision=deep_supervision)
     choice = _choose(config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device)
-    peak = choice.calibration.predict_peak_bytes(get_arch(config.arch), config.patch, config.batch,
-                                                 in_channels, out_channels)
+    peak = choice.calibration.predict_peak_bytes(resolve_arch(config.arch), config.patch, config.batch,
+                                                 config.in_channels, config.out_channels)
     return Estimate(config.arch, config.patch, config.batch, config.precision.value, peak, choice.calibration,
                     choice.warning)
 
@@ -117,8 +119,9 @@ def max_batch_size(arch: str, patch: Sequence[int], gpu_mem: str | int | float, 
     config = make_step_config(arch, patch, 1, precision=precision, optimizer=optimizer, in_channels=in_channels,
                               out_channels=out_channels, deep_supervision=deep_supervision)
     choice = _choose(config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device)
-    plan = plan_batch(choice.calibration, get_arch(config.arch), config.patch, parse_bytes(gpu_mem), safety=safety,
-                      in_channels=in_channels, out_channels=out_channels, effective_batch=effective_batch)
+    plan = plan_batch(choice.calibration, resolve_arch(config.arch), config.patch, parse_bytes(gpu_mem),
+                      safety=safety, in_channels=config.in_channels, out_channels=config.out_channels,
+                      effective_batch=effective_batch)
     return _with_warning(plan, choice.warning)
 
 
@@ -128,12 +131,13 @@ def max_patch_size(arch: str, batch: int, gpu_mem: str | int | float, precision:
                    out_channels: int = 2, deep_supervision: bool = False, db: str | Path | None = None,
                    device: str | None = None) -> PatchPlan:
     """The largest patch for ``batch`` (shaped by ``spacing``, within ``median_shape``) that fits."""
-    spec = get_arch(arch)
+    spec = resolve_arch(arch)
     config = make_step_config(arch, (2 * spec.divisor,) * 3, batch, precision=precision, optimizer=optimizer,
                               in_channels=in_channels, out_channels=out_channels, deep_supervision=deep_supervision)
     choice = _choose(config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device)
     plan = plan_patch(choice.calibration, spec, config.batch, parse_bytes(gpu_mem), safety=safety, spacing=spacing,
-                      median_shape=median_shape, in_channels=in_channels, out_channels=out_channels)
+                      median_shape=median_shape, in_channels=config.in_channels,
+                      out_channels=config.out_channels)
     return _with_warning(plan, choice.warning)
 
 
@@ -170,7 +174,7 @@ def calibrate(arch: str, precision: str = "fp32", *, device: str | None = None, 
     from memprobe.db import Database
     from memprobe.measuring import MeasurementLog
 
-    spec = get_arch(arch)
+    spec = resolve_arch(arch)
     base = make_step_config(arch, (2 * spec.divisor,) * 3, 1, precision=precision, optimizer=optimizer,
                             deep_supervision=deep_supervision)
     backend = get_backend(device, budget_bytes=parse_bytes(budget) if budget is not None else None, isolate=isolate)

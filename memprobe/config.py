@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -62,7 +63,8 @@ def _replace(config: StepConfig, **changes: object) -> StepConfig:
 
 
 def _positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    # numbers.Real, not (int, float): numpy's integers (a patch read from nnU-Net plans) are not int.
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
         raise InvalidInputError(f"{what} must be a positive whole number, got {value!r}")
     try:
         number = float(value)

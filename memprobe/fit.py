@@ -53,7 +53,7 @@ def fit_phase_coefficients(spec: ArchSpec, measurements: Sequence[Measurement]) 
     terms = [t for t in TERMS if t != "attention" or spec.attention_token_volume]
     matrix = np.array([[_terms(spec, m)[t] for t in terms] for m in usable])
     coefficients: dict[str, dict[str, float]] = {}
-    for phase in sorted({p for m in usable for p in m.phase_peaks_bytes}):
+    for phase in fitted_segments({p for m in usable for p in m.phase_peaks_bytes}):
         peaks = np.array([float(m.phase_peaks_bytes.get(phase, 0)) for m in usable])
         keep = peaks > 0
         weights = 1.0 / peaks[keep]
@@ -62,6 +62,15 @@ def fit_phase_coefficients(spec: ArchSpec, measurements: Sequence[Measurement]) 
         solution, _ = nnls((matrix[keep] / scale) * weights[:, None], np.ones(keep.sum()), maxiter=5000)
         coefficients[phase] = {t: float(v) for t, v in zip(terms, solution / scale)}
     return coefficients
+
+
+def fitted_segments(names: set[str]) -> list[str]:
+    """The segments the formula models: a phase's windows where recorded, else the phase.
+
+    A whole phase's peak is the largest of its windows' and bends where the argmax moves;
+    each window's peak is linear in the terms, so modelling windows keeps the fit exact.
+    """
+    return sorted(n for n in names if not any(other.startswith(n + ".") for other in names))
 
 
 def relative_errors(spec: ArchSpec, coefficients: dict[str, dict[str, float]],

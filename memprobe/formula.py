@@ -2,10 +2,14 @@
 
 The seed planner sums per-stage feature maps, deep-supervision heads, parameters, optimizer
 state and a workspace share with hand-picked factors. memprobe keeps those terms but fits
-their factors to measurements, separately for each phase of the step (forward, backward,
-optimizer), because the peak of a step is the largest of its phases' peaks:
+their factors to measurements, separately for each segment of the step, because the peak of
+a step is the largest of its segments' peaks:
 
-    peak = max over phases of  sum_k  coefficient[phase][k] * term_k(config)
+    peak = max over segments of  sum_k  coefficient[segment][k] * term_k(config)
+
+A segment is a phase (forward with loss, backward, optimizer) or, where the backend records
+them (trace and cpu), a window of a phase's ops: the same ops at every size, so each
+window's peak is linear in the terms even where a whole phase's peak is not.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 
 from memprobe.api import max_batch_size, max_patch_size
 from memprobe.archs.registry import get_arch
-from memprobe.enums import Precision
+from memprobe.enums import Precision, parse_enum
 from memprobe.exports import nnunet_plans, pytc_config
 from memprobe.gpu_info import GpuInfo
 from memprobe.units import format_bytes
@@ -64,7 +64,9 @@ def make_plan(arch: str, gpu_mem: int, *, gpu: GpuInfo | None = None, precision:
     """Plan patch, batch, precision, accumulation, workers and learning rate; given values win."""
     spec = get_arch(arch)
     values: dict[str, PlanValue] = {}
-    values["precision"] = PlanValue(precision, "manual override") if precision else choose_precision(gpu)
+    # Normalised here, as every other entry point does: "BF16-Mixed" must not fail later in exports().
+    values["precision"] = (PlanValue(parse_enum(Precision, precision, "precision").value, "manual override")
+                           if precision else choose_precision(gpu))
     common: dict[str, Any] = dict(safety=safety, in_channels=in_channels, out_channels=out_channels,
                                   deep_supervision=deep_supervision, db=db, device=device)
     warnings: list[str] = []

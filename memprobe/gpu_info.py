@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 
@@ -23,7 +24,7 @@ def detect_gpu(index: int = 0) -> GpuInfo | None:
 
     ``MEMPROBE_NO_GPU_DETECT=1`` hides any GPU (tests, and planning for another machine).
     """
-    if os.environ.get("MEMPROBE_NO_GPU_DETECT"):
+    if os.environ.get("MEMPROBE_NO_GPU_DETECT") or not _nvidia_driver_present():
         return None
     try:
         import pynvml
@@ -44,6 +45,13 @@ def detect_gpu(index: int = 0) -> GpuInfo | None:
     except pynvml.NVMLError:
         return None
     return GpuInfo(name.decode() if isinstance(name, bytes) else name, int(memory), capability)  # type: ignore[arg-type]
+
+
+def _nvidia_driver_present() -> bool:
+    """Skip loading NVML (tens of milliseconds) where no NVIDIA driver is installed."""
+    if sys.platform != "linux":
+        return True  # no cheap check elsewhere: ask NVML
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
 
 
 def nvml_driver_version() -> str | None:

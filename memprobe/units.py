@@ -28,13 +28,15 @@ MIB = 1024**2
 
 
 def parse_bytes(text: str | int | float) -> int:
-    """Parse a memory size; a bare number means GiB.
+    """Parse a memory size: text with a unit, bare text meaning GiB; a number is taken as bytes.
 
     Raises:
         InvalidInputError: if the text is not a positive size with a known unit.
     """
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        text = repr(text)
+        if text <= 0:
+            raise InvalidInputError(f"memory size {text!r} must be greater than zero")
+        return int(text)  # a number from Python code is already bytes
     match = _PATTERN.match(str(text))
     if not match or match.group(2).lower() not in _UNITS:
         raise InvalidInputError(

@@ -25,16 +25,29 @@ from memprobe.measurement import Environment, Measurement
 from memprobe.step import TrainingState, parameter_count, prepare_training, train_step
 
 _CPU = torch.device("cpu")
+# Windows each phase's peak is also recorded in (see AllocationTracker.split_phases).
+WINDOWS_PER_PHASE = {"forward": 8, "backward": 24, "optimizer": 2}
 
 
-def _run_tracked(config: StepConfig, model: nn.Module, tracker: AllocationTracker) -> tuple[float, int]:
-    """Run a warm-up step, then the measured one; return its seconds and parameter count."""
+def _run_tracked(config: StepConfig, model: nn.Module, tracker: AllocationTracker,
+                 breakdown: dict[str, int] | None = None) -> tuple[float, int]:
+    """Run a warm-up step, then the measured one; return its seconds and parameter count.
+
+    With ``breakdown`` (a dict to fill), the peak is also split by what the memory holds.
+    """
     tracker.track_module(model)
     state: TrainingState = prepare_training(config, model, _CPU)
-    train_step(state)
-    tracker.reset_peak()
+    train_step(state, tracker.start_phase)  # warm-up: creates optimizer state, counts each phase's ops
+    tracker.phase_peaks_bytes.clear()
+    tracker.split_phases(WINDOWS_PER_PHASE)
     started = time.perf_counter()
-    train_step(state, tracker.start_phase)
+    if breakdown is not None:
+        from memprobe.backends.breakdown import run_with_breakdown
+
+        breakdown.update(run_with_breakdown(tracker, state, train_step))
+    else:
+        tracker.reset_peak()
+        train_step(state, tracker.start_phase)
     return time.perf_counter() - started, parameter_count(model)
 
 
@@ -47,7 +60,8 @@ class _TrackedBackend:
     kind: DeviceKind
     fake: bool
 
-    def __init__(self) -> None:
+    def __init__(self, breakdown: bool = False) -> None:
+        self.breakdown = breakdown
         # The last network built, as a template: each probe works on a copy, and building
         # (with MONAI's weight initialisation) costs more than a fake step for large networks.
         self._template: tuple[tuple[object, ...], nn.Module] | None = None
@@ -82,7 +96,8 @@ class _TrackedBackend:
                         model = copy.deepcopy(model)
                     stack.enter_context(fake_mode)
                 stack.enter_context(tracker)
-                seconds, parameters = _run_tracked(config, model, tracker)
+                breakdown: dict[str, int] | None = {} if self.breakdown else None
+                seconds, parameters = _run_tracked(config, model, tracker, breakdown)
         except (torch.OutOfMemoryError, MemoryError):
             return Measurement(config, self.environment(), None, oom=True)
         except Exception as error:
@@ -99,6 +114,7 @@ class _TrackedBackend:
             phase_peaks_bytes=dict(tracker.phase_peaks_bytes),
             step_seconds=seconds,
             parameter_count=parameters,
+            breakdown_bytes=breakdown or {},
         )
 
 

@@ -27,20 +27,34 @@ def cuda_block_size(nbytes: int) -> int:
 class AllocationTracker(TorchDispatchMode):
     """Track current and peak live storage bytes, overall and per named phase."""
 
-    def __init__(self) -> None:
+    def __init__(self, snapshot_peak: bool = False) -> None:
         super().__init__()
         self.current_bytes = 0
         self.peak_bytes = 0
         self.phase_peaks_bytes: dict[str, int] = {}
         self._phase: str | None = None
         self._phase_peak = 0
-        self._live: dict[int, int] = {}  # storage address -> charged bytes
+        self._live: dict[int, tuple[int, int]] = {}  # storage address -> (charged bytes, serial)
+        self._serial = 0
+        # With snapshot_peak, the storages live at the peak are kept (serial -> bytes), so the
+        # peak can be broken down by what each storage holds. Off by default: it costs time.
+        self.snapshot_peak = snapshot_peak
+        self.peak_storages: dict[int, int] = {}
+        # Segments: each phase split into windows of equal op counts, learned on a warm-up step.
+        self.phase_op_counts: dict[str, int] = {}
+        self._windows_per_phase: dict[str, int] = {}
+        self._ops_in_phase = 0
+        self._window_size = 0
+        self._window_peak = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
                 self.track(leaf)
+        self._ops_in_phase += 1
+        if self._window_size and self._ops_in_phase % self._window_size == 0:
+            self._close_window()
         return out
 
     def track(self, tensor: torch.Tensor) -> None:
@@ -50,11 +64,21 @@ class AllocationTracker(TorchDispatchMode):
         if key in self._live:
             return
         charged = cuda_block_size(storage.nbytes())
-        self._live[key] = charged
+        self._serial += 1
+        self._live[key] = (charged, self._serial)
         weakref.finalize(storage, self._release, key)
         self.current_bytes += charged
-        self.peak_bytes = max(self.peak_bytes, self.current_bytes)
         self._phase_peak = max(self._phase_peak, self.current_bytes)
+        self._window_peak = max(self._window_peak, self.current_bytes)
+        if self.current_bytes > self.peak_bytes:
+            self.peak_bytes = self.current_bytes
+            if self.snapshot_peak:
+                self.peak_storages = {serial: size for size, serial in self._live.values()}
+
+    def serial_of(self, tensor: torch.Tensor) -> int | None:
+        """The tracking serial of a tensor's storage (stable, unlike its address), if tracked."""
+        entry = self._live.get(tensor.untyped_storage()._cdata)
+        return entry[1] if entry else None
 
     def track_module(self, module: torch.nn.Module) -> None:
         """Charge a module's parameters and buffers (made before tracking started)."""
@@ -62,16 +86,41 @@ class AllocationTracker(TorchDispatchMode):
             self.track(tensor)
 
     def _release(self, key: int) -> None:
-        self.current_bytes -= self._live.pop(key, 0)
+        charged, _ = self._live.pop(key, (0, 0))
+        self.current_bytes -= charged
 
     def reset_peak(self) -> None:
         """Start counting the peak afresh from what is live now."""
         self.peak_bytes = self.current_bytes
         self._phase_peak = self.current_bytes
+        if self.snapshot_peak:
+            self.peak_storages = {serial: size for size, serial in self._live.values()}
 
     def start_phase(self, name: str | None) -> None:
-        """Close the current phase (recording its peak) and start ``name``."""
+        """Close the current phase (recording its peak and op count) and start ``name``."""
         if self._phase is not None:
+            if self._window_size:
+                self._close_window()
             self.phase_peaks_bytes[self._phase] = self._phase_peak
+            self.phase_op_counts[self._phase] = self._ops_in_phase
         self._phase = name
-        self._phase_peak = self.current_bytes
+        self._phase_peak = self._window_peak = self.current_bytes
+        self._ops_in_phase = 0
+        windows = self._windows_per_phase.get(name or "", 0)
+        ops = self.phase_op_counts.get(name or "", 0)
+        self._window_size = -(-ops // windows) if windows and ops else 0
+
+    def split_phases(self, windows_per_phase: dict[str, int]) -> None:
+        """From now on, also record the peak of each window of every phase.
+
+        A phase's op sequence does not depend on the sizes, so window ``k`` covers the same
+        ops at every batch and patch, and its peak is linear in them: the formula fits each
+        window, where a whole phase's peak would bend (its argmax moves between ops).
+        Call after a step has run, so each phase's op count is known.
+        """
+        self._windows_per_phase = dict(windows_per_phase)
+
+    def _close_window(self) -> None:
+        index = (self._ops_in_phase - 1) // self._window_size
+        self.phase_peaks_bytes[f"{self._phase}.{index:02d}"] = self._window_peak
+        self._window_peak = self.current_bytes

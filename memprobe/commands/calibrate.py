@@ -45,14 +45,14 @@ def calibrate(arch: str, device: str | None, precision: str, optimizer: str, dee
     memprobe calibrate --arch mednext --device cuda --budget 24GiB --isolate
     """
     from memprobe.api import default_budget_bytes
-    from memprobe.archs.registry import get_arch
+    from memprobe.archs.registry import resolve_arch
     from memprobe.backends.base import get_backend
     from memprobe.calibrate import calibrate as run_calibration
     from memprobe.config import make_step_config
     from memprobe.db import Database
     from memprobe.measuring import MeasurementLog
 
-    spec = get_arch(arch)
+    spec = resolve_arch(arch)
     base = make_step_config(arch, (2 * spec.divisor,) * 3, 1, precision=precision, optimizer=optimizer,
                             deep_supervision=deep_supervision)
     cap = parse_bytes(budget) if budget is not None else None
@@ -105,6 +105,6 @@ def _report(report: Any, budget_bytes: int, db_path: object) -> Report:
 
 
 def _spec(arch: str) -> Any:
-    from memprobe.archs.registry import get_arch
+    from memprobe.archs.registry import resolve_arch
 
-    return get_arch(arch)
+    return resolve_arch(arch)

@@ -1,0 +1,199 @@
+"""What the benchmarks share: the architectures to run, trace steps measured once per session,
+calibrations, and writing each result table as markdown, CSV and JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from memprobe.archs.registry import ARCHS, get_arch, smallest_patch_size
+from memprobe.calibration import Calibration
+from memprobe.config import StepConfig, make_step_config
+from memprobe.enums import DeviceKind
+from memprobe.measurement import Environment, Measurement
+
+ARCHS_VARIABLE = "MEMPROBE_BENCH_ARCHS"  # e.g. "mednext,basicunet" while developing; default: all
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUDGET_BYTES = 24 * 2**30
+GIB = 2**30
+
+
+def selected_archs() -> list[str]:
+    """Registered architectures, or those named in ``$MEMPROBE_BENCH_ARCHS``."""
+    names = [n for n in os.environ.get(ARCHS_VARIABLE, "").split(",") if n.strip()]
+    return [get_arch(n).name for n in names] if names else list(ARCHS)
+
+
+def base_config(arch: str) -> StepConfig:
+    """fp32, AdamW, no deep supervision: the calibration the accuracy table checks."""
+    return make_step_config(arch, (smallest_patch_size(get_arch(arch)),) * 3, 1)
+
+
+@dataclass(frozen=True)
+class TimedMeasurement:
+    measurement: Measurement
+    wall_seconds: float  # the whole probe: building the network, warm-up and measured step
+
+
+class SessionMeasurements:
+    """Trace steps taken during the benchmark session, each configuration measured once.
+
+    Implements the Backend protocol, so a calibration made here fills the same record the
+    tables read from.
+    """
+
+    kind = DeviceKind.TRACE
+
+    def __init__(self) -> None:
+        from memprobe.backends.tracked import TraceBackend
+
+        self.backend = TraceBackend()
+        self.taken: dict[StepConfig, TimedMeasurement] = {}
+
+    def environment(self) -> Environment:
+        return self.backend.environment()
+
+    def timed(self, config: StepConfig) -> TimedMeasurement:
+        if config not in self.taken:
+            started = time.perf_counter()
+            measurement = self.backend.measure(config)
+            self.taken[config] = TimedMeasurement(measurement, time.perf_counter() - started)
+        return self.taken[config]
+
+    def measure(self, config: StepConfig) -> Measurement:
+        return self.timed(config).measurement
+
+
+@dataclass(frozen=True)
+class SourcedCalibration:
+    calibration: Calibration
+    origin: str  # "shipped" or "calibrated in this run"
+
+
+class Calibrations:
+    """The shipped trace calibration of each architecture, or one fitted in this session."""
+
+    def __init__(self, measurements: SessionMeasurements) -> None:
+        from memprobe.sources import shipped_calibrations
+
+        self.measurements = measurements
+        self.shipped = {c.arch: c for c in shipped_calibrations()
+                        if c.key[1:] == ("trace", "fp32", "adamw", False)}
+        self.made: dict[str, Calibration] = {}
+
+    def get(self, arch: str) -> SourcedCalibration:
+        if arch in self.shipped:
+            return SourcedCalibration(self.shipped[arch], "shipped")
+        if arch not in self.made:
+            self.made[arch] = self._calibrate(arch)
+        return SourcedCalibration(self.made[arch], "calibrated in this run")
+
+    def _calibrate(self, arch: str) -> Calibration:
+        from memprobe.calibrate import calibrate
+        from memprobe.db import Database
+        from memprobe.measuring import MeasurementLog
+
+        with Database.open(":memory:") as db:
+            log = MeasurementLog(self.measurements, db, BUDGET_BYTES)  # type: ignore[arg-type]
+            return calibrate(log, base_config(arch), BUDGET_BYTES, search=False).calibration
+
+
+@dataclass(frozen=True)
+class ResultTable:
+    """One benchmark table: display rows for markdown, raw records for CSV and JSON."""
+
+    name: str
+    title: str
+    rows: list[dict[str, Any]]
+    records: list[dict[str, Any]]
+    notes: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions, CPU and date, recorded with every table."""
+    import monai
+    import torch
+
+    from memprobe import __version__
+
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "memprobe": __version__,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "git_commit": _git_commit(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def markdown(table: ResultTable, environment: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    lines = [f"### {table.title}", "", tabulate(table.rows, headers="keys", tablefmt="github",
+                                                 disable_numparse=True), ""]
+    lines += [f"- {note}" for note in table.notes]
+    lines += ["", f"Generated {environment['date']} by `python -m pytest benchmarks -p no:cacheprovider` "
+                  f"(memprobe {environment['memprobe']}, torch {environment['torch']}, MONAI {environment['monai']}, "
+                  f"{environment['cpu']}, {environment['cpu_count']} CPUs)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(table: ResultTable, results_dir: Path = RESULTS_DIR) -> Path:
+    """Write ``<name>.md``, ``.csv`` and ``.json``; return the markdown file."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    environment = environment_info()
+    path = results_dir / f"{table.name}.md"
+    path.write_text(markdown(table, environment))
+    with (results_dir / f"{table.name}.csv").open("w", newline="") as handle:
+        fields = list(dict.fromkeys(key for record in table.records for key in record))
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(table.records)
+    document = {"table": table.name, "title": table.title, "environment": environment,
+                "records": table.records, "notes": list(table.notes), **table.extra}
+    (results_dir / f"{table.name}.json").write_text(json.dumps(document, indent=1, default=str) + "\n")
+    return path
+
+
+def gib(size: float | None) -> str:
+    return "-" if size is None else f"{size / GIB:.2f}"
+
+
+def percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:+.2f}%"
+
+
+def patch_text(patch: tuple[int, ...] | list[int]) -> str:
+    return "x".join(map(str, patch))
