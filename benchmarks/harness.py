@@ -164,9 +164,10 @@ def markdown(table: ResultTable, environment: dict[str, Any]) -> str:
     lines = [f"### {table.title}", "", tabulate(table.rows, headers="keys", tablefmt="github",
                                                  disable_numparse=True), ""]
     lines += [f"- {note}" for note in table.notes]
-    lines += ["", f"Generated {environment['date']} by `python -m pytest benchmarks -p no:cacheprovider` "
-                  f"(memprobe {environment['memprobe']}, torch {environment['torch']}, MONAI {environment['monai']}, "
-                  f"{environment['cpu']}, {environment['cpu_count']} CPUs)."]
+    e = environment
+    lines += ["", f"Generated {e['date']} by `python -m pytest benchmarks -p no:cacheprovider` "
+                  f"(memprobe {e['memprobe']}, torch {e['torch']}, MONAI {e['monai']}, {e['cpu']}, "
+                  f"{e['cpu_count']} CPUs)."]
     return "\n".join(lines) + "\n"
 
 

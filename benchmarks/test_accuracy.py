@@ -106,8 +106,8 @@ def cuda_rows(measurements: list[Measurement]) -> list[Row]:
         reference = next((o for o in same_gpu if o.config.patch == REFERENCE_PATCH and o.config.batch == 1),
                          same_gpu[0])
         try:
-            choice = choose_calibration(shipped, c.arch, c.precision.value, c.optimizer.value, c.deep_supervision,
-                                        m.environment.device_name, "trace")
+            choice = choose_calibration(shipped, c.arch, c.precision.value, c.optimizer.value,
+                                        c.deep_supervision, m.environment.device_name, "trace")
         except NoCalibrationError:
             continue
         origin = "shipped" if choice.calibration.device != "trace" else "shipped trace (stand-in)"
@@ -134,9 +134,10 @@ def _record(row: Row) -> dict[str, Any]:
     c = row.measurement.config
     estimates, errors = row.estimates(), row.errors()
     return {
-        "arch": c.arch, "device": row.measurement.environment.calibration_device, "patch": patch_text(c.patch),
-        "batch": c.batch, "in_channels": c.in_channels, "out_channels": c.out_channels,
-        "precision": c.precision.value, "measured_bytes": row.measurement.peak_allocated_bytes,
+        "arch": c.arch, "device": row.measurement.environment.calibration_device,
+        "patch": patch_text(c.patch), "batch": c.batch, "in_channels": c.in_channels,
+        "out_channels": c.out_channels, "precision": c.precision.value,
+        "measured_bytes": row.measurement.peak_allocated_bytes,
         "memprobe_bytes": round(estimates["memprobe"]), "seed_bytes": round(estimates["seed"]),
         "nnunet_proxy_bytes": round(estimates["nnunet"]),
         "memprobe_error": round(errors["memprobe"], 5), "seed_error": round(errors["seed"], 5),
@@ -149,13 +150,15 @@ def _record(row: Row) -> dict[str, Any]:
 def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
     """Median and worst absolute relative error of each method."""
     absolute = {key: [abs(r.errors()[key]) for r in rows] for _, key in METHODS}
-    return {key: {"median": statistics.median(values), "worst": max(values)} for key, values in absolute.items()}
+    return {key: {"median": statistics.median(values), "worst": max(values)}
+            for key, values in absolute.items()}
 
 
 def _summary_rows(label: str, stats: dict[str, dict[str, float]]) -> list[dict[str, str]]:
     columns = {"memprobe": "memprobe err", "seed": "seed err", "nnunet": "proxy err"}
-    return [{"arch": f"**{kind} abs error**", "device": label, "held-out configuration": "",
-             "measured GiB": "", **{column: "" for column in ("memprobe GiB", "seed GiB", "nnU-Net proxy GiB")},
+    blank = dict.fromkeys(("held-out configuration", "measured GiB", "memprobe GiB", "seed GiB",
+                           "nnU-Net proxy GiB"), "")
+    return [{"arch": f"**{kind} abs error**", "device": label, **blank,
              **{columns[key]: f"{100 * stats[key][kind]:.2f}%" for key in columns}}
             for kind in ("median", "worst")]
 
@@ -168,22 +171,25 @@ def test_accuracy_table(measurements: SessionMeasurements, calibrations: Calibra
     for device, device_stats in stats.items():
         display += _summary_rows(device, device_stats)
     fitted_here = sorted({r.spec.name for r in trace if r.calibration_origin != "shipped"})
-    notes = (
-        "err = (estimate - measured) / measured; measured = peak allocated bytes of a full fp32 training step "
-        "(forward, Dice+CE, backward, AdamW step), freshly traced in this run.",
-        "memprobe: the shipped trace calibration (fitted on other sizes and channel counts; these configurations "
-        "are held out from the fit).",
+    notes = [
+        "err = (estimate - measured) / measured; measured = peak allocated bytes of a full fp32 training "
+        "step (forward, Dice+CE, backward, AdamW step), freshly traced in this run.",
+        "memprobe: the shipped trace calibration (fitted on other sizes and channel counts; these "
+        "configurations are held out from the fit).",
         "seed formula: the replaced planner's estimate_gpu_memory_required (mixed_precision=False), "
         "memprobe.baselines.seed_estimate_bytes.",
         f"nnU-Net proxy: feature-map volume (sum over stages of voxels x channels, times batch), scaled so "
         f"that it equals the measured {patch_text(REFERENCE_PATCH)} batch-1 step of the same architecture.",
         "CUDA rows: " + ("committed GPU measurements in benchmarks/cuda_measurements/." if cuda else
-                         "none yet (commit `memprobe probe --device cuda --json` output to benchmarks/cuda_measurements/)."),
-        *([f"no calibration shipped, so fitted in this run: {', '.join(fitted_here)}"] if fitted_here else []),
-    )
+                         "none yet (commit `memprobe probe --device cuda --json` output to "
+                         "benchmarks/cuda_measurements/)."),
+    ]
+    if fitted_here:
+        notes.append(f"no calibration shipped, so fitted in this run: {', '.join(fitted_here)}")
     write_results(ResultTable("accuracy", "Accuracy: peak memory of held-out configurations", display,
-                              [_record(r) for r in trace + cuda], notes, {"summary": stats}))
+                              [_record(r) for r in trace + cuda], tuple(notes), {"summary": stats}))
     memprobe, seed = stats["trace"]["memprobe"]["median"], stats["trace"]["seed"]["median"]
     assert memprobe * REQUIRED_IMPROVEMENT <= seed, (
-        f"memprobe's median error {memprobe:.2%} is not {REQUIRED_IMPROVEMENT:g}x smaller than the seed's {seed:.2%}"
+        f"memprobe's median error {memprobe:.2%} is not {REQUIRED_IMPROVEMENT:g}x smaller than "
+        f"the seed's {seed:.2%}"
     )

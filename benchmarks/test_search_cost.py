@@ -78,8 +78,8 @@ def run_case(measurements: SessionMeasurements, calibrations: Calibrations, arch
         "doubling": doubling_search(outcome, upper=MAX_BATCH),
         "memprobe": guided_search(outcome, BUDGET_BYTES, predict=predict, upper=MAX_BATCH),
     }
-    seconds = {name: sum(measurements.measure(base.with_batch(n)).step_seconds or 0.0 for n, _ in result.probes)
-               for name, result in results.items()}
+    step_seconds = lambda n: measurements.measure(base.with_batch(n)).step_seconds or 0.0
+    seconds = {name: sum(step_seconds(n) for n, _ in result.probes) for name, result in results.items()}
     formula_only = plan_batch(calibration, spec, base.patch, BUDGET_BYTES, safety=1.0).batch
     return Case(base, results, seconds, formula_only)
 
@@ -133,8 +133,8 @@ def test_search_cost_table(measurements: SessionMeasurements, calibrations: Cali
         "formula alone: the calibrated formula's largest batch (safety 1.0), no training step run.",
         "Each configuration is traced once per run and shared; every strategy is charged for its own probes.",
     )
-    write_results(ResultTable("search_cost", f"Search cost: steps to find the largest batch within "
-                              f"{BUDGET_BYTES / GIB:g} GiB", [_display(c) for c in cases] + [_total_row(cases)],
-                              [_record(c) for c in cases], notes))
+    title = f"Search cost: steps to find the largest batch within {BUDGET_BYTES / GIB:g} GiB"
+    rows = [_display(c) for c in cases] + [_total_row(cases)]
+    write_results(ResultTable("search_cost", title, rows, [_record(c) for c in cases], notes))
     for case in cases:
         assert case.results["memprobe"].largest == case.exact, case.base.label()

@@ -146,8 +146,9 @@ def _with_warning(plan: P, warning: str | None) -> P:
         return plan
     from dataclasses import replace
 
-    field = "warnings" if isinstance(plan, BatchPlan) else "reasons"
-    return replace(plan, **{field: (warning, *getattr(plan, field))})
+    if isinstance(plan, BatchPlan):
+        return replace(plan, warnings=(warning, *plan.warnings))  # type: ignore[call-arg,unused-ignore]
+    return replace(plan, reasons=(warning, *plan.reasons))
 
 
 def probe(arch: str, patch: Sequence[int], batch: int, precision: str = "fp32", *, device: str | None = None,

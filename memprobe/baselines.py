@@ -72,7 +72,7 @@ def feature_map_volume(spec: ArchSpec, patch: Sequence[int], batch: int) -> floa
     """
     widths = spec.stage_features or (1,)
     voxels = stage_voxels(patch, len(widths)) if spec.stage_features else [math.prod(patch)]
-    return float(batch * sum(v * w for v, w in zip(voxels, widths)))
+    return float(batch * sum(v * w for v, w in zip(voxels, widths, strict=True)))
 
 
 def nnunet_proxy_bytes(spec: ArchSpec, patch: Sequence[int], batch: int, *, reference_patch: Sequence[int],

@@ -26,11 +26,16 @@ class DesignPoints:
     heldout: tuple[StepConfig, ...]
 
 
+def patch_unit(spec: ArchSpec) -> int:
+    """The step between calibration patch sizes: the divisor; 16 for a user model, whose divisor is unknown."""
+    return max(spec.divisor, 16) if spec.custom else spec.divisor
+
+
 def design_points(base: StepConfig, spec: ArchSpec) -> DesignPoints:
     """Isotropic patches of 2, 4, 6 and 8 divisors at batch 1 and 2, plus two channel variants
     to fit; held out: an anisotropic patch (32x160x160 for a divisor of 16), batch 3, other
     channel counts, and a patch beyond the fitted range."""
-    unit = smallest_patch_size(spec) // 2 if not spec.custom else max(spec.divisor, 16)
+    unit = patch_unit(spec)
     cube = lambda k: (unit * k,) * 3  # noqa: E731
     fit = [replace(base, patch=cube(k), batch=b, in_channels=1, out_channels=2) for k in (2, 4, 6, 8) for b in (1, 2)]
     fit += [replace(base, patch=cube(4), batch=1, in_channels=4, out_channels=2),
@@ -97,7 +102,7 @@ def search_largest_patch(log: MeasurementLog, base: StepConfig, spec: ArchSpec, 
                          calibration: Calibration | None = None, aspect: tuple[int, int, int] = (1, 1, 1),
                          max_voxels: int = 1024**3) -> SearchResult:
     """Largest patch ``n * aspect * divisor`` for ``base.batch`` within the budget (n is returned)."""
-    unit = spec.divisor
+    unit = spec.divisor if not spec.custom else patch_unit(spec)
     smallest = -(-smallest_patch_size(spec) // (unit * min(aspect)))
     patch_of = lambda n: tuple(n * a * unit for a in aspect)  # noqa: E731
     upper = int((max_voxels / math.prod(aspect)) ** (1 / 3) / unit)
@@ -124,7 +129,7 @@ def calibrate(log: MeasurementLog, base: StepConfig, budget_bytes: int, *, searc
     calibration = fit_calibration(spec, base, environment.calibration_device, fitted, heldout, environment.to_dict())
     searches: list[LimitSearch] = []
     if search:
-        unit = smallest_patch_size(spec) // 2
+        unit = patch_unit(spec)
         for size in (unit * 4, unit * 8):
             config = replace(base, patch=(size,) * 3, batch=1)
             result = search_largest_batch(log, config, budget_bytes, calibration, spec)

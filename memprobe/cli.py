@@ -16,10 +16,15 @@ from memprobe.commands import COMMANDS
 from memprobe.errors import MemprobeError
 
 INTERRUPTED_EXIT_CODE = 130
+_INTERRUPTED = "interrupted: every measurement taken so far is saved; run the same command to resume"
 
 
-class _TerminatedError(Exception):
-    """SIGTERM, turned into an exception so the same clean exit as Ctrl-C runs."""
+class _TerminatedError(BaseException):
+    """SIGTERM, turned into an exception so the same clean exit as Ctrl-C runs.
+
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way (a backend
+    turning step failures into ModelError) mistakes it for a failure of the model.
+    """
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
@@ -50,6 +55,14 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _command_path(error: click.UsageError, arguments: list[str]) -> str:
+    """The command whose --help answers a usage error (the parser does not always say)."""
+    if error.ctx is not None:
+        return error.ctx.command_path
+    command = next((argument for argument in arguments if argument in cli.commands), None)
+    return f"memprobe {command}" if command else "memprobe"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every error is one line and an exit code (``--debug`` shows tracebacks)."""
     arguments = sys.argv[1:] if argv is None else argv
@@ -59,18 +72,16 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=arguments, prog_name="memprobe", standalone_mode=False)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
-    except click.Abort:
-        _fail("aborted", INTERRUPTED_EXIT_CODE)
+    except click.Abort as abort:  # click turns Ctrl-C into Abort
+        _fail(_INTERRUPTED if isinstance(abort.__cause__, KeyboardInterrupt) else "aborted", INTERRUPTED_EXIT_CODE)
     except click.UsageError as error:
-        hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
-        _fail(f"{error.format_message()}{hint}", error.exit_code)
+        _fail(f"{error.format_message()} (see `{_command_path(error, arguments)} --help`)", error.exit_code)
     except MemprobeError as error:
         if debug:
             raise
         _fail(str(error).splitlines()[0] if str(error) else type(error).__name__, error.exit_code)
     except (KeyboardInterrupt, _TerminatedError):
-        _fail("interrupted: every measurement taken so far is saved; run the same command to resume",
-              INTERRUPTED_EXIT_CODE)
+        _fail(_INTERRUPTED, INTERRUPTED_EXIT_CODE)
     except BrokenPipeError:
         sys.exit(0)
 

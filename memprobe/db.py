@@ -117,70 +117,36 @@ def _retry_when_locked(action: Callable[[], T], attempts: int = 20) -> T:
 class Database:
     """A memprobe benchmark database file (use :meth:`open`)."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path | None) -> None:
-        self._connection = connection
+    def __init__(self, connection: sqlite3.Connection | None, path: Path | None) -> None:
+        self._opened = connection  # None until a database that does not exist yet is first written
         self.path = path
 
     @classmethod
     def open(cls, path: str | Path | None = None, *, create: bool = True, readonly: bool = False) -> Database:
-        """Open (and, for writing, create or migrate) the database at ``path``.
+        """Open (and, for writing, migrate) the database at ``path``.
+
+        A database that does not exist yet is created by the first write, so a command that
+        fails before it measures anything leaves no file behind.
 
         Raises:
             DatabaseError: the file is not a memprobe database, is from a newer memprobe,
-                is damaged, or cannot be created; the file is left as it was.
+                is damaged, or cannot be created or written; the file is left as it was.
         """
         target = default_db_path() if path is None else Path(path).expanduser()
         if str(target) == ":memory:":
-            return cls._prepare(sqlite3.connect(":memory:"), None, readonly=False)
+            return cls(_prepared(sqlite3.connect(":memory:", isolation_level=None), None, readonly=False), None)
+        if target.is_dir():
+            raise DatabaseError(f"{target} is a directory, not a database file: pass --db FILE")
         if not target.exists():
             if not create or readonly:
                 raise DatabaseError(f"no database at {target}: run `memprobe calibrate` first or pass --db")
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise DatabaseError(f"cannot create a database at {target}: {error.strerror}; pass --db") from None
-        elif target.is_dir():
-            raise DatabaseError(f"{target} is a directory, not a database file: pass --db FILE")
-        else:
-            _refuse_foreign_file(target)
-        try:
-            uri = f"file:{target}?mode=ro" if readonly else f"file:{target}"
-            connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        except sqlite3.Error as error:
-            raise DatabaseError(f"cannot open database {target}: {error}") from None
-        return cls._prepare(connection, target, readonly=readonly)
-
-    @classmethod
-    def _prepare(cls, connection: sqlite3.Connection, path: Path | None, *, readonly: bool) -> Database:
-        where = path or ":memory:"
-        try:
-            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise DatabaseError(
-                    f"database {where} has schema version {version}, newer than this memprobe "
-                    f"understands ({SCHEMA_VERSION}): upgrade memprobe or use another --db"
-                )
-            if version and not _has_memprobe_tables(connection):
-                raise DatabaseError(f"{where} is an SQLite database but not memprobe's: pass another --db")
-            if not version and _user_tables(connection):
-                raise DatabaseError(f"{where} is an SQLite database of something else: pass another --db")
-            if version < SCHEMA_VERSION:
-                if readonly:
-                    raise DatabaseError(f"database {where} needs an upgrade: open it once without read-only")
-                _retry_when_locked(lambda: _migrate(connection, version))
-            if path is not None and not readonly:
-                _retry_when_locked(lambda: connection.execute("PRAGMA journal_mode = WAL"))
-        except sqlite3.DatabaseError as error:
-            connection.close()
-            raise DatabaseError(f"{where} is not a readable memprobe database ({error}): pass another --db") from None
-        except DatabaseError:
-            connection.close()
-            raise
-        return cls(connection, path)
+            _check_creatable(target)
+            return cls(None, target)
+        return cls(_connect(target, readonly=readonly), target)
 
     def close(self) -> None:
-        self._connection.close()
+        if self._opened is not None:
+            self._opened.close()
 
     def __enter__(self) -> Database:
         return self
@@ -188,36 +154,68 @@ class Database:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _reader(self) -> sqlite3.Connection | None:
+        """The connection to read from; None while a database still to be created does not exist."""
+        if self._opened is None and self.path is not None and self.path.exists():
+            self._opened = _connect(self.path, readonly=False)  # another process created it meanwhile
+        return self._opened
+
+    def _writer(self) -> sqlite3.Connection:
+        if self._opened is None:
+            assert self.path is not None
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise DatabaseError(f"cannot create a database at {self.path}: {error.strerror}; pass --db") from None
+            self._opened = _connect(self.path, readonly=False, create=True)
+        return self._opened
+
+    def _rows(self, query: str, parameters: tuple[Any, ...] = ()) -> list[Any]:
+        """Run a read query; a database not created yet has no rows."""
+        connection = self._reader()
+        if connection is None:
+            return []
+        try:
+            return connection.execute(query, parameters).fetchall()
+        except sqlite3.DatabaseError as error:
+            raise DatabaseError(f"cannot read database {self.path} ({error}): pass another --db") from None
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A short write transaction, taken with BEGIN IMMEDIATE so writers queue, not deadlock."""
+        connection = self._writer()
         try:
-            _retry_when_locked(lambda: self._connection.execute("BEGIN IMMEDIATE"))
+            _retry_when_locked(lambda: connection.execute("BEGIN IMMEDIATE"))
             try:
-                yield self._connection
+                yield connection
             except BaseException:
-                self._connection.execute("ROLLBACK")
+                connection.execute("ROLLBACK")
                 raise
-            _retry_when_locked(lambda: self._connection.execute("COMMIT"))
-        except sqlite3.OperationalError as error:
+            _retry_when_locked(lambda: connection.execute("COMMIT"))
+        except sqlite3.DatabaseError as error:
             raise DatabaseError(f"cannot write to database {self.path}: {error}") from None
 
     # Environments -------------------------------------------------------------------------
 
     def environment_id(self, environment: Environment) -> int:
         """The id of ``environment``, inserting it the first time it is seen."""
+        known = self._known_environment_id(environment)
+        if known is not None:
+            return known
         facts = environment.to_dict()
-        fingerprint = json.dumps(facts, sort_keys=True)
-        row = self._connection.execute("SELECT id FROM environments WHERE fingerprint = ?", (fingerprint,)).fetchone()
-        if row:
-            return int(row[0])
         with self._write() as connection:
             connection.execute(
                 f"INSERT OR IGNORE INTO environments ({', '.join(facts)}, created_at, fingerprint) "
                 f"VALUES ({', '.join('?' * (len(facts) + 2))})",
-                (*facts.values(), _now(), fingerprint),
+                (*facts.values(), _now(), _fingerprint(environment)),
             )
-        return int(self._connection.execute("SELECT id FROM environments WHERE fingerprint = ?", (fingerprint,)).fetchone()[0])
+        known = self._known_environment_id(environment)
+        assert known is not None
+        return known
+
+    def _known_environment_id(self, environment: Environment) -> int | None:
+        rows = self._rows("SELECT id FROM environments WHERE fingerprint = ?", (_fingerprint(environment),))
+        return int(rows[0][0]) if rows else None
 
     # Measurements -------------------------------------------------------------------------
 
@@ -246,14 +244,16 @@ class Database:
         A successful peak does not depend on the budget; an out-of-memory result does, so it
         is reused only for the same budget.
         """
-        environment_id = self.environment_id(environment)
-        rows = self._connection.execute(
+        environment_id = self._known_environment_id(environment)  # a lookup must not write
+        if environment_id is None:
+            return None
+        rows = self._rows(
             "SELECT * FROM measurements WHERE environment_id = ? AND arch = ? AND patch_d = ? AND patch_h = ? "
             "AND patch_w = ? AND batch = ? AND precision = ? AND optimizer = ? AND in_channels = ? "
             "AND out_channels = ? AND deep_supervision = ? AND error IS NULL ORDER BY id DESC",
             (environment_id, config.arch, *config.patch, config.batch, config.precision.value,
              config.optimizer.value, config.in_channels, config.out_channels, int(config.deep_supervision)),
-        ).fetchall()
+        )
         for row in rows:
             stored = self._measurement_from_row(row, environment)
             if stored.ok or stored.budget_bytes == budget_bytes:
@@ -266,7 +266,7 @@ class Database:
         query = ("SELECT m.*, e.* FROM measurements m JOIN environments e ON e.id = m.environment_id "
                  "WHERE (? IS NULL OR m.arch = ?) AND (? IS NULL OR m.precision = ?) ORDER BY m.id")
         result = []
-        for row in self._connection.execute(query, (arch, arch, precision, precision)):
+        for row in self._rows(query, (arch, arch, precision, precision)):
             environment = _environment_from_row(row)
             if device is not None and environment.calibration_device != device:
                 continue
@@ -299,12 +299,12 @@ class Database:
 
     def calibrations(self) -> list[Calibration]:
         """The newest calibration for each key."""
-        rows = self._connection.execute(
+        rows = self._rows(
             "SELECT c.arch, c.device, c.precision, c.optimizer, c.deep_supervision, c.phase_coefficients_json, "
             "c.parameter_model_json, c.quality_json, c.created_at, c.environment_id FROM calibrations c "
             "WHERE c.id IN (SELECT MAX(id) FROM calibrations GROUP BY arch, device, precision, optimizer, "
             "deep_supervision) ORDER BY c.arch, c.device, c.precision"
-        ).fetchall()
+        )
         result = []
         for arch, device, precision, optimizer, ds, coefficients, parameters, quality, created, env_id in rows:
             environment = self._environment_dict(env_id)
@@ -316,8 +316,8 @@ class Database:
     def _environment_dict(self, environment_id: int | None) -> dict[str, Any]:
         if environment_id is None:
             return {}
-        row = self._connection.execute("SELECT * FROM environments WHERE id = ?", (environment_id,)).fetchone()
-        return _environment_from_row((None,) * 22 + tuple(row)).to_dict() if row else {}
+        rows = self._rows("SELECT * FROM environments WHERE id = ?", (environment_id,))
+        return _environment_from_row((None,) * 22 + tuple(rows[0])).to_dict() if rows else {}
 
 
 def _environment_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Environment:
@@ -326,16 +326,83 @@ def _environment_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Environment:
     return Environment(kind, name, total, driver, cuda, cudnn, torch_version, monai, memprobe_version, host)
 
 
-def _user_tables(connection: sqlite3.Connection) -> set[str]:
-    rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    return {name for (name,) in rows if not name.startswith("sqlite_")}
+def _fingerprint(environment: Environment) -> str:
+    return json.dumps(environment.to_dict(), sort_keys=True)
 
 
-def _has_memprobe_tables(connection: sqlite3.Connection) -> bool:
-    return {"environments", "measurements", "calibrations"} <= _user_tables(connection)
+_MEMPROBE_TABLES = frozenset({"environments", "measurements", "calibrations"})
 
 
-def _migrate(connection: sqlite3.Connection, version: int) -> None:
+def _connect(path: Path, *, readonly: bool, create: bool = False) -> sqlite3.Connection:
+    """Connect to the database file at ``path`` and check (and, for writing, migrate) its schema."""
+    _refuse_foreign_file(path)
+    if not readonly and path.exists() and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        raise DatabaseError(f"cannot write to {path}: the file or its folder is read-only; pass --db FILE "
+                            "in a writable folder")
+    # mode=rw, not ro, even to read: only a read-write connection removes the -wal and -shm files
+    # it creates when it closes. In a folder that cannot hold them, the file is read as immutable.
+    mode = "rwc" if create else "ro&immutable=1" if readonly and not os.access(path.parent, os.W_OK) else "rw"
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                                     isolation_level=None)
+    except sqlite3.Error as error:
+        raise DatabaseError(f"cannot open database {path}: {error}; pass another --db") from None
+    return _prepared(connection, path, readonly=readonly)
+
+
+def _prepared(connection: sqlite3.Connection, path: Path | None, *, readonly: bool) -> sqlite3.Connection:
+    """Check that ``connection`` holds a memprobe database this version understands; migrate it for writing.
+
+    Nothing is written before every check passed, and the connection is closed if one fails.
+    """
+    where = path or ":memory:"
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if readonly:
+            connection.execute("PRAGMA query_only = ON")
+        version, tables = _retry_when_locked(lambda: _schema_facts(connection))
+        _check_schema(where, version, tables)
+        if version < SCHEMA_VERSION:
+            if readonly:
+                raise DatabaseError(f"database {where} needs an upgrade: open it once without read-only")
+            _retry_when_locked(lambda: _migrate(connection))
+        if path is not None and not readonly:
+            _retry_when_locked(lambda: connection.execute("PRAGMA journal_mode = WAL"))
+    except sqlite3.DatabaseError as error:
+        connection.close()
+        raise DatabaseError(f"{where} is not a readable memprobe database ({error}): pass another --db") from None
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _schema_facts(connection: sqlite3.Connection) -> tuple[int, set[str]]:
+    """The schema version and table names, read in one transaction so they agree with each other."""
+    connection.execute("BEGIN")
+    try:
+        version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    finally:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+    return version, {name for (name,) in rows if not name.startswith("sqlite_")}
+
+
+def _check_schema(where: object, version: int, tables: set[str]) -> None:
+    """Refuse another program's database, and a memprobe database newer than this memprobe."""
+    if version > SCHEMA_VERSION and (not tables or _MEMPROBE_TABLES <= tables):
+        raise DatabaseError(
+            f"database {where} has schema version {version}, newer than this memprobe "
+            f"understands ({SCHEMA_VERSION}): upgrade memprobe or use another --db"
+        )
+    if version and not _MEMPROBE_TABLES <= tables:
+        raise DatabaseError(f"{where} is an SQLite database but not memprobe's: pass another --db")
+    if not version and tables:
+        raise DatabaseError(f"{where} is an SQLite database of something else: pass another --db")
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
     connection.execute("BEGIN IMMEDIATE")
     try:
         current = connection.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated
@@ -350,6 +417,16 @@ def _migrate(connection: sqlite3.Connection, version: int) -> None:
         raise
 
 
+def _check_creatable(path: Path) -> None:
+    """Refuse early a database that could not be created, before any probe runs."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise DatabaseError(f"cannot create a database at {path}: {folder} is not a writable folder; "
+                            "pass --db FILE in a writable folder")
+
+
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -358,6 +435,8 @@ def _refuse_foreign_file(path: Path) -> None:
     try:
         with path.open("rb") as handle:
             header = handle.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        return  # to be created
     except OSError as error:
         raise DatabaseError(f"cannot read {path}: {error.strerror}") from None
     if header and header != _SQLITE_HEADER:

@@ -15,7 +15,7 @@ from scipy.optimize import nnls
 
 from memprobe.archs.registry import ArchSpec
 from memprobe.calibration import FitQuality
-from memprobe.formula import PARAMETER_TERMS, TERMS, attention_tokens, evaluate, predict_parameter_count, term_values
+from memprobe.formula import PARAMETER_TERMS, active_terms, attention_tokens, evaluate, predict_parameter_count, term_values
 from memprobe.measurement import Measurement
 
 
@@ -45,32 +45,60 @@ def fit_parameter_model(spec: ArchSpec, measurements: Sequence[Measurement]) -> 
     return model
 
 
-def fit_phase_coefficients(spec: ArchSpec, measurements: Sequence[Measurement]) -> dict[str, dict[str, float]]:
-    """One set of non-negative coefficients per phase, each fitted to that phase's peaks."""
-    usable = [m for m in measurements if m.ok and m.phase_peaks_bytes]
-    if not usable:
-        raise ValueError("no successful measurement to fit")
-    terms = [t for t in TERMS if t != "attention" or spec.attention_token_volume]
-    matrix = np.array([[_terms(spec, m)[t] for t in terms] for m in usable])
+STEP_SEGMENT = "step"  # the whole step's peak, as one segment
+
+
+def _segment_peaks(measurement: Measurement) -> dict[str, int]:
+    return {**measurement.phase_peaks_bytes, STEP_SEGMENT: measurement.peak_allocated_bytes or 0}
+
+
+def candidate_segmentations(names: set[str]) -> list[list[str]]:
+    """Ways to cut the step into segments, finest first: windows, phases, the whole step.
+
+    A whole phase's peak is the largest of its windows' and bends where the argmax moves
+    between ops; each window's peak is linear in the terms where the op sequence is the same
+    at every size. Where it is not (a network that branches on shapes), coarser segments fit
+    better, so every cut is fitted and the one with the smallest error on the points is kept.
+    """
+    names = names - {STEP_SEGMENT}
+    phases = sorted(n for n in names if "." not in n)
+    windows = sorted(n for n in names if not any(other.startswith(n + ".") for other in names))
+    candidates = [windows] if windows != phases else []
+    candidates += [phases] if phases else []
+    return [*candidates, [STEP_SEGMENT]]
+
+
+def _fit_segments(matrix: np.ndarray, terms: list[str], usable: Sequence[Measurement],
+                  segments: list[str]) -> dict[str, dict[str, float]]:
     coefficients: dict[str, dict[str, float]] = {}
-    for phase in fitted_segments({p for m in usable for p in m.phase_peaks_bytes}):
-        peaks = np.array([float(m.phase_peaks_bytes.get(phase, 0)) for m in usable])
+    for segment in segments:
+        peaks = np.array([float(_segment_peaks(m).get(segment, 0)) for m in usable])
         keep = peaks > 0
         weights = 1.0 / peaks[keep]
         scale = matrix[keep].max(axis=0)
         scale[scale == 0] = 1.0
         solution, _ = nnls((matrix[keep] / scale) * weights[:, None], np.ones(keep.sum()), maxiter=5000)
-        coefficients[phase] = {t: float(v) for t, v in zip(terms, solution / scale)}
+        coefficients[segment] = {t: float(v) for t, v in zip(terms, solution / scale)}
     return coefficients
 
 
-def fitted_segments(names: set[str]) -> list[str]:
-    """The segments the formula models: a phase's windows where recorded, else the phase.
-
-    A whole phase's peak is the largest of its windows' and bends where the argmax moves;
-    each window's peak is linear in the terms, so modelling windows keeps the fit exact.
-    """
-    return sorted(n for n in names if not any(other.startswith(n + ".") for other in names))
+def fit_phase_coefficients(spec: ArchSpec, measurements: Sequence[Measurement]) -> dict[str, dict[str, float]]:
+    """Non-negative coefficients per segment of the step, for the segmentation that fits best."""
+    usable = [m for m in measurements if m.ok]
+    if not usable:
+        raise ValueError("no successful measurement to fit")
+    terms = active_terms(spec)
+    rows = [_terms(spec, m) for m in usable]
+    matrix = np.array([[row[t] for t in terms] for row in rows])
+    peaks = [float(m.peak_allocated_bytes or 0) for m in usable]
+    best: tuple[float, dict[str, dict[str, float]]] | None = None
+    for segments in candidate_segmentations({p for m in usable for p in m.phase_peaks_bytes}):
+        coefficients = _fit_segments(matrix, terms, usable, segments)
+        worst = max(abs(evaluate(coefficients, row) - peak) / peak for row, peak in zip(rows, peaks))
+        if best is None or worst < best[0] - 1e-9:
+            best = (worst, coefficients)
+    assert best is not None
+    return best[1]
 
 
 def relative_errors(spec: ArchSpec, coefficients: dict[str, dict[str, float]],

@@ -19,13 +19,40 @@ from collections.abc import Mapping, Sequence
 
 from memprobe.archs.registry import ArchSpec
 
-TERMS = ("constant", "parameters", "feature_maps", "input_voxels", "output_voxels", "attention")
+TERMS = ("constant", "parameters", "feature_maps", "input_voxels", "output_voxels", "attention",
+         "window_features", "window_attention")
 PARAMETER_TERMS = ("constant", "in_channels", "out_channels", "tokens")
 
 
 def stage_voxels(patch: Sequence[int], stages: int) -> list[int]:
     """Voxels of each resolution stage, halving every dimension per stage."""
     return [math.prod(max(1, size >> stage) for size in patch) for stage in range(stages)]
+
+
+def active_terms(spec: ArchSpec) -> list[str]:
+    """The terms that can be non-zero for this architecture (the others are not fitted)."""
+    inactive = set()
+    if not spec.attention_token_volume:
+        inactive.add("attention")
+    if not spec.attention_window:
+        inactive |= {"window_features", "window_attention"}
+    return [term for term in TERMS if term not in inactive]
+
+
+def window_terms(spec: ArchSpec, patch: Sequence[int], batch: int) -> tuple[float, float]:
+    """Swin's padded grids: feature voxels, and attention entries, of every windowed stage.
+
+    A stage pads each dimension to a whole number of windows (a dimension smaller than the
+    window shrinks the window instead), so its memory follows the padded grid, not the patch.
+    """
+    features = attention = 0.0
+    for factor, channels, heads in spec.window_stages:
+        sizes = [max(1, size // factor) for size in patch]
+        windows = [min(size, spec.attention_window) for size in sizes]
+        padded = math.prod(-(-size // window) * window for size, window in zip(sizes, windows))
+        features += batch * padded * channels
+        attention += batch * padded * heads * math.prod(windows)
+    return features, attention
 
 
 def attention_tokens(spec: ArchSpec, patch: Sequence[int]) -> float:
@@ -50,7 +77,8 @@ def term_values(spec: ArchSpec, patch: Sequence[int], batch: int, in_channels: i
 
     feature_maps is the seed's sum over stages of voxels times channel width; output_voxels
     counts the logits of every output head (deep-supervision heads at their own resolution);
-    attention is the token-count squared times heads of global self-attention.
+    attention is the token-count squared times heads of global self-attention;
+    window_features and window_attention follow Swin's padded window grids.
     """
     voxels = math.prod(patch)
     stages = stage_voxels(patch, len(spec.stage_features)) if spec.stage_features else [voxels]
@@ -58,6 +86,7 @@ def term_values(spec: ArchSpec, patch: Sequence[int], batch: int, in_channels: i
     heads = spec.deep_supervision_heads if deep_supervision else 0
     head_voxels = sum(stages[: heads + 1]) if len(stages) > heads else voxels
     tokens = attention_tokens(spec, patch)
+    window_features, window_attention = window_terms(spec, patch, batch)
     return {
         "constant": 1.0,
         "parameters": float(parameter_count),
@@ -65,6 +94,8 @@ def term_values(spec: ArchSpec, patch: Sequence[int], batch: int, in_channels: i
         "input_voxels": float(batch * voxels * in_channels),
         "output_voxels": float(batch * head_voxels * out_channels),
         "attention": float(batch * spec.attention_heads * tokens * tokens),
+        "window_features": window_features,
+        "window_attention": window_attention,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from memprobe.errors import InvalidInputError
@@ -34,7 +35,9 @@ def parse_bytes(text: str | int | float) -> int:
         InvalidInputError: if the text is not a positive size with a known unit.
     """
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text <= 0:
+        if not math.isfinite(text):
+            raise InvalidInputError(f"memory size {text!r} must be a finite number of bytes")
+        if int(text) <= 0:  # 0.5 bytes would become a budget of 0
             raise InvalidInputError(f"memory size {text!r} must be greater than zero")
         return int(text)  # a number from Python code is already bytes
     match = _PATTERN.match(str(text))

@@ -15,7 +15,8 @@ ELEMENTS_128 = 2097152 * 32 + 262144 * 64 + 32768 * 128 + 4096 * 256 + 512 * 320
 def test_seed_fp32_128_cubed_batch_4_by_hand() -> None:
     activations_gb = ELEMENTS_128 * 3 * 4 * 4 / 1024**3  # x3, batch 4, 4 bytes
     expected = activations_gb * 2 * 1.2 + 0.1 + 0.2
-    assert seed_estimate_gb((128, 128, 128), 4, 1, 2, mixed_precision=False) == pytest.approx(expected, rel=1e-12)
+    estimated = seed_estimate_gb((128, 128, 128), 4, 1, 2, mixed_precision=False)
+    assert estimated == pytest.approx(expected, rel=1e-12)
     assert expected == pytest.approx(9.880078125)
 
 
@@ -35,7 +36,8 @@ def test_seed_matches_the_documented_finding() -> None:
 def test_seed_deep_supervision_adds_head_logits_below_full_resolution() -> None:
     heads = (262144 + 32768 + 4096 + 512) * 6 * 4  # stages 1-4, 6 classes, batch 4
     expected = (ELEMENTS_128 * 3 * 4 + heads) * 2 / 1024**3 * 2.4 + 0.3
-    assert seed_estimate_gb((128, 128, 128), 4, 1, 6, deep_supervision=True) == pytest.approx(expected, rel=1e-12)
+    estimated = seed_estimate_gb((128, 128, 128), 4, 1, 6, deep_supervision=True)
+    assert estimated == pytest.approx(expected, rel=1e-12)
 
 
 def test_seed_ignores_input_channels_and_reports_bytes() -> None:

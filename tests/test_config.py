@@ -28,7 +28,7 @@ def test_valid_input_becomes_a_config() -> None:
 
 def test_numpy_sizes_are_accepted() -> None:
     """A patch read from nnU-Net plans (numpy integers) is a valid patch."""
-    config = make_step_config("mednext", np.array([64, 128, 128]), np.int64(2))
+    config = make_step_config("mednext", np.array([64, 128, 128]), np.int64(2))  # type: ignore[arg-type]
     assert config.patch == (64, 128, 128) and config.batch == 2
     assert all(type(size) is int for size in config.patch)
 
@@ -67,7 +67,12 @@ def test_absurd_patch_is_refused_before_building() -> None:
 
 @pytest.mark.parametrize(
     ("arch", "size", "below", "above"),
-    [("mednext", 100, 96, 112), ("mednext", 129, 128, 144), ("dynunet", 100, 96, 128), ("segresnet", 30, 24, 32)],
+    [
+        ("mednext", 100, 96, 112),
+        ("mednext", 129, 128, 144),
+        ("dynunet", 100, 96, 128),
+        ("segresnet", 30, 24, 32),
+    ],
 )
 def test_non_divisible_patch_names_nearest_valid_sizes(arch: str, size: int, below: int, above: int) -> None:
     """A size the network cannot take is refused with the valid sizes just below and above it."""
@@ -89,10 +94,13 @@ def test_too_small_patch() -> None:
     assert "at least 32" in message
 
 
-@pytest.mark.parametrize(("mode", "value", "choices"), [
-    ("precision", "fp8", "fp32, fp16-mixed, bf16-mixed"),
-    ("optimizer", "adam", "adamw, sgd"),
-])
+@pytest.mark.parametrize(
+    ("mode", "value", "choices"),
+    [
+        ("precision", "fp8", "fp32, fp16-mixed, bf16-mixed"),
+        ("optimizer", "adam", "adamw, sgd"),
+    ],
+)
 def test_unknown_modes_list_the_choices(mode: str, value: str, choices: str) -> None:
     """An unknown precision or optimizer is refused with the list of known ones."""
     message = _error("mednext", (128, 128, 128), 1, **{mode: value})
@@ -124,5 +132,7 @@ def test_config_helpers_keep_other_fields() -> None:
     assert config.with_batch(3) == StepConfig("mednext", (64, 64, 64), 3, Precision.FP16_MIXED, in_channels=4)
     assert config.with_patch([32, 64, 96]).patch == (32, 64, 96)
     data = config.to_dict()
-    assert data["patch"] == [64, 64, 64] and data["precision"] == "fp16-mixed" and data["optimizer"] == "adamw"
+    assert (
+        data["patch"] == [64, 64, 64] and data["precision"] == "fp16-mixed" and data["optimizer"] == "adamw"
+    )
     assert config.label() == "mednext 64x64x64 b1 fp16-mixed c4->2"

@@ -7,7 +7,14 @@ import sys
 
 import pytest
 
-from memprobe.archs.registry import ARCHS, ArchSpec, get_arch, known_arch_names, resolve_arch, smallest_patch_size
+from memprobe.archs.registry import (
+    ARCHS,
+    ArchSpec,
+    get_arch,
+    known_arch_names,
+    resolve_arch,
+    smallest_patch_size,
+)
 from memprobe.errors import InvalidInputError
 
 
@@ -38,10 +45,18 @@ def test_known_names_in_registry_order() -> None:
     assert names == list(ARCHS) and len(set(names)) == len(names) and names[0] == "mednext"
 
 
-@pytest.mark.parametrize(("name", "canonical"), [
-    ("mednext", "mednext"), ("MedNeXt", "mednext"), ("mednext-s", "mednext"), ("MEDNEXT-S", "mednext"),
-    ("  basicunet ", "basicunet"), ("DynUNet", "dynunet"), ("mednext-L", "mednext-l"),
-])
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [
+        ("mednext", "mednext"),
+        ("MedNeXt", "mednext"),
+        ("mednext-s", "mednext"),
+        ("MEDNEXT-S", "mednext"),
+        ("  basicunet ", "basicunet"),
+        ("DynUNet", "dynunet"),
+        ("mednext-L", "mednext-l"),
+    ],
+)
 def test_get_arch_accepts_aliases_and_any_case(name: str, canonical: str) -> None:
     """Names and aliases are matched case-insensitively, ignoring surrounding spaces."""
     assert get_arch(name).name == canonical
@@ -74,7 +89,7 @@ def test_custom_spec_resolves_without_importing_the_model() -> None:
 @pytest.mark.parametrize("name", [":factory", "module:", ":"])
 def test_malformed_custom_spec(name: str) -> None:
     """A custom name missing its module or factory is refused with the expected form."""
-    with pytest.raises(InvalidInputError, match="package.module:factory"):
+    with pytest.raises(InvalidInputError, match=r"package\.module:factory"):
         resolve_arch(name)
 
 
@@ -91,15 +106,18 @@ def test_custom_factory_builds_a_module() -> None:
 
     model = build_model(resolve_arch("tests.tiny_models:tiny_net"), 3, 5)
     assert isinstance(model, nn.Module)
-    assert model.down[0].in_channels == 3 and model.up[-1].out_channels == 5  # type: ignore[index]
+    assert model.down[0].in_channels == 3 and model.up[-1].out_channels == 5  # type: ignore[index,union-attr]
 
 
-@pytest.mark.parametrize(("name", "fragment"), [
-    ("tests.tiny_models:not_a_module", "not a torch.nn.Module"),
-    ("tests.tiny_models:NOT_CALLABLE", "is not callable"),
-    ("tests.tiny_models:missing", "has no attribute"),
-    ("tests.no_such_module:factory", "cannot import"),
-])
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("tests.tiny_models:not_a_module", "not a torch.nn.Module"),
+        ("tests.tiny_models:NOT_CALLABLE", "is not callable"),
+        ("tests.tiny_models:missing", "has no attribute"),
+        ("tests.no_such_module:factory", "cannot import"),
+    ],
+)
 def test_bad_custom_factories_are_input_errors(name: str, fragment: str) -> None:
     """A custom name that does not lead to a network factory is a one-line input error."""
     from memprobe.archs.build import build_model

@@ -32,8 +32,15 @@ UPPER = 4096
 class ThresholdProbe:
     """Fits iff ``fixed + per * size(n) <= budget``; records every n it is asked about."""
 
-    def __init__(self, fixed: float, per: float, budget: float, *, report_peak: bool = True,
-                 size_of: Callable[[int], float] = float) -> None:
+    def __init__(
+        self,
+        fixed: float,
+        per: float,
+        budget: float,
+        *,
+        report_peak: bool = True,
+        size_of: Callable[[int], float] = float,
+    ) -> None:
         self.fixed, self.per, self.budget = fixed, per, budget
         self.report_peak, self.size_of = report_peak, size_of
         self.calls: list[int] = []
@@ -99,9 +106,11 @@ def test_fits_only_probe_still_gets_the_exact_answer(fixed: float, per: float, b
 @pytest.mark.parametrize(("fixed", "per", "budget"), CASES[::3])
 def test_searches_never_probe_below_start(start: int, fixed: float, per: float, budget: float) -> None:
     """With a smallest size (patch search), nothing below it is probed and the answer is exact."""
-    size_of = lambda n: float(n**3)  # noqa: E731
-    for search in (lambda p: guided_search(p, budget, size_of=size_of, start=start, upper=64),
-                   lambda p: doubling_search(p, start=start, upper=64)):
+    size_of = lambda n: float(n**3)
+    for search in (
+        lambda p: guided_search(p, budget, size_of=size_of, start=start, upper=64),
+        lambda p: doubling_search(p, start=start, upper=64),
+    ):
         probe = ThresholdProbe(fixed, per / 500, budget, size_of=size_of)
         result = search(probe)
         assert result.largest == probe.truth(start, 64)
@@ -111,8 +120,13 @@ def test_searches_never_probe_below_start(start: int, fixed: float, per: float, 
 
 def test_nothing_fits_answers_zero() -> None:
     """When even the smallest size fails, every search answers 0 after one probe."""
-    for search in (doubling_search, exhaustive_search, lambda p: guided_search(p, 1e9),
-                   lambda p: guided_search(p, 1e9, start=4), lambda p: doubling_search(p, start=4)):
+    for search in (
+        doubling_search,
+        exhaustive_search,
+        lambda p: guided_search(p, 1e9),
+        lambda p: guided_search(p, 1e9, start=4),
+        lambda p: doubling_search(p, start=4),
+    ):
         probe = ThresholdProbe(2e9, 1e6, 1e9)
         result = search(probe)
         assert result.largest == 0 and not result.capped and len(probe.calls) == 1
@@ -120,8 +134,11 @@ def test_nothing_fits_answers_zero() -> None:
 
 def test_capped_when_the_upper_limit_fits() -> None:
     """If the largest allowed size fits, it is the answer and the result says it is capped."""
-    for search in (lambda p: doubling_search(p, upper=10), lambda p: exhaustive_search(p, upper=10),
-                   lambda p: guided_search(p, 1e12, upper=10)):
+    for search in (
+        lambda p: doubling_search(p, upper=10),
+        lambda p: exhaustive_search(p, upper=10),
+        lambda p: guided_search(p, 1e12, upper=10),
+    ):
         probe = ThresholdProbe(0, 1e6, 1e12)
         result = search(probe)
         assert result.largest == 10 and result.capped and max(probe.calls) == 10
@@ -139,7 +156,11 @@ def test_guided_search_with_a_prediction_is_exact_and_cheap(factor: float) -> No
     """A calibrated prediction, right or off by a factor, still yields the exact answer."""
     for fixed, per, budget in CASES:
         probe = ThresholdProbe(fixed, per, budget)
-        result = guided_search(probe, budget, predict=lambda n: factor * probe.peak(n))
+
+        def predict(n: int, probe: ThresholdProbe = probe) -> float:
+            return factor * probe.peak(n)
+
+        result = guided_search(probe, budget, predict=predict)
         assert result.largest == probe.truth()
         assert len(probe.calls) == len(set(probe.calls))
         if factor == 1.0:

@@ -51,7 +51,7 @@ def test_parse_bytes_error_shows_valid_examples() -> None:
         parse_bytes("24XB")
 
 
-@pytest.mark.parametrize("number", [0, -5, 0.0])
+@pytest.mark.parametrize("number", [0, -5, 0.0, 0.5])
 def test_parse_bytes_rejects_non_positive_numbers(number: float) -> None:
     """Zero and negative byte counts are refused, as they are as text."""
     with pytest.raises(InvalidInputError, match="greater than zero"):
@@ -81,3 +81,10 @@ def test_format_then_parse_round_trips(text: str) -> None:
     """What format_bytes writes, parse_bytes reads back to the same size."""
     size = parse_bytes(text)
     assert parse_bytes(format_bytes(size).replace(" ", "")) == size
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_parse_bytes_rejects_non_finite_numbers(number: float) -> None:
+    """NaN and infinity are input errors, not crashes in int()."""
+    with pytest.raises(InvalidInputError, match="memory size"):
+        parse_bytes(number)

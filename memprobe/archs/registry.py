@@ -26,6 +26,9 @@ class ArchSpec:
         attention_token_volume: voxels per token for networks with global self-attention
             (their attention maps grow with the square of the token count); 0 for none.
         attention_heads: heads of that global attention.
+        attention_window: edge of the windows of windowed self-attention (Swin), 0 for none;
+            each stage pads its feature grid to whole windows.
+        window_stages: (downsampling factor, channels, heads) of each windowed-attention stage.
         factory: ``module:function`` that builds the network (``memprobe.archs.factories``).
         default_lr, scheduler: training defaults used by `memprobe plan` (from the planner we replace).
         custom: True for a user model given as ``package.module:factory``.
@@ -39,6 +42,8 @@ class ArchSpec:
     deep_supervision_heads: int = 0
     attention_token_volume: int = 0
     attention_heads: int = 0
+    attention_window: int = 0
+    window_stages: tuple[tuple[int, int, int], ...] = field(default=())
     factory: str = ""
     default_lr: float = 1e-4
     scheduler: str = "cosine annealing with warmup"
@@ -110,6 +115,8 @@ ARCHS: dict[str, ArchSpec] = {
             "MONAI SwinUNETR, feature size 48, window 7",
             divisor=32,
             stage_features=(48, 48, 96, 192, 384, 768),
+            attention_window=7,
+            window_stages=((2, 48, 3), (4, 96, 6), (8, 192, 12), (16, 384, 24)),
             factory="memprobe.archs.factories:swinunetr",
         ),
         ArchSpec(

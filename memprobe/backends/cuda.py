@@ -17,7 +17,7 @@ from memprobe.archs.registry import resolve_arch
 from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
 from memprobe.environment import software_environment
-from memprobe.errors import ModelError
+from memprobe.errors import MemprobeError, ModelError
 from memprobe.measurement import Environment, Measurement
 from memprobe.step import prepare_training, parameter_count, train_step
 
@@ -94,6 +94,14 @@ def run_real_step(config: StepConfig, device: torch.device, on_phase: Any, befor
     return time.perf_counter() - started, parameter_count(model)
 
 
+def _is_out_of_memory(error: BaseException) -> bool:
+    """The caching allocator's OOM, or cuBLAS/cuDNN failing to allocate their workspace (a RuntimeError)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    message = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in message or "STATUS_ALLOC_FAILED" in message)
+
+
 class CudaBackend:
     """Measure on the current CUDA device, optionally capped at ``budget_bytes``."""
 
@@ -135,10 +143,12 @@ class CudaBackend:
         try:
             seconds, parameters = self._step_runner(config, torch.device("cuda"), on_phase,
                                                     runtime.reset_peak_memory_stats)
-        except torch.OutOfMemoryError:
-            out_of_memory = True
+        except MemprobeError:
+            raise  # the network could not be built: already a one-line error with its exit code
         except Exception as error:
-            raise ModelError(f"the training step of {config.label()} failed: {type(error).__name__}: {error}") from error
+            if not _is_out_of_memory(error):
+                raise ModelError(f"the training step of {config.label()} failed: {type(error).__name__}: {error}") from error
+            out_of_memory = True
         finally:
             if self.budget_bytes is not None:
                 runtime.set_per_process_memory_fraction(1.0)

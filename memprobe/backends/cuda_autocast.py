@@ -15,8 +15,10 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-# "CUDA Ops that can autocast to float16" (torch.amp documentation).
+# "CUDA Ops that can autocast to float16" (torch.amp documentation), plus einsum: autocast
+# casts the bmm it lowers to, which a torch-function-level emulation does not see.
 LOWER_PRECISION_OPS = frozenset({
+    "einsum",
     "__matmul__", "addbmm", "addmm", "addmv", "addr", "baddbmm", "bmm", "chain_matmul",
     "multi_dot", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
     "conv_transpose3d", "linear", "matmul", "mm", "mv", "prelu", "scaled_dot_product_attention",

@@ -1,7 +1,9 @@
 """Run each probe in a child process, so a crash becomes a failed measurement.
 
 A segfault, a CUDA error that poisons the context, or a kill by the OOM killer ends only the
-child; the parent records what happened and goes on with the next probe.
+child; the parent records what happened and goes on with the next probe. A model that raises
+is not a crash: the child reports its MemprobeError and the parent raises the same error, as
+a probe without isolation would.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import subprocess
 import sys
 from typing import Any
 
+from memprobe import errors
 from memprobe.backends.base import Backend
 from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
 from memprobe.measurement import Environment, Measurement
 
 CHILD_TIMEOUT_SECONDS = 3600
+_ERROR_KEY = "memprobe_error"
 
 
 def _describe_exit(returncode: int, stderr: str) -> str:
@@ -26,6 +30,21 @@ def _describe_exit(returncode: int, stderr: str) -> str:
         return f"the probe's process was killed by {name}"
     last_line = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "")
     return f"the probe's process exited with code {returncode}: {last_line}"[:500]
+
+
+def _last_json_line(stdout: str) -> dict[str, Any] | None:
+    """The child's report: the last line of its output, if that is a JSON object."""
+    last_line = next((line for line in reversed(stdout.splitlines()) if line.strip()), "")
+    try:
+        report = json.loads(last_line)
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def _error_class(name: object) -> type[errors.MemprobeError]:
+    found = getattr(errors, str(name), None)
+    return found if isinstance(found, type) and issubclass(found, errors.MemprobeError) else errors.ModelError
 
 
 class IsolatedBackend:
@@ -41,14 +60,28 @@ class IsolatedBackend:
 
     def measure(self, config: StepConfig) -> Measurement:
         request = json.dumps({"device": self.kind.value, "budget_bytes": self.budget_bytes, "config": config.to_dict()})
-        completed = subprocess.run(
-            [sys.executable, "-m", "memprobe.backends.worker"], input=request, capture_output=True, text=True,
-            timeout=CHILD_TIMEOUT_SECONDS, check=False,
-        )
-        if completed.returncode == 0:
-            return Measurement.from_dict(json.loads(completed.stdout.strip().splitlines()[-1]))
-        return Measurement(config, self.environment(), None, error=_describe_exit(completed.returncode, completed.stderr),
-                           budget_bytes=self.budget_bytes)
+        try:
+            completed = subprocess.run(
+                [sys.executable, "-m", "memprobe.backends.worker"], input=request, capture_output=True,
+                encoding="utf-8", errors="replace", timeout=CHILD_TIMEOUT_SECONDS, check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return self._failed(config, f"the probe's process did not finish within {CHILD_TIMEOUT_SECONDS} s")
+        report = _last_json_line(completed.stdout)
+        if report is not None and _ERROR_KEY in report:
+            raise _error_class(report[_ERROR_KEY])(str(report.get("message", "")))
+        if completed.returncode == 0 and report is not None:
+            return Measurement.from_dict(report)
+        return self._failed(config, _describe_exit(completed.returncode, completed.stderr))
+
+    def _failed(self, config: StepConfig, error: str) -> Measurement:
+        return Measurement(config, self.environment(), None, error=error, budget_bytes=self.budget_bytes)
+
+
+def _report(data: dict[str, Any]) -> None:
+    # On a line of its own: the model may have printed to stdout without a final newline.
+    sys.stdout.write("\n" + json.dumps(data) + "\n")
+    sys.stdout.flush()
 
 
 def _child_main() -> int:
@@ -56,11 +89,18 @@ def _child_main() -> int:
     from memprobe.backends.base import get_backend
     from memprobe.enums import OptimizerName, Precision
 
+    # Ctrl-C reaches the whole process group: the parent stops, and ends this process itself,
+    # so an interrupted probe is never recorded as a crashed one.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     request: dict[str, Any] = json.loads(sys.stdin.read())
     data = request["config"]
     config = StepConfig(data["arch"], tuple(data["patch"]), data["batch"], Precision(data["precision"]),  # type: ignore[arg-type]
                         OptimizerName(data["optimizer"]), data["in_channels"], data["out_channels"],
                         data["deep_supervision"])
-    measurement = get_backend(request["device"], budget_bytes=request["budget_bytes"]).measure(config)
-    print(json.dumps(measurement.to_dict()))
+    try:
+        measurement = get_backend(request["device"], budget_bytes=request["budget_bytes"]).measure(config)
+    except errors.MemprobeError as error:
+        _report({_ERROR_KEY: type(error).__name__, "message": str(error)})
+        return error.exit_code
+    _report(measurement.to_dict())
     return 0

@@ -56,9 +56,10 @@ def calibrate(arch: str, device: str | None, precision: str, optimizer: str, dee
     base = make_step_config(arch, (2 * spec.divisor,) * 3, 1, precision=precision, optimizer=optimizer,
                             deep_supervision=deep_supervision)
     cap = parse_bytes(budget) if budget is not None else None
+    # Every input is checked before the database is opened: a mistake must leave it untouched.
+    backend = get_backend(device, budget_bytes=cap, isolate=isolate)
+    budget_bytes = default_budget_bytes(backend.environment(), budget)
     with Database.open(db_path) as database:
-        backend = get_backend(device, budget_bytes=cap, isolate=isolate)
-        budget_bytes = default_budget_bytes(backend.environment(), budget)
         with _progress_bar(f"calibrating {spec.name} on {backend.kind.value}") as bar:
 
             def advance(measurement: Measurement, reused: bool) -> None:

@@ -1,0 +1,106 @@
+"""Helpers the robustness tests share: running the CLI, and looking at database files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+MEMPROBE = [sys.executable, "-m", "memprobe.cli"]
+TINY = "tests.tiny_models:tiny_net"
+# Small enough that every search stops at its first probe: a calibration is its design points.
+SMALL_BUDGET = "1MiB"
+SIDECARS = ("-wal", "-shm", "-journal")
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.startswith("memprobe: error:")]
+
+
+def invoke(capsys: pytest.CaptureFixture[str], *arguments: str) -> Result:
+    """Run ``memprobe ARGUMENTS`` in this process, through ``main`` (where errors become one line)."""
+    from memprobe.cli import main
+
+    sigterm = signal.getsignal(signal.SIGTERM)
+    capsys.readouterr()
+    try:
+        main(list(arguments))
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    captured = capsys.readouterr()
+    return Result(code, captured.out, captured.err)
+
+
+def run_cli(*arguments: str, timeout: float = 300, **popen: object) -> Result:
+    """Run ``memprobe ARGUMENTS`` as a real process (the environment is the test's)."""
+    completed = subprocess.run([*MEMPROBE, *arguments], capture_output=True, text=True, timeout=timeout,
+                               env=os.environ, check=False, **popen)  # type: ignore[call-overload]
+    return Result(completed.returncode, completed.stdout, completed.stderr)
+
+
+def start_cli(*arguments: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([*MEMPROBE, *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env if env is not None else dict(os.environ))
+
+
+def file_state(path: Path) -> tuple[str | None, tuple[str, ...]]:
+    """The file's SHA-256 (None if absent) and which SQLite side files lie beside it."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    return digest, tuple(suffix for suffix in SIDECARS if Path(f"{path}{suffix}").exists())
+
+
+def query(db_path: Path, sql: str, parameters: Sequence[object] = ()) -> list[tuple[object, ...]]:
+    """Read a database that another process may be writing (0 rows while it does not exist yet)."""
+    if not db_path.exists():
+        return []
+    connection = sqlite3.connect(f"file:{db_path}?mode=rw", uri=True, timeout=60)
+    try:
+        return connection.execute(sql, tuple(parameters)).fetchall()
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):  # created, not migrated yet
+            return []
+        raise
+    finally:
+        connection.close()
+
+
+def measurement_count(db_path: Path) -> int:
+    rows = query(db_path, "SELECT COUNT(*) FROM measurements")
+    return int(rows[0][0]) if rows else 0  # type: ignore[arg-type]
+
+
+CONFIG_COLUMNS = ("environment_id, arch, patch_d, patch_h, patch_w, batch, precision, optimizer, in_channels, "
+                  "out_channels, deep_supervision")
+
+
+def repeated_configurations(db_path: Path) -> list[tuple[object, ...]]:
+    """Configurations stored more than once."""
+    return query(db_path, f"SELECT {CONFIG_COLUMNS}, COUNT(*) FROM measurements GROUP BY {CONFIG_COLUMNS} "
+                          "HAVING COUNT(*) > 1")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(poll)

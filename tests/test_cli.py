@@ -1,0 +1,453 @@
+"""Tests of the memprobe command line: help, JSON/YAML output, and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from memprobe.archs.registry import ARCHS, get_arch
+from memprobe.calibration import Calibration, FitQuality
+from memprobe.cli import cli, main
+from memprobe.db import Database
+from memprobe.planner import plan_batch
+
+GIB = 2**30
+TINY = "tests.tiny_models:tiny_net"
+
+
+def make_calibration(arch: str = "mednext", precision: str = "fp32") -> Calibration:
+    """A hand-made trace calibration: about 3.6 GiB per sample at 128^3 for MedNeXt."""
+    return Calibration(
+        arch=arch,
+        device="trace",
+        precision=precision,
+        optimizer="adamw",
+        deep_supervision=False,
+        phase_coefficients={
+            "forward": {
+                "constant": 1e8,
+                "parameters": 16.0,
+                "feature_maps": 40.0,
+                "input_voxels": 4.0,
+                "output_voxels": 8.0,
+            },
+            "backward": {"constant": 1e8, "parameters": 20.0, "feature_maps": 30.0},
+        },
+        parameter_model={"constant": 5.6e6, "in_channels": 100.0, "out_channels": 100.0, "tokens": 0.0},
+        quality=FitQuality(10, 0.01, 0.02, 4, 0.015, 0.03),
+        created_at="2026-01-01T00:00:00+00:00",
+    )
+
+
+@pytest.fixture
+def calibrated_db(db_path: Path) -> Path:
+    """A database with trace calibrations of MedNeXt (fp32, bf16-mixed) and BasicUNet (fp32)."""
+    with Database.open(db_path) as db:
+        for calibration in (
+            make_calibration(),
+            make_calibration(precision="bf16-mixed"),
+            make_calibration(arch="basicunet"),
+        ):
+            db.add_calibration(calibration)
+    return db_path
+
+
+def _walk(
+    command: click.Command, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _walk(sub, (*path, name))
+
+
+COMMAND_PATHS = [path for path, _ in _walk(cli)]
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=[" ".join(p) or "memprobe" for p in COMMAND_PATHS])
+def test_every_command_has_help(path: tuple[str, ...]) -> None:
+    """Every command and subcommand documents itself and each of its options."""
+    command = dict(_walk(cli))[path]
+    assert command.help and command.help.strip()
+    for parameter in command.params:
+        if isinstance(parameter, click.Option) and parameter.name not in ("help", "version"):
+            assert parameter.help, f"{' '.join(path)} {parameter.opts} has no help"
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+    first_line = " ".join(command.help.strip().splitlines()[0].split())
+    assert first_line in " ".join(result.output.split())
+
+
+def test_commands_are_registered() -> None:
+    """The documented commands exist."""
+    assert {"archs", "probe", "calibrate", "suggest", "plan", "db"} <= set(cli.commands)
+
+
+def test_version() -> None:
+    """--version prints the package version."""
+    from memprobe import __version__
+
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_archs_json_lists_the_registry() -> None:
+    """archs --json is parseable and lists every registered architecture with its divisor."""
+    result = CliRunner().invoke(cli, ["archs", "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert [item["name"] for item in data] == list(ARCHS)
+    assert all(item["divisor"] == ARCHS[item["name"]].divisor for item in data)
+
+
+def test_archs_table() -> None:
+    """archs without --json prints a table naming every architecture."""
+    result = CliRunner().invoke(cli, ["archs"])
+    assert result.exit_code == 0 and all(name in result.output for name in ARCHS)
+
+
+def test_probe_tiny_model_on_trace() -> None:
+    """probe of a user model on trace prints a measurement with its peak as JSON."""
+    result = CliRunner().invoke(
+        cli,
+        ["probe", "--arch", TINY, "--patch", "16", "16", "16", "--batch", "2", "--device", "trace", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["arch"] == TINY and data["patch"] == [16, 16, 16] and data["batch"] == 2
+    assert data["device"] == "trace" and not data["oom"]
+    assert isinstance(data["peak_allocated_bytes"], int) and data["peak_allocated_bytes"] > 0
+    assert data["peak_allocated_bytes"] % 512 == 0
+
+
+def test_suggest_json_is_a_consistent_plan(calibrated_db: Path) -> None:
+    """suggest --json gives the largest batch: it fits budget*safety and the next does not."""
+    result = CliRunner().invoke(
+        cli,
+        [
+            "suggest",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24GiB",
+            "--db",
+            str(calibrated_db),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    budget = 24 * GIB
+    assert data["budget_bytes"] == budget and data["safety"] == 0.9
+    assert data["predicted_peak_bytes"] <= budget * 0.9 < data["next_batch_peak_bytes"]
+    expected = plan_batch(make_calibration(), get_arch("mednext"), (128, 128, 128), budget)
+    assert data["batch"] == expected.batch == 6
+    assert data["pytorch_connectomics"]["data.batch_size"] == data["batch"]
+    assert data["nnunet_plans"] == {"batch_size": 6, "patch_size": [128, 128, 128]}
+    assert data["calibration"]["device"] == "trace" and data["warnings"] == []
+
+
+def test_suggest_yaml_parses(calibrated_db: Path) -> None:
+    """suggest --yaml is valid YAML with the same plan as --json."""
+    result = CliRunner().invoke(
+        cli,
+        [
+            "suggest",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24GiB",
+            "--db",
+            str(calibrated_db),
+            "--yaml",
+            "--effective-batch",
+            "16",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = yaml.safe_load(result.stdout)
+    assert data["batch"] == 6 and data["accumulate_grad_batches"] == 3 and data["effective_batch"] == 18
+    assert data["pytorch_connectomics"]["training.accumulate_grad_batches"] == 3
+
+
+def test_suggest_patch_for_a_batch(calibrated_db: Path) -> None:
+    """suggest --batch plans a divisible patch within the budget and the median shape."""
+    result = CliRunner().invoke(
+        cli,
+        [
+            "suggest",
+            "--batch",
+            "2",
+            "--gpu-mem",
+            "24GiB",
+            "--spacing",
+            "5",
+            "0.8",
+            "0.8",
+            "--median-shape",
+            "64",
+            "320",
+            "320",
+            "--db",
+            str(calibrated_db),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert all(size % 16 == 0 for size in data["patch"])
+    assert all(size <= limit for size, limit in zip(data["patch"], (64, 320, 320), strict=True))
+    assert data["predicted_peak_bytes"] <= 24 * GIB * 0.9 and data["reasons"]
+
+
+def test_suggest_all_archs(calibrated_db: Path) -> None:
+    """--all-archs compares every architecture calibrated at the precision."""
+    result = CliRunner().invoke(
+        cli,
+        [
+            "suggest",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24GiB",
+            "--all-archs",
+            "--db",
+            str(calibrated_db),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert [plan["arch"] for plan in json.loads(result.stdout)] == ["mednext", "basicunet"]
+
+
+def test_suggest_all_archs_reads_precision_in_any_case(calibrated_db: Path) -> None:
+    """--all-archs finds the calibrated networks whatever the case of --precision, as planning does."""
+    result = CliRunner().invoke(
+        cli,
+        [
+            "suggest",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24GiB",
+            "--all-archs",
+            "--precision",
+            "FP32",
+            "--db",
+            str(calibrated_db),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert [plan["arch"] for plan in json.loads(result.stdout)] == ["mednext", "basicunet"]
+
+
+def test_suggest_table(calibrated_db: Path) -> None:
+    """The default table shows the batch and the budget."""
+    result = CliRunner().invoke(
+        cli, ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--db", str(calibrated_db)]
+    )
+    assert result.exit_code == 0 and "| mednext" in result.output and "24.00 GiB" in result.output
+
+
+def test_plan_json(calibrated_db: Path) -> None:
+    """plan --json fills every value, with a reason for each."""
+    result = CliRunner().invoke(
+        cli, ["plan", "--gpu-mem", "24GiB", "--precision", "fp32", "--db", str(calibrated_db), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    for name in (
+        "precision",
+        "patch_size",
+        "batch_size",
+        "accumulate_grad_batches",
+        "num_workers",
+        "lr",
+        "scheduler",
+    ):
+        assert name in data and data["reasons"][name]
+    assert data["precision"] == "fp32" and data["reasons"]["precision"] == "manual override"
+
+
+def _run_main(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the console entry point; its exit code (0 when it returns), stdout and stderr."""
+    try:
+        main(arguments)
+        code = 0
+    except SystemExit as exited:
+        code = int(exited.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+BAD_INPUT = [
+    pytest.param(
+        ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "abc"],
+        "cannot read memory size",
+        id="budget-abc",
+    ),
+    pytest.param(["suggest", "--gpu-mem", "24GiB", "--patch", "128", "128"], "--patch", id="patch-of-two"),
+    pytest.param(
+        ["suggest", "--patch", "128", "128", "--gpu-mem", "24GiB"], "", id="patch-of-two-then-option"
+    ),
+    pytest.param(
+        ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--precision", "fp8"],
+        "unknown precision",
+        id="unknown-precision",
+    ),
+    pytest.param(
+        ["suggest", "--patch", "100", "128", "128", "--gpu-mem", "24GiB"],
+        "nearest valid: 96 or 112",
+        id="not-divisible",
+    ),
+    pytest.param(
+        ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--arch", "resnet"],
+        "unknown architecture",
+        id="unknown-arch",
+    ),
+    pytest.param(["suggest", "--batch", "x", "--gpu-mem", "24GiB"], "--batch", id="batch-x"),
+    pytest.param(["suggest", "--patch", "128", "128", "128"], "--gpu-mem", id="no-budget-no-gpu"),
+    pytest.param(
+        ["probe", "--patch", "16", "16", "16", "--arch", TINY, "--batch", "0", "--device", "trace"],
+        "batch size",
+        id="probe-batch-0",
+    ),
+    pytest.param(
+        ["plan", "--gpu-mem", "24GiB", "--precision", "fp9"], "unknown precision", id="plan-precision"
+    ),
+    pytest.param(["nonsense"], "No such command", id="unknown-command"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "fragment"), BAD_INPUT)
+def test_bad_input_is_one_line_exit_2(
+    arguments: list[str], fragment: str, calibrated_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad input exits with code 2 and a single 'memprobe: error:' line, no traceback."""
+    if arguments[0] in ("suggest", "plan"):
+        arguments = [arguments[0], "--db", str(calibrated_db), *arguments[1:]]
+    code, out, err = _run_main(arguments, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memprobe: error:"), err
+    assert fragment in lines[0] and "Traceback" not in err + out
+
+
+def test_unknown_device_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown measuring device is refused with the known ones, exit code 2, no traceback."""
+    code, _, err = _run_main(["probe", "--patch", "32", "32", "32", "--device", "tpu"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert (
+        err.strip().splitlines()[-1]
+        == "memprobe: error: unknown device 'tpu': choose one of cuda, trace, cpu"
+    )
+
+
+def test_missing_db_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A --db that does not exist is reported in one line with exit code 2, and not created."""
+    missing = tmp_path / "missing.sqlite"
+    for arguments in (["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB"], ["db", "list"]):
+        code, _, err = _run_main([*arguments, "--db", str(missing)], capsys)
+        assert code == 2 and err.startswith("memprobe: error:") and len(err.strip().splitlines()) == 1
+        assert str(missing) in err and "Traceback" not in err
+    assert not missing.exists()
+
+
+def test_no_calibration_is_exit_2_naming_the_command(
+    calibrated_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Planning an uncalibrated network says which calibrate command to run."""
+    code, _, err = _run_main(
+        [
+            "suggest",
+            "--arch",
+            "unet",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24GiB",
+            "--db",
+            str(calibrated_db),
+        ],
+        capsys,
+    )
+    assert code == 2 and "memprobe calibrate --arch unet" in err and len(err.strip().splitlines()) == 1
+
+
+def test_model_failure_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """A model whose forward raises is a one-line error with exit code 1."""
+    code, _, err = _run_main(
+        ["probe", "--arch", "tests.tiny_models:raising_net", "--patch", "8", "8", "8", "--device", "trace"],
+        capsys,
+    )
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("memprobe: error:") and "forward failed on purpose" in err
+    assert "Traceback" not in err
+
+
+def test_success_exits_zero(calibrated_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """main() exits 0 after printing the report on stdout."""
+    code, out, err = _run_main(
+        [
+            "suggest",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24GiB",
+            "--db",
+            str(calibrated_db),
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0 and json.loads(out)["batch"] == 6 and "error" not in err
+
+
+def test_console_script_reports_errors_in_one_line(tmp_path: Path) -> None:
+    """The installed command (python -m memprobe.cli) prints one error line and exits 2."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "memprobe.cli",
+            "suggest",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24XB",
+            "--db",
+            str(tmp_path / "none.sqlite"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines() == [
+        "memprobe: error: cannot read memory size '24XB': write e.g. 24GiB, 24GB, 24000MiB or 24 (GiB)"
+    ]
+    assert completed.stdout == ""
