@@ -192,8 +192,13 @@ def gib(size: float | None) -> str:
     return "-" if size is None else f"{size / GIB:.2f}"
 
 
-def percent(fraction: float | None) -> str:
-    return "-" if fraction is None else f"{100 * fraction:+.2f}%"
+def percent(fraction: float | None, sign: str = "+") -> str:
+    """A relative error as a percentage; errors below 0.01% keep two significant digits."""
+    if fraction is None:
+        return "-"
+    if 0 < abs(fraction) < 1e-4:
+        return f"{100 * fraction:{sign}.1e}%"
+    return f"{100 * fraction:{sign}.2f}%"
 
 
 def patch_text(patch: tuple[int, ...] | list[int]) -> str:

@@ -93,7 +93,10 @@ def committed_cuda_measurements(directory: Path = CUDA_DIR) -> list[Measurement]
 
 
 def cuda_rows(measurements: list[Measurement]) -> list[Row]:
-    """Rows for committed GPU steps: that GPU's calibration, else the trace one (as planning would)."""
+    """Rows for committed GPU steps: that GPU's calibration, else the trace one (as planning would).
+
+    The step the nnU-Net proxy is scaled to is left out: the proxy is exact there by construction.
+    """
     from memprobe.errors import NoCalibrationError
     from memprobe.sources import choose_calibration, shipped_calibrations
 
@@ -105,6 +108,8 @@ def cuda_rows(measurements: list[Measurement]) -> list[Row]:
                     and o.environment.device_name == m.environment.device_name]
         reference = next((o for o in same_gpu if o.config.patch == REFERENCE_PATCH and o.config.batch == 1),
                          same_gpu[0])
+        if m is reference:
+            continue
         try:
             choice = choose_calibration(shipped, c.arch, c.precision.value, c.optimizer.value,
                                         c.deep_supervision, m.environment.device_name, "trace")
@@ -159,7 +164,7 @@ def _summary_rows(label: str, stats: dict[str, dict[str, float]]) -> list[dict[s
     blank = dict.fromkeys(("held-out configuration", "measured GiB", "memprobe GiB", "seed GiB",
                            "nnU-Net proxy GiB"), "")
     return [{"arch": f"**{kind} abs error**", "device": label, **blank,
-             **{columns[key]: f"{100 * stats[key][kind]:.2f}%" for key in columns}}
+             **{columns[key]: percent(stats[key][kind], sign="") for key in columns}}
             for kind in ("median", "worst")]
 
 

@@ -66,7 +66,9 @@ def _verdict(seconds: float, target: float) -> str:
 
 
 def _seconds_text(seconds: float) -> str:
-    return f"{seconds * 1e6:.0f} µs" if seconds < 1e-2 else f"{seconds:.2f} s"
+    if seconds < 1e-2:
+        return f"{seconds * 1e6:.0f} µs"
+    return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def test_speed_table(benchmark: Any, measurements: SessionMeasurements, calibrations: Calibrations,
@@ -117,7 +119,8 @@ def test_speed_table(benchmark: Any, measurements: SessionMeasurements, calibrat
         "new process: wall time of the command in a fresh Python process (file cache warm); suggest reads a "
         "database holding one calibration and never imports torch.",
         "trace probe: one `TraceBackend.measure` (build the network, a warm-up step, the measured step on "
-        "fake tensors); step = the measured step alone.",
+        "fake tensors); step = the measured step alone. The first probe of the run also pays for torch's and "
+        "MONAI's lazy imports.",
         f"Timings are machine-dependent and reported, not asserted ({os.cpu_count()} CPUs here).",
     )
     write_results(ResultTable("speed", "Speed: planning, estimating and probing", rows, records, notes))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -13,7 +14,7 @@ from memprobe.archs.registry import resolve_arch
 from memprobe.calibration import Calibration
 from memprobe.config import make_step_config
 from memprobe.planner import BatchPlan, PatchPlan, plan_batch, plan_patch
-from memprobe.sources import Choice, all_calibrations, choose_calibration
+from memprobe.sources import NO_SHIPPED_VARIABLE, Choice, all_calibrations, choose_calibration
 from memprobe.units import parse_bytes
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def _file_stamp(path: Path) -> tuple[int, int] | None:
 
 
 @lru_cache(maxsize=8)
-def _load(db_path: str | None, resolved: str, stamp: tuple[int, int] | None) -> list[Calibration]:
+def _load(db_path: str | None, resolved: str, stamp: tuple[int, int] | None, no_shipped: str) -> list[Calibration]:
     # ``resolved`` keys the cache by the file actually read: with db=None that is $MEMPROBE_DB,
     # which may change between calls (two missing files would otherwise share one entry).
     return all_calibrations(db_path)
@@ -62,7 +63,8 @@ def load_calibrations(db: str | Path | None = None) -> list[Calibration]:
     from memprobe.db import default_db_path
 
     path = Path(db) if db is not None else default_db_path()
-    return _load(None if db is None else str(db), str(path), _file_stamp(path))
+    no_shipped = os.environ.get(NO_SHIPPED_VARIABLE, "")
+    return _load(None if db is None else str(db), str(path), _file_stamp(path), no_shipped)
 
 
 def resolve_device(device: str | None) -> tuple[str, str | None]:

@@ -102,7 +102,7 @@ def search_largest_patch(log: MeasurementLog, base: StepConfig, spec: ArchSpec, 
                          calibration: Calibration | None = None, aspect: tuple[int, int, int] = (1, 1, 1),
                          max_voxels: int = 1024**3) -> SearchResult:
     """Largest patch ``n * aspect * divisor`` for ``base.batch`` within the budget (n is returned)."""
-    unit = spec.divisor if not spec.custom else patch_unit(spec)
+    unit = patch_unit(spec)
     smallest = -(-smallest_patch_size(spec) // (unit * min(aspect)))
     patch_of = lambda n: tuple(n * a * unit for a in aspect)  # noqa: E731
     upper = int((max_voxels / math.prod(aspect)) ** (1 / 3) / unit)
@@ -135,7 +135,7 @@ def calibrate(log: MeasurementLog, base: StepConfig, budget_bytes: int, *, searc
             result = search_largest_batch(log, config, budget_bytes, calibration, spec)
             searches.append(LimitSearch("batch", "x".join([str(size)] * 3), result, str(result.largest)))
         result = search_largest_patch(log, replace(base, batch=2), spec, budget_bytes, calibration)
-        answer = "x".join([str(result.largest * spec.divisor)] * 3) if result.largest else "none"
+        answer = "x".join([str(result.largest * patch_unit(spec))] * 3) if result.largest else "none"
         searches.append(LimitSearch("patch", "batch 2", result, answer))
     if log.db is not None:
         log.db.add_calibration(calibration, environment)

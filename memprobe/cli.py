@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.Abort as abort:  # click turns Ctrl-C into Abort
-        _fail(_INTERRUPTED if isinstance(abort.__cause__, KeyboardInterrupt) else "aborted", INTERRUPTED_EXIT_CODE)
+        interrupted = isinstance(abort.__cause__, KeyboardInterrupt)
+        _fail(_INTERRUPTED if interrupted else "aborted", INTERRUPTED_EXIT_CODE)
     except click.UsageError as error:
         _fail(f"{error.format_message()} (see `{_command_path(error, arguments)} --help`)", error.exit_code)
     except MemprobeError as error:

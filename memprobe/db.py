@@ -108,7 +108,7 @@ def _retry_when_locked(action: Callable[[], T], attempts: int = 20) -> T:
         try:
             return action()
         except sqlite3.OperationalError as error:
-            if "locked" not in str(error) and "busy" not in str(error) or attempt == attempts - 1:
+            if ("locked" not in str(error) and "busy" not in str(error)) or attempt == attempts - 1:
                 raise
             time.sleep(min(0.05 * 2**attempt, 2.0))
     raise AssertionError("unreachable")
@@ -134,7 +134,8 @@ class Database:
         """
         target = default_db_path() if path is None else Path(path).expanduser()
         if str(target) == ":memory:":
-            return cls(_prepared(sqlite3.connect(":memory:", isolation_level=None), None, readonly=False), None)
+            connection = sqlite3.connect(":memory:", isolation_level=None)
+            return cls(_prepared(connection, None, readonly=False), None)
         if target.is_dir():
             raise DatabaseError(f"{target} is a directory, not a database file: pass --db FILE")
         if not target.exists():
@@ -166,7 +167,9 @@ class Database:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as error:
-                raise DatabaseError(f"cannot create a database at {self.path}: {error.strerror}; pass --db") from None
+                raise DatabaseError(
+                    f"cannot create a database at {self.path}: {error.strerror}; pass --db"
+                ) from None
             self._opened = _connect(self.path, readonly=False, create=True)
         return self._opened
 
@@ -370,7 +373,9 @@ def _prepared(connection: sqlite3.Connection, path: Path | None, *, readonly: bo
             _retry_when_locked(lambda: connection.execute("PRAGMA journal_mode = WAL"))
     except sqlite3.DatabaseError as error:
         connection.close()
-        raise DatabaseError(f"{where} is not a readable memprobe database ({error}): pass another --db") from None
+        raise DatabaseError(
+            f"{where} is not a readable memprobe database ({error}): pass another --db"
+        ) from None
     except BaseException:
         connection.close()
         raise
@@ -391,12 +396,12 @@ def _schema_facts(connection: sqlite3.Connection) -> tuple[int, set[str]]:
 
 def _check_schema(where: object, version: int, tables: set[str]) -> None:
     """Refuse another program's database, and a memprobe database newer than this memprobe."""
-    if version > SCHEMA_VERSION and (not tables or _MEMPROBE_TABLES <= tables):
+    if version > SCHEMA_VERSION and (not tables or tables >= _MEMPROBE_TABLES):
         raise DatabaseError(
             f"database {where} has schema version {version}, newer than this memprobe "
             f"understands ({SCHEMA_VERSION}): upgrade memprobe or use another --db"
         )
-    if version and not _MEMPROBE_TABLES <= tables:
+    if version and not tables >= _MEMPROBE_TABLES:
         raise DatabaseError(f"{where} is an SQLite database but not memprobe's: pass another --db")
     if not version and tables:
         raise DatabaseError(f"{where} is an SQLite database of something else: pass another --db")

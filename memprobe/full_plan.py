@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from memprobe.api import max_batch_size, max_patch_size
-from memprobe.archs.registry import get_arch
+from memprobe.archs.registry import resolve_arch
 from memprobe.enums import Precision, parse_enum
 from memprobe.exports import nnunet_plans, pytc_config
 from memprobe.gpu_info import GpuInfo
@@ -62,7 +62,7 @@ def make_plan(arch: str, gpu_mem: int, *, gpu: GpuInfo | None = None, precision:
               in_channels: int = 1, out_channels: int = 2, deep_supervision: bool = False,
               db: str | Path | None = None, device: str | None = None) -> FullPlan:
     """Plan patch, batch, precision, accumulation, workers and learning rate; given values win."""
-    spec = get_arch(arch)
+    spec = resolve_arch(arch)
     values: dict[str, PlanValue] = {}
     # Normalised here, as every other entry point does: "BF16-Mixed" must not fail later in exports().
     values["precision"] = (PlanValue(parse_enum(Precision, precision, "precision").value, "manual override")

@@ -15,8 +15,12 @@ TINY = "tests.tiny_models:tiny_net"
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never touch the user's database or detect a GPU from tests; child processes find tests/."""
+    """Never touch the user's database, use shipped calibrations or detect a GPU; children find tests/.
+
+    Tests that are about the shipped calibrations delete MEMPROBE_NO_SHIPPED themselves.
+    """
     monkeypatch.setenv("MEMPROBE_DB", str(tmp_path / "default.sqlite"))
+    monkeypatch.setenv("MEMPROBE_NO_SHIPPED", "1")
     monkeypatch.setenv("MEMPROBE_NO_GPU_DETECT", "1")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     if str(REPO_ROOT) not in sys.path:

@@ -52,14 +52,26 @@ def invoke(capsys: pytest.CaptureFixture[str], *arguments: str) -> Result:
 
 def run_cli(*arguments: str, timeout: float = 300, **popen: object) -> Result:
     """Run ``memprobe ARGUMENTS`` as a real process (the environment is the test's)."""
-    completed = subprocess.run([*MEMPROBE, *arguments], capture_output=True, text=True, timeout=timeout,
-                               env=os.environ, check=False, **popen)  # type: ignore[call-overload]
+    completed = subprocess.run(
+        [*MEMPROBE, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ,
+        check=False,
+        **popen,
+    )  # type: ignore[call-overload]
     return Result(completed.returncode, completed.stdout, completed.stderr)
 
 
 def start_cli(*arguments: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([*MEMPROBE, *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env if env is not None else dict(os.environ))
+    return subprocess.Popen(
+        [*MEMPROBE, *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env if env is not None else dict(os.environ),
+    )
 
 
 def file_state(path: Path) -> tuple[str | None, tuple[str, ...]]:
@@ -88,14 +100,18 @@ def measurement_count(db_path: Path) -> int:
     return int(rows[0][0]) if rows else 0  # type: ignore[arg-type]
 
 
-CONFIG_COLUMNS = ("environment_id, arch, patch_d, patch_h, patch_w, batch, precision, optimizer, in_channels, "
-                  "out_channels, deep_supervision")
+CONFIG_COLUMNS = (
+    "environment_id, arch, patch_d, patch_h, patch_w, batch, precision, optimizer, in_channels, "
+    "out_channels, deep_supervision"
+)
 
 
 def repeated_configurations(db_path: Path) -> list[tuple[object, ...]]:
     """Configurations stored more than once."""
-    return query(db_path, f"SELECT {CONFIG_COLUMNS}, COUNT(*) FROM measurements GROUP BY {CONFIG_COLUMNS} "
-                          "HAVING COUNT(*) > 1")
+    return query(
+        db_path,
+        f"SELECT {CONFIG_COLUMNS}, COUNT(*) FROM measurements GROUP BY {CONFIG_COLUMNS} HAVING COUNT(*) > 1",
+    )
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> None:
@@ -104,3 +120,36 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, poll: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(poll)
+
+
+def shipped_calibration(key: tuple[str, str, str, str, bool]) -> object:
+    """A calibration memprobe ships, read from its package data (tests hide them from memprobe)."""
+    import json
+    from dataclasses import replace
+    from importlib import resources
+
+    from memprobe.calibration import Calibration
+
+    text = resources.files("memprobe.data").joinpath("calibrations.json").read_text()
+    found = next(c for c in map(Calibration.from_dict, json.loads(text)) if c.key == key)
+    return replace(found, source="user")
+
+
+def make_calibrated_db(path: Path, measurements: int = 0) -> Path:
+    """A memprobe database with a trace calibration of MedNeXt (fp32, AdamW) and some measurements."""
+    from memprobe.config import StepConfig
+    from memprobe.db import Database
+    from memprobe.measurement import Environment, Measurement
+
+    environment = Environment("trace", "trace", host="test")
+    with Database.open(path) as database:
+        for batch in range(1, measurements + 1):
+            config = StepConfig("mednext", (64, 64, 64), batch)
+            database.add_measurement(
+                Measurement(config, environment, 2**20 * batch, phase_peaks_bytes={"forward": 1})
+            )
+        database.add_calibration(
+            shipped_calibration(("mednext", "trace", "fp32", "adamw", False)),  # type: ignore[arg-type]
+            environment,
+        )
+    return path

@@ -1,4 +1,4 @@
-"""Concurrency: processes writing one database at once lose no rows and never fail with "database is locked"."""
+"""Concurrency: processes writing one database at once lose no rows, never fail with "database is locked"."""
 
 from __future__ import annotations
 
@@ -21,8 +21,19 @@ VARIANTS = {
 
 def test_concurrent_calibrations_keep_every_measurement(db_path: Path) -> None:
     processes = {
-        key: start_cli("calibrate", "--arch", TINY, "--device", "trace", "--budget", SMALL_BUDGET,
-                       "--db", str(db_path), "--json", *options)
+        key: start_cli(
+            "calibrate",
+            "--arch",
+            TINY,
+            "--device",
+            "trace",
+            "--budget",
+            SMALL_BUDGET,
+            "--db",
+            str(db_path),
+            "--json",
+            *options,
+        )
         for key, options in VARIANTS.items()
     }
     reports = {}
@@ -33,12 +44,17 @@ def test_concurrent_calibrations_keep_every_measurement(db_path: Path) -> None:
         reports[key] = json.loads(out)
 
     for (precision, optimizer), report in reports.items():
-        rows = query(db_path, "SELECT batch, patch_d, patch_h, patch_w, in_channels, out_channels, "
-                              "peak_allocated_bytes FROM measurements WHERE precision = ? AND optimizer = ?",
-                     (precision, optimizer))
+        rows = query(
+            db_path,
+            "SELECT batch, patch_d, patch_h, patch_w, in_channels, out_channels, "
+            "peak_allocated_bytes FROM measurements WHERE precision = ? AND optimizer = ?",
+            (precision, optimizer),
+        )
         assert len(rows) == report["measured"]
-        reported = {(m["batch"], *m["patch"], m["in_channels"], m["out_channels"], m["peak_allocated_bytes"])
-                    for m in report["measurements"]}
+        reported = {
+            (m["batch"], *m["patch"], m["in_channels"], m["out_channels"], m["peak_allocated_bytes"])
+            for m in report["measurements"]
+        }
         assert reported <= set(rows)
     assert repeated_configurations(db_path) == []
     assert sorted(query(db_path, "SELECT precision, optimizer FROM calibrations")) == sorted(VARIANTS)
@@ -69,17 +85,28 @@ _WRITER = textwrap.dedent("""
 def test_many_writers_created_at_once_lose_nothing(db_path: Path, tmp_path: Path) -> None:
     writers, count = 6, 40
     go = tmp_path / "go"
-    processes = [subprocess.Popen([sys.executable, "-c", _WRITER, str(db_path), str(go), str(writer), str(count)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
-                 for writer in range(writers)]
-    wait_for(lambda: all(Path(f"{go}-ready-{writer}").exists() for writer in range(writers)), timeout=120,
-             what="the writers to start")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(db_path), str(go), str(writer), str(count)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ,
+        )
+        for writer in range(writers)
+    ]
+    wait_for(
+        lambda: all(Path(f"{go}-ready-{writer}").exists() for writer in range(writers)),
+        timeout=120,
+        what="the writers to start",
+    )
     go.touch()
     for process in processes:
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err
     assert query(db_path, "SELECT arch, COUNT(*) FROM measurements GROUP BY arch ORDER BY arch") == [
-        (f"arch-{writer}", count) for writer in range(writers)]
+        (f"arch-{writer}", count) for writer in range(writers)
+    ]
     assert query(db_path, "SELECT COUNT(*) FROM environments") == [(2,)]
     assert query(db_path, "SELECT COUNT(*) FROM calibrations") == [(writers,)]
     assert query(db_path, "PRAGMA journal_mode") == [("wal",)]

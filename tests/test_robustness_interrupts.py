@@ -25,14 +25,21 @@ from tests.robustness_helpers import (
 )
 
 SLOW = "tests.crashy_models:slow_net"
-INTERRUPTED = "memprobe: error: interrupted: every measurement taken so far is saved; run the same command to resume"
+INTERRUPTED = (
+    "memprobe: error: interrupted: every measurement taken so far is saved; run the same command to resume"
+)
 
 
-def _interrupt_after_three_measurements(arguments: tuple[str, ...], db_path: Path, signum: int) -> tuple[int, str, str]:
+def _interrupt_after_three_measurements(
+    arguments: tuple[str, ...], db_path: Path, signum: int
+) -> tuple[int, str, str]:
     process = start_cli(*arguments, env=dict(os.environ, **{FORWARD_SECONDS_VARIABLE: "0.25"}))
     try:
-        wait_for(lambda: measurement_count(db_path) >= 3 or process.poll() is not None, timeout=240,
-                 what="three stored measurements")
+        wait_for(
+            lambda: measurement_count(db_path) >= 3 or process.poll() is not None,
+            timeout=240,
+            what="three stored measurements",
+        )
         assert process.poll() is None, "the calibration ended before it could be interrupted"
         process.send_signal(signum)
         out, err = process.communicate(timeout=120)
@@ -45,8 +52,18 @@ def _interrupt_after_three_measurements(arguments: tuple[str, ...], db_path: Pat
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_calibration_keeps_its_measurements_and_resumes(db_path: Path, signum: int) -> None:
-    arguments = ("calibrate", "--arch", SLOW, "--device", "trace", "--budget", SMALL_BUDGET,
-                 "--db", str(db_path), "--json")
+    arguments = (
+        "calibrate",
+        "--arch",
+        SLOW,
+        "--device",
+        "trace",
+        "--budget",
+        SMALL_BUDGET,
+        "--db",
+        str(db_path),
+        "--json",
+    )
     code, out, err = _interrupt_after_three_measurements(arguments, db_path, signum)
 
     assert code == 130, err

@@ -30,11 +30,14 @@ def _config(arch: str, batch: int = 1) -> StepConfig:
     return StepConfig(arch, (16, 16, 16), batch)
 
 
-@pytest.mark.parametrize(("arch", "described"), [
-    ("tests.tiny_models:segfaulting_net", "the probe's process was killed by SIGSEGV"),
-    ("tests.crashy_models:killed_net", "the probe's process was killed by SIGKILL"),
-    ("tests.crashy_models:exiting_net", "the probe's process exited with code 3"),
-])
+@pytest.mark.parametrize(
+    ("arch", "described"),
+    [
+        ("tests.tiny_models:segfaulting_net", "the probe's process was killed by SIGSEGV"),
+        ("tests.crashy_models:killed_net", "the probe's process was killed by SIGKILL"),
+        ("tests.crashy_models:exiting_net", "the probe's process exited with code 3"),
+    ],
+)
 def test_a_crashed_probe_is_a_failed_measurement(arch: str, described: str) -> None:
     measurement = _isolated_trace().measure(_config(arch))  # type: ignore[attr-defined]
     assert measurement.error.startswith(described)
@@ -42,12 +45,16 @@ def test_a_crashed_probe_is_a_failed_measurement(arch: str, described: str) -> N
     assert measurement.config == _config(arch)
 
 
-@pytest.mark.parametrize(("arch", "error_type", "message"), [
-    ("tests.tiny_models:raising_net", ModelError, "forward failed on purpose"),
-    ("tests.tiny_models:not_a_module", InvalidInputError, "not a torch.nn.Module"),
-])
-def test_a_model_that_raises_is_reported_as_without_isolation(arch: str, error_type: type[MemprobeError],
-                                                              message: str) -> None:
+@pytest.mark.parametrize(
+    ("arch", "error_type", "message"),
+    [
+        ("tests.tiny_models:raising_net", ModelError, "forward failed on purpose"),
+        ("tests.tiny_models:not_a_module", InvalidInputError, "not a torch.nn.Module"),
+    ],
+)
+def test_a_model_that_raises_is_reported_as_without_isolation(
+    arch: str, error_type: type[MemprobeError], message: str
+) -> None:
     with pytest.raises(error_type, match=message) as raised:
         _isolated_trace().measure(_config(arch))  # type: ignore[attr-defined]
     assert type(raised.value) is error_type
@@ -75,8 +82,21 @@ def test_a_probe_that_hangs_is_stopped_and_recorded(monkeypatch: pytest.MonkeyPa
 
 
 def test_probe_isolate_reports_a_segfault_as_its_result() -> None:
-    result = run_cli("probe", "--arch", "tests.tiny_models:segfaulting_net", "--patch", "16", "16", "16",
-                     "--batch", "1", "--device", "trace", "--isolate", "--json")
+    result = run_cli(
+        "probe",
+        "--arch",
+        "tests.tiny_models:segfaulting_net",
+        "--patch",
+        "16",
+        "16",
+        "16",
+        "--batch",
+        "1",
+        "--device",
+        "trace",
+        "--isolate",
+        "--json",
+    )
     assert result.code == 0, result.err
     assert "Traceback" not in result.err
     data = json.loads(result.out)
@@ -113,8 +133,19 @@ def _seed_what_does_not_crash(db_path: Path, arch: str) -> int:
 
 def test_calibrate_isolate_records_crashes_and_finishes(db_path: Path) -> None:
     seeded = _seed_what_does_not_crash(db_path, SEGFAULTS_ABOVE_BATCH_2)
-    result = run_cli("calibrate", "--arch", SEGFAULTS_ABOVE_BATCH_2, "--device", "trace", "--isolate",
-                     "--budget", SMALL_BUDGET, "--db", str(db_path), "--json")
+    result = run_cli(
+        "calibrate",
+        "--arch",
+        SEGFAULTS_ABOVE_BATCH_2,
+        "--device",
+        "trace",
+        "--isolate",
+        "--budget",
+        SMALL_BUDGET,
+        "--db",
+        str(db_path),
+        "--json",
+    )
     assert result.code == 0, result.err
     assert "Traceback" not in result.err
     data = json.loads(result.out)
@@ -122,7 +153,9 @@ def test_calibrate_isolate_records_crashes_and_finishes(db_path: Path) -> None:
     crashed = [m for m in data["measurements"] if m["error"]]
     assert crashed, "a held-out point at batch 3 must have crashed"
     assert all(m["batch"] > 2 and m["error"] == "the probe's process was killed by SIGSEGV" for m in crashed)
-    assert all(m["error"] is None and m["peak_allocated_bytes"] for m in data["measurements"] if m["batch"] <= 2)
+    assert all(
+        m["error"] is None and m["peak_allocated_bytes"] for m in data["measurements"] if m["batch"] <= 2
+    )
     stored_errors = query(db_path, "SELECT batch, error FROM measurements WHERE error IS NOT NULL")
     assert sorted(stored_errors) == sorted((m["batch"], m["error"]) for m in crashed)
     assert query(db_path, "SELECT COUNT(*) FROM measurements") == [(seeded + data["measured"],)]

@@ -39,7 +39,7 @@ class _Block:
 
 
 class FakeCudaRuntime:
-    """A caching allocator in miniature: allocated = live blocks; reserved keeps freed blocks until empty_cache."""
+    """A caching allocator in miniature: allocated counts live blocks, reserved also freed ones."""
 
     def __init__(self, total_bytes: int = TOTAL_BYTES) -> None:
         self.total = total_bytes
@@ -110,14 +110,20 @@ class FakeStep:
     raise what it returns.
     """
 
-    def __init__(self, runtime: FakeCudaRuntime, oom_on: tuple[int, ...] = (),
-                 error: Callable[[], BaseException] | None = None) -> None:
+    def __init__(
+        self,
+        runtime: FakeCudaRuntime,
+        oom_on: tuple[int, ...] = (),
+        error: Callable[[], BaseException] | None = None,
+    ) -> None:
         self.runtime = runtime
         self.oom_on = oom_on
         self.error = error
         self.calls = 0
 
-    def __call__(self, config: StepConfig, device: torch.device, on_phase: Any, before_measured: Any) -> tuple[float, int]:
+    def __call__(
+        self, config: StepConfig, device: torch.device, on_phase: Any, before_measured: Any
+    ) -> tuple[float, int]:
         call, self.calls = self.calls, self.calls + 1
         weights = [self.runtime.allocate(WEIGHTS_BYTES)]
         optimizer_state = [self.runtime.allocate(2 * WEIGHTS_BYTES)]
@@ -129,7 +135,9 @@ class FakeStep:
 
     def _step(self, config: StepConfig, call: int, on_phase: Any) -> None:
         on_phase("forward")
-        activations: list[Any] = [self.runtime.allocate(ACTIVATION_BYTES_PER_SAMPLE) for _ in range(config.batch)]
+        activations: list[Any] = [
+            self.runtime.allocate(ACTIVATION_BYTES_PER_SAMPLE) for _ in range(config.batch)
+        ]
         activations.append(activations)  # a cycle, as an autograd graph holds
         if call in self.oom_on:
             raise torch.OutOfMemoryError("CUDA out of memory (scheduled)")
@@ -153,7 +161,9 @@ def _no_automatic_gc() -> Iterator[None]:
         gc.enable()
 
 
-def fresh_peak(config: StepConfig, budget_bytes: int | None = None) -> tuple[int | None, int | None, dict[str, int]]:
+def fresh_peak(
+    config: StepConfig, budget_bytes: int | None = None
+) -> tuple[int | None, int | None, dict[str, int]]:
     """What the first probe of a new process measures."""
     runtime = FakeCudaRuntime()
     measurement = CudaBackend(budget_bytes, runtime=runtime, step_runner=FakeStep(runtime)).measure(config)
@@ -183,7 +193,9 @@ def test_probe_after_scheduled_ooms_measures_as_a_fresh_process(oom_count: int) 
         assert runtime.memory_allocated() == 0
     after = backend.measure(CONFIG)
     assert after.ok
-    assert (after.peak_allocated_bytes, after.peak_reserved_bytes, after.phase_peaks_bytes) == fresh_peak(CONFIG)
+    assert (after.peak_allocated_bytes, after.peak_reserved_bytes, after.phase_peaks_bytes) == fresh_peak(
+        CONFIG
+    )
 
 
 def test_cleanup_runs_after_the_exception_is_released() -> None:
@@ -210,14 +222,18 @@ def test_search_through_ooms_ends_with_a_fresh_measurement() -> None:
     assert runtime.fraction == 1.0  # the cap is lifted after each probe
     for batch in (1, result.largest):
         after = backend.measure(replace(CONFIG, batch=batch))
-        assert (after.peak_allocated_bytes, after.peak_reserved_bytes,
-                after.phase_peaks_bytes) == fresh_peak(replace(CONFIG, batch=batch), budget)
+        assert (after.peak_allocated_bytes, after.peak_reserved_bytes, after.phase_peaks_bytes) == fresh_peak(
+            replace(CONFIG, batch=batch), budget
+        )
 
 
-@pytest.mark.parametrize("message", [
-    "CUDA error: out of memory",
-    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA error: out of memory",
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+    ],
+)
 def test_library_allocation_failures_count_as_out_of_memory(message: str) -> None:
     runtime = FakeCudaRuntime()
     backend = CudaBackend(runtime=runtime, step_runner=FakeStep(runtime, error=lambda: RuntimeError(message)))
@@ -227,7 +243,9 @@ def test_library_allocation_failures_count_as_out_of_memory(message: str) -> Non
 
 def test_other_errors_are_model_errors_and_lift_the_cap() -> None:
     runtime = FakeCudaRuntime()
-    backend = CudaBackend(100 * MIB, runtime=runtime, step_runner=FakeStep(runtime, error=lambda: ValueError("bad shape")))
+    backend = CudaBackend(
+        100 * MIB, runtime=runtime, step_runner=FakeStep(runtime, error=lambda: ValueError("bad shape"))
+    )
     with pytest.raises(ModelError, match="bad shape"):
         backend.measure(CONFIG)
     assert runtime.fraction == 1.0

@@ -102,11 +102,26 @@ def test_user_calibrations_of_missing_databases(tmp_path: Path, monkeypatch: pyt
     assert not (tmp_path / "absent.sqlite").exists() and not (tmp_path / "named.sqlite").exists()
 
 
-def test_shipped_calibrations_are_marked_shipped() -> None:
+def test_shipped_calibrations_are_marked_shipped(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever the package ships is read without error and marked as shipped."""
+    monkeypatch.delenv("MEMPROBE_NO_SHIPPED")
     calibrations = shipped_calibrations()
     assert all(c.source == "shipped" for c in calibrations)
     assert len({c.key for c in calibrations}) == len(calibrations)
+
+
+def test_shipped_calibrations_cover_every_architecture_and_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh install can plan every registered network at every precision, within the fit targets."""
+    from memprobe.archs.registry import ARCHS
+
+    monkeypatch.delenv("MEMPROBE_NO_SHIPPED")
+    by_key = {c.key: c for c in shipped_calibrations()}
+    for arch in ARCHS:
+        for precision in ("fp32", "bf16-mixed", "fp16-mixed"):
+            quality = by_key[(arch, "trace", precision, "adamw", False)].quality
+            assert quality.heldout_points == 4
+            assert (quality.heldout_median_relative_error or 1) <= 0.03
+            assert (quality.heldout_max_relative_error or 1) <= 0.05
 
 
 def test_choose_exact_device() -> None:

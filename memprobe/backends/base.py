@@ -40,9 +40,14 @@ def get_backend(device: str | DeviceKind | None = None, *, budget_bytes: int | N
     """Create the backend named ``device`` (default: cuda if available, else trace).
 
     ``budget_bytes`` caps the memory a CUDA step may use; trace and cpu steps report their
-    peak, and callers compare it with the budget.
+    peak, and callers compare it with the budget. ``isolate`` runs each probe in a child
+    process, so a crash of the step becomes a failed measurement instead of ending the run.
     """
     kind = default_device_kind() if device is None else parse_enum(DeviceKind, str(device), "device")
+    if isolate:
+        from memprobe.backends.isolated import IsolatedBackend
+
+        return IsolatedBackend(get_backend(kind, budget_bytes=budget_bytes), budget_bytes=budget_bytes)
     if kind is DeviceKind.CUDA:
         if not cuda_available():
             raise DeviceUnavailableError(

@@ -99,7 +99,8 @@ def _is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, torch.OutOfMemoryError):
         return True
     message = str(error)
-    return isinstance(error, RuntimeError) and ("out of memory" in message or "STATUS_ALLOC_FAILED" in message)
+    allocation_failed = "out of memory" in message or "STATUS_ALLOC_FAILED" in message
+    return isinstance(error, RuntimeError) and allocation_failed
 
 
 class CudaBackend:

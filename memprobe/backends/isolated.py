@@ -54,9 +54,23 @@ class IsolatedBackend:
         self.inner = inner
         self.kind: DeviceKind = inner.kind
         self.budget_bytes = budget_bytes
+        self._environment: Environment | None = None
 
     def environment(self) -> Environment:
-        return self.inner.environment()
+        """Asked of a child too: on CUDA the parent must not hold a context on the measured GPU."""
+        if self._environment is None:
+            completed = subprocess.run(
+                [sys.executable, "-m", "memprobe.backends.worker"], input=json.dumps(
+                    {"device": self.kind.value, "budget_bytes": self.budget_bytes, "environment": True}),
+                capture_output=True, encoding="utf-8", errors="replace", timeout=600, check=False,
+            )
+            report = _last_json_line(completed.stdout)
+            if completed.returncode != 0 or report is None:
+                raise errors.DeviceUnavailableError(
+                    f"cannot start an isolated probe: {_describe_exit(completed.returncode, completed.stderr)}"
+                )
+            self._environment = Environment(**report)
+        return self._environment
 
     def measure(self, config: StepConfig) -> Measurement:
         request = json.dumps({"device": self.kind.value, "budget_bytes": self.budget_bytes, "config": config.to_dict()})
@@ -66,7 +80,9 @@ class IsolatedBackend:
                 encoding="utf-8", errors="replace", timeout=CHILD_TIMEOUT_SECONDS, check=False,
             )
         except subprocess.TimeoutExpired:
-            return self._failed(config, f"the probe's process did not finish within {CHILD_TIMEOUT_SECONDS} s")
+            return self._failed(
+                config, f"the probe's process did not finish within {CHILD_TIMEOUT_SECONDS} s"
+            )
         report = _last_json_line(completed.stdout)
         if report is not None and _ERROR_KEY in report:
             raise _error_class(report[_ERROR_KEY])(str(report.get("message", "")))
@@ -84,7 +100,7 @@ def _report(data: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _child_main() -> int:
+def run_child() -> int:
     """Measure the configuration read from stdin and print the measurement as JSON."""
     from memprobe.backends.base import get_backend
     from memprobe.enums import OptimizerName, Precision
@@ -93,6 +109,9 @@ def _child_main() -> int:
     # so an interrupted probe is never recorded as a crashed one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     request: dict[str, Any] = json.loads(sys.stdin.read())
+    if request.get("environment"):
+        _report(get_backend(request["device"], budget_bytes=request["budget_bytes"]).environment().to_dict())
+        return 0
     data = request["config"]
     config = StepConfig(data["arch"], tuple(data["patch"]), data["batch"], Precision(data["precision"]),  # type: ignore[arg-type]
                         OptimizerName(data["optimizer"]), data["in_channels"], data["out_channels"],

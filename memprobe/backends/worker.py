@@ -2,7 +2,7 @@
 
 import sys
 
-from memprobe.backends.isolated import _child_main
+from memprobe.backends.isolated import run_child
 
 if __name__ == "__main__":
-    sys.exit(_child_main())
+    sys.exit(run_child())

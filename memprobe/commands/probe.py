@@ -56,7 +56,7 @@ def probe(arch: str, patch: tuple[str, str, str], batch: str, precision: str, op
     kind = measurement.environment.device_kind
     notes = [f"peak allocated = {'torch.cuda.max_memory_allocated' if kind == 'cuda' else 'live tensor storage, counted as the CUDA caching allocator does (512-byte blocks)'}"
              f" on {kind} ({measurement.environment.device_name}); "
-             "phases: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in measurement.phase_peaks_bytes.items())]
+             "phases: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in measurement.phase_peaks_bytes.items() if "." not in k)]
     if kind != "cuda":
         notes.append("reserved memory exists only on CUDA; trace counts tensors, not the CUDA context or cuDNN workspace")
     emit(Report(measurement.to_dict(), (("", [measurement_row(measurement)]),), tuple(notes)), as_json)

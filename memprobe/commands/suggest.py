@@ -72,7 +72,10 @@ def suggest(arch: str, patch: tuple[str, ...] | None, batch: str | None, gpu_mem
         raise InvalidInputError("give --patch D H W (to plan the batch) or --batch N (to plan the patch)")
     archs = [arch]
     if all_archs:
-        calibrated = {c.arch for c in load_calibrations(db_path) if c.precision == precision}
+        from memprobe.enums import Precision, parse_enum
+
+        wanted_precision = parse_enum(Precision, precision, "precision").value
+        calibrated = {c.arch for c in load_calibrations(db_path) if c.precision == wanted_precision}
         archs = [name for name in known_arch_names() if name in calibrated]
     common: dict[str, Any] = dict(safety=safety, optimizer=optimizer, in_channels=in_channels,
                                   out_channels=out_channels, deep_supervision=deep_supervision, db=db_path, device=device)
