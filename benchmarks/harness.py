@@ -98,7 +98,7 @@ class Calibrations:
         return SourcedCalibration(self.made[arch], "calibrated in this run")
 
     def _calibrate(self, arch: str) -> Calibration:
-        from memprobe.calibrate import calibrate
+        from memprobe.calibrator import calibrate
         from memprobe.db import Database
         from memprobe.measuring import MeasurementLog
 

@@ -29,8 +29,8 @@ from benchmarks.harness import (
 )
 from memprobe.archs.registry import ArchSpec, get_arch
 from memprobe.baselines import nnunet_proxy_bytes, seed_estimate_bytes
-from memprobe.calibrate import design_points
 from memprobe.calibration import Calibration
+from memprobe.calibrator import design_points
 from memprobe.config import make_step_config
 from memprobe.measurement import Measurement
 
@@ -145,8 +145,8 @@ def _record(row: Row) -> dict[str, Any]:
         "measured_bytes": row.measurement.peak_allocated_bytes,
         "memprobe_bytes": round(estimates["memprobe"]), "seed_bytes": round(estimates["seed"]),
         "nnunet_proxy_bytes": round(estimates["nnunet"]),
-        "memprobe_error": round(errors["memprobe"], 5), "seed_error": round(errors["seed"], 5),
-        "nnunet_proxy_error": round(errors["nnunet"], 5),
+        **{f"{name}_error": float(f"{errors[key]:.4g}") for name, key in
+           (("memprobe", "memprobe"), ("seed", "seed"), ("nnunet_proxy", "nnunet"))},
         "calibration": row.calibration_origin, "calibration_device": row.calibration.device,
         "proxy_reference": f"{patch_text(row.reference.config.patch)} b{row.reference.config.batch}",
     }

@@ -28,7 +28,7 @@ from benchmarks.harness import (
     write_results,
 )
 from memprobe.archs.registry import get_arch, smallest_patch_size
-from memprobe.calibrate import MAX_BATCH
+from memprobe.calibrator import MAX_BATCH
 from memprobe.config import StepConfig, make_step_config
 from memprobe.planner import plan_batch
 from memprobe.search import Outcome, SearchResult, doubling_search, exhaustive_search, guided_search

@@ -18,7 +18,7 @@ from memprobe.sources import NO_SHIPPED_VARIABLE, Choice, all_calibrations, choo
 from memprobe.units import parse_bytes
 
 if TYPE_CHECKING:
-    from memprobe.calibrate import CalibrationReport
+    from memprobe.calibrator import CalibrationReport
     from memprobe.measurement import Environment, Measurement
 
 DEFAULT_TRACE_BUDGET_BYTES = 24 * 2**30
@@ -173,7 +173,7 @@ def calibrate(arch: str, precision: str = "fp32", *, device: str | None = None, 
               isolate: bool = False) -> CalibrationReport:
     """Measure ``arch``, fit its formula and store measurements and calibration in ``db``."""
     from memprobe.backends.base import get_backend
-    from memprobe.calibrate import calibrate as run_calibration
+    from memprobe.calibrator import calibrate as run_calibration
     from memprobe.db import Database
     from memprobe.measuring import MeasurementLog
 

@@ -66,7 +66,7 @@ def default_patches(spec: ArchSpec) -> list[tuple[int, int, int]]:
 
 def find_or_calibrate(log: MeasurementLog, base: StepConfig, budget_bytes: int) -> Calibration:
     """The calibration for ``base`` on the log's device (the database's, else shipped), else a new one."""
-    from memprobe.calibrate import calibrate
+    from memprobe.calibrator import calibrate
     from memprobe.sources import choose_calibration, shipped_calibrations
 
     device = log.backend.environment().calibration_device

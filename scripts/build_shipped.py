@@ -14,7 +14,7 @@ from pathlib import Path
 
 from memprobe.archs.registry import ARCHS, smallest_patch_size
 from memprobe.backends.base import get_backend
-from memprobe.calibrate import calibrate
+from memprobe.calibrator import calibrate
 from memprobe.config import make_step_config
 from memprobe.db import Database
 from memprobe.measuring import MeasurementLog

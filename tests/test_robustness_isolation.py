@@ -110,7 +110,7 @@ def _seed_what_does_not_crash(db_path: Path, arch: str) -> int:
     from memprobe.api import default_budget_bytes
     from memprobe.archs.registry import resolve_arch
     from memprobe.backends.tracked import TraceBackend
-    from memprobe.calibrate import calibrate
+    from memprobe.calibrator import calibrate
     from memprobe.config import make_step_config
     from memprobe.db import Database
     from memprobe.measurement import Measurement

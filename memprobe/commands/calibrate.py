@@ -47,7 +47,7 @@ def calibrate(arch: str, device: str | None, precision: str, optimizer: str, dee
     from memprobe.api import default_budget_bytes
     from memprobe.archs.registry import resolve_arch
     from memprobe.backends.base import get_backend
-    from memprobe.calibrate import calibrate as run_calibration
+    from memprobe.calibrator import calibrate as run_calibration
     from memprobe.config import make_step_config
     from memprobe.db import Database
     from memprobe.measuring import MeasurementLog
