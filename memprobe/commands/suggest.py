@@ -80,21 +80,26 @@ def suggest(arch: str, patch: tuple[str, ...] | None, batch: str | None, gpu_mem
     common: dict[str, Any] = dict(safety=safety, optimizer=optimizer, in_channels=in_channels,
                                   out_channels=out_channels, deep_supervision=deep_supervision, db=db_path, device=device)
     if patch is not None:
-        plans = [max_batch_size(a, patch, budget_bytes, precision, effective_batch=effective_batch, **common) for a in archs]
-        report = _batch_report(plans, budget_bytes)
+        sizes: Any = patch  # text; validated (one-line errors) by the library
+        batch_plans = [max_batch_size(a, sizes, budget_bytes, precision, effective_batch=effective_batch, **common)
+                       for a in archs]
+        report = _batch_report(batch_plans, budget_bytes)
     else:
-        plans = [max_patch_size(a, int(batch or 0) if str(batch).isdigit() else _bad_batch(batch), budget_bytes,
-                                precision, spacing=_floats(spacing, "--spacing"),
-                                median_shape=[int(v) for v in _floats(median_shape, "--median-shape") or []] or None,
-                                **common) for a in archs]
-        report = _patch_report(plans, budget_bytes)
+        shape = _floats(median_shape, "--median-shape")
+        patch_plans = [max_patch_size(a, _positive_batch(batch), budget_bytes, precision,
+                                      spacing=_floats(spacing, "--spacing"),
+                                      median_shape=[int(v) for v in shape] if shape else None, **common)
+                       for a in archs]
+        report = _patch_report(patch_plans, budget_bytes)
     click.echo(get_reporter("json" if as_json else "yaml" if as_yaml else "table").render(report))
 
 
-def _bad_batch(batch: str | None) -> int:
+def _positive_batch(batch: str | None) -> int:
     from memprobe.errors import InvalidInputError
 
-    raise InvalidInputError(f"--batch must be a positive whole number, got {batch!r}")
+    if batch is None or not batch.isdigit() or int(batch) < 1:
+        raise InvalidInputError(f"--batch must be a positive whole number, got {batch!r}")
+    return int(batch)
 
 
 def _batch_report(plans: list[Any], budget_bytes: int) -> Report:
