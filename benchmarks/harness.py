@@ -196,7 +196,7 @@ def percent(fraction: float | None, sign: str = "+") -> str:
     """A relative error as a percentage; errors below 0.01% keep two significant digits."""
     if fraction is None:
         return "-"
-    if 0 < abs(fraction) < 1e-4:
+    if 1e-9 < abs(fraction) < 1e-4:  # below 1e-9 it is rounding noise
         return f"{100 * fraction:{sign}.1e}%"
     return f"{100 * fraction:{sign}.2f}%"
 

@@ -60,13 +60,13 @@ class MemoryReport:
 
 def default_patches(spec: ArchSpec) -> list[tuple[int, int, int]]:
     """Isotropic patches of 4, 6 and 8 units, as calibrated (64, 96, 128 for a divisor of 16)."""
-    unit = smallest_patch_size(spec) // 2 if not spec.custom else max(spec.divisor, 16)
+    unit = patch_unit(spec)
     return [(unit * k,) * 3 for k in (4, 6, 8)]
 
 
 def find_or_calibrate(log: MeasurementLog, base: StepConfig, budget_bytes: int) -> Calibration:
     """The calibration for ``base`` on the log's device (the database's, else shipped), else a new one."""
-    from memprobe.calibrator import calibrate
+    from memprobe.calibrator import patch_unit, calibrate
     from memprobe.sources import choose_calibration, shipped_calibrations
 
     device = log.backend.environment().calibration_device

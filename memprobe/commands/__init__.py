@@ -5,6 +5,7 @@ from memprobe.commands.calibrate import calibrate
 from memprobe.commands.db import db
 from memprobe.commands.plan import plan
 from memprobe.commands.probe import probe
+from memprobe.commands.report import report
 from memprobe.commands.suggest import suggest
 
-COMMANDS = (archs, probe, calibrate, suggest, plan, db)
+COMMANDS = (archs, probe, calibrate, suggest, plan, db, report)
