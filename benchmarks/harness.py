@@ -86,8 +86,9 @@ class Calibrations:
         from memprobe.sources import shipped_calibrations
 
         self.measurements = measurements
-        self.shipped = {c.arch: c for c in shipped_calibrations()
-                        if c.key[1:] == ("trace", "fp32", "adamw", False)}
+        self.shipped = {
+            c.arch: c for c in shipped_calibrations() if c.key[1:] == ("trace", "fp32", "adamw", False)
+        }
         self.made: dict[str, Calibration] = {}
 
     def get(self, arch: str) -> SourcedCalibration:
@@ -151,8 +152,14 @@ def _cpu_name() -> str:
 
 def _git_commit() -> str | None:
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=10, check=False)
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() or None
@@ -161,13 +168,20 @@ def _git_commit() -> str | None:
 def markdown(table: ResultTable, environment: dict[str, Any]) -> str:
     from tabulate import tabulate
 
-    lines = [f"### {table.title}", "", tabulate(table.rows, headers="keys", tablefmt="github",
-                                                 disable_numparse=True), ""]
+    lines = [
+        f"### {table.title}",
+        "",
+        tabulate(table.rows, headers="keys", tablefmt="github", disable_numparse=True),
+        "",
+    ]
     lines += [f"- {note}" for note in table.notes]
     e = environment
-    lines += ["", f"Generated {e['date']} by `python -m pytest benchmarks -p no:cacheprovider` "
-                  f"(memprobe {e['memprobe']}, torch {e['torch']}, MONAI {e['monai']}, {e['cpu']}, "
-                  f"{e['cpu_count']} CPUs)."]
+    lines += [
+        "",
+        f"Generated {e['date']} by `python -m pytest benchmarks -p no:cacheprovider` "
+        f"(memprobe {e['memprobe']}, torch {e['torch']}, MONAI {e['monai']}, {e['cpu']}, "
+        f"{e['cpu_count']} CPUs).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -182,8 +196,14 @@ def write_results(table: ResultTable, results_dir: Path = RESULTS_DIR) -> Path:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(table.records)
-    document = {"table": table.name, "title": table.title, "environment": environment,
-                "records": table.records, "notes": list(table.notes), **table.extra}
+    document = {
+        "table": table.name,
+        "title": table.title,
+        "environment": environment,
+        "records": table.records,
+        "notes": list(table.notes),
+        **table.extra,
+    }
     (results_dir / f"{table.name}.json").write_text(json.dumps(document, indent=1, default=str) + "\n")
     return path
 

@@ -56,14 +56,25 @@ class Row:
         c = self.measurement.config
         reference = self.reference.config
         return {
-            "memprobe": self.calibration.predict_peak_bytes(self.spec, c.patch, c.batch, c.in_channels,
-                                                             c.out_channels),
-            "seed": seed_estimate_bytes(c.patch, c.batch, c.in_channels, c.out_channels,
-                                        deep_supervision=c.deep_supervision,
-                                        mixed_precision=c.precision.value != "fp32"),
-            "nnunet": nnunet_proxy_bytes(self.spec, c.patch, c.batch, reference_patch=reference.patch,
-                                         reference_batch=reference.batch,
-                                         reference_bytes=float(self.reference.peak_allocated_bytes or 0)),
+            "memprobe": self.calibration.predict_peak_bytes(
+                self.spec, c.patch, c.batch, c.in_channels, c.out_channels
+            ),
+            "seed": seed_estimate_bytes(
+                c.patch,
+                c.batch,
+                c.in_channels,
+                c.out_channels,
+                deep_supervision=c.deep_supervision,
+                mixed_precision=c.precision.value != "fp32",
+            ),
+            "nnunet": nnunet_proxy_bytes(
+                self.spec,
+                c.patch,
+                c.batch,
+                reference_patch=reference.patch,
+                reference_batch=reference.batch,
+                reference_bytes=float(self.reference.peak_allocated_bytes or 0),
+            ),
         }
 
     def errors(self) -> dict[str, float]:
@@ -104,15 +115,26 @@ def cuda_rows(measurements: list[Measurement]) -> list[Row]:
     rows = []
     for m in measurements:
         c = m.config
-        same_gpu = [o for o in measurements if o.config.arch == c.arch
-                    and o.environment.device_name == m.environment.device_name]
-        reference = next((o for o in same_gpu if o.config.patch == REFERENCE_PATCH and o.config.batch == 1),
-                         same_gpu[0])
+        same_gpu = [
+            o
+            for o in measurements
+            if o.config.arch == c.arch and o.environment.device_name == m.environment.device_name
+        ]
+        reference = next(
+            (o for o in same_gpu if o.config.patch == REFERENCE_PATCH and o.config.batch == 1), same_gpu[0]
+        )
         if m is reference:
             continue
         try:
-            choice = choose_calibration(shipped, c.arch, c.precision.value, c.optimizer.value,
-                                        c.deep_supervision, m.environment.device_name, "trace")
+            choice = choose_calibration(
+                shipped,
+                c.arch,
+                c.precision.value,
+                c.optimizer.value,
+                c.deep_supervision,
+                m.environment.device_name,
+                "trace",
+            )
         except NoCalibrationError:
             continue
         origin = "shipped" if choice.calibration.device != "trace" else "shipped trace (stand-in)"
@@ -129,9 +151,12 @@ def _display(row: Row) -> dict[str, str]:
         "device": row.measurement.environment.calibration_device,
         "held-out configuration": f"{patch_text(c.patch)} b{c.batch}{channels}",
         "measured GiB": gib(row.measured),
-        "memprobe GiB": gib(estimates["memprobe"]), "memprobe err": percent(errors["memprobe"]),
-        "seed GiB": gib(estimates["seed"]), "seed err": percent(errors["seed"]),
-        "nnU-Net proxy GiB": gib(estimates["nnunet"]), "proxy err": percent(errors["nnunet"]),
+        "memprobe GiB": gib(estimates["memprobe"]),
+        "memprobe err": percent(errors["memprobe"]),
+        "seed GiB": gib(estimates["seed"]),
+        "seed err": percent(errors["seed"]),
+        "nnU-Net proxy GiB": gib(estimates["nnunet"]),
+        "proxy err": percent(errors["nnunet"]),
     }
 
 
@@ -139,15 +164,23 @@ def _record(row: Row) -> dict[str, Any]:
     c = row.measurement.config
     estimates, errors = row.estimates(), row.errors()
     return {
-        "arch": c.arch, "device": row.measurement.environment.calibration_device,
-        "patch": patch_text(c.patch), "batch": c.batch, "in_channels": c.in_channels,
-        "out_channels": c.out_channels, "precision": c.precision.value,
+        "arch": c.arch,
+        "device": row.measurement.environment.calibration_device,
+        "patch": patch_text(c.patch),
+        "batch": c.batch,
+        "in_channels": c.in_channels,
+        "out_channels": c.out_channels,
+        "precision": c.precision.value,
         "measured_bytes": row.measurement.peak_allocated_bytes,
-        "memprobe_bytes": round(estimates["memprobe"]), "seed_bytes": round(estimates["seed"]),
+        "memprobe_bytes": round(estimates["memprobe"]),
+        "seed_bytes": round(estimates["seed"]),
         "nnunet_proxy_bytes": round(estimates["nnunet"]),
-        **{f"{name}_error": float(f"{errors[key]:.4g}") for name, key in
-           (("memprobe", "memprobe"), ("seed", "seed"), ("nnunet_proxy", "nnunet"))},
-        "calibration": row.calibration_origin, "calibration_device": row.calibration.device,
+        **{
+            f"{name}_error": float(f"{errors[key]:.4g}")
+            for name, key in (("memprobe", "memprobe"), ("seed", "seed"), ("nnunet_proxy", "nnunet"))
+        },
+        "calibration": row.calibration_origin,
+        "calibration_device": row.calibration.device,
         "proxy_reference": f"{patch_text(row.reference.config.patch)} b{row.reference.config.batch}",
     }
 
@@ -155,17 +188,25 @@ def _record(row: Row) -> dict[str, Any]:
 def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
     """Median and worst absolute relative error of each method."""
     absolute = {key: [abs(r.errors()[key]) for r in rows] for _, key in METHODS}
-    return {key: {"median": statistics.median(values), "worst": max(values)}
-            for key, values in absolute.items()}
+    return {
+        key: {"median": statistics.median(values), "worst": max(values)} for key, values in absolute.items()
+    }
 
 
 def _summary_rows(label: str, stats: dict[str, dict[str, float]]) -> list[dict[str, str]]:
     columns = {"memprobe": "memprobe err", "seed": "seed err", "nnunet": "proxy err"}
-    blank = dict.fromkeys(("held-out configuration", "measured GiB", "memprobe GiB", "seed GiB",
-                           "nnU-Net proxy GiB"), "")
-    return [{"arch": f"**{kind} abs error**", "device": label, **blank,
-             **{columns[key]: percent(stats[key][kind], sign="") for key in columns}}
-            for kind in ("median", "worst")]
+    blank = dict.fromkeys(
+        ("held-out configuration", "measured GiB", "memprobe GiB", "seed GiB", "nnU-Net proxy GiB"), ""
+    )
+    return [
+        {
+            "arch": f"**{kind} abs error**",
+            "device": label,
+            **blank,
+            **{columns[key]: percent(stats[key][kind], sign="") for key in columns},
+        }
+        for kind in ("median", "worst")
+    ]
 
 
 def test_accuracy_table(measurements: SessionMeasurements, calibrations: Calibrations) -> None:
@@ -185,14 +226,26 @@ def test_accuracy_table(measurements: SessionMeasurements, calibrations: Calibra
         "memprobe.baselines.seed_estimate_bytes.",
         f"nnU-Net proxy: feature-map volume (sum over stages of voxels x channels, times batch), scaled so "
         f"that it equals the measured {patch_text(REFERENCE_PATCH)} batch-1 step of the same architecture.",
-        "CUDA rows: " + ("committed GPU measurements in benchmarks/cuda_measurements/." if cuda else
-                         "none yet (commit `memprobe probe --device cuda --json` output to "
-                         "benchmarks/cuda_measurements/)."),
+        "CUDA rows: "
+        + (
+            "committed GPU measurements in benchmarks/cuda_measurements/."
+            if cuda
+            else "none yet (commit `memprobe probe --device cuda --json` output to "
+            "benchmarks/cuda_measurements/)."
+        ),
     ]
     if fitted_here:
         notes.append(f"no calibration shipped, so fitted in this run: {', '.join(fitted_here)}")
-    write_results(ResultTable("accuracy", "Accuracy: peak memory of held-out configurations", display,
-                              [_record(r) for r in trace + cuda], tuple(notes), {"summary": stats}))
+    write_results(
+        ResultTable(
+            "accuracy",
+            "Accuracy: peak memory of held-out configurations",
+            display,
+            [_record(r) for r in trace + cuda],
+            tuple(notes),
+            {"summary": stats},
+        )
+    )
     memprobe, seed = stats["trace"]["memprobe"]["median"], stats["trace"]["seed"]["median"]
     assert memprobe * REQUIRED_IMPROVEMENT <= seed, (
         f"memprobe's median error {memprobe:.2%} is not {REQUIRED_IMPROVEMENT:g}x smaller than "

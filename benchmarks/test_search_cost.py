@@ -34,8 +34,14 @@ from memprobe.planner import plan_batch
 from memprobe.search import Outcome, SearchResult, doubling_search, exhaustive_search, guided_search
 
 # (architecture, isotropic patch size): boundaries from batch 1 to about 13 within 24 GiB.
-SEARCH_CASES = (("mednext", 64), ("mednext", 128), ("basicunet", 128), ("basicunet", 160),
-                ("dynunet", 128), ("dynunet", 160))
+SEARCH_CASES = (
+    ("mednext", 64),
+    ("mednext", 128),
+    ("basicunet", 128),
+    ("basicunet", 160),
+    ("dynunet", 128),
+    ("dynunet", 160),
+)
 STRATEGIES = ("exhaustive", "doubling", "memprobe")
 
 
@@ -89,8 +95,11 @@ def _yes(answer: int, exact: int) -> str:
 
 
 def _display(case: Case) -> dict[str, Any]:
-    row: dict[str, Any] = {"arch": case.base.arch, "patch": patch_text(case.base.patch),
-                           "exact largest batch": case.exact}
+    row: dict[str, Any] = {
+        "arch": case.base.arch,
+        "patch": patch_text(case.base.patch),
+        "exact largest batch": case.exact,
+    }
     for name in STRATEGIES:
         row[f"{name} steps"] = case.results[name].steps
         row[f"{name} s"] = f"{case.step_seconds[name]:.1f}"
@@ -112,14 +121,21 @@ def _total_row(cases: list[Case]) -> dict[str, Any]:
 
 
 def _record(case: Case) -> dict[str, Any]:
-    record: dict[str, Any] = {"arch": case.base.arch, "patch": patch_text(case.base.patch),
-                              "budget_bytes": BUDGET_BYTES, "exact_largest_batch": case.exact,
-                              "formula_only_batch": case.formula_only}
+    record: dict[str, Any] = {
+        "arch": case.base.arch,
+        "patch": patch_text(case.base.patch),
+        "budget_bytes": BUDGET_BYTES,
+        "exact_largest_batch": case.exact,
+        "formula_only_batch": case.formula_only,
+    }
     for name in STRATEGIES:
         result = case.results[name]
-        record |= {f"{name}_batch": result.largest, f"{name}_steps": result.steps,
-                   f"{name}_step_seconds": round(case.step_seconds[name], 3),
-                   f"{name}_probes": " ".join(str(n) for n, _ in result.probes)}
+        record |= {
+            f"{name}_batch": result.largest,
+            f"{name}_steps": result.steps,
+            f"{name}_step_seconds": round(case.step_seconds[name], 3),
+            f"{name}_probes": " ".join(str(n) for n, _ in result.probes),
+        }
     return record
 
 

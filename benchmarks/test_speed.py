@@ -71,50 +71,98 @@ def _seconds_text(seconds: float) -> str:
     return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def test_speed_table(benchmark: Any, measurements: SessionMeasurements, calibrations: Calibrations,
-                     tmp_path: Path) -> None:
+def test_speed_table(
+    benchmark: Any, measurements: SessionMeasurements, calibrations: Calibrations, tmp_path: Path
+) -> None:
     from memprobe.api import estimate
 
     archs = selected_archs()
     arch = "mednext" if "mednext" in archs else archs[0]
     db = _calibration_db(calibrations, arch, tmp_path)
     memprobe = str(Path(sys.executable).with_name("memprobe"))
-    suggest = [memprobe, "suggest", "--patch", *map(str, PROBE_PATCH), "--gpu-mem", "24GiB", "--arch", arch,
-               "--db", str(db)]
+    suggest = [
+        memprobe,
+        "suggest",
+        "--patch",
+        *map(str, PROBE_PATCH),
+        "--gpu-mem",
+        "24GiB",
+        "--arch",
+        arch,
+        "--db",
+        str(db),
+    ]
     suggest_seconds = _median_process_seconds(suggest, SUGGEST_RUNS)
     torch_seconds = _median_process_seconds([sys.executable, "-c", "import torch"], IMPORT_TORCH_RUNS)
     estimate(arch, PROBE_PATCH, 2, db=db, device="trace")  # warm: calibrations loaded and cached
     estimate_seconds, estimate_runs = _benchmarked_seconds(
-        benchmark, lambda: estimate(arch, PROBE_PATCH, 2, db=db, device="trace"))
+        benchmark, lambda: estimate(arch, PROBE_PATCH, 2, db=db, device="trace")
+    )
 
     rows: list[dict[str, Any]] = [
-        {"measurement": f"`memprobe suggest --patch 128 128 128 --gpu-mem 24GiB --arch {arch}` (new process)",
-         "time": _seconds_text(suggest_seconds), "runs": f"median of {SUGGEST_RUNS}",
-         "target": f"< {SUGGEST_TARGET_SECONDS} s",
-         "result": _verdict(suggest_seconds, SUGGEST_TARGET_SECONDS)},
-        {"measurement": '`python -c "import torch"` (new process)', "time": _seconds_text(torch_seconds),
-         "runs": f"median of {IMPORT_TORCH_RUNS}", "target": "-",
-         "result": f"suggest is {torch_seconds / suggest_seconds:.0f}x faster"},
-        {"measurement": f"`memprobe.estimate('{arch}', (128, 128, 128), 2)` (warm)",
-         "time": _seconds_text(estimate_seconds), "runs": estimate_runs, "target": "< 1 ms",
-         "result": _verdict(estimate_seconds, ESTIMATE_TARGET_SECONDS)},
+        {
+            "measurement": f"`memprobe suggest --patch 128 128 128 --gpu-mem 24GiB --arch {arch}` (new process)",
+            "time": _seconds_text(suggest_seconds),
+            "runs": f"median of {SUGGEST_RUNS}",
+            "target": f"< {SUGGEST_TARGET_SECONDS} s",
+            "result": _verdict(suggest_seconds, SUGGEST_TARGET_SECONDS),
+        },
+        {
+            "measurement": '`python -c "import torch"` (new process)',
+            "time": _seconds_text(torch_seconds),
+            "runs": f"median of {IMPORT_TORCH_RUNS}",
+            "target": "-",
+            "result": f"suggest is {torch_seconds / suggest_seconds:.0f}x faster",
+        },
+        {
+            "measurement": f"`memprobe.estimate('{arch}', (128, 128, 128), 2)` (warm)",
+            "time": _seconds_text(estimate_seconds),
+            "runs": estimate_runs,
+            "target": "< 1 ms",
+            "result": _verdict(estimate_seconds, ESTIMATE_TARGET_SECONDS),
+        },
     ]
     records: list[dict[str, Any]] = [
-        {"measurement": "suggest_cold_start", "seconds": round(suggest_seconds, 4),
-         "target_seconds": SUGGEST_TARGET_SECONDS, "passed": suggest_seconds < SUGGEST_TARGET_SECONDS},
-        {"measurement": "import_torch_cold_start", "seconds": round(torch_seconds, 4), "target_seconds": None,
-         "passed": None},
-        {"measurement": "estimate_warm", "seconds": estimate_seconds,
-         "target_seconds": ESTIMATE_TARGET_SECONDS, "passed": estimate_seconds < ESTIMATE_TARGET_SECONDS},
+        {
+            "measurement": "suggest_cold_start",
+            "seconds": round(suggest_seconds, 4),
+            "target_seconds": SUGGEST_TARGET_SECONDS,
+            "passed": suggest_seconds < SUGGEST_TARGET_SECONDS,
+        },
+        {
+            "measurement": "import_torch_cold_start",
+            "seconds": round(torch_seconds, 4),
+            "target_seconds": None,
+            "passed": None,
+        },
+        {
+            "measurement": "estimate_warm",
+            "seconds": estimate_seconds,
+            "target_seconds": ESTIMATE_TARGET_SECONDS,
+            "passed": estimate_seconds < ESTIMATE_TARGET_SECONDS,
+        },
     ]
     for name in archs:
         timed = measurements.timed(make_step_config(name, PROBE_PATCH, 1))
         step = timed.measurement.step_seconds or 0.0
-        rows.append({"measurement": f"trace probe {name} 128x128x128 b1 (in process)",
-                     "time": f"{timed.wall_seconds:.2f} s (step {step:.2f} s)", "runs": "1", "target": "-",
-                     "result": "-"})
-        records.append({"measurement": f"trace_probe_{name}", "seconds": round(timed.wall_seconds, 3),
-                        "step_seconds": round(step, 3), "target_seconds": None, "passed": None})
+        rows.append(
+            {
+                "measurement": f"trace probe {name} 128x128x128 b1 (in process)",
+                "time": f"{timed.wall_seconds:.2f} s (step {step:.2f} s)",
+                "runs": "1",
+                "target": "-",
+                "result": "-",
+            }
+        )
+        records.append(
+            {
+                "measurement": f"trace_probe_{name}",
+                "seconds": round(timed.wall_seconds, 3),
+                "step_seconds": round(step, 3),
+                "target_seconds": None,
+                "passed": None,
+            }
+        )
     notes = (
         "new process: wall time of the command in a fresh Python process (file cache warm); suggest reads a "
         "database holding one calibration and never imports torch.",

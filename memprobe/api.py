@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -52,7 +52,9 @@ def _file_stamp(path: Path) -> tuple[int, int] | None:
 
 
 @lru_cache(maxsize=8)
-def _load(db_path: str | None, resolved: str, stamp: tuple[int, int] | None, no_shipped: str) -> list[Calibration]:
+def _load(
+    db_path: str | None, resolved: str, stamp: tuple[int, int] | None, no_shipped: str
+) -> list[Calibration]:
     # ``resolved`` keys the cache by the file actually read: with db=None that is $MEMPROBE_DB,
     # which may change between calls (two missing files would otherwise share one entry).
     return all_calibrations(db_path)
@@ -77,18 +79,36 @@ def resolve_device(device: str | None) -> tuple[str, str | None]:
     return (gpu.name, "trace") if gpu else ("trace", None)
 
 
-def _choose(arch: str, precision: str, optimizer: str, deep_supervision: bool, db: str | Path | None,
-            device: str | None) -> Choice:
+def _choose(
+    arch: str,
+    precision: str,
+    optimizer: str,
+    deep_supervision: bool,
+    db: str | Path | None,
+    device: str | None,
+) -> Choice:
     wanted, fallback = resolve_device(device)
-    choice = choose_calibration(load_calibrations(db), arch, precision, optimizer, deep_supervision, wanted, fallback)
+    choice = choose_calibration(
+        load_calibrations(db), arch, precision, optimizer, deep_supervision, wanted, fallback
+    )
     if choice.warning:
         warnings.warn(choice.warning, stacklevel=3)
     return choice
 
 
-def estimate(arch: str, patch: Sequence[int], batch: int, precision: str = "fp32", *, optimizer: str = "adamw",
-             in_channels: int = 1, out_channels: int = 2, deep_supervision: bool = False,
-             db: str | Path | None = None, device: str | None = None) -> Estimate:
+def estimate(
+    arch: str,
+    patch: Sequence[int],
+    batch: int,
+    precision: str = "fp32",
+    *,
+    optimizer: str = "adamw",
+    in_channels: int = 1,
+    out_channels: int = 2,
+    deep_supervision: bool = False,
+    db: str | Path | None = None,
+    device: str | None = None,
+) -> Estimate:
     """Predict the peak allocated memory of a training step from the calibrations.
 
     Args:
@@ -104,42 +124,117 @@ def estimate(arch: str, patch: Sequence[int], batch: int, precision: str = "fp32
     Returns:
         An Estimate with ``peak_allocated_bytes``.
     """
-    config = make_step_config(arch, patch, batch, precision=precision, optimizer=optimizer,
-                              in_channels=in_channels, out_channels=out_channels, deep_supervision=deep_supervision)
-    choice = _choose(config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device)
-    peak = choice.calibration.predict_peak_bytes(resolve_arch(config.arch), config.patch, config.batch,
-                                                 config.in_channels, config.out_channels)
-    return Estimate(config.arch, config.patch, config.batch, config.precision.value, peak, choice.calibration,
-                    choice.warning)
+    config = make_step_config(
+        arch,
+        patch,
+        batch,
+        precision=precision,
+        optimizer=optimizer,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        deep_supervision=deep_supervision,
+    )
+    choice = _choose(
+        config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device
+    )
+    peak = choice.calibration.predict_peak_bytes(
+        resolve_arch(config.arch), config.patch, config.batch, config.in_channels, config.out_channels
+    )
+    return Estimate(
+        config.arch,
+        config.patch,
+        config.batch,
+        config.precision.value,
+        peak,
+        choice.calibration,
+        choice.warning,
+    )
 
 
-def max_batch_size(arch: str, patch: Sequence[int], gpu_mem: str | int | float, precision: str = "fp32", *,
-                   safety: float = 0.9, optimizer: str = "adamw", in_channels: int = 1, out_channels: int = 2,
-                   deep_supervision: bool = False, effective_batch: int | None = None,
-                   db: str | Path | None = None, device: str | None = None) -> BatchPlan:
+def max_batch_size(
+    arch: str,
+    patch: Sequence[int],
+    gpu_mem: str | int | float,
+    precision: str = "fp32",
+    *,
+    safety: float = 0.9,
+    optimizer: str = "adamw",
+    in_channels: int = 1,
+    out_channels: int = 2,
+    deep_supervision: bool = False,
+    effective_batch: int | None = None,
+    db: str | Path | None = None,
+    device: str | None = None,
+) -> BatchPlan:
     """The largest batch for ``patch`` whose predicted peak fits ``gpu_mem * safety``."""
-    config = make_step_config(arch, patch, 1, precision=precision, optimizer=optimizer, in_channels=in_channels,
-                              out_channels=out_channels, deep_supervision=deep_supervision)
-    choice = _choose(config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device)
-    plan = plan_batch(choice.calibration, resolve_arch(config.arch), config.patch, parse_bytes(gpu_mem),
-                      safety=safety, in_channels=config.in_channels, out_channels=config.out_channels,
-                      effective_batch=effective_batch)
+    config = make_step_config(
+        arch,
+        patch,
+        1,
+        precision=precision,
+        optimizer=optimizer,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        deep_supervision=deep_supervision,
+    )
+    choice = _choose(
+        config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device
+    )
+    plan = plan_batch(
+        choice.calibration,
+        resolve_arch(config.arch),
+        config.patch,
+        parse_bytes(gpu_mem),
+        safety=safety,
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+        effective_batch=effective_batch,
+    )
     return _with_warning(plan, choice.warning)
 
 
-def max_patch_size(arch: str, batch: int, gpu_mem: str | int | float, precision: str = "fp32", *,
-                   safety: float = 0.9, spacing: Sequence[float] | None = None,
-                   median_shape: Sequence[int] | None = None, optimizer: str = "adamw", in_channels: int = 1,
-                   out_channels: int = 2, deep_supervision: bool = False, db: str | Path | None = None,
-                   device: str | None = None) -> PatchPlan:
+def max_patch_size(
+    arch: str,
+    batch: int,
+    gpu_mem: str | int | float,
+    precision: str = "fp32",
+    *,
+    safety: float = 0.9,
+    spacing: Sequence[float] | None = None,
+    median_shape: Sequence[int] | None = None,
+    optimizer: str = "adamw",
+    in_channels: int = 1,
+    out_channels: int = 2,
+    deep_supervision: bool = False,
+    db: str | Path | None = None,
+    device: str | None = None,
+) -> PatchPlan:
     """The largest patch for ``batch`` (shaped by ``spacing``, within ``median_shape``) that fits."""
     spec = resolve_arch(arch)
-    config = make_step_config(arch, (2 * spec.divisor,) * 3, batch, precision=precision, optimizer=optimizer,
-                              in_channels=in_channels, out_channels=out_channels, deep_supervision=deep_supervision)
-    choice = _choose(config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device)
-    plan = plan_patch(choice.calibration, spec, config.batch, parse_bytes(gpu_mem), safety=safety, spacing=spacing,
-                      median_shape=median_shape, in_channels=config.in_channels,
-                      out_channels=config.out_channels)
+    config = make_step_config(
+        arch,
+        (2 * spec.divisor,) * 3,
+        batch,
+        precision=precision,
+        optimizer=optimizer,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        deep_supervision=deep_supervision,
+    )
+    choice = _choose(
+        config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device
+    )
+    plan = plan_patch(
+        choice.calibration,
+        spec,
+        config.batch,
+        parse_bytes(gpu_mem),
+        safety=safety,
+        spacing=spacing,
+        median_shape=median_shape,
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+    )
     return _with_warning(plan, choice.warning)
 
 
@@ -153,24 +248,51 @@ def _with_warning(plan: P, warning: str | None) -> P:
     return replace(plan, reasons=(warning, *plan.reasons))
 
 
-def probe(arch: str, patch: Sequence[int], batch: int, precision: str = "fp32", *, device: str | None = None,
-          optimizer: str = "adamw", in_channels: int = 1, out_channels: int = 2, deep_supervision: bool = False,
-          budget: str | int | None = None, isolate: bool = False) -> Measurement:
+def probe(
+    arch: str,
+    patch: Sequence[int],
+    batch: int,
+    precision: str = "fp32",
+    *,
+    device: str | None = None,
+    optimizer: str = "adamw",
+    in_channels: int = 1,
+    out_channels: int = 2,
+    deep_supervision: bool = False,
+    budget: str | int | None = None,
+    isolate: bool = False,
+) -> Measurement:
     """Run and measure one real training step (imports torch; seconds to minutes).
 
     ``device`` is ``cuda``, ``trace`` or ``cpu`` (default: cuda if available, else trace).
     """
     from memprobe.backends.base import get_backend
 
-    config = make_step_config(arch, patch, batch, precision=precision, optimizer=optimizer,
-                              in_channels=in_channels, out_channels=out_channels, deep_supervision=deep_supervision)
+    config = make_step_config(
+        arch,
+        patch,
+        batch,
+        precision=precision,
+        optimizer=optimizer,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        deep_supervision=deep_supervision,
+    )
     budget_bytes = parse_bytes(budget) if budget is not None else None
     return get_backend(device, budget_bytes=budget_bytes, isolate=isolate).measure(config)
 
 
-def calibrate(arch: str, precision: str = "fp32", *, device: str | None = None, optimizer: str = "adamw",
-              deep_supervision: bool = False, budget: str | int | None = None, db: str | Path | None = None,
-              isolate: bool = False) -> CalibrationReport:
+def calibrate(
+    arch: str,
+    precision: str = "fp32",
+    *,
+    device: str | None = None,
+    optimizer: str = "adamw",
+    deep_supervision: bool = False,
+    budget: str | int | None = None,
+    db: str | Path | None = None,
+    isolate: bool = False,
+) -> CalibrationReport:
     """Measure ``arch``, fit its formula and store measurements and calibration in ``db``."""
     from memprobe.backends.base import get_backend
     from memprobe.calibrator import calibrate as run_calibration
@@ -178,9 +300,17 @@ def calibrate(arch: str, precision: str = "fp32", *, device: str | None = None, 
     from memprobe.measuring import MeasurementLog
 
     spec = resolve_arch(arch)
-    base = make_step_config(arch, (2 * spec.divisor,) * 3, 1, precision=precision, optimizer=optimizer,
-                            deep_supervision=deep_supervision)
-    backend = get_backend(device, budget_bytes=parse_bytes(budget) if budget is not None else None, isolate=isolate)
+    base = make_step_config(
+        arch,
+        (2 * spec.divisor,) * 3,
+        1,
+        precision=precision,
+        optimizer=optimizer,
+        deep_supervision=deep_supervision,
+    )
+    backend = get_backend(
+        device, budget_bytes=parse_bytes(budget) if budget is not None else None, isolate=isolate
+    )
     budget_bytes = default_budget_bytes(backend.environment(), budget)
     with Database.open(db) as database:
         return run_calibration(MeasurementLog(backend, database, budget_bytes), base, budget_bytes)

@@ -21,9 +21,16 @@ SEED_OPTIMIZER_FACTOR = 2.0  # AdamW: two moments per parameter
 SEED_WORKSPACE_FACTOR = 0.2  # "cuDNN overhead": 20% of activations and gradients
 
 
-def seed_estimate_gb(patch: Sequence[int], batch: int, in_channels: int, out_channels: int,
-                     base_features: int = 32, num_pool_stages: int = 4, deep_supervision: bool = False,
-                     mixed_precision: bool = True) -> float:
+def seed_estimate_gb(
+    patch: Sequence[int],
+    batch: int,
+    in_channels: int,
+    out_channels: int,
+    base_features: int = 32,
+    num_pool_stages: int = 4,
+    deep_supervision: bool = False,
+    mixed_precision: bool = True,
+) -> float:
     """The seed's ``estimate_gpu_memory_required``, in its own "GB" (1024**3 bytes).
 
     Feature maps: every stage (``num_pool_stages + 1`` of them, each dimension halved per
@@ -51,16 +58,34 @@ def seed_estimate_gb(patch: Sequence[int], batch: int, in_channels: int, out_cha
     return activation_gb + gradient_gb + parameter_gb + optimizer_gb + workspace_gb
 
 
-def seed_estimate_bytes(patch: Sequence[int], batch: int, in_channels: int, out_channels: int,
-                        base_features: int = 32, num_pool_stages: int = 4, deep_supervision: bool = False,
-                        mixed_precision: bool = True) -> float:
+def seed_estimate_bytes(
+    patch: Sequence[int],
+    batch: int,
+    in_channels: int,
+    out_channels: int,
+    base_features: int = 32,
+    num_pool_stages: int = 4,
+    deep_supervision: bool = False,
+    mixed_precision: bool = True,
+) -> float:
     """The seed formula's estimate in bytes (its default assumes mixed precision, as the seed's does).
 
     The seed knows nothing of the architecture: every network is a U-Net with 32 base
     features and 4 poolings. Use ``mixed_precision=False`` to compare with fp32 steps.
     """
-    return seed_estimate_gb(patch, batch, in_channels, out_channels, base_features, num_pool_stages,
-                            deep_supervision, mixed_precision) * SEED_GB
+    return (
+        seed_estimate_gb(
+            patch,
+            batch,
+            in_channels,
+            out_channels,
+            base_features,
+            num_pool_stages,
+            deep_supervision,
+            mixed_precision,
+        )
+        * SEED_GB
+    )
 
 
 def feature_map_volume(spec: ArchSpec, patch: Sequence[int], batch: int) -> float:
@@ -75,8 +100,15 @@ def feature_map_volume(spec: ArchSpec, patch: Sequence[int], batch: int) -> floa
     return float(batch * sum(v * w for v, w in zip(voxels, widths, strict=True)))
 
 
-def nnunet_proxy_bytes(spec: ArchSpec, patch: Sequence[int], batch: int, *, reference_patch: Sequence[int],
-                       reference_batch: int, reference_bytes: float) -> float:
+def nnunet_proxy_bytes(
+    spec: ArchSpec,
+    patch: Sequence[int],
+    batch: int,
+    *,
+    reference_patch: Sequence[int],
+    reference_batch: int,
+    reference_bytes: float,
+) -> float:
     """nnU-Net-style estimate: the feature-map volume, scaled so the reference is exact.
 
     nnU-Net plans by comparing a configuration's feature-map volume with that of a

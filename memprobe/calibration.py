@@ -38,8 +38,9 @@ class Calibration:
     created_at: str = ""
     source: str = "user"  # "user" (a database) or "shipped" (the package's defaults)
 
-    def predict_peak_bytes(self, spec: ArchSpec, patch: Sequence[int], batch: int,
-                           in_channels: int = 1, out_channels: int = 2) -> float:
+    def predict_peak_bytes(
+        self, spec: ArchSpec, patch: Sequence[int], batch: int, in_channels: int = 1, out_channels: int = 2
+    ) -> float:
         """Predicted peak allocated bytes of a training step."""
         parameters = predict_parameter_count(self.parameter_model, spec, patch, in_channels, out_channels)
         terms = term_values(spec, patch, batch, in_channels, out_channels, parameters, self.deep_supervision)

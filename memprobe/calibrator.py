@@ -36,10 +36,16 @@ def design_points(base: StepConfig, spec: ArchSpec) -> DesignPoints:
     to fit; held out: an anisotropic patch (32x160x160 for a divisor of 16), batch 3, other
     channel counts, and a patch beyond the fitted range."""
     unit = patch_unit(spec)
-    cube = lambda k: (unit * k,) * 3  # noqa: E731
-    fit = [replace(base, patch=cube(k), batch=b, in_channels=1, out_channels=2) for k in (2, 4, 6, 8) for b in (1, 2)]
-    fit += [replace(base, patch=cube(4), batch=1, in_channels=4, out_channels=2),
-            replace(base, patch=cube(4), batch=1, in_channels=1, out_channels=8)]
+    cube = lambda k: (unit * k,) * 3
+    fit = [
+        replace(base, patch=cube(k), batch=b, in_channels=1, out_channels=2)
+        for k in (2, 4, 6, 8)
+        for b in (1, 2)
+    ]
+    fit += [
+        replace(base, patch=cube(4), batch=1, in_channels=4, out_channels=2),
+        replace(base, patch=cube(4), batch=1, in_channels=1, out_channels=8),
+    ]
     heldout = (
         replace(base, patch=(unit * 2, unit * 10, unit * 10), batch=2, in_channels=1, out_channels=2),
         replace(base, patch=cube(6), batch=3, in_channels=1, out_channels=2),
@@ -69,8 +75,14 @@ class CalibrationReport:
     reused: int = 0
 
 
-def fit_calibration(spec: ArchSpec, base: StepConfig, device: str, fitted: list[Measurement],
-                    heldout: list[Measurement], environment: dict[str, object]) -> Calibration:
+def fit_calibration(
+    spec: ArchSpec,
+    base: StepConfig,
+    device: str,
+    fitted: list[Measurement],
+    heldout: list[Measurement],
+    environment: dict[str, object],
+) -> Calibration:
     """Fit coefficients to ``fitted`` and report their error on ``heldout`` too."""
     usable = [m for m in fitted if m.ok]
     if len(usable) < 3:
@@ -81,42 +93,77 @@ def fit_calibration(spec: ArchSpec, base: StepConfig, device: str, fitted: list[
     parameters = fit_parameter_model(spec, usable)
     coefficients = fit_phase_coefficients(spec, usable)
     return Calibration(
-        arch=spec.name, device=device, precision=base.precision.value, optimizer=base.optimizer.value,
-        deep_supervision=base.deep_supervision, phase_coefficients=coefficients, parameter_model=parameters,
+        arch=spec.name,
+        device=device,
+        precision=base.precision.value,
+        optimizer=base.optimizer.value,
+        deep_supervision=base.deep_supervision,
+        phase_coefficients=coefficients,
+        parameter_model=parameters,
         quality=fit_quality(spec, coefficients, parameters, usable, heldout),
-        environment=environment, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        environment=environment,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 
-def search_largest_batch(log: MeasurementLog, base: StepConfig, budget_bytes: int,
-                         calibration: Calibration | None = None, spec: ArchSpec | None = None) -> SearchResult:
+def search_largest_batch(
+    log: MeasurementLog,
+    base: StepConfig,
+    budget_bytes: int,
+    calibration: Calibration | None = None,
+    spec: ArchSpec | None = None,
+) -> SearchResult:
     """Largest batch for ``base.patch`` within the budget, guided by the calibration when given."""
     predict = None
     if calibration is not None and spec is not None:
-        predict = lambda b: calibration.predict_peak_bytes(spec, base.patch, b, base.in_channels,  # noqa: E731
-                                                           base.out_channels)
-    return guided_search(lambda b: log.outcome(replace(base, batch=b)), budget_bytes, predict=predict, upper=MAX_BATCH)
-
-
-def search_largest_patch(log: MeasurementLog, base: StepConfig, spec: ArchSpec, budget_bytes: int,
-                         calibration: Calibration | None = None, aspect: tuple[int, int, int] = (1, 1, 1),
-                         max_voxels: int = 1024**3) -> SearchResult:
-    """Largest patch ``n * aspect * divisor`` for ``base.batch`` within the budget (n is returned)."""
-    unit = patch_unit(spec)
-    smallest = -(-smallest_patch_size(spec) // (unit * min(aspect)))
-    patch_of = lambda n: tuple(n * a * unit for a in aspect)  # noqa: E731
-    upper = int((max_voxels / math.prod(aspect)) ** (1 / 3) / unit)
-    predict = None
-    if calibration is not None:
-        predict = lambda n: calibration.predict_peak_bytes(spec, patch_of(n), base.batch,  # noqa: E731
-                                                           base.in_channels, base.out_channels)
+        predict = lambda b: calibration.predict_peak_bytes(
+            spec,
+            base.patch,
+            b,
+            base.in_channels,
+            base.out_channels,
+        )
     return guided_search(
-        lambda n: log.outcome(replace(base, patch=patch_of(n))), budget_bytes,
-        size_of=lambda n: float(math.prod(patch_of(n))), predict=predict, start=smallest, upper=upper,
+        lambda b: log.outcome(replace(base, batch=b)), budget_bytes, predict=predict, upper=MAX_BATCH
     )
 
 
-def calibrate(log: MeasurementLog, base: StepConfig, budget_bytes: int, *, search: bool = True) -> CalibrationReport:
+def search_largest_patch(
+    log: MeasurementLog,
+    base: StepConfig,
+    spec: ArchSpec,
+    budget_bytes: int,
+    calibration: Calibration | None = None,
+    aspect: tuple[int, int, int] = (1, 1, 1),
+    max_voxels: int = 1024**3,
+) -> SearchResult:
+    """Largest patch ``n * aspect * divisor`` for ``base.batch`` within the budget (n is returned)."""
+    unit = patch_unit(spec)
+    smallest = -(-smallest_patch_size(spec) // (unit * min(aspect)))
+    patch_of = lambda n: tuple(n * a * unit for a in aspect)
+    upper = int((max_voxels / math.prod(aspect)) ** (1 / 3) / unit)
+    predict = None
+    if calibration is not None:
+        predict = lambda n: calibration.predict_peak_bytes(
+            spec,
+            patch_of(n),
+            base.batch,
+            base.in_channels,
+            base.out_channels,
+        )
+    return guided_search(
+        lambda n: log.outcome(replace(base, patch=patch_of(n))),
+        budget_bytes,
+        size_of=lambda n: float(math.prod(patch_of(n))),
+        predict=predict,
+        start=smallest,
+        upper=upper,
+    )
+
+
+def calibrate(
+    log: MeasurementLog, base: StepConfig, budget_bytes: int, *, search: bool = True
+) -> CalibrationReport:
     """Measure the design points, fit, then search the largest batch and patch with the fit.
 
     ``base`` fixes precision, optimizer and deep supervision; its patch and batch are ignored.
@@ -126,7 +173,9 @@ def calibrate(log: MeasurementLog, base: StepConfig, budget_bytes: int, *, searc
     environment = log.backend.environment()
     fitted = [log.measure(config) for config in points.fit]
     heldout = [log.measure(config) for config in points.heldout]
-    calibration = fit_calibration(spec, base, environment.calibration_device, fitted, heldout, environment.to_dict())
+    calibration = fit_calibration(
+        spec, base, environment.calibration_device, fitted, heldout, environment.to_dict()
+    )
     searches: list[LimitSearch] = []
     if search:
         unit = patch_unit(spec)
@@ -139,5 +188,11 @@ def calibrate(log: MeasurementLog, base: StepConfig, budget_bytes: int, *, searc
         searches.append(LimitSearch("patch", "batch 2", result, answer))
     if log.db is not None:
         log.db.add_calibration(calibration, environment)
-    return CalibrationReport(calibration, tuple(fitted), tuple(heldout), tuple(searches),
-                             measured=len(log.taken), reused=log.reused)
+    return CalibrationReport(
+        calibration,
+        tuple(fitted),
+        tuple(heldout),
+        tuple(searches),
+        measured=len(log.taken),
+        reused=log.reused,
+    )

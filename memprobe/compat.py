@@ -19,23 +19,61 @@ def _precision(mixed_precision: bool) -> str:
     return "fp16-mixed" if mixed_precision else "fp32"
 
 
-def estimate_gpu_memory_required(patch_size: Sequence[int], batch_size: int, in_channels: int = 1,
-                                 out_channels: int = 2, base_features: int = 32, num_pool_stages: int = 4,
-                                 deep_supervision: bool = False, mixed_precision: bool = True, *,
-                                 arch: str = "mednext", db: str | Path | None = None,
-                                 device: str | None = None) -> float:
+def estimate_gpu_memory_required(
+    patch_size: Sequence[int],
+    batch_size: int,
+    in_channels: int = 1,
+    out_channels: int = 2,
+    base_features: int = 32,
+    num_pool_stages: int = 4,
+    deep_supervision: bool = False,
+    mixed_precision: bool = True,
+    *,
+    arch: str = "mednext",
+    db: str | Path | None = None,
+    device: str | None = None,
+) -> float:
     """Estimated GPU memory in GB for training (``base_features``/``num_pool_stages`` are fixed by ``arch``)."""
-    result = estimate(arch, patch_size, batch_size, _precision(mixed_precision), in_channels=in_channels,
-                      out_channels=out_channels, deep_supervision=deep_supervision, db=db, device=device)
+    result = estimate(
+        arch,
+        patch_size,
+        batch_size,
+        _precision(mixed_precision),
+        in_channels=in_channels,
+        out_channels=out_channels,
+        deep_supervision=deep_supervision,
+        db=db,
+        device=device,
+    )
     return result.peak_allocated_bytes / _GB
 
 
-def suggest_batch_size(patch_size: Sequence[int], in_channels: int, out_channels: int,
-                       available_gpu_memory_gb: float, base_features: int = 32, num_pool_stages: int = 4,
-                       deep_supervision: bool = False, mixed_precision: bool = True, safety_margin: float = 0.85,
-                       *, arch: str = "mednext", db: str | Path | None = None, device: str | None = None) -> int:
+def suggest_batch_size(
+    patch_size: Sequence[int],
+    in_channels: int,
+    out_channels: int,
+    available_gpu_memory_gb: float,
+    base_features: int = 32,
+    num_pool_stages: int = 4,
+    deep_supervision: bool = False,
+    mixed_precision: bool = True,
+    safety_margin: float = 0.85,
+    *,
+    arch: str = "mednext",
+    db: str | Path | None = None,
+    device: str | None = None,
+) -> int:
     """The largest batch that fits ``available_gpu_memory_gb * safety_margin``, at least 1 as the planner gives."""
-    plan = max_batch_size(arch, patch_size, available_gpu_memory_gb * _GB, _precision(mixed_precision),
-                          safety=safety_margin, in_channels=in_channels, out_channels=out_channels,
-                          deep_supervision=deep_supervision, db=db, device=device)
+    plan = max_batch_size(
+        arch,
+        patch_size,
+        available_gpu_memory_gb * _GB,
+        _precision(mixed_precision),
+        safety=safety_margin,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        deep_supervision=deep_supervision,
+        db=db,
+        device=device,
+    )
     return max(1, plan.batch)

@@ -49,9 +49,11 @@ class StepConfig:
     def label(self) -> str:
         """Short human-readable form: ``mednext 128x128x128 b2 fp32``."""
         size = "x".join(map(str, self.patch))
-        extras = [] if self.in_channels == 1 and self.out_channels == 2 else [
-            f"c{self.in_channels}->{self.out_channels}"
-        ]
+        extras = (
+            []
+            if self.in_channels == 1 and self.out_channels == 2
+            else [f"c{self.in_channels}->{self.out_channels}"]
+        )
         extras += ["ds"] if self.deep_supervision else []
         return " ".join([self.arch, size, f"b{self.batch}", self.precision.value, *extras])
 
@@ -125,8 +127,7 @@ def make_step_config(
     spec = resolve_arch(arch)
     if deep_supervision and not spec.custom and not spec.supports_deep_supervision:
         raise InvalidInputError(
-            f"{spec.name} has no deep supervision: drop --deep-supervision or choose one of "
-            "mednext*, dynunet"
+            f"{spec.name} has no deep supervision: drop --deep-supervision or choose one of mednext*, dynunet"
         )
     return StepConfig(
         arch=spec.name,

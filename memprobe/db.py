@@ -232,16 +232,33 @@ class Database:
                 "optimizer, in_channels, out_channels, deep_supervision, budget_bytes, peak_allocated_bytes, "
                 "peak_reserved_bytes, phase_peaks_json, breakdown_json, step_seconds, oom, error, "
                 "parameter_count, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (environment_id, c.arch, *c.patch, c.batch, c.precision.value, c.optimizer.value, c.in_channels,
-                 c.out_channels, int(c.deep_supervision), measurement.budget_bytes, measurement.peak_allocated_bytes,
-                 measurement.peak_reserved_bytes, json.dumps(measurement.phase_peaks_bytes),
-                 json.dumps(measurement.breakdown_bytes), measurement.step_seconds, int(measurement.oom),
-                 measurement.error, measurement.parameter_count, _now()),
+                (
+                    environment_id,
+                    c.arch,
+                    *c.patch,
+                    c.batch,
+                    c.precision.value,
+                    c.optimizer.value,
+                    c.in_channels,
+                    c.out_channels,
+                    int(c.deep_supervision),
+                    measurement.budget_bytes,
+                    measurement.peak_allocated_bytes,
+                    measurement.peak_reserved_bytes,
+                    json.dumps(measurement.phase_peaks_bytes),
+                    json.dumps(measurement.breakdown_bytes),
+                    measurement.step_seconds,
+                    int(measurement.oom),
+                    measurement.error,
+                    measurement.parameter_count,
+                    _now(),
+                ),
             )
         return int(cursor.lastrowid or 0)
 
-    def find_measurement(self, config: StepConfig, environment: Environment,
-                         budget_bytes: int | None = None) -> Measurement | None:
+    def find_measurement(
+        self, config: StepConfig, environment: Environment, budget_bytes: int | None = None
+    ) -> Measurement | None:
         """A stored measurement of ``config`` on this environment, to reuse instead of re-measuring.
 
         A successful peak does not depend on the budget; an out-of-memory result does, so it
@@ -254,8 +271,17 @@ class Database:
             "SELECT * FROM measurements WHERE environment_id = ? AND arch = ? AND patch_d = ? AND patch_h = ? "
             "AND patch_w = ? AND batch = ? AND precision = ? AND optimizer = ? AND in_channels = ? "
             "AND out_channels = ? AND deep_supervision = ? AND error IS NULL ORDER BY id DESC",
-            (environment_id, config.arch, *config.patch, config.batch, config.precision.value,
-             config.optimizer.value, config.in_channels, config.out_channels, int(config.deep_supervision)),
+            (
+                environment_id,
+                config.arch,
+                *config.patch,
+                config.batch,
+                config.precision.value,
+                config.optimizer.value,
+                config.in_channels,
+                config.out_channels,
+                int(config.deep_supervision),
+            ),
         )
         for row in rows:
             stored = self._measurement_from_row(row, environment)
@@ -263,11 +289,14 @@ class Database:
                 return stored
         return None
 
-    def measurements(self, arch: str | None = None, device: str | None = None,
-                     precision: str | None = None) -> list[Measurement]:
+    def measurements(
+        self, arch: str | None = None, device: str | None = None, precision: str | None = None
+    ) -> list[Measurement]:
         """Stored measurements, oldest first, optionally filtered."""
-        query = ("SELECT m.*, e.* FROM measurements m JOIN environments e ON e.id = m.environment_id "
-                 "WHERE (? IS NULL OR m.arch = ?) AND (? IS NULL OR m.precision = ?) ORDER BY m.id")
+        query = (
+            "SELECT m.*, e.* FROM measurements m JOIN environments e ON e.id = m.environment_id "
+            "WHERE (? IS NULL OR m.arch = ?) AND (? IS NULL OR m.precision = ?) ORDER BY m.id"
+        )
         result = []
         for row in self._rows(query, (arch, arch, precision, precision)):
             environment = _environment_from_row(row)
@@ -278,11 +307,46 @@ class Database:
 
     @staticmethod
     def _measurement_from_row(row: sqlite3.Row | tuple[Any, ...], environment: Environment) -> Measurement:
-        (_, _, arch, d, h, w, batch, precision, optimizer, cin, cout, ds, budget, peak, reserved, phases,
-         breakdown, seconds, oom, error, parameters, _) = row[:22]
-        config = StepConfig(arch, (d, h, w), batch, Precision(precision), OptimizerName(optimizer), cin, cout, bool(ds))
-        return Measurement(config, environment, peak, reserved, json.loads(phases), seconds, bool(oom), error,
-                           budget, parameters, json.loads(breakdown))
+        (
+            _,
+            _,
+            arch,
+            d,
+            h,
+            w,
+            batch,
+            precision,
+            optimizer,
+            cin,
+            cout,
+            ds,
+            budget,
+            peak,
+            reserved,
+            phases,
+            breakdown,
+            seconds,
+            oom,
+            error,
+            parameters,
+            _,
+        ) = row[:22]
+        config = StepConfig(
+            arch, (d, h, w), batch, Precision(precision), OptimizerName(optimizer), cin, cout, bool(ds)
+        )
+        return Measurement(
+            config,
+            environment,
+            peak,
+            reserved,
+            json.loads(phases),
+            seconds,
+            bool(oom),
+            error,
+            budget,
+            parameters,
+            json.loads(breakdown),
+        )
 
     # Calibrations -------------------------------------------------------------------------
 
@@ -293,10 +357,18 @@ class Database:
                 "INSERT INTO calibrations (arch, device, precision, optimizer, deep_supervision, environment_id, "
                 "phase_coefficients_json, parameter_model_json, quality_json, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (calibration.arch, calibration.device, calibration.precision, calibration.optimizer,
-                 int(calibration.deep_supervision), environment_id, json.dumps(calibration.phase_coefficients),
-                 json.dumps(calibration.parameter_model), json.dumps(calibration.quality.__dict__),
-                 calibration.created_at or _now()),
+                (
+                    calibration.arch,
+                    calibration.device,
+                    calibration.precision,
+                    calibration.optimizer,
+                    int(calibration.deep_supervision),
+                    environment_id,
+                    json.dumps(calibration.phase_coefficients),
+                    json.dumps(calibration.parameter_model),
+                    json.dumps(calibration.quality.__dict__),
+                    calibration.created_at or _now(),
+                ),
             )
         return int(cursor.lastrowid or 0)
 
@@ -309,11 +381,34 @@ class Database:
             "deep_supervision) ORDER BY c.arch, c.device, c.precision"
         )
         result = []
-        for arch, device, precision, optimizer, ds, coefficients, parameters, quality, created, env_id in rows:
+        for (
+            arch,
+            device,
+            precision,
+            optimizer,
+            ds,
+            coefficients,
+            parameters,
+            quality,
+            created,
+            env_id,
+        ) in rows:
             environment = self._environment_dict(env_id)
-            result.append(Calibration(arch, device, precision, optimizer, bool(ds), json.loads(coefficients),
-                                      json.loads(parameters), FitQuality(**json.loads(quality)), environment,
-                                      created, source=str(self.path or ":memory:")))
+            result.append(
+                Calibration(
+                    arch,
+                    device,
+                    precision,
+                    optimizer,
+                    bool(ds),
+                    json.loads(coefficients),
+                    json.loads(parameters),
+                    FitQuality(**json.loads(quality)),
+                    environment,
+                    created,
+                    source=str(self.path or ":memory:"),
+                )
+            )
         return result
 
     def _environment_dict(self, environment_id: int | None) -> dict[str, Any]:
@@ -340,14 +435,17 @@ def _connect(path: Path, *, readonly: bool, create: bool = False) -> sqlite3.Con
     """Connect to the database file at ``path`` and check (and, for writing, migrate) its schema."""
     _refuse_foreign_file(path)
     if not readonly and path.exists() and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
-        raise DatabaseError(f"cannot write to {path}: the file or its folder is read-only; pass --db FILE "
-                            "in a writable folder")
+        raise DatabaseError(
+            f"cannot write to {path}: the file or its folder is read-only; pass --db FILE "
+            "in a writable folder"
+        )
     # mode=rw, not ro, even to read: only a read-write connection removes the -wal and -shm files
     # it creates when it closes. In a folder that cannot hold them, the file is read as immutable.
     mode = "rwc" if create else "ro&immutable=1" if readonly and not os.access(path.parent, os.W_OK) else "rw"
     try:
-        connection = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
-                                     isolation_level=None)
+        connection = sqlite3.connect(
+            f"file:{path}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+        )
     except sqlite3.Error as error:
         raise DatabaseError(f"cannot open database {path}: {error}; pass another --db") from None
     return _prepared(connection, path, readonly=readonly)
@@ -428,8 +526,10 @@ def _check_creatable(path: Path) -> None:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise DatabaseError(f"cannot create a database at {path}: {folder} is not a writable folder; "
-                            "pass --db FILE in a writable folder")
+        raise DatabaseError(
+            f"cannot create a database at {path}: {folder} is not a writable folder; "
+            "pass --db FILE in a writable folder"
+        )
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def pytc_config(patch: Sequence[int], batch: int, precision_lightning: str, accumulate: int) -> dict[str, Any]:
+def pytc_config(
+    patch: Sequence[int], batch: int, precision_lightning: str, accumulate: int
+) -> dict[str, Any]:
     """Dotted keys of a PyTorch Connectomics (Hydra) config."""
     return {
         "data.batch_size": batch,

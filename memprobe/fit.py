@@ -15,14 +15,28 @@ from scipy.optimize import nnls
 
 from memprobe.archs.registry import ArchSpec
 from memprobe.calibration import FitQuality
-from memprobe.formula import PARAMETER_TERMS, active_terms, attention_tokens, evaluate, predict_parameter_count, term_values
+from memprobe.formula import (
+    PARAMETER_TERMS,
+    active_terms,
+    attention_tokens,
+    evaluate,
+    predict_parameter_count,
+    term_values,
+)
 from memprobe.measurement import Measurement
 
 
 def _terms(spec: ArchSpec, measurement: Measurement) -> dict[str, float]:
     config = measurement.config
-    return term_values(spec, config.patch, config.batch, config.in_channels, config.out_channels,
-                       float(measurement.parameter_count or 0), config.deep_supervision)
+    return term_values(
+        spec,
+        config.patch,
+        config.batch,
+        config.in_channels,
+        config.out_channels,
+        float(measurement.parameter_count or 0),
+        config.deep_supervision,
+    )
 
 
 def fit_parameter_model(spec: ArchSpec, measurements: Sequence[Measurement]) -> dict[str, float]:
@@ -40,7 +54,7 @@ def fit_parameter_model(spec: ArchSpec, measurements: Sequence[Measurement]) -> 
     used = [i for i in range(matrix.shape[1]) if i == 0 or np.ptp(matrix[:, i]) > 0]
     solution, *_ = np.linalg.lstsq(matrix[:, used], np.array(counts), rcond=None)
     model = dict.fromkeys(PARAMETER_TERMS, 0.0)
-    for index, value in zip(used, solution):
+    for index, value in zip(used, solution, strict=True):
         model[PARAMETER_TERMS[index]] = float(value)
     return model
 
@@ -68,8 +82,9 @@ def candidate_segmentations(names: set[str]) -> list[list[str]]:
     return [*candidates, [STEP_SEGMENT]]
 
 
-def _fit_segments(matrix: np.ndarray, terms: list[str], usable: Sequence[Measurement],
-                  segments: list[str]) -> dict[str, dict[str, float]]:
+def _fit_segments(
+    matrix: np.ndarray, terms: list[str], usable: Sequence[Measurement], segments: list[str]
+) -> dict[str, dict[str, float]]:
     coefficients: dict[str, dict[str, float]] = {}
     for segment in segments:
         peaks = np.array([float(_segment_peaks(m).get(segment, 0)) for m in usable])
@@ -78,11 +93,13 @@ def _fit_segments(matrix: np.ndarray, terms: list[str], usable: Sequence[Measure
         scale = matrix[keep].max(axis=0)
         scale[scale == 0] = 1.0
         solution, _ = nnls((matrix[keep] / scale) * weights[:, None], np.ones(keep.sum()), maxiter=5000)
-        coefficients[segment] = {t: float(v) for t, v in zip(terms, solution / scale)}
+        coefficients[segment] = {t: float(v) for t, v in zip(terms, solution / scale, strict=True)}
     return coefficients
 
 
-def fit_phase_coefficients(spec: ArchSpec, measurements: Sequence[Measurement]) -> dict[str, dict[str, float]]:
+def fit_phase_coefficients(
+    spec: ArchSpec, measurements: Sequence[Measurement]
+) -> dict[str, dict[str, float]]:
     """Non-negative coefficients per segment of the step, for the segmentation that fits best."""
     usable = [m for m in measurements if m.ok]
     if not usable:
@@ -94,15 +111,21 @@ def fit_phase_coefficients(spec: ArchSpec, measurements: Sequence[Measurement]) 
     best: tuple[float, dict[str, dict[str, float]]] | None = None
     for segments in candidate_segmentations({p for m in usable for p in m.phase_peaks_bytes}):
         coefficients = _fit_segments(matrix, terms, usable, segments)
-        worst = max(abs(evaluate(coefficients, row) - peak) / peak for row, peak in zip(rows, peaks))
+        worst = max(
+            abs(evaluate(coefficients, row) - peak) / peak for row, peak in zip(rows, peaks, strict=True)
+        )
         if best is None or worst < best[0] - 1e-9:
             best = (worst, coefficients)
     assert best is not None
     return best[1]
 
 
-def relative_errors(spec: ArchSpec, coefficients: dict[str, dict[str, float]],
-                    parameter_model: dict[str, float], measurements: Sequence[Measurement]) -> list[float]:
+def relative_errors(
+    spec: ArchSpec,
+    coefficients: dict[str, dict[str, float]],
+    parameter_model: dict[str, float],
+    measurements: Sequence[Measurement],
+) -> list[float]:
     """|predicted - measured| / measured for each successful measurement."""
     errors = []
     for m in measurements:
@@ -110,13 +133,20 @@ def relative_errors(spec: ArchSpec, coefficients: dict[str, dict[str, float]],
             continue
         c = m.config
         parameters = predict_parameter_count(parameter_model, spec, c.patch, c.in_channels, c.out_channels)
-        terms = term_values(spec, c.patch, c.batch, c.in_channels, c.out_channels, parameters, c.deep_supervision)
+        terms = term_values(
+            spec, c.patch, c.batch, c.in_channels, c.out_channels, parameters, c.deep_supervision
+        )
         errors.append(abs(evaluate(coefficients, terms) - m.peak_allocated_bytes) / m.peak_allocated_bytes)
     return errors
 
 
-def fit_quality(spec: ArchSpec, coefficients: dict[str, dict[str, float]], parameter_model: dict[str, float],
-                fitted: Sequence[Measurement], heldout: Sequence[Measurement]) -> FitQuality:
+def fit_quality(
+    spec: ArchSpec,
+    coefficients: dict[str, dict[str, float]],
+    parameter_model: dict[str, float],
+    fitted: Sequence[Measurement],
+    heldout: Sequence[Measurement],
+) -> FitQuality:
     own = relative_errors(spec, coefficients, parameter_model, fitted)
     held = relative_errors(spec, coefficients, parameter_model, heldout)
     return FitQuality(

@@ -19,8 +19,16 @@ from collections.abc import Mapping, Sequence
 
 from memprobe.archs.registry import ArchSpec
 
-TERMS = ("constant", "parameters", "feature_maps", "input_voxels", "output_voxels", "attention",
-         "window_features", "window_attention")
+TERMS = (
+    "constant",
+    "parameters",
+    "feature_maps",
+    "input_voxels",
+    "output_voxels",
+    "attention",
+    "window_features",
+    "window_attention",
+)
 PARAMETER_TERMS = ("constant", "in_channels", "out_channels", "tokens")
 
 
@@ -49,7 +57,7 @@ def window_terms(spec: ArchSpec, patch: Sequence[int], batch: int) -> tuple[floa
     for factor, channels, heads in spec.window_stages:
         sizes = [max(1, size // factor) for size in patch]
         windows = [min(size, spec.attention_window) for size in sizes]
-        padded = math.prod(-(-size // window) * window for size, window in zip(sizes, windows))
+        padded = math.prod(-(-size // window) * window for size, window in zip(sizes, windows, strict=True))
         features += batch * padded * channels
         attention += batch * padded * heads * math.prod(windows)
     return features, attention
@@ -59,8 +67,9 @@ def attention_tokens(spec: ArchSpec, patch: Sequence[int]) -> float:
     return math.prod(patch) / spec.attention_token_volume if spec.attention_token_volume else 0.0
 
 
-def predict_parameter_count(model: Mapping[str, float], spec: ArchSpec, patch: Sequence[int],
-                            in_channels: int, out_channels: int) -> float:
+def predict_parameter_count(
+    model: Mapping[str, float], spec: ArchSpec, patch: Sequence[int], in_channels: int, out_channels: int
+) -> float:
     """Parameters as a linear function of channels and tokens (UNETR's position embedding)."""
     values = {
         "constant": 1.0,
@@ -71,8 +80,15 @@ def predict_parameter_count(model: Mapping[str, float], spec: ArchSpec, patch: S
     return sum(model.get(term, 0.0) * values[term] for term in PARAMETER_TERMS)
 
 
-def term_values(spec: ArchSpec, patch: Sequence[int], batch: int, in_channels: int,
-                out_channels: int, parameter_count: float, deep_supervision: bool = False) -> dict[str, float]:
+def term_values(
+    spec: ArchSpec,
+    patch: Sequence[int],
+    batch: int,
+    in_channels: int,
+    out_channels: int,
+    parameter_count: float,
+    deep_supervision: bool = False,
+) -> dict[str, float]:
     """Each formula term for one configuration (bytes-scale quantities, before coefficients).
 
     feature_maps is the seed's sum over stages of voxels times channel width; output_voxels
@@ -90,7 +106,7 @@ def term_values(spec: ArchSpec, patch: Sequence[int], batch: int, in_channels: i
     return {
         "constant": 1.0,
         "parameters": float(parameter_count),
-        "feature_maps": float(batch * sum(v * w for v, w in zip(stages, widths))),
+        "feature_maps": float(batch * sum(v * w for v, w in zip(stages, widths, strict=True))),
         "input_voxels": float(batch * voxels * in_channels),
         "output_voxels": float(batch * head_voxels * out_channels),
         "attention": float(batch * spec.attention_heads * tokens * tokens),

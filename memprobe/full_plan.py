@@ -40,8 +40,12 @@ class FullPlan:
     def exports(self) -> dict[str, Any]:
         patch, batch = self.value("patch_size"), self.value("batch_size")
         return {
-            "pytorch_connectomics": pytc_config(patch, batch, Precision(self.value("precision")).lightning_name,
-                                                self.value("accumulate_grad_batches")),
+            "pytorch_connectomics": pytc_config(
+                patch,
+                batch,
+                Precision(self.value("precision")).lightning_name,
+                self.value("accumulate_grad_batches"),
+            ),
             "nnunet_plans": nnunet_plans(patch, batch),
         }
 
@@ -51,47 +55,95 @@ def choose_precision(gpu: GpuInfo | None) -> PlanValue:
     if gpu is None:
         return PlanValue("bf16-mixed", "no GPU detected: bf16-mixed, supported by every GPU since Ampere")
     if gpu.supports_bf16:
-        return PlanValue("bf16-mixed", f"{gpu.name} supports bf16 (compute capability {gpu.compute_capability})")
+        return PlanValue(
+            "bf16-mixed", f"{gpu.name} supports bf16 (compute capability {gpu.compute_capability})"
+        )
     return PlanValue("fp16-mixed", f"{gpu.name} lacks bf16 tensor cores: fp16 autocast with loss scaling")
 
 
-def make_plan(arch: str, gpu_mem: int, *, gpu: GpuInfo | None = None, precision: str | None = None,
-              patch: Sequence[int] | None = None, batch: int | None = None, spacing: Sequence[float] | None = None,
-              median_shape: Sequence[int] | None = None, effective_batch: int | None = None, safety: float = 0.9,
-              num_gpus: int = 1, cpu_count: int | None = None, lr: float | None = None,
-              in_channels: int = 1, out_channels: int = 2, deep_supervision: bool = False,
-              db: str | Path | None = None, device: str | None = None) -> FullPlan:
+def make_plan(
+    arch: str,
+    gpu_mem: int,
+    *,
+    gpu: GpuInfo | None = None,
+    precision: str | None = None,
+    patch: Sequence[int] | None = None,
+    batch: int | None = None,
+    spacing: Sequence[float] | None = None,
+    median_shape: Sequence[int] | None = None,
+    effective_batch: int | None = None,
+    safety: float = 0.9,
+    num_gpus: int = 1,
+    cpu_count: int | None = None,
+    lr: float | None = None,
+    in_channels: int = 1,
+    out_channels: int = 2,
+    deep_supervision: bool = False,
+    db: str | Path | None = None,
+    device: str | None = None,
+) -> FullPlan:
     """Plan patch, batch, precision, accumulation, workers and learning rate; given values win."""
     spec = resolve_arch(arch)
     values: dict[str, PlanValue] = {}
     # Normalised here, as every other entry point does: "BF16-Mixed" must not fail later in exports().
-    values["precision"] = (PlanValue(parse_enum(Precision, precision, "precision").value, "manual override")
-                           if precision else choose_precision(gpu))
-    common: dict[str, Any] = dict(safety=safety, in_channels=in_channels, out_channels=out_channels,
-                                  deep_supervision=deep_supervision, db=db, device=device)
+    values["precision"] = (
+        PlanValue(parse_enum(Precision, precision, "precision").value, "manual override")
+        if precision
+        else choose_precision(gpu)
+    )
+    common: dict[str, Any] = dict(
+        safety=safety,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        deep_supervision=deep_supervision,
+        db=db,
+        device=device,
+    )
     warnings: list[str] = []
     if patch is not None:
         values["patch_size"] = PlanValue(list(patch), "manual override")
     else:
-        patch_plan = max_patch_size(arch, batch or 2, gpu_mem, values["precision"].value, spacing=spacing,
-                                    median_shape=median_shape, **common)
+        patch_plan = max_patch_size(
+            arch,
+            batch or 2,
+            gpu_mem,
+            values["precision"].value,
+            spacing=spacing,
+            median_shape=median_shape,
+            **common,
+        )
         values["patch_size"] = PlanValue(list(patch_plan.patch), "; ".join(patch_plan.reasons))
-    batch_plan = max_batch_size(arch, values["patch_size"].value, gpu_mem, values["precision"].value,
-                                effective_batch=effective_batch, **common)
+    batch_plan = max_batch_size(
+        arch,
+        values["patch_size"].value,
+        gpu_mem,
+        values["precision"].value,
+        effective_batch=effective_batch,
+        **common,
+    )
     warnings += batch_plan.warnings
     if batch is not None:
         values["batch_size"] = PlanValue(batch, "manual override")
-        peak = batch_plan.calibration.predict_peak_bytes(spec, values["patch_size"].value, batch, in_channels, out_channels)
+        peak = batch_plan.calibration.predict_peak_bytes(
+            spec, values["patch_size"].value, batch, in_channels, out_channels
+        )
         if peak > gpu_mem * safety:
-            warnings.append(f"batch {batch} is predicted to need {format_bytes(peak)}, over the usable "
-                            f"{format_bytes(gpu_mem * safety)}")
+            warnings.append(
+                f"batch {batch} is predicted to need {format_bytes(peak)}, over the usable "
+                f"{format_bytes(gpu_mem * safety)}"
+            )
     else:
-        values["batch_size"] = PlanValue(batch_plan.batch, f"largest batch within {safety:.0%} of "
-                                         f"{format_bytes(gpu_mem)}: predicted {format_bytes(batch_plan.predicted_peak_bytes)}")
+        values["batch_size"] = PlanValue(
+            batch_plan.batch,
+            f"largest batch within {safety:.0%} of "
+            f"{format_bytes(gpu_mem)}: predicted {format_bytes(batch_plan.predicted_peak_bytes)}",
+        )
         peak = batch_plan.predicted_peak_bytes
     chosen_batch = max(1, values["batch_size"].value)
     if effective_batch:
-        accumulation = PlanValue(-(-effective_batch // chosen_batch), f"reach effective batch {effective_batch}")
+        accumulation = PlanValue(
+            -(-effective_batch // chosen_batch), f"reach effective batch {effective_batch}"
+        )
     elif chosen_batch == 1:
         accumulation = PlanValue(4, "batch 1: accumulate 4 steps for steadier gradients (the planner's rule)")
     else:
@@ -99,7 +151,10 @@ def make_plan(arch: str, gpu_mem: int, *, gpu: GpuInfo | None = None, precision:
     values["accumulate_grad_batches"] = accumulation
     cpus = cpu_count or os.cpu_count() or 1
     values["num_workers"] = PlanValue(min(4 * num_gpus, cpus), f"4 workers per GPU, capped at {cpus} CPUs")
-    values["lr"] = PlanValue(lr, "manual override") if lr is not None else PlanValue(
-        spec.default_lr, f"{spec.name} default")
+    values["lr"] = (
+        PlanValue(lr, "manual override")
+        if lr is not None
+        else PlanValue(spec.default_lr, f"{spec.name} default")
+    )
     values["scheduler"] = PlanValue(spec.scheduler, f"{spec.name} default")
     return FullPlan(spec.name, values, peak, gpu_mem, tuple(warnings))

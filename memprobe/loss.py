@@ -20,7 +20,9 @@ def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, smooth: float = 1e-
     return cross_entropy + dice
 
 
-def _as_output_list(outputs: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor) -> list[torch.Tensor]:
+def _as_output_list(
+    outputs: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor
+) -> list[torch.Tensor]:
     """Return a network's outputs as a list, full resolution first.
 
     MedNeXt returns a list of heads at decreasing resolution; DynUNet stacks its upsampled heads
@@ -33,7 +35,9 @@ def _as_output_list(outputs: torch.Tensor | Sequence[torch.Tensor], labels: torc
     return list(outputs)
 
 
-def deep_supervision_loss(outputs: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+def deep_supervision_loss(
+    outputs: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor
+) -> torch.Tensor:
     """Dice+CE summed over every output head with nnU-Net's weights (1, 1/2, 1/4, ...).
 
     Lower-resolution heads are compared with the labels subsampled to their size.
@@ -41,8 +45,10 @@ def deep_supervision_loss(outputs: torch.Tensor | Sequence[torch.Tensor], labels
     heads = _as_output_list(outputs, labels)
     weights = [0.5**index for index in range(len(heads))]
     total = torch.zeros((), device=labels.device)
-    for weight, head in zip(weights, heads):
-        steps = [full // part for full, part in zip(labels.shape[1:], head.shape[2:])]
-        head_labels = labels[:, :: steps[0], :: steps[1], :: steps[2]] if any(s > 1 for s in steps) else labels
+    for weight, head in zip(weights, heads, strict=True):
+        steps = [full // part for full, part in zip(labels.shape[1:], head.shape[2:], strict=True)]
+        head_labels = (
+            labels[:, :: steps[0], :: steps[1], :: steps[2]] if any(s > 1 for s in steps) else labels
+        )
         total = total + (weight / sum(weights)) * dice_ce_loss(head, head_labels)
     return total

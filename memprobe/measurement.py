@@ -88,15 +88,25 @@ class Measurement:
         from memprobe.enums import OptimizerName, Precision
 
         config = StepConfig(
-            arch=data["arch"], patch=tuple(data["patch"]), batch=data["batch"],  # type: ignore[arg-type]
-            precision=Precision(data["precision"]), optimizer=OptimizerName(data["optimizer"]),
-            in_channels=data["in_channels"], out_channels=data["out_channels"],
+            arch=data["arch"],
+            patch=tuple(data["patch"]),
+            batch=data["batch"],  # type: ignore[arg-type]
+            precision=Precision(data["precision"]),
+            optimizer=OptimizerName(data["optimizer"]),
+            in_channels=data["in_channels"],
+            out_channels=data["out_channels"],
             deep_supervision=data["deep_supervision"],
         )
         return cls(
-            config=config, environment=Environment(**data["environment"]),
-            peak_allocated_bytes=data["peak_allocated_bytes"], peak_reserved_bytes=data["peak_reserved_bytes"],
-            phase_peaks_bytes=data["phase_peaks_bytes"], step_seconds=data["step_seconds"], oom=data["oom"],
-            error=data["error"], budget_bytes=data["budget_bytes"], parameter_count=data["parameter_count"],
+            config=config,
+            environment=Environment(**data["environment"]),
+            peak_allocated_bytes=data["peak_allocated_bytes"],
+            peak_reserved_bytes=data["peak_reserved_bytes"],
+            phase_peaks_bytes=data["phase_peaks_bytes"],
+            step_seconds=data["step_seconds"],
+            oom=data["oom"],
+            error=data["error"],
+            budget_bytes=data["budget_bytes"],
+            parameter_count=data["parameter_count"],
             breakdown_bytes=data.get("breakdown_bytes", {}),
         )

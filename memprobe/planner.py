@@ -66,37 +66,69 @@ def _check_budget(budget_bytes: int, safety: float) -> None:
         raise InvalidInputError(f"--safety must be in (0, 1], got {safety}")
 
 
-def plan_batch(calibration: Calibration, spec: ArchSpec, patch: Sequence[int], budget_bytes: int, *,
-               safety: float = 0.9, in_channels: int = 1, out_channels: int = 2,
-               effective_batch: int | None = None) -> BatchPlan:
+def plan_batch(
+    calibration: Calibration,
+    spec: ArchSpec,
+    patch: Sequence[int],
+    budget_bytes: int,
+    *,
+    safety: float = 0.9,
+    in_channels: int = 1,
+    out_channels: int = 2,
+    effective_batch: int | None = None,
+) -> BatchPlan:
     """The largest batch that fits ``budget_bytes * safety``; 0 when even batch 1 does not."""
     _check_budget(budget_bytes, safety)
     usable = budget_bytes * safety
-    peak = lambda b: calibration.predict_peak_bytes(spec, patch, b, in_channels, out_channels)  # noqa: E731
+    peak = lambda b: calibration.predict_peak_bytes(spec, patch, b, in_channels, out_channels)
     batch = largest_at_most(peak, usable, 1, MAX_BATCH) if peak(1) <= usable else 0
     warnings = []
     if batch == 0:
-        warnings.append(f"even batch 1 needs {peak(1) / 2**30:.2f} GiB, more than {usable / 2**30:.2f} GiB "
-                        "usable: choose a smaller patch or a lower precision")
+        warnings.append(
+            f"even batch 1 needs {peak(1) / 2**30:.2f} GiB, more than {usable / 2**30:.2f} GiB "
+            "usable: choose a smaller patch or a lower precision"
+        )
     target = effective_batch or batch
     accumulation = max(1, math.ceil(target / batch)) if batch else 0
-    return BatchPlan(calibration.arch, tuple(patch), batch, peak(max(batch, 1)), peak(batch + 1), budget_bytes,  # type: ignore[arg-type]
-                     safety, accumulation, batch * accumulation, calibration, tuple(warnings))
+    return BatchPlan(
+        calibration.arch,
+        _three(patch),
+        batch,
+        peak(max(batch, 1)),
+        peak(batch + 1),
+        budget_bytes,
+        safety,
+        accumulation,
+        batch * accumulation,
+        calibration,
+        tuple(warnings),
+    )
 
 
-def initial_patch(spec: ArchSpec, spacing: Sequence[float] | None, median_shape: Sequence[int] | None) -> list[float]:
+def initial_patch(
+    spec: ArchSpec, spacing: Sequence[float] | None, median_shape: Sequence[int] | None
+) -> list[float]:
     """nnU-Net's starting point: a patch of 256^3 voxels' volume, isotropic in millimetres."""
     inverse = [1 / s for s in spacing] if spacing else [1.0, 1.0, 1.0]
     scale = (256**3 / math.prod(inverse)) ** (1 / 3)
     sizes = [i * scale for i in inverse]
     if median_shape:
-        sizes = [min(size, shape) for size, shape in zip(sizes, median_shape)]
+        sizes = [min(size, shape) for size, shape in zip(sizes, median_shape, strict=True)]
     return sizes
 
 
-def plan_patch(calibration: Calibration, spec: ArchSpec, batch: int, budget_bytes: int, *, safety: float = 0.9,
-               spacing: Sequence[float] | None = None, median_shape: Sequence[int] | None = None,
-               in_channels: int = 1, out_channels: int = 2) -> PatchPlan:
+def plan_patch(
+    calibration: Calibration,
+    spec: ArchSpec,
+    batch: int,
+    budget_bytes: int,
+    *,
+    safety: float = 0.9,
+    spacing: Sequence[float] | None = None,
+    median_shape: Sequence[int] | None = None,
+    in_channels: int = 1,
+    out_channels: int = 2,
+) -> PatchPlan:
     """The largest patch for ``batch``: nnU-Net's shrinking, checked by the calibrated formula.
 
     Start isotropic in millimetres (so thick-slice data gets fewer through-plane voxels),
@@ -110,17 +142,32 @@ def plan_patch(calibration: Calibration, spec: ArchSpec, batch: int, budget_byte
     usable = budget_bytes * safety
     unit, smallest = spec.divisor, smallest_patch_size(spec)
     limit = [max(smallest, (s // unit) * unit) for s in median_shape] if median_shape else [1024] * 3
-    patch = [min(lim, max(smallest, int(size // unit) * unit)) for size, lim in zip(initial_patch(spec, spacing, median_shape), limit)]
-    peak = lambda p: calibration.predict_peak_bytes(spec, p, batch, in_channels, out_channels)  # noqa: E731
-    reasons = [f"start: {'x'.join(map(str, patch))} (isotropic in mm"
-               f"{', capped by the median shape' if median_shape else ''}, multiples of {unit})"]
+    patch = [
+        min(lim, max(smallest, int(size // unit) * unit))
+        for size, lim in zip(initial_patch(spec, spacing, median_shape), limit, strict=True)
+    ]
+    peak = lambda p: calibration.predict_peak_bytes(spec, p, batch, in_channels, out_channels)
+    reasons = [
+        f"start: {'x'.join(map(str, patch))} (isotropic in mm"
+        f"{', capped by the median shape' if median_shape else ''}, multiples of {unit})"
+    ]
     reference = list(median_shape) if median_shape else [1024] * 3
     while peak(patch) > usable:
         shrinkable = [axis for axis in range(3) if patch[axis] - unit >= smallest]
         if not shrinkable:
-            reasons.append(f"even {'x'.join(map(str, patch))} needs {peak(patch) / 2**30:.2f} GiB at batch {batch}")
-            return PatchPlan(calibration.arch, tuple(patch), batch, peak(patch), budget_bytes, safety,  # type: ignore[arg-type]
-                             calibration, tuple(reasons))
+            reasons.append(
+                f"even {'x'.join(map(str, patch))} needs {peak(patch) / 2**30:.2f} GiB at batch {batch}"
+            )
+            return PatchPlan(
+                calibration.arch,
+                _three(patch),
+                batch,
+                peak(patch),
+                budget_bytes,
+                safety,
+                calibration,
+                tuple(reasons),
+            )
         axis = max(shrinkable, key=lambda a: patch[a] / reference[a])
         patch[axis] -= unit
     grown = True
@@ -133,15 +180,30 @@ def plan_patch(calibration: Calibration, spec: ArchSpec, batch: int, budget_byte
                 patch, grown = candidate, True
                 break
     reasons.append(f"largest within {usable / 2**30:.2f} GiB at batch {batch}: {'x'.join(map(str, patch))}")
-    return PatchPlan(calibration.arch, tuple(patch), batch, peak(patch), budget_bytes, safety,  # type: ignore[arg-type]
-                     calibration, tuple(reasons))
+    return PatchPlan(
+        calibration.arch,
+        _three(patch),
+        batch,
+        peak(patch),
+        budget_bytes,
+        safety,
+        calibration,
+        tuple(reasons),
+    )
+
+
+def _three(patch: Sequence[int]) -> tuple[int, int, int]:
+    depth, height, width = patch
+    return int(depth), int(height), int(width)
 
 
 def _check_geometry(spacing: Sequence[float] | None, median_shape: Sequence[int] | None) -> None:
     if spacing is not None and (len(spacing) != 3 or any(s <= 0 for s in spacing)):
         raise InvalidInputError("--spacing takes 3 positive numbers in mm, e.g. --spacing 5 0.8 0.8")
     if median_shape is not None and (len(median_shape) != 3 or any(s <= 0 for s in median_shape)):
-        raise InvalidInputError("--median-shape takes 3 positive sizes in voxels, e.g. --median-shape 64 256 256")
+        raise InvalidInputError(
+            "--median-shape takes 3 positive sizes in voxels, e.g. --median-shape 64 256 256"
+        )
 
 
 def is_anisotropic(spacing: Sequence[float] | None) -> bool:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memprobe.archs.registry import ArchSpec, smallest_patch_size
+from memprobe.archs.registry import ArchSpec
 from memprobe.calibration import Calibration
+from memprobe.calibrator import patch_unit
 from memprobe.config import StepConfig
 from memprobe.errors import NoCalibrationError
 from memprobe.measurement import Measurement
@@ -26,8 +27,14 @@ MIB = 2**20
 MEASURED_BATCHES = (1, 2)
 BREAKDOWN_ORDER = ("parameters", "gradients", "optimizer_state", "inputs", "activations", "temporaries")
 _COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
-_PART_COLOURS = {"parameters": "tab:blue", "gradients": "tab:cyan", "optimizer_state": "tab:purple",
-                 "inputs": "tab:olive", "activations": "tab:orange", "temporaries": "tab:gray"}
+_PART_COLOURS = {
+    "parameters": "tab:blue",
+    "gradients": "tab:cyan",
+    "optimizer_state": "tab:purple",
+    "inputs": "tab:olive",
+    "activations": "tab:orange",
+    "temporaries": "tab:gray",
+}
 _LINEAR_UP_TO = 24  # batches shown on a linear axis; beyond, log scale
 
 
@@ -66,7 +73,7 @@ def default_patches(spec: ArchSpec) -> list[tuple[int, int, int]]:
 
 def find_or_calibrate(log: MeasurementLog, base: StepConfig, budget_bytes: int) -> Calibration:
     """The calibration for ``base`` on the log's device (the database's, else shipped), else a new one."""
-    from memprobe.calibrator import patch_unit, calibrate
+    from memprobe.calibrator import calibrate
     from memprobe.sources import choose_calibration, shipped_calibrations
 
     device = log.backend.environment().calibration_device
@@ -74,25 +81,46 @@ def find_or_calibrate(log: MeasurementLog, base: StepConfig, budget_bytes: int) 
     keys = {c.key for c in own}
     candidates = own + [c for c in shipped_calibrations() if c.key not in keys]
     try:
-        return choose_calibration(candidates, base.arch, base.precision.value, base.optimizer.value,
-                                  base.deep_supervision, device, fallback_device=None).calibration
+        return choose_calibration(
+            candidates,
+            base.arch,
+            base.precision.value,
+            base.optimizer.value,
+            base.deep_supervision,
+            device,
+            fallback_device=None,
+        ).calibration
     except NoCalibrationError:
         return calibrate(log, base, budget_bytes, search=False).calibration
 
 
 def largest_batch(calibration: Calibration, spec: ArchSpec, config: StepConfig, usable_bytes: float) -> int:
     """The largest batch the formula predicts within ``usable_bytes`` (0 when batch 1 does not fit)."""
-    return plan_batch(calibration, spec, config.patch, max(1, int(usable_bytes)), safety=1.0,
-                      in_channels=config.in_channels, out_channels=config.out_channels).batch
+    return plan_batch(
+        calibration,
+        spec,
+        config.patch,
+        max(1, int(usable_bytes)),
+        safety=1.0,
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+    ).batch
 
 
-def patch_curve(log: MeasurementLog, calibration: Calibration, spec: ArchSpec, config: StepConfig,
-                largest: int, shown: int) -> PatchCurve:
+def patch_curve(
+    log: MeasurementLog,
+    calibration: Calibration,
+    spec: ArchSpec,
+    config: StepConfig,
+    largest: int,
+    shown: int,
+) -> PatchCurve:
     """Measure batches 1, 2 and the predicted largest; predict the line up to batch ``shown``."""
     batches = sorted({*MEASURED_BATCHES, *([largest] if largest else [])})
     measured = tuple(log.measure(config.with_batch(b)) for b in batches)
-    predict = lambda b: calibration.predict_peak_bytes(spec, config.patch, b, config.in_channels,
-                                                       config.out_channels)
+    predict = lambda b: calibration.predict_peak_bytes(
+        spec, config.patch, b, config.in_channels, config.out_channels
+    )
     predicted = tuple((b, predict(b)) for b in range(1, max(shown, *batches) + 1))
     return PatchCurve(config.patch, measured, predicted, largest, predict(max(largest, 1)))
 
@@ -106,9 +134,16 @@ def breakdown_config(curves: Sequence[PatchCurve], base: StepConfig) -> StepConf
     return base.with_patch(chosen.patch).with_batch(chosen.largest_batch)
 
 
-def memory_report(log: MeasurementLog, calibration: Calibration, spec: ArchSpec, base: StepConfig,
-                  patches: Sequence[tuple[int, int, int]], budget_bytes: int, safety: float = 0.9,
-                  breakdown_measure: Callable[[StepConfig], Measurement] | None = None) -> MemoryReport:
+def memory_report(
+    log: MeasurementLog,
+    calibration: Calibration,
+    spec: ArchSpec,
+    base: StepConfig,
+    patches: Sequence[tuple[int, int, int]],
+    budget_bytes: int,
+    safety: float = 0.9,
+    breakdown_measure: Callable[[StepConfig], Measurement] | None = None,
+) -> MemoryReport:
     """Measure and predict each patch's curve; break the peak down at one configuration.
 
     ``breakdown_measure`` runs a step with the peak broken down (a ``TraceBackend(breakdown=True)``'s
@@ -116,8 +151,10 @@ def memory_report(log: MeasurementLog, calibration: Calibration, spec: ArchSpec,
     """
     largest = [largest_batch(calibration, spec, base.with_patch(p), budget_bytes * safety) for p in patches]
     shown = max(*largest, 2) + 2
-    curves = tuple(patch_curve(log, calibration, spec, base.with_patch(p), n, shown)
-                   for p, n in zip(patches, largest, strict=True))
+    curves = tuple(
+        patch_curve(log, calibration, spec, base.with_patch(p), n, shown)
+        for p, n in zip(patches, largest, strict=True)
+    )
     breakdown = breakdown_measure(breakdown_config(curves, base)) if breakdown_measure else None
     return MemoryReport(spec, calibration, budget_bytes, safety, curves, breakdown)
 
@@ -141,8 +178,11 @@ def draw_report(report: MemoryReport, out: str | Path, *, dpi: int = 120) -> Pat
         left = figure.subplots()
     _draw_curves(left, report)
     c = report.calibration
-    figure.suptitle(f"memprobe report: {report.spec.name}, {report.spec.description}; {c.precision}, "
-                    f"{c.optimizer}, measured on {c.device}", fontsize=12)
+    figure.suptitle(
+        f"memprobe report: {report.spec.name}, {report.spec.description}; {c.precision}, "
+        f"{c.optimizer}, measured on {c.device}",
+        fontsize=12,
+    )
     figure.text(0.01, 0.008, _caption(report), fontsize=8, color="0.3")
     path = Path(out)
     figure.savefig(path, dpi=dpi)
@@ -154,10 +194,12 @@ def _caption(report: MemoryReport) -> str:
     error = c.quality.heldout_median_relative_error
     origin = "shipped with memprobe" if c.source == "shipped" else "from your database"
     held_out = f", held-out median error {100 * error:.2f}%" if error is not None else ""
-    return ("Peak allocated memory of a full training step (forward, Dice+CE loss, backward, optimizer "
-            "step); the breakdown is traced on fake tensors.\n"
-            f"Lines: the calibrated formula ({c.device} calibration {origin}{held_out}); dots: measured "
-            f"steps; stars: the largest batch predicted within {report.safety:.0%} of the budget.")
+    return (
+        "Peak allocated memory of a full training step (forward, Dice+CE loss, backward, optimizer "
+        "step); the breakdown is traced on fake tensors.\n"
+        f"Lines: the calibrated formula ({c.device} calibration {origin}{held_out}); dots: measured "
+        f"steps; stars: the largest batch predicted within {report.safety:.0%} of the budget."
+    )
 
 
 def _draw_curves(ax: Any, report: MemoryReport) -> None:
@@ -174,13 +216,27 @@ def _draw_curves(ax: Any, report: MemoryReport) -> None:
             star = (curve.largest_batch, curve.largest_peak_bytes / scale)
             ax.scatter(*star, marker="*", s=300, color=colour, edgecolor="black", linewidth=0.8, zorder=3)
             near_right = curve.largest_batch > 0.6 * curve.predicted[-1][0]
-            ax.annotate(f"batch {curve.largest_batch}", star,
-                        textcoords="offset points", xytext=(-12, 6) if near_right else (10, -4),
-                        ha="right" if near_right else "left", va="bottom" if near_right else "top",
-                        fontsize=9, color=colour, weight="bold")
+            ax.annotate(
+                f"batch {curve.largest_batch}",
+                star,
+                textcoords="offset points",
+                xytext=(-12, 6) if near_right else (10, -4),
+                ha="right" if near_right else "left",
+                va="bottom" if near_right else "top",
+                fontsize=9,
+                color=colour,
+                weight="bold",
+            )
         ok = [m for m in curve.measured if m.ok]
-        ax.scatter([m.config.batch for m in ok], [(m.peak_allocated_bytes or 0) / scale for m in ok],
-                   color=colour, s=30, zorder=4, edgecolor="black", linewidth=0.6)
+        ax.scatter(
+            [m.config.batch for m in ok],
+            [(m.peak_allocated_bytes or 0) / scale for m in ok],
+            color=colour,
+            s=30,
+            zorder=4,
+            edgecolor="black",
+            linewidth=0.6,
+        )
         handles.append(Line2D([], [], color=colour, lw=1.8, label=_patch_label(curve.patch)))
     budget, usable = report.budget_bytes / scale, report.usable_bytes / scale
     ax.axhline(budget, color="tab:red", ls="--", lw=1.5)
@@ -190,9 +246,11 @@ def _draw_curves(ax: Any, report: MemoryReport) -> None:
         label = f"usable: {report.safety:.0%} of budget"
         handles.append(Line2D([], [], color="tab:orange", ls=":", label=label))
     marker: dict[str, Any] = dict(color="0.3", ls="", markeredgecolor="black")
-    handles += [Line2D([], [], color="0.3", lw=1.8, label="calibrated formula"),
-                Line2D([], [], marker="o", label="measured step", **marker),
-                Line2D([], [], marker="*", ms=13, label="largest batch", **marker)]
+    handles += [
+        Line2D([], [], color="0.3", lw=1.8, label="calibrated formula"),
+        Line2D([], [], marker="o", label="measured step", **marker),
+        Line2D([], [], marker="*", ms=13, label="largest batch", **marker),
+    ]
     measured_top = max((m.peak_allocated_bytes or 0) / scale for c in report.curves for m in c.measured)
     top = max(budget * 1.3, measured_top * 1.08)
     shown = max(b for c in report.curves for b, _ in c.predicted)
@@ -228,8 +286,10 @@ def _draw_breakdown(ax: Any, measurement: Measurement) -> None:
     ax.set_xlim(0, max(values, default=1) * 1.45)
     ax.set_xlabel(f"{unit} live at the peak")
     config = measurement.config
-    ax.set_title(f"Where the peak goes: {_patch_label(config.patch)} batch {config.batch}, "
-                 f"{(measurement.peak_allocated_bytes or 0) / scale:.2f} {unit}")
+    ax.set_title(
+        f"Where the peak goes: {_patch_label(config.patch)} batch {config.batch}, "
+        f"{(measurement.peak_allocated_bytes or 0) / scale:.2f} {unit}"
+    )
     ax.grid(axis="x", alpha=0.3)
 
 

@@ -127,10 +127,7 @@ def guided_search(
     probe at ``start``.
     """
     record = _Recorder(probe, floor=start - 1)
-    if predict is not None:
-        guess = _largest_predicted(predict, budget_bytes, start, upper)
-    else:
-        guess = start
+    guess = _largest_predicted(predict, budget_bytes, start, upper) if predict is not None else start
     while True:
         low, high = record.bounds(upper)
         if high - low <= 1 or low >= upper:
@@ -146,7 +143,9 @@ def guided_search(
 
 def _next_guess(record: _Recorder, budget_bytes: float, size_of: Callable[[int], float], upper: int) -> int:
     low, high = record.bounds(upper)
-    points = [(size_of(n), o.peak_bytes) for n, o in record.seen.items() if o.fits and o.peak_bytes is not None]
+    points = [
+        (size_of(n), o.peak_bytes) for n, o in record.seen.items() if o.fits and o.peak_bytes is not None
+    ]
     boundary = linear_boundary(points, budget_bytes)  # type: ignore[arg-type]
     if boundary is None:  # nothing to extrapolate from: bisect a known gap, or double
         return (low + high) // 2 if high <= upper else max(2 * low, 1)

@@ -59,26 +59,42 @@ class Choice:
     warning: str | None = None
 
 
-def choose_calibration(calibrations: list[Calibration], arch: str, precision: str, optimizer: str,
-                       deep_supervision: bool, device: str | None, fallback_device: str | None = "trace") -> Choice:
+def choose_calibration(
+    calibrations: list[Calibration],
+    arch: str,
+    precision: str,
+    optimizer: str,
+    deep_supervision: bool,
+    device: str | None,
+    fallback_device: str | None = "trace",
+) -> Choice:
     """Pick the calibration for (arch, device, precision, optimizer, deep supervision).
 
     ``device`` None means "trace". When the asked-for GPU has no calibration, the
     ``fallback_device`` one is used with a warning; nothing else is ever substituted.
     """
     wanted = device or "trace"
-    matching = [c for c in calibrations if c.arch == arch and c.precision == precision
-                and c.optimizer == optimizer and c.deep_supervision == deep_supervision]
+    matching = [
+        c
+        for c in calibrations
+        if c.arch == arch
+        and c.precision == precision
+        and c.optimizer == optimizer
+        and c.deep_supervision == deep_supervision
+    ]
     exact = [c for c in matching if c.device == wanted]
     if exact:
         return Choice(exact[0])
     stand_in = [c for c in matching if c.device == fallback_device]
     if stand_in:
-        return Choice(stand_in[0], warning=(
-            f"no calibration of {arch} for {wanted}; using the {fallback_device} calibration, which counts "
-            f"tensors only (no CUDA context or cuDNN workspace): run `memprobe calibrate --arch {arch} "
-            f"--device cuda --precision {precision}` on that GPU"
-        ))
+        return Choice(
+            stand_in[0],
+            warning=(
+                f"no calibration of {arch} for {wanted}; using the {fallback_device} calibration, which counts "
+                f"tensors only (no CUDA context or cuDNN workspace): run `memprobe calibrate --arch {arch} "
+                f"--device cuda --precision {precision}` on that GPU"
+            ),
+        )
     flags = " --deep-supervision" if deep_supervision else ""
     raise NoCalibrationError(
         f"no calibration of {arch} ({precision}, {optimizer}{', deep supervision' if deep_supervision else ''}) "

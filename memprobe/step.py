@@ -30,8 +30,9 @@ def make_optimizer(name: OptimizerName, parameters: Iterator[nn.Parameter]) -> t
     allocate the same multi-tensor temporaries a GPU run does.
     """
     if name is OptimizerName.SGD:  # nnU-Net's optimizer
-        return torch.optim.SGD(parameters, lr=1e-2, momentum=0.99, nesterov=True,
-                               weight_decay=3e-5, foreach=True)
+        return torch.optim.SGD(
+            parameters, lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5, foreach=True
+        )
     return torch.optim.AdamW(parameters, lr=1e-3, weight_decay=1e-2, foreach=True)
 
 
@@ -73,7 +74,9 @@ class TrainingState:
     scaler: ForeachGradScaler | torch.amp.GradScaler | None
 
 
-def _autocast_factory(precision: Precision, device: torch.device) -> Callable[[], contextlib.AbstractContextManager[object]]:
+def _autocast_factory(
+    precision: Precision, device: torch.device
+) -> Callable[[], contextlib.AbstractContextManager[object]]:
     if not precision.is_mixed:
         return contextlib.nullcontext
     dtype = _LOW_PRECISION_DTYPES[precision]

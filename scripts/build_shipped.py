@@ -27,7 +27,12 @@ BUDGET_BYTES = 24 * 2**30
 def calibration_jobs(archs: list[str]) -> list[tuple[str, str, bool]]:
     """Every architecture at every precision; deep-supervision variants where the network has it."""
     jobs = [(arch, precision, False) for precision in PRECISIONS for arch in archs]
-    jobs += [(arch, precision, True) for precision in PRECISIONS for arch in archs if ARCHS[arch].supports_deep_supervision]
+    jobs += [
+        (arch, precision, True)
+        for precision in PRECISIONS
+        for arch in archs
+        if ARCHS[arch].supports_deep_supervision
+    ]
     return jobs
 
 
@@ -42,13 +47,18 @@ def main() -> int:
         for arch, precision, deep_supervision in calibration_jobs(args.arch or list(ARCHS)):
             started = time.perf_counter()
             size = smallest_patch_size(ARCHS[arch])
-            base = make_step_config(arch, (size,) * 3, 1, precision=precision, deep_supervision=deep_supervision)
+            base = make_step_config(
+                arch, (size,) * 3, 1, precision=precision, deep_supervision=deep_supervision
+            )
             report = calibrate(MeasurementLog(backend, db, BUDGET_BYTES), base, BUDGET_BYTES, search=False)
             quality = report.calibration.quality
-            print(f"{arch:10s} {precision:10s} ds={deep_supervision!s:5s} held-out median "
-                  f"{100 * (quality.heldout_median_relative_error or 0):.2f}% worst "
-                  f"{100 * (quality.heldout_max_relative_error or 0):.2f}%  {report.measured} measured, "
-                  f"{report.reused} reused, {time.perf_counter() - started:.0f}s", flush=True)
+            print(
+                f"{arch:10s} {precision:10s} ds={deep_supervision!s:5s} held-out median "
+                f"{100 * (quality.heldout_median_relative_error or 0):.2f}% worst "
+                f"{100 * (quality.heldout_max_relative_error or 0):.2f}%  {report.measured} measured, "
+                f"{report.reused} reused, {time.perf_counter() - started:.0f}s",
+                flush=True,
+            )
         calibrations = [dict(c.to_dict(), source="shipped") for c in db.calibrations()]
     args.out.write_text(json.dumps(calibrations, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(calibrations)} calibrations to {args.out}")

@@ -23,8 +23,9 @@ def test_seed_fp32_128_cubed_batch_4_by_hand() -> None:
 def test_seed_mixed_precision_halves_the_activations() -> None:
     assert seed_estimate_gb((128, 128, 128), 4, 1, 2) == pytest.approx(5.0900390625)
     # The seed's own test: mixed precision needs between 0.4 and 0.7 of fp32.
-    ratio = seed_estimate_gb((128, 128, 128), 2, 1, 2) / seed_estimate_gb((128, 128, 128), 2, 1, 2,
-                                                                         mixed_precision=False)
+    ratio = seed_estimate_gb((128, 128, 128), 2, 1, 2) / seed_estimate_gb(
+        (128, 128, 128), 2, 1, 2, mixed_precision=False
+    )
     assert 0.4 < ratio < 0.7
 
 
@@ -50,7 +51,8 @@ def test_seed_halves_odd_sizes_fractionally() -> None:
     # numpy's `current_size / 2` keeps fractions: 40 -> 20 -> 10 -> 5 -> 2.5
     elements = sum(40**3 / 8**s * w for s, w in enumerate((32, 64, 128, 256, 320))) * 3
     assert seed_estimate_gb((40, 40, 40), 1, 1, 2, mixed_precision=False) == pytest.approx(
-        elements * 4 * 2.4 / 1024**3 + 0.3)
+        elements * 4 * 2.4 / 1024**3 + 0.3
+    )
 
 
 def test_feature_map_volume_sums_stages() -> None:

@@ -17,8 +17,18 @@ PATCHES = ("--patch", "16", "16", "16", "--patch", "32", "32", "32")
 
 
 def _run(tmp_path: Path) -> dict[str, Any]:
-    arguments = ["--arch", TINY, *PATCHES, "--budget", "64MiB", "--out", str(tmp_path / "report.png"),
-                 "--db", str(tmp_path / "report.sqlite"), "--json"]
+    arguments = [
+        "--arch",
+        TINY,
+        *PATCHES,
+        "--budget",
+        "64MiB",
+        "--out",
+        str(tmp_path / "report.png"),
+        "--db",
+        str(tmp_path / "report.sqlite"),
+        "--json",
+    ]
     result = CliRunner().invoke(report, arguments)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)  # type: ignore[no-any-return]

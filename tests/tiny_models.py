@@ -13,8 +13,12 @@ class TinyNet(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.down = nn.Sequential(nn.Conv3d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 16, 2, stride=2))
-        self.up = nn.Sequential(nn.ConvTranspose3d(16, 8, 2, stride=2), nn.ReLU(), nn.Conv3d(8, out_channels, 1))
+        self.down = nn.Sequential(
+            nn.Conv3d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 16, 2, stride=2)
+        )
+        self.up = nn.Sequential(
+            nn.ConvTranspose3d(16, 8, 2, stride=2), nn.ReLU(), nn.Conv3d(8, out_channels, 1)
+        )
 
     def forward(self, x):  # type: ignore[no-untyped-def]
         return self.up(self.down(x))

@@ -23,35 +23,41 @@ def _mednext(variant: str, in_channels: int, out_channels: int, deep_supervision
     )
 
 
-def mednext_s(in_channels: int, out_channels: int, *, deep_supervision: bool = False,
-              patch: Sequence[int] | None = None) -> nn.Module:
+def mednext_s(
+    in_channels: int, out_channels: int, *, deep_supervision: bool = False, patch: Sequence[int] | None = None
+) -> nn.Module:
     return _mednext("S", in_channels, out_channels, deep_supervision)
 
 
-def mednext_b(in_channels: int, out_channels: int, *, deep_supervision: bool = False,
-              patch: Sequence[int] | None = None) -> nn.Module:
+def mednext_b(
+    in_channels: int, out_channels: int, *, deep_supervision: bool = False, patch: Sequence[int] | None = None
+) -> nn.Module:
     return _mednext("B", in_channels, out_channels, deep_supervision)
 
 
-def mednext_m(in_channels: int, out_channels: int, *, deep_supervision: bool = False,
-              patch: Sequence[int] | None = None) -> nn.Module:
+def mednext_m(
+    in_channels: int, out_channels: int, *, deep_supervision: bool = False, patch: Sequence[int] | None = None
+) -> nn.Module:
     return _mednext("M", in_channels, out_channels, deep_supervision)
 
 
-def mednext_l(in_channels: int, out_channels: int, *, deep_supervision: bool = False,
-              patch: Sequence[int] | None = None) -> nn.Module:
+def mednext_l(
+    in_channels: int, out_channels: int, *, deep_supervision: bool = False, patch: Sequence[int] | None = None
+) -> nn.Module:
     return _mednext("L", in_channels, out_channels, deep_supervision)
 
 
-def basicunet(in_channels: int, out_channels: int, *, deep_supervision: bool = False,
-              patch: Sequence[int] | None = None) -> nn.Module:
+def basicunet(
+    in_channels: int, out_channels: int, *, deep_supervision: bool = False, patch: Sequence[int] | None = None
+) -> nn.Module:
     from monai.networks.nets import BasicUNet
 
     return BasicUNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels)
 
 
-def unet(in_channels: int, out_channels: int, *, deep_supervision: bool = False,
-         patch: Sequence[int] | None = None) -> nn.Module:
+def unet(
+    in_channels: int, out_channels: int, *, deep_supervision: bool = False, patch: Sequence[int] | None = None
+) -> nn.Module:
     from monai.networks.nets import UNet
 
     return UNet(
@@ -64,34 +70,41 @@ def unet(in_channels: int, out_channels: int, *, deep_supervision: bool = False,
     )
 
 
-def segresnet(in_channels: int, out_channels: int, *, deep_supervision: bool = False,
-              patch: Sequence[int] | None = None) -> nn.Module:
+def segresnet(
+    in_channels: int, out_channels: int, *, deep_supervision: bool = False, patch: Sequence[int] | None = None
+) -> nn.Module:
     from monai.networks.nets import SegResNet
 
-    return SegResNet(spatial_dims=3, init_filters=32, in_channels=in_channels,
-                     out_channels=out_channels)
+    return SegResNet(spatial_dims=3, init_filters=32, in_channels=in_channels, out_channels=out_channels)
 
 
-def swinunetr(in_channels: int, out_channels: int, *, deep_supervision: bool = False,
-              patch: Sequence[int] | None = None) -> nn.Module:
+def swinunetr(
+    in_channels: int, out_channels: int, *, deep_supervision: bool = False, patch: Sequence[int] | None = None
+) -> nn.Module:
     from monai.networks.nets import SwinUNETR
 
-    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=48,
-                     spatial_dims=3)
+    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=48, spatial_dims=3)
 
 
-def unetr(in_channels: int, out_channels: int, *, deep_supervision: bool = False,
-          patch: Sequence[int] | None = None) -> nn.Module:
+def unetr(
+    in_channels: int, out_channels: int, *, deep_supervision: bool = False, patch: Sequence[int] | None = None
+) -> nn.Module:
     from monai.networks.nets import UNETR
 
     if patch is None:
         raise ValueError("UNETR needs the patch size: its position embedding depends on it")
-    return UNETR(in_channels=in_channels, out_channels=out_channels, img_size=tuple(patch),
-                 feature_size=16, spatial_dims=3)
+    return UNETR(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        img_size=tuple(patch),
+        feature_size=16,
+        spatial_dims=3,
+    )
 
 
-def dynunet(in_channels: int, out_channels: int, *, deep_supervision: bool = False,
-            patch: Sequence[int] | None = None) -> nn.Module:
+def dynunet(
+    in_channels: int, out_channels: int, *, deep_supervision: bool = False, patch: Sequence[int] | None = None
+) -> nn.Module:
     from monai.networks.nets import DynUNet
 
     strides = (1, 2, 2, 2, 2, 2)

@@ -183,9 +183,7 @@ def resolve_arch(name: str) -> ArchSpec:
     if ":" in name:
         module, _, function = name.partition(":")
         if not module or not function:
-            raise InvalidInputError(
-                f"custom model {name!r} must be written package.module:factory"
-            )
+            raise InvalidInputError(f"custom model {name!r} must be written package.module:factory")
         return ArchSpec(
             name=name,
             description=f"user model built by {name}",

@@ -35,8 +35,9 @@ def default_device_kind() -> DeviceKind:
     return DeviceKind.CUDA if cuda_available() else DeviceKind.TRACE
 
 
-def get_backend(device: str | DeviceKind | None = None, *, budget_bytes: int | None = None,
-                isolate: bool = False) -> Backend:
+def get_backend(
+    device: str | DeviceKind | None = None, *, budget_bytes: int | None = None, isolate: bool = False
+) -> Backend:
     """Create the backend named ``device`` (default: cuda if available, else trace).
 
     ``budget_bytes`` caps the memory a CUDA step may use; trace and cpu steps report their

@@ -5,9 +5,9 @@ Used by ``memprobe report``; the normal measuring path does not pay for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -30,7 +30,9 @@ class PeakBreakdown:
 
         def on_phase(name: str | None) -> None:
             if name == "optimizer":
-                self.gradient_serials = self._serials(p.grad for p in state.model.parameters() if p.grad is not None)
+                self.gradient_serials = self._serials(
+                    p.grad for p in state.model.parameters() if p.grad is not None
+                )
             inner(name)
 
         return on_phase
@@ -54,7 +56,9 @@ class PeakBreakdown:
     def classify(self, state: TrainingState) -> dict[str, int]:
         """Bytes of each category among the storages live at the peak."""
         model_tensors = [*state.model.parameters(), *state.model.buffers()]
-        optimizer_tensors = [v for s in state.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        optimizer_tensors = [
+            v for s in state.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)
+        ]
         owners: list[tuple[str, set[int]]] = [
             ("parameters", self._serials(model_tensors)),
             ("gradients", self.gradient_serials),
@@ -69,8 +73,9 @@ class PeakBreakdown:
         return totals
 
 
-def run_with_breakdown(tracker: AllocationTracker, state: TrainingState,
-                       step: Callable[[TrainingState, PhaseCallback], None]) -> dict[str, int]:
+def run_with_breakdown(
+    tracker: AllocationTracker, state: TrainingState, step: Callable[[TrainingState, PhaseCallback], None]
+) -> dict[str, int]:
     """Run the measured step with peak snapshots on, and break the peak down."""
     breakdown = PeakBreakdown(tracker)
     tracker.snapshot_peak = True

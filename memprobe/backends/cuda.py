@@ -19,7 +19,7 @@ from memprobe.enums import DeviceKind
 from memprobe.environment import software_environment
 from memprobe.errors import MemprobeError, ModelError
 from memprobe.measurement import Environment, Measurement
-from memprobe.step import prepare_training, parameter_count, train_step
+from memprobe.step import parameter_count, prepare_training, train_step
 
 
 class CudaRuntime(Protocol):
@@ -81,11 +81,18 @@ class TorchCudaRuntime:
 StepRunner = Any  # Callable[[StepConfig, torch.device, PhaseCallback], tuple[float, int]]
 
 
-def run_real_step(config: StepConfig, device: torch.device, on_phase: Any, before_measured: Any) -> tuple[float, int]:
+def run_real_step(
+    config: StepConfig, device: torch.device, on_phase: Any, before_measured: Any
+) -> tuple[float, int]:
     """Build the network on ``device`` and run a warm-up step and the measured step."""
     spec = resolve_arch(config.arch)
-    model = build_model(spec, config.in_channels, config.out_channels,
-                        deep_supervision=config.deep_supervision, patch=config.patch).to(device)
+    model = build_model(
+        spec,
+        config.in_channels,
+        config.out_channels,
+        deep_supervision=config.deep_supervision,
+        patch=config.patch,
+    ).to(device)
     state = prepare_training(config, model, device)
     train_step(state)
     before_measured()
@@ -108,8 +115,12 @@ class CudaBackend:
 
     kind = DeviceKind.CUDA
 
-    def __init__(self, budget_bytes: int | None = None, runtime: CudaRuntime | None = None,
-                 step_runner: Any = run_real_step) -> None:
+    def __init__(
+        self,
+        budget_bytes: int | None = None,
+        runtime: CudaRuntime | None = None,
+        step_runner: Any = run_real_step,
+    ) -> None:
         self.runtime: CudaRuntime = runtime or TorchCudaRuntime()
         self.budget_bytes = budget_bytes
         self._step_runner = step_runner
@@ -118,8 +129,10 @@ class CudaBackend:
     def environment(self) -> Environment:
         if self._environment is None:
             self._environment = software_environment(
-                "cuda", self.runtime.device_name(),
-                total_memory_bytes=self.runtime.total_memory_bytes(), **self.runtime.versions(),
+                "cuda",
+                self.runtime.device_name(),
+                total_memory_bytes=self.runtime.total_memory_bytes(),
+                **self.runtime.versions(),
             )
         return self._environment
 
@@ -139,16 +152,21 @@ class CudaBackend:
 
         self._release_cached_memory()
         if self.budget_bytes is not None:
-            runtime.set_per_process_memory_fraction(min(1.0, self.budget_bytes / runtime.total_memory_bytes()))
+            runtime.set_per_process_memory_fraction(
+                min(1.0, self.budget_bytes / runtime.total_memory_bytes())
+            )
         out_of_memory = False
         try:
-            seconds, parameters = self._step_runner(config, torch.device("cuda"), on_phase,
-                                                    runtime.reset_peak_memory_stats)
+            seconds, parameters = self._step_runner(
+                config, torch.device("cuda"), on_phase, runtime.reset_peak_memory_stats
+            )
         except MemprobeError:
             raise  # the network could not be built: already a one-line error with its exit code
         except Exception as error:
             if not _is_out_of_memory(error):
-                raise ModelError(f"the training step of {config.label()} failed: {type(error).__name__}: {error}") from error
+                raise ModelError(
+                    f"the training step of {config.label()} failed: {type(error).__name__}: {error}"
+                ) from error
             out_of_memory = True
         finally:
             if self.budget_bytes is not None:

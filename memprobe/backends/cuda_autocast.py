@@ -17,31 +17,107 @@ from torch.utils._pytree import tree_map
 
 # "CUDA Ops that can autocast to float16" (torch.amp documentation), plus einsum: autocast
 # casts the bmm it lowers to, which a torch-function-level emulation does not see.
-LOWER_PRECISION_OPS = frozenset({
-    "einsum",
-    "__matmul__", "addbmm", "addmm", "addmv", "addr", "baddbmm", "bmm", "chain_matmul",
-    "multi_dot", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-    "conv_transpose3d", "linear", "matmul", "mm", "mv", "prelu", "scaled_dot_product_attention",
-})
+LOWER_PRECISION_OPS = frozenset(
+    {
+        "einsum",
+        "__matmul__",
+        "addbmm",
+        "addmm",
+        "addmv",
+        "addr",
+        "baddbmm",
+        "bmm",
+        "chain_matmul",
+        "multi_dot",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "conv_transpose3d",
+        "linear",
+        "matmul",
+        "mm",
+        "mv",
+        "prelu",
+        "scaled_dot_product_attention",
+    }
+)
 # "CUDA Ops that can autocast to float32".
-FLOAT32_OPS = frozenset({
-    "__pow__", "__rdiv__", "__rpow__", "__rtruediv__", "acos", "asin",
-    "binary_cross_entropy_with_logits", "cosh", "cosine_embedding_loss", "cdist",
-    "cosine_similarity", "cross_entropy", "cumprod", "cumsum", "dist", "erfinv", "exp", "expm1",
-    "group_norm", "hinge_embedding_loss", "kl_div", "l1_loss", "layer_norm", "log",
-    "log_softmax", "log10", "log1p", "log2", "margin_ranking_loss", "mse_loss",
-    "multilabel_margin_loss", "multi_margin_loss", "nll_loss", "norm", "normalize", "pdist",
-    "poisson_nll_loss", "pow", "prod", "reciprocal", "rsqrt", "sinh", "smooth_l1_loss",
-    "soft_margin_loss", "softmax", "softmin", "softplus", "sum", "renorm", "tan",
-    "triplet_margin_loss",
-})
+FLOAT32_OPS = frozenset(
+    {
+        "__pow__",
+        "__rdiv__",
+        "__rpow__",
+        "__rtruediv__",
+        "acos",
+        "asin",
+        "binary_cross_entropy_with_logits",
+        "cosh",
+        "cosine_embedding_loss",
+        "cdist",
+        "cosine_similarity",
+        "cross_entropy",
+        "cumprod",
+        "cumsum",
+        "dist",
+        "erfinv",
+        "exp",
+        "expm1",
+        "group_norm",
+        "hinge_embedding_loss",
+        "kl_div",
+        "l1_loss",
+        "layer_norm",
+        "log",
+        "log_softmax",
+        "log10",
+        "log1p",
+        "log2",
+        "margin_ranking_loss",
+        "mse_loss",
+        "multilabel_margin_loss",
+        "multi_margin_loss",
+        "nll_loss",
+        "norm",
+        "normalize",
+        "pdist",
+        "poisson_nll_loss",
+        "pow",
+        "prod",
+        "reciprocal",
+        "rsqrt",
+        "sinh",
+        "smooth_l1_loss",
+        "soft_margin_loss",
+        "softmax",
+        "softmin",
+        "softplus",
+        "sum",
+        "renorm",
+        "tan",
+        "triplet_margin_loss",
+    }
+)
 # Of the float32 ops, those autocast runs with ``dtype=torch.float32`` instead of copying the input.
 SET_DTYPE_OPS = frozenset({"softmax", "log_softmax", "softmin", "sum", "prod", "cumsum", "cumprod"})
 # "CUDA Ops that promote to the widest input type".
-PROMOTE_OPS = frozenset({
-    "addcdiv", "addcmul", "atan2", "bilinear", "cross", "dot", "grid_sample", "index_put",
-    "scatter_add", "tensordot", "cat", "stack",
-})
+PROMOTE_OPS = frozenset(
+    {
+        "addcdiv",
+        "addcmul",
+        "atan2",
+        "bilinear",
+        "cross",
+        "dot",
+        "grid_sample",
+        "index_put",
+        "scatter_add",
+        "tensordot",
+        "cat",
+        "stack",
+    }
+)
 
 
 def _is_castable(value: Any) -> bool:

@@ -26,7 +26,11 @@ _ERROR_KEY = "memprobe_error"
 
 def _describe_exit(returncode: int, stderr: str) -> str:
     if returncode < 0:
-        name = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else str(-returncode)
+        name = (
+            signal.Signals(-returncode).name
+            if -returncode in signal.Signals._value2member_map_
+            else str(-returncode)
+        )
         return f"the probe's process was killed by {name}"
     last_line = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "")
     return f"the probe's process exited with code {returncode}: {last_line}"[:500]
@@ -60,9 +64,15 @@ class IsolatedBackend:
         """Asked of a child too: on CUDA the parent must not hold a context on the measured GPU."""
         if self._environment is None:
             completed = subprocess.run(
-                [sys.executable, "-m", "memprobe.backends.worker"], input=json.dumps(
-                    {"device": self.kind.value, "budget_bytes": self.budget_bytes, "environment": True}),
-                capture_output=True, encoding="utf-8", errors="replace", timeout=600, check=False,
+                [sys.executable, "-m", "memprobe.backends.worker"],
+                input=json.dumps(
+                    {"device": self.kind.value, "budget_bytes": self.budget_bytes, "environment": True}
+                ),
+                capture_output=True,
+                encoding="utf-8",
+                errors="replace",
+                timeout=600,
+                check=False,
             )
             report = _last_json_line(completed.stdout)
             if completed.returncode != 0 or report is None:
@@ -73,11 +83,18 @@ class IsolatedBackend:
         return self._environment
 
     def measure(self, config: StepConfig) -> Measurement:
-        request = json.dumps({"device": self.kind.value, "budget_bytes": self.budget_bytes, "config": config.to_dict()})
+        request = json.dumps(
+            {"device": self.kind.value, "budget_bytes": self.budget_bytes, "config": config.to_dict()}
+        )
         try:
             completed = subprocess.run(
-                [sys.executable, "-m", "memprobe.backends.worker"], input=request, capture_output=True,
-                encoding="utf-8", errors="replace", timeout=CHILD_TIMEOUT_SECONDS, check=False,
+                [sys.executable, "-m", "memprobe.backends.worker"],
+                input=request,
+                capture_output=True,
+                encoding="utf-8",
+                errors="replace",
+                timeout=CHILD_TIMEOUT_SECONDS,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             return self._failed(
@@ -113,9 +130,16 @@ def run_child() -> int:
         _report(get_backend(request["device"], budget_bytes=request["budget_bytes"]).environment().to_dict())
         return 0
     data = request["config"]
-    config = StepConfig(data["arch"], tuple(data["patch"]), data["batch"], Precision(data["precision"]),  # type: ignore[arg-type]
-                        OptimizerName(data["optimizer"]), data["in_channels"], data["out_channels"],
-                        data["deep_supervision"])
+    config = StepConfig(
+        data["arch"],
+        tuple(data["patch"]),
+        data["batch"],
+        Precision(data["precision"]),  # type: ignore[arg-type]
+        OptimizerName(data["optimizer"]),
+        data["in_channels"],
+        data["out_channels"],
+        data["deep_supervision"],
+    )
     try:
         measurement = get_backend(request["device"], budget_bytes=request["budget_bytes"]).measure(config)
     except errors.MemprobeError as error:

@@ -29,8 +29,9 @@ _CPU = torch.device("cpu")
 WINDOWS_PER_PHASE = {"forward": 8, "backward": 24, "optimizer": 2}
 
 
-def _run_tracked(config: StepConfig, model: nn.Module, tracker: AllocationTracker,
-                 breakdown: dict[str, int] | None = None) -> tuple[float, int]:
+def _run_tracked(
+    config: StepConfig, model: nn.Module, tracker: AllocationTracker, breakdown: dict[str, int] | None = None
+) -> tuple[float, int]:
     """Run a warm-up step, then the measured one; return its seconds and parameter count.
 
     With ``breakdown`` (a dict to fill), the peak is also split by what the memory holds.
@@ -77,8 +78,16 @@ class _TrackedBackend:
         if self._template is None or self._template[0] != key:
             spec = resolve_arch(config.arch)
             self._template = None  # release the old network before building the next
-            self._template = (key, build_model(spec, config.in_channels, config.out_channels,
-                                               deep_supervision=config.deep_supervision, patch=config.patch))
+            self._template = (
+                key,
+                build_model(
+                    spec,
+                    config.in_channels,
+                    config.out_channels,
+                    deep_supervision=config.deep_supervision,
+                    patch=config.patch,
+                ),
+            )
         return self._template[1]
 
     def measure(self, config: StepConfig) -> Measurement:

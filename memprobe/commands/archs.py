@@ -28,9 +28,24 @@ def archs(as_json: bool) -> None:
         }
         for spec in ARCHS.values()
     ]
-    data = [{"name": s.name, "description": s.description, "divisor": s.divisor,
-             "smallest_patch": smallest_patch_size(s), "deep_supervision": s.supports_deep_supervision}
-            for s in ARCHS.values()]
-    emit(Report(data, (("", rows),), ("Any other model: --arch package.module:factory "
-                                       "(a callable taking in_channels, out_channels and returning an nn.Module).",)),
-         as_json)
+    data = [
+        {
+            "name": s.name,
+            "description": s.description,
+            "divisor": s.divisor,
+            "smallest_patch": smallest_patch_size(s),
+            "deep_supervision": s.supports_deep_supervision,
+        }
+        for s in ARCHS.values()
+    ]
+    emit(
+        Report(
+            data,
+            (("", rows),),
+            (
+                "Any other model: --arch package.module:factory "
+                "(a callable taking in_channels, out_channels and returning an nn.Module).",
+            ),
+        ),
+        as_json,
+    )

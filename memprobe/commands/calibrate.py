@@ -16,8 +16,13 @@ _EXPECTED_STEPS = 10 + 4 + 6
 
 
 def _progress_bar(label: str) -> Any:
-    return click.progressbar(length=_EXPECTED_STEPS, label=label, file=click.get_text_stream("stderr"),
-                             show_pos=True, item_show_func=lambda text: text)
+    return click.progressbar(
+        length=_EXPECTED_STEPS,
+        label=label,
+        file=click.get_text_stream("stderr"),
+        show_pos=True,
+        item_show_func=lambda text: text,
+    )
 
 
 @click.command()
@@ -26,12 +31,27 @@ def _progress_bar(label: str) -> Any:
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")
 @click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
 @click.option("--deep-supervision", is_flag=True, help="Calibrate with deep-supervision heads.")
-@click.option("--budget", default=None, help="Memory budget for the searches (default: the GPU's memory; 24GiB on trace).")
-@click.option("--isolate", is_flag=True, help="Run every probe in a child process; a crash is recorded and skipped.")
+@click.option(
+    "--budget",
+    default=None,
+    help="Memory budget for the searches (default: the GPU's memory; 24GiB on trace).",
+)
+@click.option(
+    "--isolate", is_flag=True, help="Run every probe in a child process; a crash is recorded and skipped."
+)
 @db_option
 @json_option
-def calibrate(arch: str, device: str | None, precision: str, optimizer: str, deep_supervision: bool,
-              budget: str | None, isolate: bool, db_path: str | None, as_json: bool) -> None:
+def calibrate(
+    arch: str,
+    device: str | None,
+    precision: str,
+    optimizer: str,
+    deep_supervision: bool,
+    budget: str | None,
+    isolate: bool,
+    db_path: str | None,
+    as_json: bool,
+) -> None:
     """Measure an architecture across sizes, fit its memory formula, store both.
 
     Measures isotropic patches at batch 1 and 2 and two channel variants, fits the formula,
@@ -53,8 +73,14 @@ def calibrate(arch: str, device: str | None, precision: str, optimizer: str, dee
     from memprobe.measuring import MeasurementLog
 
     spec = resolve_arch(arch)
-    base = make_step_config(arch, (2 * spec.divisor,) * 3, 1, precision=precision, optimizer=optimizer,
-                            deep_supervision=deep_supervision)
+    base = make_step_config(
+        arch,
+        (2 * spec.divisor,) * 3,
+        1,
+        precision=precision,
+        optimizer=optimizer,
+        deep_supervision=deep_supervision,
+    )
     cap = parse_bytes(budget) if budget is not None else None
     # Every input is checked before the database is opened: a mistake must leave it untouched.
     backend = get_backend(device, budget_bytes=cap, isolate=isolate)
@@ -75,19 +101,29 @@ def _report(report: Any, budget_bytes: int, db_path: object) -> Report:
     calibration = report.calibration
     quality = calibration.quality
     measured = [(m, "fit") for m in report.fitted] + [(m, "held out") for m in report.heldout]
-    predict = lambda m: calibration.predict_peak_bytes(  # noqa: E731
-        _spec(calibration.arch), m.config.patch, m.config.batch, m.config.in_channels, m.config.out_channels)
+    predict = lambda m: calibration.predict_peak_bytes(
+        _spec(calibration.arch), m.config.patch, m.config.batch, m.config.in_channels, m.config.out_channels
+    )
     points = [
-        {"configuration": m.config.label(), "role": role,
-         "measured": format_bytes(m.peak_allocated_bytes) if m.ok else ("OOM" if m.oom else "failed"),
-         "formula": format_bytes(predict(m)),
-         "error %": round(100 * (predict(m) - m.peak_allocated_bytes) / m.peak_allocated_bytes, 2) if m.ok else "-"}
+        {
+            "configuration": m.config.label(),
+            "role": role,
+            "measured": format_bytes(m.peak_allocated_bytes) if m.ok else ("OOM" if m.oom else "failed"),
+            "formula": format_bytes(predict(m)),
+            "error %": round(100 * (predict(m) - m.peak_allocated_bytes) / m.peak_allocated_bytes, 2)
+            if m.ok
+            else "-",
+        }
         for m, role in measured
     ]
-    coefficients = [{"phase": phase, **{term: f"{value:.4g}" for term, value in terms.items()}}
-                    for phase, terms in calibration.phase_coefficients.items()]
-    searches = [{"largest": s.kind, "for": s.fixed, "answer": s.answer, "training steps": s.result.steps}
-                for s in report.searches]
+    coefficients = [
+        {"phase": phase, **{term: f"{value:.4g}" for term, value in terms.items()}}
+        for phase, terms in calibration.phase_coefficients.items()
+    ]
+    searches = [
+        {"largest": s.kind, "for": s.fixed, "answer": s.answer, "training steps": s.result.steps}
+        for s in report.searches
+    ]
     notes = (
         f"fit on {quality.points} points: median error {100 * quality.median_relative_error:.2f}%, "
         f"worst {100 * quality.max_relative_error:.2f}%",
@@ -96,13 +132,32 @@ def _report(report: Any, budget_bytes: int, db_path: object) -> Report:
         f"searches within {format_bytes(budget_bytes)}; {report.measured} steps measured, {report.reused} reused "
         f"from {db_path or 'memory'}",
     )
-    data = {"calibration": calibration.to_dict(), "budget_bytes": budget_bytes,
-            "measurements": [dict(m.to_dict(), role=role) for m, role in measured],
-            "searches": [{"kind": s.kind, "fixed": s.fixed, "answer": s.answer, "steps": s.result.steps,
-                          "probes": [n for n, _ in s.result.probes]} for s in report.searches],
-            "measured": report.measured, "reused": report.reused}
-    return Report(data, (("Measured points", points), ("Coefficients (bytes per unit of each term)", coefficients),
-                         ("Limits found (model-guided search)", searches)), notes)
+    data = {
+        "calibration": calibration.to_dict(),
+        "budget_bytes": budget_bytes,
+        "measurements": [dict(m.to_dict(), role=role) for m, role in measured],
+        "searches": [
+            {
+                "kind": s.kind,
+                "fixed": s.fixed,
+                "answer": s.answer,
+                "steps": s.result.steps,
+                "probes": [n for n, _ in s.result.probes],
+            }
+            for s in report.searches
+        ],
+        "measured": report.measured,
+        "reused": report.reused,
+    }
+    return Report(
+        data,
+        (
+            ("Measured points", points),
+            ("Coefficients (bytes per unit of each term)", coefficients),
+            ("Limits found (model-guided search)", searches),
+        ),
+        notes,
+    )
 
 
 def _spec(arch: str) -> Any:

@@ -19,7 +19,9 @@ def db() -> None:
 
 @db.command("list")
 @db_option
-@click.option("--shipped/--no-shipped", default=True, show_default=True, help="Include the calibrations memprobe ships.")
+@click.option(
+    "--shipped/--no-shipped", default=True, show_default=True, help="Include the calibrations memprobe ships."
+)
 @json_option
 def list_calibrations(db_path: str | None, shipped: bool, as_json: bool) -> None:
     """List stored calibrations with their fit quality.
@@ -31,12 +33,22 @@ def list_calibrations(db_path: str | None, shipped: bool, as_json: bool) -> None
     from memprobe.sources import shipped_calibrations, user_calibrations
 
     calibrations = user_calibrations(db_path) + (shipped_calibrations() if shipped else [])
-    rows = [{"arch": c.arch, "device": c.device, "precision": c.precision, "optimizer": c.optimizer,
-             "deep sup.": "yes" if c.deep_supervision else "no", "points": c.quality.points,
-             "fit median %": round(100 * c.quality.median_relative_error, 2),
-             "held-out median %": _percent(c.quality.heldout_median_relative_error),
-             "held-out worst %": _percent(c.quality.heldout_max_relative_error),
-             "source": c.source, "created": c.created_at[:19]} for c in calibrations]
+    rows = [
+        {
+            "arch": c.arch,
+            "device": c.device,
+            "precision": c.precision,
+            "optimizer": c.optimizer,
+            "deep sup.": "yes" if c.deep_supervision else "no",
+            "points": c.quality.points,
+            "fit median %": round(100 * c.quality.median_relative_error, 2),
+            "held-out median %": _percent(c.quality.heldout_median_relative_error),
+            "held-out worst %": _percent(c.quality.heldout_max_relative_error),
+            "source": c.source,
+            "created": c.created_at[:19],
+        }
+        for c in calibrations
+    ]
     emit(Report([c.to_dict() for c in calibrations], (("Calibrations", rows),)), as_json)
 
 
@@ -54,16 +66,27 @@ def list_measurements(db_path: str | None, arch: str | None, as_json: bool) -> N
 
     with Database.open(db_path, create=False, readonly=True) as database:
         measurements = database.measurements(arch=arch)
-    rows = [{"configuration": m.config.label(), "device": m.environment.device_name,
-             "peak allocated": "OOM" if m.oom else m.error or format_bytes(m.peak_allocated_bytes),
-             "peak reserved": format_bytes(m.peak_reserved_bytes)} for m in measurements]
+    rows = [
+        {
+            "configuration": m.config.label(),
+            "device": m.environment.device_name,
+            "peak allocated": "OOM" if m.oom else m.error or format_bytes(m.peak_allocated_bytes),
+            "peak reserved": format_bytes(m.peak_reserved_bytes),
+        }
+        for m in measurements
+    ]
     emit(Report([m.to_dict() for m in measurements], (("Measurements", rows),)), as_json)
 
 
 @db.command("export")
 @db_option
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="JSON file to write (memprobe/data/calibrations.json to ship them).")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON file to write (memprobe/data/calibrations.json to ship them).",
+)
 def export(db_path: str | None, out_path: Path) -> None:
     """Export the newest calibrations as JSON (the format memprobe ships its defaults in).
 

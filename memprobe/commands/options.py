@@ -22,28 +22,49 @@ def emit(report: Report, as_json: bool = False, fmt: str | None = None) -> None:
 
 
 def arch_option(function: F) -> F:
-    return click.option("--arch", default="mednext", show_default=True,
-                        help="Registered architecture (see `memprobe archs`) or package.module:factory.")(function)
+    return click.option(
+        "--arch",
+        default="mednext",
+        show_default=True,
+        help="Registered architecture (see `memprobe archs`) or package.module:factory.",
+    )(function)
 
 
 def step_options(function: F) -> F:
     """Options that choose the training step: precision, optimizer, channels, deep supervision."""
-    for option in reversed((
-        click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed."),
-        click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's)."),
-        click.option("--in-channels", default="1", show_default=True, help="Input channels."),
-        click.option("--out-channels", default="2", show_default=True, help="Output classes."),
-        click.option("--deep-supervision", is_flag=True, help="Train with deep-supervision heads."),
-    )):
+    for option in reversed(
+        (
+            click.option(
+                "--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed."
+            ),
+            click.option(
+                "--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's)."
+            ),
+            click.option("--in-channels", default="1", show_default=True, help="Input channels."),
+            click.option("--out-channels", default="2", show_default=True, help="Output classes."),
+            click.option("--deep-supervision", is_flag=True, help="Train with deep-supervision heads."),
+        )
+    ):
         function = option(function)
     return function
 
 
 def db_option(function: F) -> F:
-    return click.option("--db", "db_path", default=None, metavar="FILE",
-                        help="Benchmark database (default: $MEMPROBE_DB, else the user data directory).")(function)
+    return click.option(
+        "--db",
+        "db_path",
+        default=None,
+        metavar="FILE",
+        help="Benchmark database (default: $MEMPROBE_DB, else the user data directory).",
+    )(function)
 
 
 def patch_option(required: bool) -> Callable[[F], F]:
-    return click.option("--patch", nargs=3, default=None, required=required, metavar="D H W",
-                        help="Patch size in voxels (depth height width).")
+    return click.option(
+        "--patch",
+        nargs=3,
+        default=None,
+        required=required,
+        metavar="D H W",
+        help="Patch size in voxels (depth height width).",
+    )

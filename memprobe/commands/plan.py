@@ -17,20 +17,46 @@ from memprobe.reporters import Report, get_reporter
 @click.option("--lr", type=float, default=None, help="Override the learning rate.")
 @click.option("--spacing", nargs=3, type=float, default=None, metavar="Z Y X", help="Voxel spacing in mm.")
 @click.option("--median-shape", nargs=3, type=int, default=None, metavar="D H W", help="Median image shape.")
-@click.option("--effective-batch", type=click.IntRange(min=1), default=None, help="Batch to reach by accumulation.")
-@click.option("--safety", default=0.9, show_default=True, type=float, help="Share of the memory the plan may use.")
-@click.option("--num-gpus", default=1, show_default=True, type=click.IntRange(min=1), help="GPUs (for workers).")
-@click.option("--in-channels", default=1, show_default=True, type=click.IntRange(min=1), help="Input channels.")
-@click.option("--out-channels", default=2, show_default=True, type=click.IntRange(min=1), help="Output classes.")
+@click.option(
+    "--effective-batch", type=click.IntRange(min=1), default=None, help="Batch to reach by accumulation."
+)
+@click.option(
+    "--safety", default=0.9, show_default=True, type=float, help="Share of the memory the plan may use."
+)
+@click.option(
+    "--num-gpus", default=1, show_default=True, type=click.IntRange(min=1), help="GPUs (for workers)."
+)
+@click.option(
+    "--in-channels", default=1, show_default=True, type=click.IntRange(min=1), help="Input channels."
+)
+@click.option(
+    "--out-channels", default=2, show_default=True, type=click.IntRange(min=1), help="Output classes."
+)
 @click.option("--deep-supervision", is_flag=True, help="Plan for deep-supervision heads.")
 @click.option("--device", default=None, help="Whose calibration: trace or a GPU name.")
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--yaml", "as_yaml", is_flag=True, help="Print YAML.")
-def plan(arch: str, gpu_mem: str | None, precision: str | None, patch: tuple[int, ...] | None, batch: int | None,
-         lr: float | None, spacing: tuple[float, ...] | None, median_shape: tuple[int, ...] | None,
-         effective_batch: int | None, safety: float, num_gpus: int, in_channels: int, out_channels: int,
-         deep_supervision: bool, device: str | None, db_path: str | None, as_json: bool, as_yaml: bool) -> None:
+def plan(
+    arch: str,
+    gpu_mem: str | None,
+    precision: str | None,
+    patch: tuple[int, ...] | None,
+    batch: int | None,
+    lr: float | None,
+    spacing: tuple[float, ...] | None,
+    median_shape: tuple[int, ...] | None,
+    effective_batch: int | None,
+    safety: float,
+    num_gpus: int,
+    in_channels: int,
+    out_channels: int,
+    deep_supervision: bool,
+    device: str | None,
+    db_path: str | None,
+    as_json: bool,
+    as_yaml: bool,
+) -> None:
     """Plan patch, batch, precision, accumulation, workers and learning rate, with reasons.
 
     Any value given on the command line is kept as a manual override.
@@ -44,16 +70,44 @@ def plan(arch: str, gpu_mem: str | None, precision: str | None, patch: tuple[int
     from memprobe.units import format_bytes
 
     budget_bytes, gpu = resolve_budget(gpu_mem)
-    result = make_plan(arch, budget_bytes, gpu=gpu, precision=precision, patch=patch or None, batch=batch,
-                       spacing=spacing or None, median_shape=median_shape or None, effective_batch=effective_batch,
-                       safety=safety, num_gpus=num_gpus, lr=lr, in_channels=in_channels, out_channels=out_channels,
-                       deep_supervision=deep_supervision, db=db_path, device=device)
-    rows = [{"setting": name, "value": value.value, "reason": value.reason} for name, value in result.values.items()]
-    data = {"arch": result.arch, **{name: value.value for name, value in result.values.items()},
-            "reasons": {name: value.reason for name, value in result.values.items()},
-            "predicted_peak_bytes": round(result.predicted_peak_bytes), "budget_bytes": result.budget_bytes,
-            "warnings": list(result.warnings), **result.exports()}
-    notes = (f"predicted peak {format_bytes(result.predicted_peak_bytes)} of {format_bytes(budget_bytes)}",
-             *(f"warning: {w}" for w in result.warnings))
-    click.echo(get_reporter("json" if as_json else "yaml" if as_yaml else "table").render(
-        Report(data, ((f"Plan for {result.arch}", rows),), notes)))
+    result = make_plan(
+        arch,
+        budget_bytes,
+        gpu=gpu,
+        precision=precision,
+        patch=patch or None,
+        batch=batch,
+        spacing=spacing or None,
+        median_shape=median_shape or None,
+        effective_batch=effective_batch,
+        safety=safety,
+        num_gpus=num_gpus,
+        lr=lr,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        deep_supervision=deep_supervision,
+        db=db_path,
+        device=device,
+    )
+    rows = [
+        {"setting": name, "value": value.value, "reason": value.reason}
+        for name, value in result.values.items()
+    ]
+    data = {
+        "arch": result.arch,
+        **{name: value.value for name, value in result.values.items()},
+        "reasons": {name: value.reason for name, value in result.values.items()},
+        "predicted_peak_bytes": round(result.predicted_peak_bytes),
+        "budget_bytes": result.budget_bytes,
+        "warnings": list(result.warnings),
+        **result.exports(),
+    }
+    notes = (
+        f"predicted peak {format_bytes(result.predicted_peak_bytes)} of {format_bytes(budget_bytes)}",
+        *(f"warning: {w}" for w in result.warnings),
+    )
+    click.echo(
+        get_reporter("json" if as_json else "yaml" if as_yaml else "table").render(
+            Report(data, ((f"Plan for {result.arch}", rows),), notes)
+        )
+    )

@@ -25,13 +25,30 @@ def measurement_row(m: Measurement) -> dict[str, object]:
 @patch_option(required=True)
 @click.option("--batch", default="2", show_default=True, help="Batch size.")
 @step_options
-@click.option("--device", default=None, help="cuda, trace (fake tensors, no GPU) or cpu; default cuda if present, else trace.")
-@click.option("--budget", default=None, help="Cap CUDA memory at this size, e.g. 24GiB (emulates a smaller GPU).")
+@click.option(
+    "--device",
+    default=None,
+    help="cuda, trace (fake tensors, no GPU) or cpu; default cuda if present, else trace.",
+)
+@click.option(
+    "--budget", default=None, help="Cap CUDA memory at this size, e.g. 24GiB (emulates a smaller GPU)."
+)
 @click.option("--isolate", is_flag=True, help="Run the step in a child process (a crash becomes a result).")
 @json_option
-def probe(arch: str, patch: tuple[str, str, str], batch: str, precision: str, optimizer: str, in_channels: str,
-          out_channels: str, deep_supervision: bool, device: str | None, budget: str | None, isolate: bool,
-          as_json: bool) -> None:
+def probe(
+    arch: str,
+    patch: tuple[str, str, str],
+    batch: str,
+    precision: str,
+    optimizer: str,
+    in_channels: str,
+    out_channels: str,
+    deep_supervision: bool,
+    device: str | None,
+    budget: str | None,
+    isolate: bool,
+    as_json: bool,
+) -> None:
     """Run one real training step and report its peak memory.
 
     The step is forward, Dice+CE loss, backward and optimizer step; the peak is read on the
@@ -45,19 +62,42 @@ def probe(arch: str, patch: tuple[str, str, str], batch: str, precision: str, op
     from memprobe.api import probe as run_probe
     from memprobe.config import make_step_config
 
-    config = make_step_config(arch, patch, batch, precision=precision, optimizer=optimizer,
-                              in_channels=in_channels, out_channels=out_channels, deep_supervision=deep_supervision)
+    config = make_step_config(
+        arch,
+        patch,
+        batch,
+        precision=precision,
+        optimizer=optimizer,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        deep_supervision=deep_supervision,
+    )
     budget_bytes = parse_bytes(budget) if budget is not None else None
     click.echo(f"measuring {config.label()} ...", err=True)
-    measurement = run_probe(config.arch, config.patch, config.batch, config.precision.value, device=device,
-                            optimizer=config.optimizer.value, in_channels=config.in_channels,
-                            out_channels=config.out_channels, deep_supervision=deep_supervision,
-                            budget=budget_bytes, isolate=isolate)
+    measurement = run_probe(
+        config.arch,
+        config.patch,
+        config.batch,
+        config.precision.value,
+        device=device,
+        optimizer=config.optimizer.value,
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+        deep_supervision=deep_supervision,
+        budget=budget_bytes,
+        isolate=isolate,
+    )
     kind = measurement.environment.device_kind
-    notes = [f"peak allocated = {'torch.cuda.max_memory_allocated' if kind == 'cuda' else 'live tensor storage, counted as the CUDA caching allocator does (512-byte blocks)'}"
-             f" on {kind} ({measurement.environment.device_name}); "
-             "phases: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in measurement.phase_peaks_bytes.items() if "." not in k)]
+    notes = [
+        f"peak allocated = {'torch.cuda.max_memory_allocated' if kind == 'cuda' else 'live tensor storage, counted as the CUDA caching allocator does (512-byte blocks)'}"
+        f" on {kind} ({measurement.environment.device_name}); "
+        "phases: "
+        + ", ".join(
+            f"{k} {format_bytes(v)}" for k, v in measurement.phase_peaks_bytes.items() if "." not in k
+        )
+    ]
     if kind != "cuda":
-        notes.append("reserved memory exists only on CUDA; trace counts tensors, not the CUDA context or cuDNN workspace")
+        notes.append(
+            "reserved memory exists only on CUDA; trace counts tensors, not the CUDA context or cuDNN workspace"
+        )
     emit(Report(measurement.to_dict(), (("", [measurement_row(measurement)]),), tuple(notes)), as_json)
-

@@ -14,19 +14,41 @@ from memprobe.units import format_bytes, parse_bytes
 
 @click.command()
 @arch_option
-@click.option("--out", "out_path", default="report.png", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="PNG file to write.")
+@click.option(
+    "--out",
+    "out_path",
+    default="report.png",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG file to write.",
+)
 @click.option("--budget", default="24GiB", show_default=True, help="Memory budget drawn and planned for.")
-@click.option("--safety", default=0.9, show_default=True, type=float,
-              help="Share of the budget a batch may use.")
+@click.option(
+    "--safety", default=0.9, show_default=True, type=float, help="Share of the budget a batch may use."
+)
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")
-@click.option("--patch", "patches", multiple=True, nargs=3, metavar="D H W",
-              help="A patch to plot (repeatable); default cubes of 4, 6 and 8 times half the smallest patch.")
+@click.option(
+    "--patch",
+    "patches",
+    multiple=True,
+    nargs=3,
+    metavar="D H W",
+    help="A patch to plot (repeatable); default cubes of 4, 6 and 8 times half the smallest patch.",
+)
 @click.option("--device", default="trace", show_default=True, help="Measure on trace, cpu or cuda.")
 @db_option
 @json_option
-def report(arch: str, out_path: Path, budget: str, safety: float, precision: str, patches: tuple[Any, ...],
-           device: str, db_path: str | None, as_json: bool) -> None:
+def report(
+    arch: str,
+    out_path: Path,
+    budget: str,
+    safety: float,
+    precision: str,
+    patches: tuple[Any, ...],
+    device: str,
+    db_path: str | None,
+    as_json: bool,
+) -> None:
     """Plot peak memory against batch size for a few patches, and break one peak down.
 
     Measures batch 1, 2 and the largest batch the calibrated formula allows for each patch
@@ -78,47 +100,88 @@ def report(arch: str, out_path: Path, budget: str, safety: float, precision: str
 
 
 def _progress_bar(arch: str, patches: int) -> Any:
-    return click.progressbar(length=3 * patches + 1, label=f"measuring {arch}", show_pos=True,
-                             file=click.get_text_stream("stderr"), item_show_func=lambda text: text)
+    return click.progressbar(
+        length=3 * patches + 1,
+        label=f"measuring {arch}",
+        show_pos=True,
+        file=click.get_text_stream("stderr"),
+        item_show_func=lambda text: text,
+    )
 
 
 def _report(result: Any, figure: Path, taken: list[Any], reused: int) -> Report:
     calibration = result.calibration
     predict = lambda m: calibration.predict_peak_bytes(
-        result.spec, m.config.patch, m.config.batch, m.config.in_channels, m.config.out_channels)
+        result.spec, m.config.patch, m.config.batch, m.config.in_channels, m.config.out_channels
+    )
     points = [m for curve in result.curves for m in curve.measured]
-    rows = [{"configuration": m.config.label(),
-             "measured": format_bytes(m.peak_allocated_bytes) if m.ok else "OOM",
-             "formula": format_bytes(predict(m)),
-             "error %": round(100 * (predict(m) / m.peak_allocated_bytes - 1), 2) if m.ok else "-"}
-            for m in points]
-    largest = [{"patch": "x".join(map(str, c.patch)), "largest batch": c.largest_batch,
-                "predicted peak": format_bytes(c.largest_peak_bytes)} for c in result.curves]
-    tables: list[tuple[str, list[dict[str, Any]]]] = [("Measured points", rows),
-                                                      (f"Largest batch within {result.safety:.0%} of "
-                                                       f"{format_bytes(result.budget_bytes)}", largest)]
+    rows = [
+        {
+            "configuration": m.config.label(),
+            "measured": format_bytes(m.peak_allocated_bytes) if m.ok else "OOM",
+            "formula": format_bytes(predict(m)),
+            "error %": round(100 * (predict(m) / m.peak_allocated_bytes - 1), 2) if m.ok else "-",
+        }
+        for m in points
+    ]
+    largest = [
+        {
+            "patch": "x".join(map(str, c.patch)),
+            "largest batch": c.largest_batch,
+            "predicted peak": format_bytes(c.largest_peak_bytes),
+        }
+        for c in result.curves
+    ]
+    tables: list[tuple[str, list[dict[str, Any]]]] = [
+        ("Measured points", rows),
+        (f"Largest batch within {result.safety:.0%} of {format_bytes(result.budget_bytes)}", largest),
+    ]
     data: dict[str, Any] = {
-        "arch": result.spec.name, "figure": str(figure), "budget_bytes": result.budget_bytes,
+        "arch": result.spec.name,
+        "figure": str(figure),
+        "budget_bytes": result.budget_bytes,
         "safety": result.safety,
-        "calibration": {"device": calibration.device, "source": calibration.source,
-                        "precision": calibration.precision, "created_at": calibration.created_at},
+        "calibration": {
+            "device": calibration.device,
+            "source": calibration.source,
+            "precision": calibration.precision,
+            "created_at": calibration.created_at,
+        },
         "points": [dict(_point(m), predicted_bytes=round(predict(m))) for m in points],
-        "largest": [{"patch": list(c.patch), "batch": c.largest_batch,
-                     "predicted_peak_bytes": round(c.largest_peak_bytes)} for c in result.curves],
-        "measured": len(taken), "reused": reused,
+        "largest": [
+            {
+                "patch": list(c.patch),
+                "batch": c.largest_batch,
+                "predicted_peak_bytes": round(c.largest_peak_bytes),
+            }
+            for c in result.curves
+        ],
+        "measured": len(taken),
+        "reused": reused,
     }
     if result.breakdown is not None:
         parts = result.breakdown.breakdown_bytes
-        parts_rows = [{"part": name.replace("_", " "), "bytes": format_bytes(size)}
-                      for name, size in parts.items()]
+        parts_rows = [
+            {"part": name.replace("_", " "), "bytes": format_bytes(size)} for name, size in parts.items()
+        ]
         tables.append((f"Where the peak of {result.breakdown.config.label()} goes", parts_rows))
-        data["breakdown"] = {"configuration": result.breakdown.config.to_dict(), "bytes": dict(parts),
-                             "peak_allocated_bytes": result.breakdown.peak_allocated_bytes}
-    notes = (f"wrote {figure}", f"{len(taken)} steps measured, {reused} reused from the database"
-             f"{', 1 traced for the breakdown' if result.breakdown is not None else ''}")
+        data["breakdown"] = {
+            "configuration": result.breakdown.config.to_dict(),
+            "bytes": dict(parts),
+            "peak_allocated_bytes": result.breakdown.peak_allocated_bytes,
+        }
+    notes = (
+        f"wrote {figure}",
+        f"{len(taken)} steps measured, {reused} reused from the database"
+        f"{', 1 traced for the breakdown' if result.breakdown is not None else ''}",
+    )
     return Report(data, tuple(tables), notes)
 
 
 def _point(m: Any) -> dict[str, Any]:
-    return {"patch": list(m.config.patch), "batch": m.config.batch,
-            "peak_allocated_bytes": m.peak_allocated_bytes, "oom": m.oom}
+    return {
+        "patch": list(m.config.patch),
+        "batch": m.config.batch,
+        "peak_allocated_bytes": m.peak_allocated_bytes,
+        "oom": m.oom,
+    }

@@ -24,33 +24,78 @@ def _floats(values: tuple[str, ...] | None, what: str) -> list[float] | None:
 
 def _calibration_text(calibration: Any) -> str:
     error = calibration.quality.heldout_median_relative_error
-    fit = f"held-out error {100 * error:.1f}%" if error is not None else f"{calibration.quality.points} points"
+    fit = (
+        f"held-out error {100 * error:.1f}%" if error is not None else f"{calibration.quality.points} points"
+    )
     return f"{calibration.device} ({calibration.source}, {calibration.created_at[:10]}, {fit})"
 
 
 @click.command()
 @arch_option
 @patch_option(required=False)
-@click.option("--batch", default=None, help="Plan the largest patch for this batch (when --patch is not given).")
-@click.option("--gpu-mem", default=None, help="Memory to plan for, e.g. 24GiB, 24GB, 24000MiB or 24; default the detected GPU's.")
+@click.option(
+    "--batch", default=None, help="Plan the largest patch for this batch (when --patch is not given)."
+)
+@click.option(
+    "--gpu-mem",
+    default=None,
+    help="Memory to plan for, e.g. 24GiB, 24GB, 24000MiB or 24; default the detected GPU's.",
+)
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")
 @click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
-@click.option("--in-channels", default=1, show_default=True, type=click.IntRange(min=1), help="Input channels.")
-@click.option("--out-channels", default=2, show_default=True, type=click.IntRange(min=1), help="Output classes.")
+@click.option(
+    "--in-channels", default=1, show_default=True, type=click.IntRange(min=1), help="Input channels."
+)
+@click.option(
+    "--out-channels", default=2, show_default=True, type=click.IntRange(min=1), help="Output classes."
+)
 @click.option("--deep-supervision", is_flag=True, help="Plan for training with deep-supervision heads.")
-@click.option("--safety", default=0.9, show_default=True, type=float, help="Share of the memory the plan may use.")
-@click.option("--effective-batch", default=None, type=click.IntRange(min=1), help="Batch to reach by gradient accumulation.")
-@click.option("--spacing", nargs=3, default=None, metavar="Z Y X", help="Voxel spacing in mm (shapes the patch).")
-@click.option("--median-shape", nargs=3, default=None, metavar="D H W", help="Median image shape (caps the patch).")
+@click.option(
+    "--safety", default=0.9, show_default=True, type=float, help="Share of the memory the plan may use."
+)
+@click.option(
+    "--effective-batch",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Batch to reach by gradient accumulation.",
+)
+@click.option(
+    "--spacing", nargs=3, default=None, metavar="Z Y X", help="Voxel spacing in mm (shapes the patch)."
+)
+@click.option(
+    "--median-shape", nargs=3, default=None, metavar="D H W", help="Median image shape (caps the patch)."
+)
 @click.option("--all-archs", is_flag=True, help="Compare every calibrated architecture.")
-@click.option("--device", default=None, help="Whose calibration: trace or a GPU name (default: the detected GPU, else trace).")
+@click.option(
+    "--device",
+    default=None,
+    help="Whose calibration: trace or a GPU name (default: the detected GPU, else trace).",
+)
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.option("--yaml", "as_yaml", is_flag=True, help="Print YAML (with PyTorch Connectomics and nnU-Net fragments).")
-def suggest(arch: str, patch: tuple[str, ...] | None, batch: str | None, gpu_mem: str | None, precision: str,
-            optimizer: str, in_channels: int, out_channels: int, deep_supervision: bool, safety: float,
-            effective_batch: int | None, spacing: tuple[str, ...] | None, median_shape: tuple[str, ...] | None,
-            all_archs: bool, device: str | None, db_path: str | None, as_json: bool, as_yaml: bool) -> None:
+@click.option(
+    "--yaml", "as_yaml", is_flag=True, help="Print YAML (with PyTorch Connectomics and nnU-Net fragments)."
+)
+def suggest(
+    arch: str,
+    patch: tuple[str, ...] | None,
+    batch: str | None,
+    gpu_mem: str | None,
+    precision: str,
+    optimizer: str,
+    in_channels: int,
+    out_channels: int,
+    deep_supervision: bool,
+    safety: float,
+    effective_batch: int | None,
+    spacing: tuple[str, ...] | None,
+    median_shape: tuple[str, ...] | None,
+    all_archs: bool,
+    device: str | None,
+    db_path: str | None,
+    as_json: bool,
+    as_yaml: bool,
+) -> None:
     """Suggest the largest batch for a patch, or the largest patch for a batch.
 
     Answers from calibrations (your database first, then those shipped with memprobe),
@@ -77,19 +122,36 @@ def suggest(arch: str, patch: tuple[str, ...] | None, batch: str | None, gpu_mem
         wanted_precision = parse_enum(Precision, precision, "precision").value
         calibrated = {c.arch for c in load_calibrations(db_path) if c.precision == wanted_precision}
         archs = [name for name in known_arch_names() if name in calibrated]
-    common: dict[str, Any] = dict(safety=safety, optimizer=optimizer, in_channels=in_channels,
-                                  out_channels=out_channels, deep_supervision=deep_supervision, db=db_path, device=device)
+    common: dict[str, Any] = dict(
+        safety=safety,
+        optimizer=optimizer,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        deep_supervision=deep_supervision,
+        db=db_path,
+        device=device,
+    )
     if patch is not None:
         sizes: Any = patch  # text; validated (one-line errors) by the library
-        batch_plans = [max_batch_size(a, sizes, budget_bytes, precision, effective_batch=effective_batch, **common)
-                       for a in archs]
+        batch_plans = [
+            max_batch_size(a, sizes, budget_bytes, precision, effective_batch=effective_batch, **common)
+            for a in archs
+        ]
         report = _batch_report(batch_plans, budget_bytes)
     else:
         shape = _floats(median_shape, "--median-shape")
-        patch_plans = [max_patch_size(a, _positive_batch(batch), budget_bytes, precision,
-                                      spacing=_floats(spacing, "--spacing"),
-                                      median_shape=[int(v) for v in shape] if shape else None, **common)
-                       for a in archs]
+        patch_plans = [
+            max_patch_size(
+                a,
+                _positive_batch(batch),
+                budget_bytes,
+                precision,
+                spacing=_floats(spacing, "--spacing"),
+                median_shape=[int(v) for v in shape] if shape else None,
+                **common,
+            )
+            for a in archs
+        ]
         report = _patch_report(patch_plans, budget_bytes)
     click.echo(get_reporter("json" if as_json else "yaml" if as_yaml else "table").render(report))
 
@@ -103,24 +165,44 @@ def _positive_batch(batch: str | None) -> int:
 
 
 def _batch_report(plans: list[Any], budget_bytes: int) -> Report:
-    from memprobe.exports import nnunet_plans, pytc_config
     from memprobe.enums import Precision
+    from memprobe.exports import nnunet_plans, pytc_config
 
     rows, data, notes = [], [], []
     for p in plans:
-        rows.append({"arch": p.arch, "patch": "x".join(map(str, p.patch)), "batch": p.batch,
-                     "predicted peak": format_bytes(p.predicted_peak_bytes), "of budget": f"{p.utilisation:.0%}",
-                     "accumulate": p.accumulate_grad_batches, "calibration": _calibration_text(p.calibration)})
+        rows.append(
+            {
+                "arch": p.arch,
+                "patch": "x".join(map(str, p.patch)),
+                "batch": p.batch,
+                "predicted peak": format_bytes(p.predicted_peak_bytes),
+                "of budget": f"{p.utilisation:.0%}",
+                "accumulate": p.accumulate_grad_batches,
+                "calibration": _calibration_text(p.calibration),
+            }
+        )
         precision = Precision(p.calibration.precision)
-        data.append({"arch": p.arch, "patch": list(p.patch), "batch": p.batch,
-                     "predicted_peak_bytes": round(p.predicted_peak_bytes),
-                     "next_batch_peak_bytes": round(p.next_batch_peak_bytes), "budget_bytes": p.budget_bytes,
-                     "safety": p.safety, "utilisation": round(p.utilisation, 4),
-                     "accumulate_grad_batches": p.accumulate_grad_batches, "effective_batch": p.effective_batch,
-                     "precision": precision.value, "calibration": _calibration_data(p.calibration),
-                     "warnings": list(p.warnings),
-                     "pytorch_connectomics": pytc_config(p.patch, p.batch, precision.lightning_name, p.accumulate_grad_batches),
-                     "nnunet_plans": nnunet_plans(p.patch, p.batch)})
+        data.append(
+            {
+                "arch": p.arch,
+                "patch": list(p.patch),
+                "batch": p.batch,
+                "predicted_peak_bytes": round(p.predicted_peak_bytes),
+                "next_batch_peak_bytes": round(p.next_batch_peak_bytes),
+                "budget_bytes": p.budget_bytes,
+                "safety": p.safety,
+                "utilisation": round(p.utilisation, 4),
+                "accumulate_grad_batches": p.accumulate_grad_batches,
+                "effective_batch": p.effective_batch,
+                "precision": precision.value,
+                "calibration": _calibration_data(p.calibration),
+                "warnings": list(p.warnings),
+                "pytorch_connectomics": pytc_config(
+                    p.patch, p.batch, precision.lightning_name, p.accumulate_grad_batches
+                ),
+                "nnunet_plans": nnunet_plans(p.patch, p.batch),
+            }
+        )
         notes += [f"warning: {w}" for w in p.warnings]
     notes.append(f"budget {format_bytes(budget_bytes)} x safety {plans[0].safety if plans else '-'}")
     return Report(data if len(data) != 1 else data[0], (("", rows),), tuple(notes))
@@ -129,18 +211,39 @@ def _batch_report(plans: list[Any], budget_bytes: int) -> Report:
 def _patch_report(plans: list[Any], budget_bytes: int) -> Report:
     rows, data, notes = [], [], []
     for p in plans:
-        rows.append({"arch": p.arch, "batch": p.batch, "patch": "x".join(map(str, p.patch)),
-                     "predicted peak": format_bytes(p.predicted_peak_bytes), "of budget": f"{p.utilisation:.0%}",
-                     "calibration": _calibration_text(p.calibration)})
-        data.append({"arch": p.arch, "batch": p.batch, "patch": list(p.patch),
-                     "predicted_peak_bytes": round(p.predicted_peak_bytes), "budget_bytes": p.budget_bytes,
-                     "safety": p.safety, "reasons": list(p.reasons), "calibration": _calibration_data(p.calibration)})
+        rows.append(
+            {
+                "arch": p.arch,
+                "batch": p.batch,
+                "patch": "x".join(map(str, p.patch)),
+                "predicted peak": format_bytes(p.predicted_peak_bytes),
+                "of budget": f"{p.utilisation:.0%}",
+                "calibration": _calibration_text(p.calibration),
+            }
+        )
+        data.append(
+            {
+                "arch": p.arch,
+                "batch": p.batch,
+                "patch": list(p.patch),
+                "predicted_peak_bytes": round(p.predicted_peak_bytes),
+                "budget_bytes": p.budget_bytes,
+                "safety": p.safety,
+                "reasons": list(p.reasons),
+                "calibration": _calibration_data(p.calibration),
+            }
+        )
         notes += [f"{p.arch}: {reason}" for reason in p.reasons]
     return Report(data if len(data) != 1 else data[0], (("", rows),), tuple(notes))
 
 
 def _calibration_data(calibration: Any) -> dict[str, Any]:
     quality = calibration.quality
-    return {"device": calibration.device, "source": calibration.source, "created_at": calibration.created_at,
-            "heldout_median_relative_error": quality.heldout_median_relative_error,
-            "heldout_max_relative_error": quality.heldout_max_relative_error, "points": quality.points}
+    return {
+        "device": calibration.device,
+        "source": calibration.source,
+        "created_at": calibration.created_at,
+        "heldout_median_relative_error": quality.heldout_median_relative_error,
+        "heldout_max_relative_error": quality.heldout_max_relative_error,
+        "points": quality.points,
+    }

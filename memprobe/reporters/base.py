@@ -24,6 +24,10 @@ def get_reporter(name: str) -> Reporter:
     from memprobe.reporters.table import CsvReporter, TableReporter
     from memprobe.reporters.yaml_reporter import YamlReporter
 
-    reporters: dict[str, type] = {"table": TableReporter, "json": JsonReporter, "yaml": YamlReporter,
-                                  "csv": CsvReporter}
+    reporters: dict[str, type] = {
+        "table": TableReporter,
+        "json": JsonReporter,
+        "yaml": YamlReporter,
+        "csv": CsvReporter,
+    }
     return reporters[name]()  # type: ignore[no-any-return]

@@ -16,7 +16,9 @@ class TableReporter:
         for title, rows in report.tables:
             if title:
                 parts.append(title)
-            parts.append(tabulate(rows, headers="keys", tablefmt="github", floatfmt=".3g") if rows else "(none)")
+            parts.append(
+                tabulate(rows, headers="keys", tablefmt="github", floatfmt=".3g") if rows else "(none)"
+            )
             parts.append("")
         parts.extend(report.notes)
         return "\n".join(parts).rstrip()
