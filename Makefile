@@ -28,6 +28,7 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check memprobe tests benchmarks scripts
+	$(VENV)/bin/ruff format --check memprobe tests benchmarks scripts
 	$(VENV)/bin/mypy memprobe
 
 # Rebuild the calibrations shipped in memprobe/data from trace measurements (tens of minutes).

@@ -154,3 +154,7 @@ def test_search_cost_table(measurements: SessionMeasurements, calibrations: Cali
     write_results(ResultTable("search_cost", title, rows, [_record(c) for c in cases], notes))
     for case in cases:
         assert case.results["memprobe"].largest == case.exact, case.base.label()
+        assert case.results["doubling"].largest == case.exact, case.base.label()
+        # What `memprobe suggest` would answer (safety 1.0, its most daring) never exceeds the truth.
+        assert case.formula_only <= case.exact, case.base.label()
+    assert sum(c.results["memprobe"].steps for c in cases) < sum(c.results["doubling"].steps for c in cases)

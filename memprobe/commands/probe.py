@@ -59,7 +59,7 @@ def probe(
     memprobe probe --arch mednext --patch 128 128 128 --batch 2 --device trace
     memprobe probe --arch basicunet --patch 96 96 96 --batch 4 --precision bf16-mixed --json
     """
-    from memprobe.api import probe as run_probe
+    from memprobe.backends.base import get_backend
     from memprobe.config import make_step_config
 
     config = make_step_config(
@@ -73,20 +73,9 @@ def probe(
         deep_supervision=deep_supervision,
     )
     budget_bytes = parse_bytes(budget) if budget is not None else None
-    click.echo(f"measuring {config.label()} ...", err=True)
-    measurement = run_probe(
-        config.arch,
-        config.patch,
-        config.batch,
-        config.precision.value,
-        device=device,
-        optimizer=config.optimizer.value,
-        in_channels=config.in_channels,
-        out_channels=config.out_channels,
-        deep_supervision=deep_supervision,
-        budget=budget_bytes,
-        isolate=isolate,
-    )
+    backend = get_backend(device, budget_bytes=budget_bytes, isolate=isolate)  # refuses a bad device first
+    click.echo(f"measuring {config.label()} on {backend.kind.value} ...", err=True)
+    measurement = backend.measure(config)
     kind = measurement.environment.device_kind
     notes = [
         f"peak allocated = {'torch.cuda.max_memory_allocated' if kind == 'cuda' else 'live tensor storage, counted as the CUDA caching allocator does (512-byte blocks)'}"
