@@ -46,6 +46,19 @@ class Calibration:
         terms = term_values(spec, patch, batch, in_channels, out_channels, parameters, self.deep_supervision)
         return evaluate(self.phase_coefficients, terms)
 
+    def peak_segment(
+        self, spec: ArchSpec, patch: Sequence[int], batch: int, in_channels: int = 1, out_channels: int = 2
+    ) -> str:
+        """The segment of the step (phase, or window of a phase) predicted to hold the peak."""
+        parameters = predict_parameter_count(self.parameter_model, spec, patch, in_channels, out_channels)
+        terms = term_values(spec, patch, batch, in_channels, out_channels, parameters, self.deep_supervision)
+        return max(
+            self.phase_coefficients,
+            key=lambda segment: sum(
+                self.phase_coefficients[segment].get(t, 0.0) * v for t, v in terms.items()
+            ),
+        )
+
     @property
     def key(self) -> tuple[str, str, str, str, bool]:
         return (self.arch, self.device, self.precision, self.optimizer, self.deep_supervision)

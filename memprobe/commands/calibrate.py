@@ -116,9 +116,18 @@ def _report(report: Any, budget_bytes: int, db_path: object) -> Report:
         }
         for m, role in measured
     ]
+    # Every segment's coefficients are in --json; the table shows the one holding the peak of
+    # the largest measured step, the segment that decides the plans.
+    largest = max((m for m, _ in measured if m.ok), key=lambda m: m.peak_allocated_bytes)
+    c = largest.config
+    segment = calibration.peak_segment(
+        _spec(calibration.arch), c.patch, c.batch, c.in_channels, c.out_channels
+    )
     coefficients = [
-        {"phase": phase, **{term: f"{value:.4g}" for term, value in terms.items()}}
-        for phase, terms in calibration.phase_coefficients.items()
+        {
+            "segment": segment,
+            **{term: f"{value:.4g}" for term, value in calibration.phase_coefficients[segment].items()},
+        }
     ]
     searches = [
         {"largest": s.kind, "for": s.fixed, "answer": s.answer, "training steps": s.result.steps}
@@ -153,7 +162,11 @@ def _report(report: Any, budget_bytes: int, db_path: object) -> Report:
         data,
         (
             ("Measured points", points),
-            ("Coefficients (bytes per unit of each term)", coefficients),
+            (
+                f"Coefficients (bytes per unit of each term) of the segment holding the peak of {c.label()}; "
+                f"{len(calibration.phase_coefficients)} segments fitted, all in --json",
+                coefficients,
+            ),
             ("Limits found (model-guided search)", searches),
         ),
         notes,
