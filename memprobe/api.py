@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from memprobe.archs.registry import resolve_arch
 from memprobe.calibration import Calibration
-from memprobe.config import make_step_config
+from memprobe.config import StepConfig, make_step_config
 from memprobe.planner import BatchPlan, PatchPlan, plan_batch, plan_patch
 from memprobe.sources import NO_SHIPPED_VARIABLE, Choice, all_calibrations, choose_calibration
 from memprobe.units import parse_bytes
@@ -79,17 +79,17 @@ def resolve_device(device: str | None) -> tuple[str, str | None]:
     return (gpu.name, "trace") if gpu else ("trace", None)
 
 
-def _choose(
-    arch: str,
-    precision: str,
-    optimizer: str,
-    deep_supervision: bool,
-    db: str | Path | None,
-    device: str | None,
-) -> Choice:
+def _choose(config: StepConfig, db: str | Path | None, device: str | None) -> Choice:
+    """The calibration for ``config``'s architecture and modes on ``device``; warn on a stand-in."""
     wanted, fallback = resolve_device(device)
     choice = choose_calibration(
-        load_calibrations(db), arch, precision, optimizer, deep_supervision, wanted, fallback
+        load_calibrations(db),
+        config.arch,
+        config.precision.value,
+        config.optimizer.value,
+        config.deep_supervision,
+        wanted,
+        fallback,
     )
     if choice.warning:
         warnings.warn(choice.warning, stacklevel=3)
@@ -134,9 +134,7 @@ def estimate(
         out_channels=out_channels,
         deep_supervision=deep_supervision,
     )
-    choice = _choose(
-        config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device
-    )
+    choice = _choose(config, db, device)
     peak = choice.calibration.predict_peak_bytes(
         resolve_arch(config.arch), config.patch, config.batch, config.in_channels, config.out_channels
     )
@@ -177,9 +175,7 @@ def max_batch_size(
         out_channels=out_channels,
         deep_supervision=deep_supervision,
     )
-    choice = _choose(
-        config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device
-    )
+    choice = _choose(config, db, device)
     plan = plan_batch(
         choice.calibration,
         resolve_arch(config.arch),
@@ -221,9 +217,7 @@ def max_patch_size(
         out_channels=out_channels,
         deep_supervision=deep_supervision,
     )
-    choice = _choose(
-        config.arch, config.precision.value, config.optimizer.value, deep_supervision, db, device
-    )
+    choice = _choose(config, db, device)
     plan = plan_patch(
         choice.calibration,
         spec,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from memprobe.commands.options import arch_option, db_option
-from memprobe.reporters import Report, get_reporter
+from memprobe.commands.options import arch_option, db_option, emit
+from memprobe.reporters import Report
 
 
 @click.command()
@@ -106,8 +106,4 @@ def plan(
         f"predicted peak {format_bytes(result.predicted_peak_bytes)} of {format_bytes(budget_bytes)}",
         *(f"warning: {w}" for w in result.warnings),
     )
-    click.echo(
-        get_reporter("json" if as_json else "yaml" if as_yaml else "table").render(
-            Report(data, ((f"Plan for {result.arch}", rows),), notes)
-        )
-    )
+    emit(Report(data, ((f"Plan for {result.arch}", rows),), notes), as_json, "yaml" if as_yaml else None)

@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from memprobe.commands.options import arch_option, db_option, patch_option
-from memprobe.reporters import Report, get_reporter
+from memprobe.commands.options import arch_option, db_option, emit, patch_option
+from memprobe.reporters import Report
 from memprobe.units import format_bytes
 
 
@@ -153,7 +153,7 @@ def suggest(
             for a in archs
         ]
         report = _patch_report(patch_plans, budget_bytes)
-    click.echo(get_reporter("json" if as_json else "yaml" if as_yaml else "table").render(report))
+    emit(report, as_json, "yaml" if as_yaml else None)
 
 
 def _positive_batch(batch: str | None) -> int:
