@@ -14,39 +14,14 @@ import pytest
 
 import memprobe
 from memprobe.archs.registry import resolve_arch
-from memprobe.calibration import Calibration, FitQuality
+from memprobe.calibration import Calibration
 from memprobe.db import Database
 from memprobe.errors import InvalidInputError, NoCalibrationError
 from memprobe.planner import plan_batch, plan_patch
+from tests.factories import make_calibration
 
 GIB = 2**30
 GPU_NAME = "NVIDIA A100-SXM4-80GB"
-
-
-def make_calibration(
-    arch: str = "mednext", device: str = "trace", precision: str = "fp32", scale: float = 1.0
-) -> Calibration:
-    """A calibration with simple coefficients: about 3.6 GiB per sample at 128^3 for MedNeXt."""
-    return Calibration(
-        arch=arch,
-        device=device,
-        precision=precision,
-        optimizer="adamw",
-        deep_supervision=False,
-        phase_coefficients={
-            "forward": {
-                "constant": 1e8,
-                "parameters": 16.0,
-                "feature_maps": 40.0 * scale,
-                "input_voxels": 4.0,
-                "output_voxels": 8.0,
-            },
-            "backward": {"constant": 1e8, "parameters": 20.0, "feature_maps": 30.0 * scale},
-        },
-        parameter_model={"constant": 5.6e6, "in_channels": 100.0, "out_channels": 100.0, "tokens": 0.0},
-        quality=FitQuality(10, 0.01, 0.02, 4, 0.015, 0.03),
-        created_at="2026-01-01T00:00:00+00:00",
-    )
 
 
 def write_db(path: Path, *calibrations: Calibration) -> Path:
@@ -181,7 +156,7 @@ def test_gpu_without_its_calibration_falls_back_with_a_warning(mednext_db: Path)
 
 def test_gpu_calibration_is_preferred_over_trace(db_path: Path) -> None:
     """When the GPU has its own calibration it is used, silently."""
-    write_db(db_path, make_calibration(), make_calibration(device=GPU_NAME, scale=2.0))
+    write_db(db_path, make_calibration(), make_calibration(device=GPU_NAME, per_voxel=80.0))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         on_gpu = memprobe.estimate("mednext", (128, 128, 128), 2, db=db_path, device=GPU_NAME)

@@ -14,37 +14,13 @@ import yaml
 from click.testing import CliRunner
 
 from memprobe.archs.registry import ARCHS, get_arch
-from memprobe.calibration import Calibration, FitQuality
 from memprobe.cli import cli, main
 from memprobe.db import Database
 from memprobe.planner import plan_batch
+from tests.factories import make_calibration
 
 GIB = 2**30
 TINY = "tests.tiny_models:tiny_net"
-
-
-def make_calibration(arch: str = "mednext", precision: str = "fp32") -> Calibration:
-    """A hand-made trace calibration: about 3.6 GiB per sample at 128^3 for MedNeXt."""
-    return Calibration(
-        arch=arch,
-        device="trace",
-        precision=precision,
-        optimizer="adamw",
-        deep_supervision=False,
-        phase_coefficients={
-            "forward": {
-                "constant": 1e8,
-                "parameters": 16.0,
-                "feature_maps": 40.0,
-                "input_voxels": 4.0,
-                "output_voxels": 8.0,
-            },
-            "backward": {"constant": 1e8, "parameters": 20.0, "feature_maps": 30.0},
-        },
-        parameter_model={"constant": 5.6e6, "in_channels": 100.0, "out_channels": 100.0, "tokens": 0.0},
-        quality=FitQuality(10, 0.01, 0.02, 4, 0.015, 0.03),
-        created_at="2026-01-01T00:00:00+00:00",
-    )
 
 
 @pytest.fixture

@@ -7,48 +7,24 @@ from pathlib import Path
 import pytest
 
 from memprobe.archs.registry import get_arch
-from memprobe.calibration import Calibration, FitQuality
 from memprobe.compat import estimate_gpu_memory_required, suggest_batch_size
 from memprobe.db import Database
 from memprobe.errors import NoCalibrationError
 from memprobe.planner import plan_batch
+from tests.factories import make_calibration
 
 GB = 1024**3
 
 
-def make_calibration(precision: str, arch: str = "mednext", per_voxel: float = 40.0) -> Calibration:
-    """A hand-made trace calibration (fp16-mixed is the planner's default precision)."""
-    return Calibration(
-        arch=arch,
-        device="trace",
-        precision=precision,
-        optimizer="adamw",
-        deep_supervision=False,
-        phase_coefficients={
-            "forward": {
-                "constant": 1e8,
-                "parameters": 16.0,
-                "feature_maps": per_voxel,
-                "input_voxels": 4.0,
-                "output_voxels": 8.0,
-            },
-            "backward": {"constant": 1e8, "parameters": 20.0, "feature_maps": 0.75 * per_voxel},
-        },
-        parameter_model={"constant": 5.6e6, "in_channels": 100.0, "out_channels": 100.0, "tokens": 0.0},
-        quality=FitQuality(10, 0.01, 0.02),
-        created_at="2026-01-01T00:00:00+00:00",
-    )
-
-
-FP16 = make_calibration("fp16-mixed", per_voxel=24.0)
-FP32 = make_calibration("fp32")
+FP16 = make_calibration(precision="fp16-mixed", per_voxel=24.0)
+FP32 = make_calibration(precision="fp32")
 
 
 @pytest.fixture
 def calibrated_db(db_path: Path) -> Path:
     """MedNeXt calibrated at fp16-mixed and fp32, BasicUNet at fp16-mixed."""
     with Database.open(db_path) as db:
-        for calibration in (FP16, FP32, make_calibration("fp16-mixed", arch="basicunet", per_voxel=20.0)):
+        for calibration in (FP16, FP32, make_calibration("basicunet", "fp16-mixed", per_voxel=20.0)):
             db.add_calibration(calibration)
     return db_path
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from memprobe.archs.registry import get_arch
-from memprobe.calibration import Calibration, FitQuality
 from memprobe.db import Database
 from memprobe.errors import InvalidInputError
 from memprobe.full_plan import choose_precision, make_plan
 from memprobe.gpu_info import GpuInfo
+from tests.factories import make_calibration
 
 GIB = 2**30
 VALUES = (
@@ -28,38 +28,15 @@ A100 = GpuInfo("NVIDIA A100-SXM4-80GB", 80 * GIB, (8, 0))
 V100 = GpuInfo("Tesla V100-SXM2-32GB", 32 * GIB, (7, 0))
 
 
-def make_calibration(precision: str, arch: str = "mednext") -> Calibration:
-    """A hand-made trace calibration: about 3.6 GiB per sample at 128^3 for MedNeXt in fp32."""
-    per_voxel = 40.0 if precision == "fp32" else 24.0
-    return Calibration(
-        arch=arch,
-        device="trace",
-        precision=precision,
-        optimizer="adamw",
-        deep_supervision=False,
-        phase_coefficients={
-            "forward": {
-                "constant": 1e8,
-                "parameters": 16.0,
-                "feature_maps": per_voxel,
-                "input_voxels": 4.0,
-                "output_voxels": 8.0,
-            },
-            "backward": {"constant": 1e8, "parameters": 20.0, "feature_maps": 0.75 * per_voxel},
-        },
-        parameter_model={"constant": 5.6e6, "in_channels": 100.0, "out_channels": 100.0, "tokens": 0.0},
-        quality=FitQuality(10, 0.01, 0.02),
-        created_at="2026-01-01T00:00:00+00:00",
-    )
-
-
 @pytest.fixture
 def calibrated_db(db_path: Path) -> Path:
     """MedNeXt and DynUNet calibrated on trace at every precision."""
     with Database.open(db_path) as db:
         for arch in ("mednext", "dynunet"):
             for precision in ("fp32", "fp16-mixed", "bf16-mixed"):
-                db.add_calibration(make_calibration(precision, arch))
+                db.add_calibration(
+                    make_calibration(arch, precision, per_voxel=40.0 if precision == "fp32" else 24.0)
+                )
     return db_path
 
 
@@ -95,7 +72,7 @@ def test_manual_overrides_win(calibrated_db: Path) -> None:
         ("lr", 0.02),
     ):
         assert plan.value(name) == value and plan.values[name].reason == "manual override"
-    calibration = make_calibration("fp32")
+    calibration = make_calibration(precision="fp32")
     assert plan.predicted_peak_bytes == pytest.approx(
         calibration.predict_peak_bytes(get_arch("mednext"), (64, 160, 160), 3)
     )
