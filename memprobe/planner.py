@@ -158,37 +158,24 @@ def plan_patch(
             reasons.append(
                 f"even {'x'.join(map(str, patch))} needs {peak(patch) / 2**30:.2f} GiB at batch {batch}"
             )
-            return PatchPlan(
-                calibration.arch,
-                _three(patch),
-                batch,
-                peak(patch),
-                budget_bytes,
-                safety,
-                calibration,
-                tuple(reasons),
-            )
+            break
         axis = max(shrinkable, key=lambda a: patch[a] / reference[a])
         patch[axis] -= unit
-    grown = True
-    while grown:
-        grown = False
-        for axis in sorted(range(3), key=lambda a: patch[a] / reference[a]):
-            candidate = list(patch)
-            candidate[axis] += unit
-            if candidate[axis] <= limit[axis] and peak(candidate) <= usable:
-                patch, grown = candidate, True
-                break
-    reasons.append(f"largest within {usable / 2**30:.2f} GiB at batch {batch}: {'x'.join(map(str, patch))}")
+    else:  # the patch fits: grow it back while it still does
+        grown = True
+        while grown:
+            grown = False
+            for axis in sorted(range(3), key=lambda a: patch[a] / reference[a]):
+                candidate = list(patch)
+                candidate[axis] += unit
+                if candidate[axis] <= limit[axis] and peak(candidate) <= usable:
+                    patch, grown = candidate, True
+                    break
+        reasons.append(
+            f"largest within {usable / 2**30:.2f} GiB at batch {batch}: {'x'.join(map(str, patch))}"
+        )
     return PatchPlan(
-        calibration.arch,
-        _three(patch),
-        batch,
-        peak(patch),
-        budget_bytes,
-        safety,
-        calibration,
-        tuple(reasons),
+        calibration.arch, _three(patch), batch, peak(patch), budget_bytes, safety, calibration, tuple(reasons)
     )
 
 
