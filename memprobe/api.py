@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, TypeVar
 from memprobe.archs.registry import resolve_arch
 from memprobe.calibration import Calibration
 from memprobe.config import StepConfig, make_step_config
+from memprobe.memory_need import MemoryNeed, memory_need
 from memprobe.planner import BatchPlan, PatchPlan, plan_batch, plan_patch
 from memprobe.sources import NO_SHIPPED_VARIABLE, Choice, all_calibrations, choose_calibration
 from memprobe.units import parse_bytes
 
 if TYPE_CHECKING:
     from memprobe.calibrator import CalibrationReport
+    from memprobe.gpu_info import GpuInfo
     from memprobe.measurement import Environment, Measurement
 
 DEFAULT_TRACE_BUDGET_BYTES = 24 * 2**30
@@ -34,13 +36,31 @@ class Estimate:
     patch: tuple[int, int, int]
     batch: int
     precision: str
-    peak_allocated_bytes: float
+    peak_allocated_bytes: int
     calibration: Calibration
+    need: MemoryNeed
     warning: str | None = None
+
+    @property
+    def peak_reserved_bytes(self) -> int:
+        """The allocator's predicted peak reserve (an allowance where the calibration has none)."""
+        return round(self.need.reserved_bytes)
+
+    @property
+    def total_bytes(self) -> int:
+        """Everything the step needs of the GPU: reserve, context, workspaces and margin."""
+        return round(self.need.total_bytes)
 
     @property
     def peak_gib(self) -> float:
         return self.peak_allocated_bytes / 2**30
+
+    def __repr__(self) -> str:
+        return (
+            f"Estimate({self.arch} {'x'.join(map(str, self.patch))} b{self.batch} {self.precision}: "
+            f"allocated {self.peak_allocated_bytes / 2**30:.2f} GiB, total need {self.total_bytes / 2**30:.2f} GiB, "
+            f"calibration {self.calibration.device})"
+        )
 
 
 def _file_stamp(path: Path) -> tuple[int, int] | None:
@@ -73,10 +93,20 @@ def resolve_device(device: str | None) -> tuple[str, str | None]:
     """The calibration device to use and the fallback: an explicit name, else the detected GPU, else trace."""
     if device is not None:
         return device, "trace"
-    from memprobe.gpu_info import detect_gpu
-
-    gpu = detect_gpu()
+    gpu = target_gpu(None)
     return (gpu.name, "trace") if gpu else ("trace", None)
+
+
+def target_gpu(device: str | None) -> GpuInfo | None:
+    """The GPU a plan is for: the detected one by default, one named by ``device``, or none (trace)."""
+    from memprobe.gpu_info import GpuInfo, detect_gpu
+
+    if device is None:
+        return detect_gpu()
+    if device in ("trace", "cpu"):
+        return None
+    detected = detect_gpu()
+    return detected if detected and detected.name == device else GpuInfo(device, 0)
 
 
 def _choose(config: StepConfig, db: str | Path | None, device: str | None) -> Choice:
@@ -135,16 +165,23 @@ def estimate(
         deep_supervision=deep_supervision,
     )
     choice = _choose(config, db, device)
-    peak = choice.calibration.predict_peak_bytes(
-        resolve_arch(config.arch), config.patch, config.batch, config.in_channels, config.out_channels
+    need = memory_need(
+        choice.calibration,
+        resolve_arch(config.arch),
+        config.patch,
+        config.batch,
+        config.in_channels,
+        config.out_channels,
+        target_gpu(device),
     )
     return Estimate(
         config.arch,
         config.patch,
         config.batch,
         config.precision.value,
-        peak,
+        round(need.allocated_bytes),
         choice.calibration,
+        need,
         choice.warning,
     )
 
@@ -155,7 +192,7 @@ def max_batch_size(
     gpu_mem: str | int | float,
     precision: str = "fp32",
     *,
-    safety: float = 0.9,
+    safety: float = 1.0,
     optimizer: str = "adamw",
     in_channels: int = 1,
     out_channels: int = 2,
@@ -164,7 +201,14 @@ def max_batch_size(
     db: str | Path | None = None,
     device: str | None = None,
 ) -> BatchPlan:
-    """The largest batch for ``patch`` whose predicted peak fits ``gpu_mem * safety``."""
+    """The largest batch for ``patch`` whose whole need fits ``gpu_mem * safety``.
+
+    The need is the calibrated allocated peak, the allocator's reserve, the CUDA context,
+    cuBLAS/cuDNN workspaces and a margin from the calibration's error (``plan.need``).
+
+    Raises:
+        NothingFitsError: even batch 1 does not fit.
+    """
     config = make_step_config(
         arch,
         patch,
@@ -185,6 +229,7 @@ def max_batch_size(
         in_channels=config.in_channels,
         out_channels=config.out_channels,
         effective_batch=effective_batch,
+        gpu=target_gpu(device),
     )
     return _with_warning(plan, choice.warning)
 
@@ -195,7 +240,7 @@ def max_patch_size(
     gpu_mem: str | int | float,
     precision: str = "fp32",
     *,
-    safety: float = 0.9,
+    safety: float = 1.0,
     spacing: Sequence[float] | None = None,
     median_shape: Sequence[int] | None = None,
     optimizer: str = "adamw",
@@ -205,7 +250,11 @@ def max_patch_size(
     db: str | Path | None = None,
     device: str | None = None,
 ) -> PatchPlan:
-    """The largest patch for ``batch`` (shaped by ``spacing``, within ``median_shape``) that fits."""
+    """The largest patch for ``batch`` (shaped by ``spacing``, within ``median_shape``) whose whole need fits.
+
+    Raises:
+        NothingFitsError: even the smallest patch the network takes does not fit.
+    """
     spec = resolve_arch(arch)
     config = make_step_config(
         arch,
@@ -228,6 +277,7 @@ def max_patch_size(
         median_shape=median_shape,
         in_channels=config.in_channels,
         out_channels=config.out_channels,
+        gpu=target_gpu(device),
     )
     return _with_warning(plan, choice.warning)
 
@@ -237,9 +287,7 @@ def _with_warning(plan: P, warning: str | None) -> P:
         return plan
     from dataclasses import replace
 
-    if isinstance(plan, BatchPlan):
-        return replace(plan, warnings=(warning, *plan.warnings))  # type: ignore[call-arg,unused-ignore]
-    return replace(plan, reasons=(warning, *plan.reasons))
+    return replace(plan, warnings=(warning, *plan.warnings))  # type: ignore[call-arg,unused-ignore]
 
 
 def probe(

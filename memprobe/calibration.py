@@ -37,14 +37,39 @@ class Calibration:
     environment: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     source: str = "user"  # "user" (a database) or "shipped" (the package's defaults)
+    # The allocator's reserve, fitted like the allocated peak (None: a calibration from before
+    # memprobe replayed or read the reserve; plans then name the missing term).
+    reserved_coefficients: dict[str, dict[str, float]] | None = None
+    reserved_quality: FitQuality | None = None
+    # The measured range the fit saw: {"batch": [lo, hi], "voxels": [...], "in_channels": [...],
+    # "out_channels": [...]}; plans beyond twice it are extrapolations and say so.
+    fit_range: dict[str, list[int]] | None = None
+    context_bytes: int | None = None  # CUDA context measured with a CUDA calibration
+
+    @property
+    def measured_on_gpu(self) -> bool:
+        return self.device not in ("trace", "cpu")
+
+    def _terms(
+        self, spec: ArchSpec, patch: Sequence[int], batch: int, in_channels: int, out_channels: int
+    ) -> dict[str, float]:
+        parameters = predict_parameter_count(self.parameter_model, spec, patch, in_channels, out_channels)
+        return term_values(spec, patch, batch, in_channels, out_channels, parameters, self.deep_supervision)
 
     def predict_peak_bytes(
         self, spec: ArchSpec, patch: Sequence[int], batch: int, in_channels: int = 1, out_channels: int = 2
     ) -> float:
         """Predicted peak allocated bytes of a training step."""
-        parameters = predict_parameter_count(self.parameter_model, spec, patch, in_channels, out_channels)
-        terms = term_values(spec, patch, batch, in_channels, out_channels, parameters, self.deep_supervision)
-        return evaluate(self.phase_coefficients, terms)
+        return evaluate(self.phase_coefficients, self._terms(spec, patch, batch, in_channels, out_channels))
+
+    def predict_reserved_bytes(
+        self, spec: ArchSpec, patch: Sequence[int], batch: int, in_channels: int = 1, out_channels: int = 2
+    ) -> float | None:
+        """Predicted peak reserved bytes (never below the allocated peak); None if not calibrated."""
+        if not self.reserved_coefficients:
+            return None
+        terms = self._terms(spec, patch, batch, in_channels, out_channels)
+        return max(evaluate(self.reserved_coefficients, terms), evaluate(self.phase_coefficients, terms))
 
     def peak_segment(
         self, spec: ArchSpec, patch: Sequence[int], batch: int, in_channels: int = 1, out_channels: int = 2
@@ -70,4 +95,6 @@ class Calibration:
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         fields = dict(data)
         fields["quality"] = FitQuality(**fields["quality"])
+        if fields.get("reserved_quality"):
+            fields["reserved_quality"] = FitQuality(**fields["reserved_quality"])
         return cls(**fields)

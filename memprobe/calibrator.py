@@ -10,7 +10,7 @@ from memprobe.archs.registry import ArchSpec, resolve_arch, smallest_patch_size
 from memprobe.calibration import Calibration
 from memprobe.config import StepConfig
 from memprobe.errors import InvalidInputError
-from memprobe.fit import fit_parameter_model, fit_phase_coefficients, fit_quality
+from memprobe.fit import RESERVED, fit_parameter_model, fit_phase_coefficients, fit_quality, has_reserved
 from memprobe.measurement import Measurement
 from memprobe.measuring import MeasurementLog
 from memprobe.search import SearchResult, guided_search
@@ -92,6 +92,11 @@ def fit_calibration(
         )
     parameters = fit_parameter_model(spec, usable)
     coefficients = fit_phase_coefficients(spec, usable)
+    reserved = reserved_quality = None
+    if has_reserved(usable):
+        reserved = fit_phase_coefficients(spec, usable, RESERVED)
+        reserved_quality = fit_quality(spec, reserved, parameters, usable, heldout, RESERVED)
+    contexts = sorted(m.context_bytes for m in usable if m.context_bytes is not None)
     return Calibration(
         arch=spec.name,
         device=device,
@@ -103,7 +108,22 @@ def fit_calibration(
         quality=fit_quality(spec, coefficients, parameters, usable, heldout),
         environment=environment,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        reserved_coefficients=reserved,
+        reserved_quality=reserved_quality,
+        fit_range=measured_range(usable),
+        context_bytes=contexts[len(contexts) // 2] if contexts else None,
     )
+
+
+def measured_range(measurements: list[Measurement]) -> dict[str, list[int]]:
+    """The smallest and largest batch, voxels and channel counts among ``measurements``."""
+    values = {
+        "batch": [m.config.batch for m in measurements],
+        "voxels": [m.config.voxels for m in measurements],
+        "in_channels": [m.config.in_channels for m in measurements],
+        "out_channels": [m.config.out_channels for m in measurements],
+    }
+    return {name: [min(seen), max(seen)] for name, seen in values.items()}
 
 
 def search_largest_batch(
@@ -176,6 +196,8 @@ def calibrate(
     calibration = fit_calibration(
         spec, base, environment.calibration_device, fitted, heldout, environment.to_dict()
     )
+    if log.db is not None:  # stored before the searches: a search that fails must not lose the fit
+        log.db.add_calibration(calibration, environment)
     searches: list[LimitSearch] = []
     if search:
         unit = patch_unit(spec)
@@ -186,8 +208,6 @@ def calibrate(
         result = search_largest_patch(log, replace(base, batch=2), spec, budget_bytes, calibration)
         answer = "x".join([str(result.largest * patch_unit(spec))] * 3) if result.largest else "none"
         searches.append(LimitSearch("patch", "batch 2", result, answer))
-    if log.db is not None:
-        log.db.add_calibration(calibration, environment)
     return CalibrationReport(
         calibration,
         tuple(fitted),

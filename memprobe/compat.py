@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from memprobe.api import estimate, max_batch_size
+from memprobe.errors import NothingFitsError
 
 _GB = 1024**3  # the planner's "GB" is 1024^3 bytes
 
@@ -64,16 +65,19 @@ def suggest_batch_size(
     device: str | None = None,
 ) -> int:
     """The largest batch that fits ``available_gpu_memory_gb * safety_margin``, at least 1 as the planner gives."""
-    plan = max_batch_size(
-        arch,
-        patch_size,
-        available_gpu_memory_gb * _GB,
-        _precision(mixed_precision),
-        safety=safety_margin,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        deep_supervision=deep_supervision,
-        db=db,
-        device=device,
-    )
-    return max(1, plan.batch)
+    try:
+        plan = max_batch_size(
+            arch,
+            patch_size,
+            available_gpu_memory_gb * _GB,
+            _precision(mixed_precision),
+            safety=safety_margin,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            deep_supervision=deep_supervision,
+            db=db,
+            device=device,
+        )
+    except NothingFitsError:
+        return 1  # the replaced planner's contract: at least 1, even when it will not fit
+    return plan.batch

@@ -21,9 +21,10 @@ from memprobe.calibration import Calibration, FitQuality
 from memprobe.config import StepConfig
 from memprobe.enums import OptimizerName, Precision
 from memprobe.errors import DatabaseError
-from memprobe.measurement import Environment, Measurement
+from memprobe.measurement import Environment, Measurement, ReuseKey
 
 T = TypeVar("T")
+_CURRENT_CODE = ReuseKey()  # a registered network measured by this memprobe
 ENV_VARIABLE = "MEMPROBE_DB"
 BUSY_TIMEOUT_MS = 60_000
 
@@ -84,6 +85,21 @@ MIGRATIONS: tuple[str, ...] = (
         created_at TEXT NOT NULL
     );
     CREATE INDEX calibrations_by_key ON calibrations (arch, device, precision, optimizer, deep_supervision);
+    """,
+    # 2: the allocator's reserve (measured or simulated), overheads, what a measurement's reuse
+    # depends on, and what a calibration knows of its own reach.
+    """
+    ALTER TABLE measurements ADD COLUMN reserved_source TEXT;
+    ALTER TABLE measurements ADD COLUMN simulated_allocated_bytes INTEGER;
+    ALTER TABLE measurements ADD COLUMN reserved_phase_peaks_json TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE measurements ADD COLUMN context_bytes INTEGER;
+    ALTER TABLE measurements ADD COLUMN warmup_steps INTEGER;
+    ALTER TABLE measurements ADD COLUMN code_version INTEGER;
+    ALTER TABLE measurements ADD COLUMN model_hash TEXT;
+    ALTER TABLE calibrations ADD COLUMN reserved_coefficients_json TEXT;
+    ALTER TABLE calibrations ADD COLUMN reserved_quality_json TEXT;
+    ALTER TABLE calibrations ADD COLUMN fit_range_json TEXT;
+    ALTER TABLE calibrations ADD COLUMN context_bytes INTEGER;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -222,47 +238,64 @@ class Database:
 
     # Measurements -------------------------------------------------------------------------
 
-    def add_measurement(self, measurement: Measurement) -> int:
-        """Store one measurement, committed at once."""
+    def add_measurement(self, measurement: Measurement, reuse_key: ReuseKey = _CURRENT_CODE) -> int:
+        """Store one measurement, committed at once.
+
+        ``reuse_key`` (measurement-code version, model source hash) decides what later runs
+        may reuse it: only those measuring with the same code the same model source.
+        """
         environment_id = self.environment_id(measurement.environment)
         c = measurement.config
+        m = measurement
+        values = {
+            "environment_id": environment_id,
+            "arch": c.arch,
+            "patch_d": c.patch[0],
+            "patch_h": c.patch[1],
+            "patch_w": c.patch[2],
+            "batch": c.batch,
+            "precision": c.precision.value,
+            "optimizer": c.optimizer.value,
+            "in_channels": c.in_channels,
+            "out_channels": c.out_channels,
+            "deep_supervision": int(c.deep_supervision),
+            "budget_bytes": m.budget_bytes,
+            "peak_allocated_bytes": m.peak_allocated_bytes,
+            "peak_reserved_bytes": m.peak_reserved_bytes,
+            "phase_peaks_json": json.dumps(m.phase_peaks_bytes),
+            "breakdown_json": json.dumps(m.breakdown_bytes),
+            "step_seconds": m.step_seconds,
+            "oom": int(m.oom),
+            "error": m.error,
+            "parameter_count": m.parameter_count,
+            "created_at": _now(),
+            "reserved_source": m.reserved_source,
+            "simulated_allocated_bytes": m.simulated_allocated_bytes,
+            "reserved_phase_peaks_json": json.dumps(m.reserved_phase_peaks_bytes),
+            "context_bytes": m.context_bytes,
+            "warmup_steps": m.warmup_steps,
+            "code_version": reuse_key.code_version,
+            "model_hash": reuse_key.model_hash,
+        }
         with self._write() as connection:
             cursor = connection.execute(
-                "INSERT INTO measurements (environment_id, arch, patch_d, patch_h, patch_w, batch, precision, "
-                "optimizer, in_channels, out_channels, deep_supervision, budget_bytes, peak_allocated_bytes, "
-                "peak_reserved_bytes, phase_peaks_json, breakdown_json, step_seconds, oom, error, "
-                "parameter_count, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    environment_id,
-                    c.arch,
-                    *c.patch,
-                    c.batch,
-                    c.precision.value,
-                    c.optimizer.value,
-                    c.in_channels,
-                    c.out_channels,
-                    int(c.deep_supervision),
-                    measurement.budget_bytes,
-                    measurement.peak_allocated_bytes,
-                    measurement.peak_reserved_bytes,
-                    json.dumps(measurement.phase_peaks_bytes),
-                    json.dumps(measurement.breakdown_bytes),
-                    measurement.step_seconds,
-                    int(measurement.oom),
-                    measurement.error,
-                    measurement.parameter_count,
-                    _now(),
-                ),
+                f"INSERT INTO measurements ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                tuple(values.values()),
             )
         return int(cursor.lastrowid or 0)
 
     def find_measurement(
-        self, config: StepConfig, environment: Environment, budget_bytes: int | None = None
+        self,
+        config: StepConfig,
+        environment: Environment,
+        budget_bytes: int | None = None,
+        reuse_key: ReuseKey = _CURRENT_CODE,
     ) -> Measurement | None:
         """A stored measurement of ``config`` on this environment, to reuse instead of re-measuring.
 
-        A successful peak does not depend on the budget; an out-of-memory result does, so it
-        is reused only for the same budget.
+        Only one taken by the same measurement code of the same model source (``reuse_key``)
+        is reused. A successful peak does not depend on the budget; an out-of-memory result
+        does, so it is reused only for the same budget.
         """
         environment_id = self._known_environment_id(environment)  # a lookup must not write
         if environment_id is None:
@@ -270,7 +303,8 @@ class Database:
         rows = self._rows(
             "SELECT * FROM measurements WHERE environment_id = ? AND arch = ? AND patch_d = ? AND patch_h = ? "
             "AND patch_w = ? AND batch = ? AND precision = ? AND optimizer = ? AND in_channels = ? "
-            "AND out_channels = ? AND deep_supervision = ? AND error IS NULL ORDER BY id DESC",
+            "AND out_channels = ? AND deep_supervision = ? AND error IS NULL AND code_version = ? "
+            "AND model_hash IS ? ORDER BY id DESC",
             (
                 environment_id,
                 config.arch,
@@ -281,10 +315,12 @@ class Database:
                 config.in_channels,
                 config.out_channels,
                 int(config.deep_supervision),
+                reuse_key.code_version,
+                reuse_key.model_hash,
             ),
         )
         for row in rows:
-            stored = self._measurement_from_row(row, environment)
+            stored = _measurement_from_row(row, environment)
             if stored.ok or stored.budget_bytes == budget_bytes:
                 return stored
         return None
@@ -293,60 +329,22 @@ class Database:
         self, arch: str | None = None, device: str | None = None, precision: str | None = None
     ) -> list[Measurement]:
         """Stored measurements, oldest first, optionally filtered."""
-        query = (
-            "SELECT m.*, e.* FROM measurements m JOIN environments e ON e.id = m.environment_id "
-            "WHERE (? IS NULL OR m.arch = ?) AND (? IS NULL OR m.precision = ?) ORDER BY m.id"
-        )
+        query = "SELECT * FROM measurements WHERE (? IS NULL OR arch = ?) AND (? IS NULL OR precision = ?) ORDER BY id"
+        environments: dict[int, Environment] = {}
         result = []
         for row in self._rows(query, (arch, arch, precision, precision)):
-            environment = _environment_from_row(row)
+            environment_id = row["environment_id"]
+            if environment_id not in environments:
+                environments[environment_id] = self._environment(environment_id)
+            environment = environments[environment_id]
             if device is not None and environment.calibration_device != device:
                 continue
-            result.append(self._measurement_from_row(row, environment))
+            result.append(_measurement_from_row(row, environment))
         return result
 
-    @staticmethod
-    def _measurement_from_row(row: sqlite3.Row | tuple[Any, ...], environment: Environment) -> Measurement:
-        (
-            _,
-            _,
-            arch,
-            d,
-            h,
-            w,
-            batch,
-            precision,
-            optimizer,
-            cin,
-            cout,
-            ds,
-            budget,
-            peak,
-            reserved,
-            phases,
-            breakdown,
-            seconds,
-            oom,
-            error,
-            parameters,
-            _,
-        ) = row[:22]
-        config = StepConfig(
-            arch, (d, h, w), batch, Precision(precision), OptimizerName(optimizer), cin, cout, bool(ds)
-        )
-        return Measurement(
-            config,
-            environment,
-            peak,
-            reserved,
-            json.loads(phases),
-            seconds,
-            bool(oom),
-            error,
-            budget,
-            parameters,
-            json.loads(breakdown),
-        )
+    def _environment(self, environment_id: int) -> Environment:
+        rows = self._rows("SELECT * FROM environments WHERE id = ?", (environment_id,))
+        return _environment_from_row(rows[0])
 
     # Calibrations -------------------------------------------------------------------------
 
@@ -355,8 +353,9 @@ class Database:
         with self._write() as connection:
             cursor = connection.execute(
                 "INSERT INTO calibrations (arch, device, precision, optimizer, deep_supervision, environment_id, "
-                "phase_coefficients_json, parameter_model_json, quality_json, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "phase_coefficients_json, parameter_model_json, quality_json, created_at, "
+                "reserved_coefficients_json, reserved_quality_json, fit_range_json, context_bytes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     calibration.arch,
                     calibration.device,
@@ -368,6 +367,12 @@ class Database:
                     json.dumps(calibration.parameter_model),
                     json.dumps(calibration.quality.__dict__),
                     calibration.created_at or _now(),
+                    _json_or_null(calibration.reserved_coefficients),
+                    _json_or_null(
+                        calibration.reserved_quality.__dict__ if calibration.reserved_quality else None
+                    ),
+                    _json_or_null(calibration.fit_range),
+                    calibration.context_bytes,
                 ),
             )
         return int(cursor.lastrowid or 0)
@@ -375,53 +380,74 @@ class Database:
     def calibrations(self) -> list[Calibration]:
         """The newest calibration for each key."""
         rows = self._rows(
-            "SELECT c.arch, c.device, c.precision, c.optimizer, c.deep_supervision, c.phase_coefficients_json, "
-            "c.parameter_model_json, c.quality_json, c.created_at, c.environment_id FROM calibrations c "
-            "WHERE c.id IN (SELECT MAX(id) FROM calibrations GROUP BY arch, device, precision, optimizer, "
-            "deep_supervision) ORDER BY c.arch, c.device, c.precision"
+            "SELECT * FROM calibrations WHERE id IN (SELECT MAX(id) FROM calibrations "
+            "GROUP BY arch, device, precision, optimizer, deep_supervision) ORDER BY arch, device, precision"
         )
-        result = []
-        for (
-            arch,
-            device,
-            precision,
-            optimizer,
-            ds,
-            coefficients,
-            parameters,
-            quality,
-            created,
-            env_id,
-        ) in rows:
-            environment = self._environment_dict(env_id)
-            result.append(
-                Calibration(
-                    arch,
-                    device,
-                    precision,
-                    optimizer,
-                    bool(ds),
-                    json.loads(coefficients),
-                    json.loads(parameters),
-                    FitQuality(**json.loads(quality)),
-                    environment,
-                    created,
-                    source=str(self.path or ":memory:"),
-                )
-            )
-        return result
+        return [self._calibration_from_row(row) for row in rows]
 
-    def _environment_dict(self, environment_id: int | None) -> dict[str, Any]:
-        if environment_id is None:
-            return {}
-        rows = self._rows("SELECT * FROM environments WHERE id = ?", (environment_id,))
-        return _environment_from_row((None,) * 22 + tuple(rows[0])).to_dict() if rows else {}
+    def _calibration_from_row(self, row: sqlite3.Row) -> Calibration:
+        environment_id = row["environment_id"]
+        reserved_quality = _json_or_none(row["reserved_quality_json"])
+        return Calibration(
+            row["arch"],
+            row["device"],
+            row["precision"],
+            row["optimizer"],
+            bool(row["deep_supervision"]),
+            json.loads(row["phase_coefficients_json"]),
+            json.loads(row["parameter_model_json"]),
+            FitQuality(**json.loads(row["quality_json"])),
+            self._environment(environment_id).to_dict() if environment_id is not None else {},
+            row["created_at"],
+            source=str(self.path or ":memory:"),
+            reserved_coefficients=_json_or_none(row["reserved_coefficients_json"]),
+            reserved_quality=FitQuality(**reserved_quality) if reserved_quality else None,
+            fit_range=_json_or_none(row["fit_range_json"]),
+            context_bytes=row["context_bytes"],
+        )
 
 
-def _environment_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Environment:
-    values = tuple(row)[22:]
-    (_, kind, name, total, driver, cuda, cudnn, torch_version, monai, memprobe_version, host) = values[:11]
-    return Environment(kind, name, total, driver, cuda, cudnn, torch_version, monai, memprobe_version, host)
+def _json_or_null(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _json_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _measurement_from_row(row: sqlite3.Row, environment: Environment) -> Measurement:
+    config = StepConfig(
+        row["arch"],
+        (row["patch_d"], row["patch_h"], row["patch_w"]),
+        row["batch"],
+        Precision(row["precision"]),
+        OptimizerName(row["optimizer"]),
+        row["in_channels"],
+        row["out_channels"],
+        bool(row["deep_supervision"]),
+    )
+    return Measurement(
+        config,
+        environment,
+        row["peak_allocated_bytes"],
+        row["peak_reserved_bytes"],
+        json.loads(row["phase_peaks_json"]),
+        row["step_seconds"],
+        bool(row["oom"]),
+        row["error"],
+        row["budget_bytes"],
+        row["parameter_count"],
+        json.loads(row["breakdown_json"]),
+        reserved_source=row["reserved_source"],
+        simulated_allocated_bytes=row["simulated_allocated_bytes"],
+        reserved_phase_peaks_bytes=json.loads(row["reserved_phase_peaks_json"]),
+        context_bytes=row["context_bytes"],
+        warmup_steps=row["warmup_steps"],
+    )
+
+
+def _environment_from_row(row: sqlite3.Row) -> Environment:
+    return Environment(**{name: row[name] for name in Environment.__dataclass_fields__})
 
 
 def _fingerprint(environment: Environment) -> str:
@@ -457,6 +483,7 @@ def _prepared(connection: sqlite3.Connection, path: Path | None, *, readonly: bo
     Nothing is written before every check passed, and the connection is closed if one fails.
     """
     where = path or ":memory:"
+    connection.row_factory = sqlite3.Row  # rows are read by column name, whatever migrations added
     try:
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if readonly:

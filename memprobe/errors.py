@@ -29,3 +29,12 @@ class NoCalibrationError(MemprobeError, LookupError):
 
 class DeviceUnavailableError(MemprobeError):
     """The measuring device asked for is not present on this machine."""
+
+
+class NothingFitsError(MemprobeError):
+    """No configuration of the kind asked for fits the budget; the message gives the smallest need.
+
+    Exit code 3, so scripts can tell "does not fit" from a mistake in the input (2).
+    """
+
+    exit_code = 3

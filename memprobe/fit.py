@@ -15,6 +15,7 @@ from scipy.optimize import nnls
 
 from memprobe.archs.registry import ArchSpec
 from memprobe.calibration import FitQuality
+from memprobe.errors import InvalidInputError
 from memprobe.formula import (
     PARAMETER_TERMS,
     active_terms,
@@ -60,10 +61,23 @@ def fit_parameter_model(spec: ArchSpec, measurements: Sequence[Measurement]) -> 
 
 
 STEP_SEGMENT = "step"  # the whole step's peak, as one segment
+ALLOCATED, RESERVED = "allocated", "reserved"  # the two peaks a calibration fits
 
 
-def _segment_peaks(measurement: Measurement) -> dict[str, int]:
+def _segment_peaks(measurement: Measurement, quantity: str = ALLOCATED) -> dict[str, int]:
+    if quantity == RESERVED:
+        return {**measurement.reserved_phase_peaks_bytes, STEP_SEGMENT: measurement.peak_reserved_bytes or 0}
     return {**measurement.phase_peaks_bytes, STEP_SEGMENT: measurement.peak_allocated_bytes or 0}
+
+
+def _peak(measurement: Measurement, quantity: str) -> int:
+    return _segment_peaks(measurement, quantity)[STEP_SEGMENT]
+
+
+def has_reserved(measurements: Sequence[Measurement]) -> bool:
+    """Whether every successful measurement carries a reserve (measured or simulated) to fit."""
+    usable = [m for m in measurements if m.ok]
+    return bool(usable) and all(m.peak_reserved_bytes for m in usable)
 
 
 def candidate_segmentations(names: set[str]) -> list[list[str]]:
@@ -83,12 +97,15 @@ def candidate_segmentations(names: set[str]) -> list[list[str]]:
 
 
 def _fit_segments(
-    matrix: np.ndarray, terms: list[str], usable: Sequence[Measurement], segments: list[str]
-) -> dict[str, dict[str, float]]:
+    matrix: np.ndarray, terms: list[str], usable: Sequence[Measurement], segments: list[str], quantity: str
+) -> dict[str, dict[str, float]] | None:
+    """One coefficient set per segment; None when a segment has fewer points than coefficients."""
     coefficients: dict[str, dict[str, float]] = {}
     for segment in segments:
-        peaks = np.array([float(_segment_peaks(m).get(segment, 0)) for m in usable])
+        peaks = np.array([float(_segment_peaks(m, quantity).get(segment, 0)) for m in usable])
         keep = peaks > 0
+        if keep.sum() < len(terms):
+            return None
         weights = 1.0 / peaks[keep]
         scale = matrix[keep].max(axis=0)
         scale[scale == 0] = 1.0
@@ -98,25 +115,37 @@ def _fit_segments(
 
 
 def fit_phase_coefficients(
-    spec: ArchSpec, measurements: Sequence[Measurement]
+    spec: ArchSpec, measurements: Sequence[Measurement], quantity: str = ALLOCATED
 ) -> dict[str, dict[str, float]]:
-    """Non-negative coefficients per segment of the step, for the segmentation that fits best."""
-    usable = [m for m in measurements if m.ok]
-    if not usable:
-        raise ValueError("no successful measurement to fit")
+    """Non-negative coefficients per segment of the step, for the segmentation that fits best.
+
+    ``quantity`` is the peak to fit: ``allocated`` or ``reserved``.
+
+    Raises:
+        InvalidInputError: fewer usable points than coefficients in every segmentation.
+    """
+    usable = [m for m in measurements if m.ok and _peak(m, quantity) > 0]
     terms = active_terms(spec)
+    if len(usable) < len(terms):
+        raise InvalidInputError(
+            f"only {len(usable)} usable measurements of {spec.name} to fit {len(terms)} coefficients "
+            f"of its {quantity} peak: raise --budget or calibrate on a larger GPU"
+        )
     rows = [_terms(spec, m) for m in usable]
     matrix = np.array([[row[t] for t in terms] for row in rows])
-    peaks = [float(m.peak_allocated_bytes or 0) for m in usable]
+    peaks = [float(_peak(m, quantity)) for m in usable]
+    names = {p for m in usable for p in _segment_peaks(m, quantity)}
     best: tuple[float, dict[str, dict[str, float]]] | None = None
-    for segments in candidate_segmentations({p for m in usable for p in m.phase_peaks_bytes}):
-        coefficients = _fit_segments(matrix, terms, usable, segments)
+    for segments in candidate_segmentations(names):
+        coefficients = _fit_segments(matrix, terms, usable, segments, quantity)
+        if coefficients is None:
+            continue
         worst = max(
             abs(evaluate(coefficients, row) - peak) / peak for row, peak in zip(rows, peaks, strict=True)
         )
         if best is None or worst < best[0] - 1e-9:
             best = (worst, coefficients)
-    assert best is not None
+    assert best is not None  # the whole step always has as many points as the check above
     return best[1]
 
 
@@ -125,18 +154,20 @@ def relative_errors(
     coefficients: dict[str, dict[str, float]],
     parameter_model: dict[str, float],
     measurements: Sequence[Measurement],
+    quantity: str = ALLOCATED,
 ) -> list[float]:
     """|predicted - measured| / measured for each successful measurement."""
     errors = []
     for m in measurements:
-        if not m.ok or not m.peak_allocated_bytes:
+        measured = _peak(m, quantity) if m.ok else 0
+        if not measured:
             continue
         c = m.config
         parameters = predict_parameter_count(parameter_model, spec, c.patch, c.in_channels, c.out_channels)
         terms = term_values(
             spec, c.patch, c.batch, c.in_channels, c.out_channels, parameters, c.deep_supervision
         )
-        errors.append(abs(evaluate(coefficients, terms) - m.peak_allocated_bytes) / m.peak_allocated_bytes)
+        errors.append(abs(evaluate(coefficients, terms) - measured) / measured)
     return errors
 
 
@@ -146,9 +177,10 @@ def fit_quality(
     parameter_model: dict[str, float],
     fitted: Sequence[Measurement],
     heldout: Sequence[Measurement],
+    quantity: str = ALLOCATED,
 ) -> FitQuality:
-    own = relative_errors(spec, coefficients, parameter_model, fitted)
-    held = relative_errors(spec, coefficients, parameter_model, heldout)
+    own = relative_errors(spec, coefficients, parameter_model, fitted, quantity)
+    held = relative_errors(spec, coefficients, parameter_model, heldout, quantity)
     return FitQuality(
         points=len(own),
         median_relative_error=statistics.median(own) if own else 0.0,

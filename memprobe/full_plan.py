@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memprobe.api import max_batch_size, max_patch_size
+from memprobe.api import estimate, max_batch_size, max_patch_size
 from memprobe.archs.registry import resolve_arch
+from memprobe.calibration import Calibration
 from memprobe.enums import Precision, parse_enum
 from memprobe.exports import nnunet_plans, pytc_config
 from memprobe.gpu_info import GpuInfo
+from memprobe.memory_need import MemoryNeed
+from memprobe.planner import describe_need
 from memprobe.units import format_bytes
 
 
@@ -30,9 +33,15 @@ class PlanValue:
 class FullPlan:
     arch: str
     values: dict[str, PlanValue]
-    predicted_peak_bytes: float
+    need: MemoryNeed
+    calibration: Calibration
     budget_bytes: int
     warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def predicted_peak_bytes(self) -> float:
+        """Predicted peak allocated bytes (tensors only) of the planned step."""
+        return self.need.allocated_bytes
 
     def value(self, name: str) -> Any:
         return self.values[name].value
@@ -72,7 +81,7 @@ def make_plan(
     spacing: Sequence[float] | None = None,
     median_shape: Sequence[int] | None = None,
     effective_batch: int | None = None,
-    safety: float = 0.9,
+    safety: float = 1.0,
     num_gpus: int = 1,
     cpu_count: int | None = None,
     lr: float | None = None,
@@ -92,7 +101,6 @@ def make_plan(
         else choose_precision(gpu)
     )
     common: dict[str, Any] = dict(
-        safety=safety,
         in_channels=in_channels,
         out_channels=out_channels,
         deep_supervision=deep_supervision,
@@ -110,35 +118,37 @@ def make_plan(
             values["precision"].value,
             spacing=spacing,
             median_shape=median_shape,
+            safety=safety,
             **common,
         )
         values["patch_size"] = PlanValue(list(patch_plan.patch), "; ".join(patch_plan.reasons))
-    batch_plan = max_batch_size(
-        arch,
-        values["patch_size"].value,
-        gpu_mem,
-        values["precision"].value,
-        effective_batch=effective_batch,
-        **common,
-    )
-    warnings += batch_plan.warnings
+        warnings += patch_plan.warnings
     if batch is not None:
         values["batch_size"] = PlanValue(batch, "manual override")
-        peak = batch_plan.calibration.predict_peak_bytes(
-            spec, values["patch_size"].value, batch, in_channels, out_channels
-        )
-        if peak > gpu_mem * safety:
+        given = estimate(arch, values["patch_size"].value, batch, values["precision"].value, **common)
+        need, calibration = given.need, given.calibration
+        warnings += [given.warning] if given.warning else []
+        if need.total_bytes > gpu_mem * safety:
             warnings.append(
-                f"batch {batch} is predicted to need {format_bytes(peak)}, over the usable "
+                f"batch {batch} is predicted to need {describe_need(need)}, over the usable "
                 f"{format_bytes(gpu_mem * safety)}"
             )
     else:
+        batch_plan = max_batch_size(
+            arch,
+            values["patch_size"].value,
+            gpu_mem,
+            values["precision"].value,
+            effective_batch=effective_batch,
+            safety=safety,
+            **common,
+        )
+        warnings += batch_plan.warnings
+        need, calibration = batch_plan.need, batch_plan.calibration
         values["batch_size"] = PlanValue(
             batch_plan.batch,
-            f"largest batch within {safety:.0%} of "
-            f"{format_bytes(gpu_mem)}: predicted {format_bytes(batch_plan.predicted_peak_bytes)}",
+            f"largest batch whose need fits {format_bytes(gpu_mem * safety)}: {describe_need(need)}",
         )
-        peak = batch_plan.predicted_peak_bytes
     chosen_batch = max(1, values["batch_size"].value)
     if effective_batch:
         accumulation = PlanValue(
@@ -157,4 +167,4 @@ def make_plan(
         else PlanValue(spec.default_lr, f"{spec.name} default")
     )
     values["scheduler"] = PlanValue(spec.scheduler, f"{spec.name} default")
-    return FullPlan(spec.name, values, peak, gpu_mem, tuple(warnings))
+    return FullPlan(spec.name, values, need, calibration, gpu_mem, tuple(dict.fromkeys(warnings)))

@@ -12,6 +12,7 @@ class GpuInfo:
     name: str
     total_memory_bytes: int
     compute_capability: tuple[int, int] | None = None
+    free_memory_bytes: int | None = None  # at detection: other processes' memory is not free
 
     @property
     def supports_bf16(self) -> bool:
@@ -35,7 +36,7 @@ def detect_gpu(index: int = 0) -> GpuInfo | None:
         try:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             name = pynvml.nvmlDeviceGetName(handle)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total
+            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
             try:
                 capability = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle))
             except pynvml.NVMLError:
@@ -44,7 +45,12 @@ def detect_gpu(index: int = 0) -> GpuInfo | None:
             pynvml.nvmlShutdown()
     except pynvml.NVMLError:
         return None
-    return GpuInfo(name.decode() if isinstance(name, bytes) else name, int(memory), capability)  # type: ignore[arg-type]
+    return GpuInfo(
+        name.decode() if isinstance(name, bytes) else name,
+        int(info.total),
+        capability,  # type: ignore[arg-type]
+        int(info.free),
+    )
 
 
 def _nvidia_driver_present() -> bool:
@@ -66,3 +72,20 @@ def nvml_driver_version() -> str | None:
     except Exception:  # no NVML library or no driver: the version is simply unknown
         return None
     return version.decode() if isinstance(version, bytes) else str(version)
+
+
+def nvml_process_used_bytes(pid: int, index: int = 0) -> int | None:
+    """Device memory NVML reports for process ``pid`` on GPU ``index``; None where it cannot say."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML, no driver, or a container that hides processes
+        return None
+    used = [p.usedGpuMemory for p in processes if p.pid == pid and p.usedGpuMemory]
+    return int(used[0]) if used else None

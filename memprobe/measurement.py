@@ -32,15 +32,38 @@ class Environment:
         return asdict(self)
 
 
+# Bump when a change to the measuring code changes what a measurement of the same
+# configuration would read: stored measurements of another version are never reused.
+MEASUREMENT_CODE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class ReuseKey:
+    """What a stored measurement may be reused for besides its configuration and environment.
+
+    ``model_hash`` is a hash of a custom model factory's source file (None for registered
+    networks, whose code is pinned by the environment's library versions).
+    """
+
+    code_version: int = MEASUREMENT_CODE_VERSION
+    model_hash: str | None = None
+
+
 @dataclass(frozen=True)
 class Measurement:
     """Peak memory of one training step (the second, when optimizer state exists).
 
-    ``peak_allocated_bytes`` is what ``torch.cuda.max_memory_allocated`` counts (tensor blocks,
-    rounded up to 512 bytes); ``peak_reserved_bytes`` is the caching allocator's reserve, known
-    only on CUDA. ``phase_peaks_bytes`` holds the peak of each phase of the step (forward with
-    loss, backward, optimizer) so the formula can model each. ``oom`` marks a step that ran out
-    of memory; ``error`` records any other failure of an isolated probe.
+    ``peak_allocated_bytes`` is what ``torch.cuda.max_memory_allocated`` counts on CUDA; on
+    trace and cpu, the live tensor storage, each rounded up to 512 bytes. ``peak_reserved_bytes``
+    is the caching allocator's reserve: measured on CUDA, simulated on trace and cpu by
+    replaying every allocation through a model of the allocator (``reserved_source`` says
+    which), which also gives ``simulated_allocated_bytes`` (blocks after splitting, so unsplit
+    tails count). ``phase_peaks_bytes`` and ``reserved_phase_peaks_bytes`` hold the peak of each
+    phase (forward with loss, backward, optimizer; on trace also windows of a phase) so the
+    formula can model each. ``context_bytes`` is the CUDA context this process holds outside
+    the allocator (CUDA only); ``warmup_steps`` the steps run before the measured one (until
+    the optimizer had state). ``oom`` marks a step that ran out of memory; ``error`` records
+    any other failure of an isolated probe.
     """
 
     config: StepConfig
@@ -54,6 +77,11 @@ class Measurement:
     budget_bytes: int | None = None
     parameter_count: int | None = None
     breakdown_bytes: dict[str, int] = field(default_factory=dict)
+    reserved_source: str | None = None  # "measured" (cuda) or "simulated" (trace, cpu)
+    simulated_allocated_bytes: int | None = None
+    reserved_phase_peaks_bytes: dict[str, int] = field(default_factory=dict)
+    context_bytes: int | None = None
+    warmup_steps: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -79,6 +107,11 @@ class Measurement:
             "budget_bytes": self.budget_bytes,
             "parameter_count": self.parameter_count,
             "breakdown_bytes": dict(self.breakdown_bytes),
+            "reserved_source": self.reserved_source,
+            "simulated_allocated_bytes": self.simulated_allocated_bytes,
+            "reserved_phase_peaks_bytes": dict(self.reserved_phase_peaks_bytes),
+            "context_bytes": self.context_bytes,
+            "warmup_steps": self.warmup_steps,
             "environment": self.environment.to_dict(),
         }
 
@@ -109,4 +142,9 @@ class Measurement:
             budget_bytes=data["budget_bytes"],
             parameter_count=data["parameter_count"],
             breakdown_bytes=data.get("breakdown_bytes", {}),
+            reserved_source=data.get("reserved_source"),
+            simulated_allocated_bytes=data.get("simulated_allocated_bytes"),
+            reserved_phase_peaks_bytes=data.get("reserved_phase_peaks_bytes", {}),
+            context_bytes=data.get("context_bytes"),
+            warmup_steps=data.get("warmup_steps"),
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from memprobe.backends.base import Backend
 from memprobe.config import StepConfig
 from memprobe.db import Database
-from memprobe.measurement import Measurement
+from memprobe.measurement import Measurement, ReuseKey
 from memprobe.search import Outcome
 
 ProgressCallback = Callable[[Measurement, bool], None]
@@ -35,14 +35,17 @@ class MeasurementLog:
 
     def measure(self, config: StepConfig) -> Measurement:
         environment = self.backend.environment()
-        stored = self.db.find_measurement(config, environment, self.budget_bytes) if self.db else None
+        reuse_key = _reuse_key(config)
+        stored = (
+            self.db.find_measurement(config, environment, self.budget_bytes, reuse_key) if self.db else None
+        )
         if stored is not None:
             self.reused += 1
             self.on_measurement(stored, True)
             return stored
         measurement = self.backend.measure(config)
         if self.db is not None:
-            self.db.add_measurement(measurement)
+            self.db.add_measurement(measurement, reuse_key)
         self.taken.append(measurement)
         self.on_measurement(measurement, False)
         return measurement
@@ -51,3 +54,13 @@ class MeasurementLog:
         """Measure and judge against the budget: the probe searches use."""
         measurement = self.measure(config)
         return Outcome(measurement.fits(self.budget_bytes), measurement.peak_allocated_bytes)
+
+
+def _reuse_key(config: StepConfig) -> ReuseKey:
+    """A registered network is pinned by the environment; a custom one also by its source file."""
+    if ":" not in config.arch:
+        return ReuseKey()
+    from memprobe.archs.build import factory_source_hash
+    from memprobe.archs.registry import resolve_arch
+
+    return ReuseKey(model_hash=factory_source_hash(resolve_arch(config.arch)))

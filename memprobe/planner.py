@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 
 from memprobe.archs.registry import ArchSpec, smallest_patch_size
 from memprobe.calibration import Calibration
-from memprobe.errors import InvalidInputError
+from memprobe.errors import InvalidInputError, NothingFitsError
+from memprobe.gpu_info import GpuInfo
+from memprobe.memory_need import MemoryNeed, extrapolation_warnings, memory_need
 from memprobe.search import largest_at_most
+from memprobe.units import format_bytes
 
 MAX_BATCH = 4096
 ANISOTROPY_THRESHOLD = 3.0  # spacing ratio beyond which data counts as anisotropic (the seed's rule)
@@ -17,13 +20,13 @@ ANISOTROPY_THRESHOLD = 3.0  # spacing ratio beyond which data counts as anisotro
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """The largest batch whose predicted peak stays within ``usable_bytes`` (budget x safety)."""
+    """The largest batch whose whole need (see ``MemoryNeed``) fits ``budget_bytes * safety``."""
 
     arch: str
     patch: tuple[int, int, int]
     batch: int
-    predicted_peak_bytes: float
-    next_batch_peak_bytes: float
+    need: MemoryNeed
+    next_need: MemoryNeed
     budget_bytes: int
     safety: float
     accumulate_grad_batches: int
@@ -32,31 +35,45 @@ class BatchPlan:
     warnings: tuple[str, ...] = field(default=())
 
     @property
+    def predicted_peak_bytes(self) -> float:
+        """Predicted peak allocated bytes (tensors only) at the planned batch."""
+        return self.need.allocated_bytes
+
+    @property
+    def next_batch_peak_bytes(self) -> float:
+        return self.next_need.allocated_bytes
+
+    @property
     def usable_bytes(self) -> float:
         return self.budget_bytes * self.safety
 
     @property
     def utilisation(self) -> float:
-        """Predicted peak as a share of the whole budget."""
-        return self.predicted_peak_bytes / self.budget_bytes
+        """The whole need as a share of the budget."""
+        return self.need.total_bytes / self.budget_bytes
 
 
 @dataclass(frozen=True)
 class PatchPlan:
-    """The largest patch (for a batch) whose predicted peak fits, with the reasoning."""
+    """The largest patch (for a batch) whose whole need fits, with the reasoning."""
 
     arch: str
     patch: tuple[int, int, int]
     batch: int
-    predicted_peak_bytes: float
+    need: MemoryNeed
     budget_bytes: int
     safety: float
     calibration: Calibration
     reasons: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def predicted_peak_bytes(self) -> float:
+        return self.need.allocated_bytes
 
     @property
     def utilisation(self) -> float:
-        return self.predicted_peak_bytes / self.budget_bytes
+        return self.need.total_bytes / self.budget_bytes
 
 
 def _check_budget(budget_bytes: int, safety: float) -> None:
@@ -66,36 +83,69 @@ def _check_budget(budget_bytes: int, safety: float) -> None:
         raise InvalidInputError(f"--safety must be in (0, 1], got {safety}")
 
 
+def _check_fixed_overheads(need: MemoryNeed, usable: float) -> None:
+    """Refuse a budget that the context and workspaces alone use up."""
+    if need.fixed_bytes >= usable:
+        parts = ", ".join(f"{o.name} {format_bytes(o.bytes)}" for o in need.overheads if o.bytes)
+        raise InvalidInputError(
+            f"{format_bytes(usable)} is less than the fixed overheads ({parts}): "
+            "give the memory of the whole card, e.g. --gpu-mem 24GiB"
+        )
+
+
+def describe_need(need: MemoryNeed) -> str:
+    """One line: the total and its largest terms."""
+    terms = ", ".join(f"{name} {format_bytes(size)}" for name, size, _ in need.terms() if size)
+    return f"{format_bytes(need.total_bytes)} ({terms})"
+
+
 def plan_batch(
     calibration: Calibration,
     spec: ArchSpec,
     patch: Sequence[int],
     budget_bytes: int,
     *,
-    safety: float = 0.9,
+    safety: float = 1.0,
     in_channels: int = 1,
     out_channels: int = 2,
     effective_batch: int | None = None,
+    gpu: GpuInfo | None = None,
 ) -> BatchPlan:
-    """The largest batch that fits ``budget_bytes * safety``; 0 when even batch 1 does not."""
+    """The largest batch whose whole need fits ``budget_bytes * safety``.
+
+    With ``effective_batch``, the smallest accumulation that reaches it with a batch that fits,
+    and the smallest batch for that accumulation: never a batch larger than asked for.
+
+    Raises:
+        InvalidInputError: the budget is below the fixed overheads.
+        NothingFitsError: even batch 1 does not fit; the message gives its need.
+    """
     _check_budget(budget_bytes, safety)
     usable = budget_bytes * safety
-    peak = lambda b: calibration.predict_peak_bytes(spec, patch, b, in_channels, out_channels)
-    batch = largest_at_most(peak, usable, 1, MAX_BATCH) if peak(1) <= usable else 0
-    warnings = []
-    if batch == 0:
-        warnings.append(
-            f"even batch 1 needs {peak(1) / 2**30:.2f} GiB, more than {usable / 2**30:.2f} GiB "
-            "usable: choose a smaller patch or a lower precision"
+    need = lambda b: memory_need(calibration, spec, patch, b, in_channels, out_channels, gpu)
+    first = need(1)
+    _check_fixed_overheads(first, usable)
+    size = "x".join(map(str, patch))
+    if first.total_bytes > usable:
+        raise NothingFitsError(
+            f"nothing fits: batch 1 of {calibration.arch} at {size} needs {describe_need(first)}, "
+            f"more than the {format_bytes(usable)} usable: choose a smaller patch, bf16-mixed, or a larger GPU"
         )
-    target = effective_batch or batch
-    accumulation = max(1, math.ceil(target / batch)) if batch else 0
+    batch = largest_at_most(lambda b: need(b).total_bytes, usable, 1, MAX_BATCH)
+    warnings = []
+    if batch == MAX_BATCH:
+        warnings.append(f"batch capped at {MAX_BATCH}: more would fit")
+    accumulation = 1
+    if effective_batch:
+        accumulation = math.ceil(effective_batch / batch)
+        batch = math.ceil(effective_batch / accumulation)
+    warnings += extrapolation_warnings(calibration, patch, batch, in_channels, out_channels)
     return BatchPlan(
         calibration.arch,
         _three(patch),
         batch,
-        peak(max(batch, 1)),
-        peak(batch + 1),
+        need(batch),
+        need(batch + 1),
         budget_bytes,
         safety,
         accumulation,
@@ -111,7 +161,7 @@ def initial_patch(
     """nnU-Net's starting point: a patch of 256^3 voxels' volume, isotropic in millimetres."""
     inverse = [1 / s for s in spacing] if spacing else [1.0, 1.0, 1.0]
     scale = (256**3 / math.prod(inverse)) ** (1 / 3)
-    sizes = [i * scale for i in inverse]
+    sizes = [round(i * scale, 6) for i in inverse]  # 255.99999 is 256: it must not round down to 240
     if median_shape:
         sizes = [min(size, shape) for size, shape in zip(sizes, median_shape, strict=True)]
     return sizes
@@ -123,59 +173,67 @@ def plan_patch(
     batch: int,
     budget_bytes: int,
     *,
-    safety: float = 0.9,
+    safety: float = 1.0,
     spacing: Sequence[float] | None = None,
     median_shape: Sequence[int] | None = None,
     in_channels: int = 1,
     out_channels: int = 2,
+    gpu: GpuInfo | None = None,
 ) -> PatchPlan:
     """The largest patch for ``batch``: nnU-Net's shrinking, checked by the calibrated formula.
 
-    Start isotropic in millimetres (so thick-slice data gets fewer through-plane voxels),
-    capped by the median shape; round down to the network's divisor; then, while the
-    prediction exceeds the budget, shrink the axis that is largest relative to the median
-    shape, one divisor at a time. Finally grow the patch back while it still fits and stays
-    within the median shape (nnU-Net stops short of the budget).
+    Start isotropic in millimetres with 256^3 voxels' volume (so thick-slice data gets fewer
+    through-plane voxels), capped by the median shape; round down to the network's divisor;
+    then, while the need exceeds the budget, shrink the axis that is largest relative to the
+    median shape, one divisor at a time. Finally grow the patch back while it still fits and
+    stays within the median shape, or within the starting patch when no median shape is given.
+
+    Raises:
+        InvalidInputError: the budget is below the fixed overheads.
+        NothingFitsError: even the smallest patch the network takes does not fit.
     """
     _check_budget(budget_bytes, safety)
     _check_geometry(spacing, median_shape)
     usable = budget_bytes * safety
     unit, smallest = spec.divisor, smallest_patch_size(spec)
-    limit = [max(smallest, (s // unit) * unit) for s in median_shape] if median_shape else [1024] * 3
-    patch = [
-        min(lim, max(smallest, int(size // unit) * unit))
-        for size, lim in zip(initial_patch(spec, spacing, median_shape), limit, strict=True)
-    ]
-    peak = lambda p: calibration.predict_peak_bytes(spec, p, batch, in_channels, out_channels)
-    reasons = [
-        f"start: {'x'.join(map(str, patch))} (isotropic in mm"
-        f"{', capped by the median shape' if median_shape else ''}, multiples of {unit})"
-    ]
-    reference = list(median_shape) if median_shape else [1024] * 3
-    while peak(patch) > usable:
+    start = [max(smallest, int(size // unit) * unit) for size in initial_patch(spec, spacing, median_shape)]
+    limit = [max(smallest, (s // unit) * unit) for s in median_shape] if median_shape else list(start)
+    patch = [min(lim, size) for size, lim in zip(start, limit, strict=True)]
+    need = lambda p: memory_need(calibration, spec, p, batch, in_channels, out_channels, gpu)
+    _check_fixed_overheads(need(patch), usable)
+    cap = "capped by the median shape" if median_shape else "no median shape: never beyond this start"
+    reasons = [f"start: {'x'.join(map(str, patch))} (isotropic in mm, {cap}, multiples of {unit})"]
+    reference = list(median_shape) if median_shape else list(limit)
+    while need(patch).total_bytes > usable:
         shrinkable = [axis for axis in range(3) if patch[axis] - unit >= smallest]
         if not shrinkable:
-            reasons.append(
-                f"even {'x'.join(map(str, patch))} needs {peak(patch) / 2**30:.2f} GiB at batch {batch}"
+            raise NothingFitsError(
+                f"nothing fits: even {'x'.join(map(str, patch))} at batch {batch} needs "
+                f"{describe_need(need(patch))}, more than the {format_bytes(usable)} usable: "
+                "choose a smaller batch, bf16-mixed, or a larger GPU"
             )
-            break
         axis = max(shrinkable, key=lambda a: patch[a] / reference[a])
         patch[axis] -= unit
-    else:  # the patch fits: grow it back while it still does
-        grown = True
-        while grown:
-            grown = False
-            for axis in sorted(range(3), key=lambda a: patch[a] / reference[a]):
-                candidate = list(patch)
-                candidate[axis] += unit
-                if candidate[axis] <= limit[axis] and peak(candidate) <= usable:
-                    patch, grown = candidate, True
-                    break
-        reasons.append(
-            f"largest within {usable / 2**30:.2f} GiB at batch {batch}: {'x'.join(map(str, patch))}"
-        )
+    grown = True
+    while grown:
+        grown = False
+        for axis in sorted(range(3), key=lambda a: patch[a] / reference[a]):
+            candidate = list(patch)
+            candidate[axis] += unit
+            if candidate[axis] <= limit[axis] and need(candidate).total_bytes <= usable:
+                patch, grown = candidate, True
+                break
+    reasons.append(f"largest within {format_bytes(usable)} at batch {batch}: {'x'.join(map(str, patch))}")
     return PatchPlan(
-        calibration.arch, _three(patch), batch, peak(patch), budget_bytes, safety, calibration, tuple(reasons)
+        calibration.arch,
+        _three(patch),
+        batch,
+        need(patch),
+        budget_bytes,
+        safety,
+        calibration,
+        tuple(reasons),
+        tuple(extrapolation_warnings(calibration, patch, batch, in_channels, out_channels)),
     )
 
 

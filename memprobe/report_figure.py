@@ -20,7 +20,8 @@ from memprobe.config import StepConfig
 from memprobe.errors import NoCalibrationError
 from memprobe.measurement import Measurement
 from memprobe.measuring import MeasurementLog
-from memprobe.planner import plan_batch
+from memprobe.planner import MAX_BATCH
+from memprobe.search import largest_at_most
 
 GIB = 2**30
 MIB = 2**20
@@ -95,16 +96,17 @@ def find_or_calibrate(log: MeasurementLog, base: StepConfig, budget_bytes: int) 
 
 
 def largest_batch(calibration: Calibration, spec: ArchSpec, config: StepConfig, usable_bytes: float) -> int:
-    """The largest batch the formula predicts within ``usable_bytes`` (0 when batch 1 does not fit)."""
-    return plan_batch(
-        calibration,
-        spec,
-        config.patch,
-        max(1, int(usable_bytes)),
-        safety=1.0,
-        in_channels=config.in_channels,
-        out_channels=config.out_channels,
-    ).batch
+    """The largest batch whose predicted *allocated* peak is within ``usable_bytes`` (0 if none).
+
+    The figure compares the formula with measured tensor peaks, so its line is the allocated
+    peak alone; a plan (`memprobe suggest`) also charges reserve, context, workspaces and margin.
+    """
+    predict = lambda b: calibration.predict_peak_bytes(
+        spec, config.patch, b, config.in_channels, config.out_channels
+    )
+    if predict(1) > usable_bytes:
+        return 0
+    return largest_at_most(predict, usable_bytes, 1, MAX_BATCH)
 
 
 def patch_curve(
@@ -198,7 +200,7 @@ def _caption(report: MemoryReport) -> str:
         "Peak allocated memory of a full training step (forward, Dice+CE loss, backward, optimizer "
         "step); the breakdown is traced on fake tensors.\n"
         f"Lines: the calibrated formula ({c.device} calibration {origin}{held_out}); dots: measured "
-        f"steps; stars: the largest batch predicted within {report.safety:.0%} of the budget."
+        f"steps; stars: the largest batch whose predicted allocated peak (tensors only) is within {report.safety:.0%} of the budget."
     )
 
 

@@ -32,4 +32,10 @@ def make_calibration(
         parameter_model={"constant": 5.6e6, "in_channels": 100.0, "out_channels": 100.0, "tokens": 0.0},
         quality=FitQuality(10, 0.01, 0.02, 4, 0.015, 0.03),
         created_at="2026-01-01T00:00:00+00:00",
+        fit_range={
+            "batch": [1, 64],
+            "voxels": [32**3, 512**3],
+            "in_channels": [1, 8],
+            "out_channels": [1, 16],
+        },
     )

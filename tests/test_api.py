@@ -16,7 +16,7 @@ import memprobe
 from memprobe.archs.registry import resolve_arch
 from memprobe.calibration import Calibration
 from memprobe.db import Database
-from memprobe.errors import InvalidInputError, NoCalibrationError
+from memprobe.errors import InvalidInputError, NoCalibrationError, NothingFitsError
 from memprobe.planner import plan_batch, plan_patch
 from tests.factories import make_calibration
 
@@ -108,11 +108,15 @@ def test_estimate_grows_with_batch_and_patch(mednext_db: Path) -> None:
 def test_max_batch_size(mednext_db: Path) -> None:
     """max_batch_size gives the planner's consistent answer for a memory size written as text."""
     plan = memprobe.max_batch_size("mednext", (128, 128, 128), "24GiB", db=mednext_db)
-    assert plan.budget_bytes == 24 * GIB and plan.batch == 6
-    assert plan.predicted_peak_bytes <= 24 * GIB * 0.9 < plan.next_batch_peak_bytes
-    assert memprobe.max_batch_size("mednext", (128, 128, 128), 24 * GIB, db=mednext_db).batch == 6
-    assert memprobe.max_batch_size("mednext", (128, 128, 128), "80GiB", db=mednext_db).batch > 6
-    assert memprobe.max_batch_size("mednext", (128, 128, 128), "1GiB", db=mednext_db).batch == 0
+    assert plan.budget_bytes == 24 * GIB and plan.batch >= 1
+    assert plan.need.total_bytes <= 24 * GIB < plan.next_need.total_bytes
+    assert plan.predicted_peak_bytes < plan.need.total_bytes
+    assert memprobe.max_batch_size("mednext", (128, 128, 128), 24 * GIB, db=mednext_db).batch == plan.batch
+    assert memprobe.max_batch_size("mednext", (128, 128, 128), "80GiB", db=mednext_db).batch > plan.batch
+    with pytest.raises(NothingFitsError):
+        memprobe.max_batch_size("mednext", (128, 128, 128), "4GiB", db=mednext_db)
+    with pytest.raises(InvalidInputError, match="fixed overheads"):
+        memprobe.max_batch_size("mednext", (128, 128, 128), "1GiB", db=mednext_db)
 
 
 def test_max_patch_size(mednext_db: Path) -> None:
@@ -122,7 +126,7 @@ def test_max_patch_size(mednext_db: Path) -> None:
     )
     assert all(size % 16 == 0 for size in plan.patch)
     assert all(size <= limit for size, limit in zip(plan.patch, (128, 256, 256), strict=True))
-    assert plan.predicted_peak_bytes <= 24 * GIB * 0.9 and plan.batch == 2
+    assert plan.need.total_bytes <= 24 * GIB and plan.batch == 2
 
 
 def test_missing_calibration_names_the_command(mednext_db: Path) -> None:
@@ -151,7 +155,7 @@ def test_gpu_without_its_calibration_falls_back_with_a_warning(mednext_db: Path)
     assert len(messages) == 3 and all(GPU_NAME in m and "trace calibration" in m for m in messages)
     assert all(w.filename == __file__ for w in caught)  # the warning points at the caller's line
     assert result.warning == messages[0] and result.calibration.device == "trace"
-    assert plan.warnings[0] == messages[1] and patch.reasons[0] == messages[2]
+    assert plan.warnings[0] == messages[1] and patch.warnings[0] == messages[2]
 
 
 def test_gpu_calibration_is_preferred_over_trace(db_path: Path) -> None:

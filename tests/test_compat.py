@@ -71,7 +71,7 @@ def test_suggest_batch_size_matches_the_planner(calibrated_db: Path, memory_gb: 
 
 def test_suggest_batch_size_is_at_least_one(calibrated_db: Path) -> None:
     """Even when batch 1 does not fit, the planner's contract of at least 1 holds."""
-    assert suggest_batch_size((256, 256, 256), 1, 2, 1.0, db=calibrated_db) == 1
+    assert suggest_batch_size((256, 256, 256), 1, 2, 4.0, db=calibrated_db) == 1
 
 
 def test_suggest_batch_size_grows_with_memory(calibrated_db: Path) -> None:

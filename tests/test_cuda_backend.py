@@ -32,6 +32,9 @@ def _round_up(size: int, block: int) -> int:
     return -(-size // block) * block
 
 
+CONTEXT_BYTES = 500 * 2**20  # what a fake CUDA context holds outside the allocator
+
+
 class FakeRuntime:
     """A recording stand-in for ``torch.cuda``: allocations, peaks, a memory fraction."""
 
@@ -85,6 +88,9 @@ class FakeRuntime:
 
     def device_name(self) -> str:
         return "Fake GPU 80GB"
+
+    def context_bytes(self) -> int | None:
+        return CONTEXT_BYTES
 
     def versions(self) -> dict[str, Any]:
         return {"driver_version": "550.0", "cuda_version": "12.4", "cudnn_version": "90100"}
@@ -271,3 +277,28 @@ def test_search_over_the_fake_gpu_finds_the_exact_threshold(budget_gib: int, run
         lambda b: MeasurementLog(fresh, None, budget).outcome(base.with_batch(b)), upper=1024
     )
     assert doubling.largest == result.largest and result.steps <= doubling.steps
+
+
+def test_warm_up_steps_until_the_optimizer_has_state() -> None:
+    """fp16's GradScaler skips optimizer.step() while the scale overflows: warm up until state exists."""
+    from memprobe.backends.cuda import warm_up
+
+    state = SimpleNamespace(optimizer=SimpleNamespace(state={}))
+    steps: list[int] = []
+
+    def skipping_step(current: Any) -> None:
+        steps.append(1)
+        if len(steps) == 3:  # the scaler has backed off enough: the optimizer steps
+            current.optimizer.state["weight"] = {"exp_avg": 0}
+
+    assert warm_up(state, skipping_step) == 3 and len(steps) == 3  # type: ignore[arg-type]
+    assert warm_up(SimpleNamespace(optimizer=SimpleNamespace(state={})), lambda s: None, max_steps=4) == 4  # type: ignore[arg-type]
+
+
+def test_cuda_measurements_carry_both_peaks_and_the_context(runtime: FakeRuntime) -> None:
+    """Reserved is measured per phase; the context outside the allocator is recorded."""
+    measurement = CudaBackend(runtime=runtime, step_runner=fake_step_runner(runtime)).measure(_config())
+    assert measurement.reserved_source == "measured"
+    assert set(measurement.reserved_phase_peaks_bytes) == {"forward", "backward", "optimizer"}
+    assert measurement.peak_reserved_bytes == max(measurement.reserved_phase_peaks_bytes.values())
+    assert measurement.context_bytes == CONTEXT_BYTES and measurement.warmup_steps == 1

@@ -14,7 +14,7 @@ from memprobe.config import StepConfig
 from memprobe.db import SCHEMA_VERSION, Database
 from memprobe.enums import OptimizerName, Precision
 from memprobe.errors import DatabaseError
-from memprobe.measurement import Environment, Measurement
+from memprobe.measurement import MEASUREMENT_CODE_VERSION, Environment, Measurement, ReuseKey
 from tests.robustness_helpers import file_state, query
 
 ENVIRONMENT = Environment("trace", "trace", torch_version="2.13", memprobe_version="0.1.0", host="here")
@@ -275,3 +275,76 @@ def test_the_newest_calibration_of_each_key_is_returned(db_path: Path) -> None:
 def test_an_in_memory_database_works(fresh_db: Database) -> None:
     fresh_db.add_calibration(calibration())
     assert [c.source for c in fresh_db.calibrations()] == [":memory:"]
+
+
+# What a measurement's reuse depends on, and databases from before the allocator replay ---------
+
+
+@pytest.mark.parametrize(
+    "stored_key",
+    [ReuseKey(code_version=MEASUREMENT_CODE_VERSION - 1), ReuseKey(model_hash="0123abcd")],
+)
+def test_measurements_of_other_code_or_model_source_are_not_reused(
+    fresh_db: Database, stored_key: ReuseKey
+) -> None:
+    """A measurement taken by other measuring code, or of an edited model file, is measured afresh."""
+    fresh_db.add_measurement(measurement(), stored_key)
+    assert fresh_db.find_measurement(CONFIG, ENVIRONMENT) is None
+    assert fresh_db.find_measurement(CONFIG, ENVIRONMENT, reuse_key=stored_key) is not None
+
+
+def test_a_custom_model_is_keyed_by_its_source_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Editing the factory's file changes the key its measurements are reused by."""
+    from memprobe.archs.build import factory_source_hash
+    from memprobe.archs.registry import resolve_arch
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = tmp_path / "edited_model_module.py"
+    source.write_text("def build(i, o):\n    return None\n")
+    spec = resolve_arch("edited_model_module:build")
+    before = factory_source_hash(spec)
+    source.write_text("def build(i, o):\n    return 1\n")
+    assert before is not None and factory_source_hash(spec) not in (None, before)
+    assert factory_source_hash(resolve_arch("mednext")) is None
+
+
+def test_all_new_measurement_fields_round_trip(fresh_db: Database) -> None:
+    stored = measurement(
+        peak_reserved_bytes=4096,
+        reserved_source="simulated",
+        simulated_allocated_bytes=1024,
+        reserved_phase_peaks_bytes={"forward": 2048, "backward": 4096},
+        context_bytes=500,
+        warmup_steps=3,
+    )
+    fresh_db.add_measurement(stored)
+    assert fresh_db.measurements() == [stored]
+
+
+def test_a_version_1_database_is_migrated_and_its_calibration_names_the_missing_reserve(
+    db_path: Path,
+) -> None:
+    """A calibration stored before the reserve was fitted is read with no reserve fit, never a made-up one."""
+    connection = sqlite3.connect(db_path)
+    connection.executescript(db_module.MIGRATIONS[0])
+    connection.execute("PRAGMA user_version = 1")
+    connection.execute(
+        "INSERT INTO calibrations (arch, device, precision, optimizer, deep_supervision, "
+        "phase_coefficients_json, parameter_model_json, quality_json, created_at) VALUES "
+        "('mednext', 'trace', 'fp32', 'adamw', 0, '{\"forward\": {\"constant\": 1e9}}', "
+        '\'{"constant": 5.0}\', \'{"points": 10, "median_relative_error": 0.01, '
+        "\"max_relative_error\": 0.02}', '2026-01-01')"
+    )
+    connection.commit()
+    connection.close()
+    with Database.open(db_path) as database:
+        (old,) = database.calibrations()
+    assert old.reserved_coefficients is None and old.fit_range is None
+    from memprobe.archs.registry import get_arch
+    from memprobe.memory_need import extrapolation_warnings, memory_need
+
+    need = memory_need(old, get_arch("mednext"), (64, 64, 64), 1)
+    assert "not calibrated" in need.reserve_source and "memprobe calibrate" in need.reserve_source
+    assert need.reserve_overhead_bytes == pytest.approx(0.1 * need.allocated_bytes)
+    assert "does not record the range" in extrapolation_warnings(old, (64, 64, 64), 1)[0]
+    assert sqlite3.connect(db_path).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)

@@ -8,7 +8,8 @@ import pytest
 
 from memprobe.archs.registry import get_arch, smallest_patch_size
 from memprobe.calibration import Calibration, FitQuality
-from memprobe.errors import InvalidInputError
+from memprobe.errors import InvalidInputError, NothingFitsError
+from memprobe.memory_need import memory_need
 from memprobe.planner import MAX_BATCH, initial_patch, is_anisotropic, plan_batch, plan_patch
 
 GIB = 2**30
@@ -31,6 +32,7 @@ CALIBRATION = Calibration(
     },
     parameter_model={"constant": 5.6e6, "in_channels": 100.0, "out_channels": 100.0, "tokens": 0.0},
     quality=FitQuality(10, 0.01, 0.02),
+    fit_range={"batch": [1, 4096], "voxels": [1, 2**30], "in_channels": [1, 8], "out_channels": [1, 8]},
 )
 PATCHES = [(64, 64, 64), (128, 128, 128), (32, 160, 160), (96, 128, 160)]
 
@@ -39,44 +41,57 @@ def _peak(patch: tuple[int, ...] | list[int], batch: int) -> float:
     return CALIBRATION.predict_peak_bytes(SPEC, patch, batch)
 
 
+def _total(patch: tuple[int, ...] | list[int], batch: int) -> float:
+    """Everything the step needs: allocated, reserve, context, workspaces, margin."""
+    return memory_need(CALIBRATION, SPEC, patch, batch).total_bytes
+
+
 @pytest.mark.parametrize("patch", PATCHES)
 def test_plan_batch_is_the_boundary(patch: tuple[int, int, int]) -> None:
-    """For many budgets the batch fits budget*safety and the next batch does not."""
+    """For many budgets the batch's whole need fits budget*safety and the next batch's does not."""
     for mib in range(4000, 200_000, 1999):
         budget = mib * 2**20
         for safety in (0.9, 0.75, 1.0):
-            plan = plan_batch(CALIBRATION, SPEC, patch, budget, safety=safety)
             usable = budget * safety
-            if plan.batch == 0:
-                assert _peak(patch, 1) > usable
+            if _total(patch, 1) > usable:
+                with pytest.raises(NothingFitsError):
+                    plan_batch(CALIBRATION, SPEC, patch, budget, safety=safety)
                 continue
+            plan = plan_batch(CALIBRATION, SPEC, patch, budget, safety=safety)
             assert plan.predicted_peak_bytes == pytest.approx(_peak(patch, plan.batch))
             assert plan.next_batch_peak_bytes == pytest.approx(_peak(patch, plan.batch + 1))
-            assert plan.predicted_peak_bytes <= usable < plan.next_batch_peak_bytes
+            assert plan.need.total_bytes <= usable < plan.next_need.total_bytes
+            assert plan.need.total_bytes == pytest.approx(_total(patch, plan.batch))
             assert plan.usable_bytes == pytest.approx(usable)
-            assert plan.utilisation == pytest.approx(plan.predicted_peak_bytes / budget)
+            assert plan.utilisation == pytest.approx(plan.need.total_bytes / budget)
             assert plan.accumulate_grad_batches == 1 and plan.effective_batch == plan.batch
             assert not plan.warnings
 
 
-def test_plan_batch_zero_when_batch_one_does_not_fit() -> None:
-    """Batch 0 with a warning naming the memory batch 1 needs, when nothing fits."""
-    plan = plan_batch(CALIBRATION, SPEC, (128, 128, 128), 1 * GIB)
-    assert plan.batch == 0 and plan.accumulate_grad_batches == 0 and plan.effective_batch == 0
-    assert len(plan.warnings) == 1 and "even batch 1 needs" in plan.warnings[0]
-    assert f"{_peak((128, 128, 128), 1) / GIB:.2f} GiB" in plan.warnings[0]
-    assert plan.predicted_peak_bytes == pytest.approx(_peak((128, 128, 128), 1))
+def test_plan_batch_raises_when_batch_one_does_not_fit() -> None:
+    """Nothing fits: a typed error (exit 3) naming what batch 1 needs, never a plan with batch 0."""
+    with pytest.raises(NothingFitsError, match="batch 1 of mednext at 128x128x128 needs") as raised:
+        plan_batch(CALIBRATION, SPEC, (128, 128, 128), 4 * GIB)
+    assert raised.value.exit_code == 3
+    assert f"{_total((128, 128, 128), 1) / GIB:.2f} GiB" in str(raised.value)
+
+
+def test_budget_below_fixed_overheads_is_an_input_error() -> None:
+    """A budget the context and workspaces alone use up is refused, naming them."""
+    with pytest.raises(InvalidInputError, match=r"24.00 MiB is less than the fixed overheads \(CUDA context"):
+        plan_batch(CALIBRATION, SPEC, (64, 64, 64), 24 * 2**20)
 
 
 @pytest.mark.parametrize("effective", [1, 4, 6, 7, 16, 25])
 def test_accumulation_reaches_the_effective_batch(effective: int) -> None:
-    """Accumulation is the fewest steps of the planned batch that reach the effective batch."""
+    """The fewest accumulation steps that reach the effective batch, and never a larger batch than needed."""
+    largest = plan_batch(CALIBRATION, SPEC, (128, 128, 128), 24 * GIB).batch
     plan = plan_batch(CALIBRATION, SPEC, (128, 128, 128), 24 * GIB, effective_batch=effective)
-    assert plan.batch == 6  # what 21.6 GiB holds with this calibration
     accumulation = plan.accumulate_grad_batches
-    assert accumulation == max(1, math.ceil(effective / plan.batch))
+    assert accumulation == math.ceil(effective / largest)
+    assert plan.batch <= min(largest, effective)
     assert plan.effective_batch == plan.batch * accumulation >= effective
-    assert (accumulation - 1) * plan.batch < effective
+    assert (accumulation - 1) * largest < effective and plan.batch * (accumulation - 1) < effective
 
 
 def test_plan_batch_caps_at_max_batch() -> None:
@@ -109,17 +124,19 @@ def test_plan_patch_is_valid_and_fits(
 ) -> None:
     """The patch is divisible, at least the smallest size, within the median shape and the budget."""
     budget = budget_gib * GIB
+    if _total((32, 32, 32), 2) > budget:
+        pytest.skip("nothing fits this budget: covered by test_plan_patch_when_nothing_fits")
     plan = plan_patch(CALIBRATION, SPEC, 2, budget, spacing=spacing, median_shape=median_shape)
     assert all(size % SPEC.divisor == 0 and size >= smallest_patch_size(SPEC) for size in plan.patch)
     if median_shape:
         assert all(size <= shape for size, shape in zip(plan.patch, median_shape, strict=True))
     assert plan.predicted_peak_bytes == pytest.approx(_peak(plan.patch, 2))
-    assert plan.predicted_peak_bytes <= budget * 0.9
+    assert plan.need.total_bytes == pytest.approx(_total(plan.patch, 2)) and plan.need.total_bytes <= budget
     assert plan.reasons[0].startswith("start:") and plan.reasons[-1].startswith("largest within")
-    assert plan.batch == 2 and plan.utilisation == pytest.approx(plan.predicted_peak_bytes / budget)
+    assert plan.batch == 2 and plan.utilisation == pytest.approx(plan.need.total_bytes / budget)
 
 
-@pytest.mark.parametrize("budget_gib", [2, 4, 8, 16, 24])
+@pytest.mark.parametrize("budget_gib", [4, 8, 16, 24])
 @pytest.mark.parametrize("median_shape", [None, (120, 400, 400)])
 def test_anisotropic_spacing_gives_a_thinner_first_axis(
     budget_gib: int, median_shape: tuple[int, ...] | None
@@ -146,7 +163,7 @@ def test_plan_patch_uses_the_budget() -> None:
     for axis in range(3):
         grown = list(plan.patch)
         grown[axis] += SPEC.divisor
-        assert grown[axis] > 256 or _peak(grown, 2) > budget * 0.9
+        assert grown[axis] > 256 or _total(grown, 2) > budget
 
 
 def test_plan_patch_small_median_shape_is_the_patch() -> None:
@@ -156,11 +173,16 @@ def test_plan_patch_small_median_shape_is_the_patch() -> None:
 
 
 def test_plan_patch_when_nothing_fits() -> None:
-    """If even the smallest patch is over budget, it is returned with a reason saying so."""
-    plan = plan_patch(CALIBRATION, SPEC, 2, GIB // 10)
-    assert plan.patch == (32, 32, 32)
-    assert plan.predicted_peak_bytes > GIB // 10 * 0.9
-    assert "even 32x32x32 needs" in plan.reasons[-1]
+    """If even the smallest patch is over budget, a typed error gives its need."""
+    with pytest.raises(NothingFitsError, match="even 32x32x32 at batch 40 needs"):
+        plan_patch(CALIBRATION, SPEC, 40, 2 * GIB)
+
+
+def test_plan_patch_without_median_shape_stays_within_its_start() -> None:
+    """Without a median shape the patch never grows past the 256^3 start it names (not 240: 255.999...)."""
+    plan = plan_patch(CALIBRATION, SPEC, 1, 10_000 * GIB)
+    assert plan.patch == (256, 256, 256)
+    assert "start: 256x256x256" in plan.reasons[0]
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,9 @@ ACTIVATION_BYTES_PER_SAMPLE = 12 * MIB
 CONFIG = StepConfig("fake", (32, 32, 32), 2)
 
 
+CONTEXT_BYTES = 500 * 2**20  # what a fake CUDA context holds outside the allocator
+
+
 class _Block:
     """One fake device allocation; freed when the last reference to it goes."""
 
@@ -96,6 +99,9 @@ class FakeCudaRuntime:
 
     def device_name(self) -> str:
         return "Fake GPU"
+
+    def context_bytes(self) -> int | None:
+        return CONTEXT_BYTES
 
     def versions(self) -> dict[str, Any]:
         return {"driver_version": None, "cuda_version": None, "cudnn_version": None}

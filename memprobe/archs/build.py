@@ -76,3 +76,25 @@ def build_model(
             "the factory must return the network"
         )
     return model
+
+
+def factory_source_hash(spec: ArchSpec) -> str | None:
+    """A hash of a custom factory's source file, so an edited model is measured afresh.
+
+    None for registered networks: their code is pinned by the library versions that every
+    stored measurement's environment records.
+    """
+    if not spec.custom:
+        return None
+    import hashlib
+    import importlib.util
+
+    module_name = spec.factory.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.origin or not os.path.isfile(found.origin):
+        return f"unhashable:{spec.factory}"
+    with open(found.origin, "rb") as source:
+        return hashlib.sha256(source.read()).hexdigest()[:16]

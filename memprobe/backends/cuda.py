@@ -7,8 +7,9 @@ cache is emptied and the next probe starts from the same state as a fresh proces
 from __future__ import annotations
 
 import gc
+import os
 import time
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -19,7 +20,7 @@ from memprobe.enums import DeviceKind
 from memprobe.environment import software_environment
 from memprobe.errors import MemprobeError, ModelError
 from memprobe.measurement import Environment, Measurement
-from memprobe.step import parameter_count, prepare_training, train_step
+from memprobe.step import TrainingState, parameter_count, prepare_training, train_step
 
 
 class CudaRuntime(Protocol):
@@ -35,6 +36,7 @@ class CudaRuntime(Protocol):
     def total_memory_bytes(self) -> int: ...
     def device_name(self) -> str: ...
     def versions(self) -> dict[str, Any]: ...
+    def context_bytes(self) -> int | None: ...
 
 
 class TorchCudaRuntime:
@@ -77,14 +79,49 @@ class TorchCudaRuntime:
             "cudnn_version": str(cudnn) if cudnn else None,
         }
 
+    def context_bytes(self) -> int | None:
+        """Device memory this process holds outside the caching allocator: the CUDA context.
 
-StepRunner = Any  # Callable[[StepConfig, torch.device, PhaseCallback], tuple[float, int]]
+        NVML's per-process figure minus the allocator's reserve; where NVML cannot say, the
+        device's used memory (``mem_get_info``) minus the reserve, which assumes no other process.
+        """
+        from memprobe.gpu_info import nvml_process_used_bytes
+
+        reserved = torch.cuda.memory_reserved()
+        used = nvml_process_used_bytes(os.getpid())
+        if used is None:
+            free, total = torch.cuda.mem_get_info()
+            used = total - free
+        return max(0, used - reserved)
 
 
-def run_real_step(
-    config: StepConfig, device: torch.device, on_phase: Any, before_measured: Any
-) -> tuple[float, int]:
-    """Build the network on ``device`` and run a warm-up step and the measured step."""
+class StepRun(NamedTuple):
+    """What running the steps tells besides memory: time, size, and warm-up steps needed."""
+
+    seconds: float
+    parameters: int
+    warmup_steps: int = 1
+
+
+MAX_WARMUP_STEPS = 20
+
+
+def warm_up(state: TrainingState, step: Any = train_step, max_steps: int = MAX_WARMUP_STEPS) -> int:
+    """Step until the optimizer holds state; return the steps run.
+
+    With fp16 autocast, GradScaler skips ``optimizer.step()`` while the loss scale overflows,
+    so a single warm-up step can leave the optimizer without its state (AdamW's two moments):
+    the measured step would then miss them, or create them at its own peak.
+    """
+    for steps in range(1, max_steps + 1):
+        step(state)
+        if state.optimizer.state:
+            return steps
+    return max_steps
+
+
+def run_real_step(config: StepConfig, device: torch.device, on_phase: Any, before_measured: Any) -> StepRun:
+    """Build the network on ``device``, warm up until the optimizer has state, run the measured step."""
     spec = resolve_arch(config.arch)
     model = build_model(
         spec,
@@ -94,11 +131,11 @@ def run_real_step(
         patch=config.patch,
     ).to(device)
     state = prepare_training(config, model, device)
-    train_step(state)
+    warmup_steps = warm_up(state)
     before_measured()
     started = time.perf_counter()
     train_step(state, on_phase)
-    return time.perf_counter() - started, parameter_count(model)
+    return StepRun(time.perf_counter() - started, parameter_count(model), warmup_steps)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -156,10 +193,12 @@ class CudaBackend:
                 min(1.0, self.budget_bytes / runtime.total_memory_bytes())
             )
         out_of_memory = False
+        run, context = StepRun(0.0, 0), None
         try:
-            seconds, parameters = self._step_runner(
-                config, torch.device("cuda"), on_phase, runtime.reset_peak_memory_stats
+            run = StepRun(
+                *self._step_runner(config, torch.device("cuda"), on_phase, runtime.reset_peak_memory_stats)
             )
+            context = runtime.context_bytes()
         except MemprobeError:
             raise  # the network could not be built: already a one-line error with its exit code
         except Exception as error:
@@ -181,9 +220,13 @@ class CudaBackend:
             peak_allocated_bytes=max(phase_allocated.values(), default=0),
             peak_reserved_bytes=max(phase_reserved.values(), default=0),
             phase_peaks_bytes=phase_allocated,
-            step_seconds=seconds,
+            step_seconds=run.seconds,
             budget_bytes=self.budget_bytes,
-            parameter_count=parameters,
+            parameter_count=run.parameters,
+            reserved_source="measured",
+            reserved_phase_peaks_bytes=phase_reserved,
+            context_bytes=context,
+            warmup_steps=run.warmup_steps,
         )
 
     def _release_cached_memory(self) -> None:

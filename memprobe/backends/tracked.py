@@ -16,6 +16,7 @@ from torch import nn
 
 from memprobe.archs.build import build_model
 from memprobe.archs.registry import resolve_arch
+from memprobe.backends.caching_allocator import replay
 from memprobe.backends.tracking import AllocationTracker
 from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
@@ -107,6 +108,7 @@ class _TrackedBackend:
                 stack.enter_context(tracker)
                 breakdown: dict[str, int] | None = {} if self.breakdown else None
                 seconds, parameters = _run_tracked(config, model, tracker, breakdown)
+            simulated = replay(tracker.events, measure_from=tracker.measured_from, spans=tracker.phase_starts)
         except (torch.OutOfMemoryError, MemoryError):
             return Measurement(config, self.environment(), None, oom=True)
         except Exception as error:
@@ -124,6 +126,11 @@ class _TrackedBackend:
             step_seconds=seconds,
             parameter_count=parameters,
             breakdown_bytes=breakdown or {},
+            peak_reserved_bytes=simulated.peak_reserved_bytes,
+            reserved_source="simulated",
+            simulated_allocated_bytes=simulated.peak_allocated_bytes,
+            reserved_phase_peaks_bytes={name: peaks[1] for name, peaks in simulated.span_peaks.items()},
+            warmup_steps=1,
         )
 
 

@@ -3,6 +3,9 @@
 Every tensor an op returns is looked at once; a storage not seen before is charged its size,
 rounded up to the allocator's 512-byte block, and credited back when Python finalizes it.
 This works the same on fake tensors (nothing is allocated) and on real CPU tensors.
+
+Every allocation and free is also kept, in order, as an event (serial, requested bytes, op),
+so the caching allocator's reserve can be replayed afterwards (``caching_allocator.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from memprobe.backends.caching_allocator import FREE, Event
 
 CUDA_BLOCK_BYTES = 512
 
@@ -46,9 +51,16 @@ class AllocationTracker(TorchDispatchMode):
         self._ops_in_phase = 0
         self._window_size = 0
         self._window_peak = 0
+        # The allocation history: events in order, where the measured step begins, and where
+        # each of its phases begins (event index, phase name).
+        self.events: list[Event] = []
+        self.measured_from = 0
+        self.phase_starts: list[tuple[int, str]] = []
+        self._op = "parameters"
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        self._op = str(func)
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
                 self.track(leaf)
@@ -66,6 +78,7 @@ class AllocationTracker(TorchDispatchMode):
         charged = cuda_block_size(storage.nbytes())
         self._serial += 1
         self._live[key] = (charged, self._serial)
+        self.events.append((self._serial, storage.nbytes(), self._op))
         weakref.finalize(storage, self._release, key)
         self.current_bytes += charged
         self._phase_peak = max(self._phase_peak, self.current_bytes)
@@ -86,11 +99,15 @@ class AllocationTracker(TorchDispatchMode):
             self.track(tensor)
 
     def _release(self, key: int) -> None:
-        charged, _ = self._live.pop(key, (0, 0))
+        charged, serial = self._live.pop(key, (0, 0))
         self.current_bytes -= charged
+        if serial:
+            self.events.append((serial, FREE, ""))
 
     def reset_peak(self) -> None:
-        """Start counting the peak afresh from what is live now."""
+        """Start counting the peak afresh from what is live now (the measured step begins)."""
+        self.measured_from = len(self.events)
+        self.phase_starts.clear()
         self.peak_bytes = self.current_bytes
         self._phase_peak = self.current_bytes
         if self.snapshot_peak:
@@ -99,11 +116,13 @@ class AllocationTracker(TorchDispatchMode):
     def start_phase(self, name: str | None) -> None:
         """Close the current phase (recording its peak and op count) and start ``name``."""
         if self._phase is not None:
-            if self._window_size:
-                self._close_window()
+            if self._window_size and self._ops_in_phase % self._window_size:
+                self._close_window()  # the last window is partial; a full one closed with its last op
             self.phase_peaks_bytes[self._phase] = self._phase_peak
             self.phase_op_counts[self._phase] = self._ops_in_phase
         self._phase = name
+        if name is not None:
+            self.phase_starts.append((len(self.events), name))
         self._phase_peak = self._window_peak = self.current_bytes
         self._ops_in_phase = 0
         windows = self._windows_per_phase.get(name or "", 0)

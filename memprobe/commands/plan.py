@@ -21,7 +21,11 @@ from memprobe.reporters import Report
     "--effective-batch", type=click.IntRange(min=1), default=None, help="Batch to reach by accumulation."
 )
 @click.option(
-    "--safety", default=0.9, show_default=True, type=float, help="Share of the memory the plan may use."
+    "--safety",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Share of the budget the whole need may use, on top of the calibrated margin.",
 )
 @click.option(
     "--num-gpus", default=1, show_default=True, type=click.IntRange(min=1), help="GPUs (for workers)."
@@ -65,9 +69,9 @@ def plan(
     memprobe plan --arch mednext --gpu-mem 24GiB --spacing 1 1 1 --median-shape 128 256 256
     memprobe plan --arch dynunet --gpu-mem 80GiB --batch 2 --yaml
     """
-    from memprobe.commands.budget import resolve_budget
+    from memprobe.commands.budget import budget_note, resolve_budget
+    from memprobe.commands.plan_output import calibration_data, calibration_text, need_rows
     from memprobe.full_plan import make_plan
-    from memprobe.units import format_bytes
 
     budget_bytes, gpu = resolve_budget(gpu_mem)
     result = make_plan(
@@ -98,12 +102,19 @@ def plan(
         **{name: value.value for name, value in result.values.items()},
         "reasons": {name: value.reason for name, value in result.values.items()},
         "predicted_peak_bytes": round(result.predicted_peak_bytes),
+        "need": result.need.to_dict(),
         "budget_bytes": result.budget_bytes,
+        "calibration": calibration_data(result.calibration),
         "warnings": list(result.warnings),
         **result.exports(),
     }
     notes = (
-        f"predicted peak {format_bytes(result.predicted_peak_bytes)} of {format_bytes(budget_bytes)}",
+        f"calibration: {calibration_text(result.calibration)}",
+        budget_note(budget_bytes, gpu, gpu_mem),
         *(f"warning: {w}" for w in result.warnings),
     )
-    emit(Report(data, ((f"Plan for {result.arch}", rows),), notes), as_json, "yaml" if as_yaml else None)
+    tables = (
+        (f"Plan for {result.arch}", rows),
+        ("What the plan needs", need_rows(result.need, budget_bytes * safety)),
+    )
+    emit(Report(data, tables, notes), as_json, "yaml" if as_yaml else None)

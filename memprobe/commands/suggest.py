@@ -6,7 +6,9 @@ from typing import Any
 
 import click
 
+from memprobe.commands.budget import budget_note
 from memprobe.commands.options import arch_option, db_option, emit, patch_option
+from memprobe.commands.plan_output import calibration_data, calibration_text, need_rows
 from memprobe.reporters import Report
 from memprobe.units import format_bytes
 
@@ -22,14 +24,6 @@ def _floats(values: tuple[str, ...] | None, what: str) -> list[float] | None:
         raise InvalidInputError(f"{what} takes 3 numbers, got {' '.join(values)}") from None
 
 
-def _calibration_text(calibration: Any) -> str:
-    error = calibration.quality.heldout_median_relative_error
-    fit = (
-        f"held-out error {100 * error:.1f}%" if error is not None else f"{calibration.quality.points} points"
-    )
-    return f"{calibration.device} ({calibration.source}, {calibration.created_at[:10]}, {fit})"
-
-
 @click.command()
 @arch_option
 @patch_option(required=False)
@@ -39,7 +33,7 @@ def _calibration_text(calibration: Any) -> str:
 @click.option(
     "--gpu-mem",
     default=None,
-    help="Memory to plan for, e.g. 24GiB, 24GB, 24000MiB or 24; default the detected GPU's.",
+    help="Memory to plan for, e.g. 24GiB, 24GB, 24000MiB or 24; default the detected GPU's free memory.",
 )
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")
 @click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
@@ -51,7 +45,11 @@ def _calibration_text(calibration: Any) -> str:
 )
 @click.option("--deep-supervision", is_flag=True, help="Plan for training with deep-supervision heads.")
 @click.option(
-    "--safety", default=0.9, show_default=True, type=float, help="Share of the memory the plan may use."
+    "--safety",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Share of the budget the whole need may use, on top of the calibrated margin.",
 )
 @click.option(
     "--effective-batch",
@@ -112,7 +110,7 @@ def suggest(
     from memprobe.commands.budget import resolve_budget
     from memprobe.errors import InvalidInputError
 
-    budget_bytes, _ = resolve_budget(gpu_mem)
+    budget_bytes, gpu = resolve_budget(gpu_mem)
     if patch is None and batch is None:
         raise InvalidInputError("give --patch D H W (to plan the batch) or --batch N (to plan the patch)")
     archs = [arch]
@@ -137,7 +135,7 @@ def suggest(
             max_batch_size(a, sizes, budget_bytes, precision, effective_batch=effective_batch, **common)
             for a in archs
         ]
-        report = _batch_report(batch_plans, budget_bytes)
+        report = _batch_report(batch_plans, budget_bytes, budget_note(budget_bytes, gpu, gpu_mem))
     else:
         shape = _floats(median_shape, "--median-shape")
         patch_plans = [
@@ -152,7 +150,7 @@ def suggest(
             )
             for a in archs
         ]
-        report = _patch_report(patch_plans, budget_bytes)
+        report = _patch_report(patch_plans, budget_bytes, budget_note(budget_bytes, gpu, gpu_mem))
     emit(report, as_json, "yaml" if as_yaml else None)
 
 
@@ -164,21 +162,23 @@ def _positive_batch(batch: str | None) -> int:
     return int(batch)
 
 
-def _batch_report(plans: list[Any], budget_bytes: int) -> Report:
+def _batch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Report:
     from memprobe.enums import Precision
     from memprobe.exports import nnunet_plans, pytc_config
 
     rows, data, notes = [], [], []
+    tables: list[tuple[str, list[dict[str, Any]]]] = []
     for p in plans:
         rows.append(
             {
                 "arch": p.arch,
                 "patch": "x".join(map(str, p.patch)),
                 "batch": p.batch,
-                "predicted peak": format_bytes(p.predicted_peak_bytes),
+                "allocated": format_bytes(p.need.allocated_bytes),
+                "total need": format_bytes(p.need.total_bytes),
                 "of budget": f"{p.utilisation:.0%}",
                 "accumulate": p.accumulate_grad_batches,
-                "calibration": _calibration_text(p.calibration),
+                "calibration": calibration_text(p.calibration),
             }
         )
         precision = Precision(p.calibration.precision)
@@ -189,13 +189,15 @@ def _batch_report(plans: list[Any], budget_bytes: int) -> Report:
                 "batch": p.batch,
                 "predicted_peak_bytes": round(p.predicted_peak_bytes),
                 "next_batch_peak_bytes": round(p.next_batch_peak_bytes),
+                "need": p.need.to_dict(),
+                "next_batch_total_bytes": round(p.next_need.total_bytes),
                 "budget_bytes": p.budget_bytes,
                 "safety": p.safety,
                 "utilisation": round(p.utilisation, 4),
                 "accumulate_grad_batches": p.accumulate_grad_batches,
                 "effective_batch": p.effective_batch,
                 "precision": precision.value,
-                "calibration": _calibration_data(p.calibration),
+                "calibration": calibration_data(p.calibration),
                 "warnings": list(p.warnings),
                 "pytorch_connectomics": pytc_config(
                     p.patch, p.batch, precision.lightning_name, p.accumulate_grad_batches
@@ -203,22 +205,28 @@ def _batch_report(plans: list[Any], budget_bytes: int) -> Report:
                 "nnunet_plans": nnunet_plans(p.patch, p.batch),
             }
         )
+        if len(plans) <= 3:
+            tables.append((f"What batch {p.batch} of {p.arch} needs", need_rows(p.need, p.usable_bytes)))
         notes += [f"warning: {w}" for w in p.warnings]
-    notes.append(f"budget {format_bytes(budget_bytes)} x safety {plans[0].safety if plans else '-'}")
-    return Report(data if len(data) != 1 else data[0], (("", rows),), tuple(notes))
+    notes.append(budget_text + (f" x safety {plans[0].safety}" if plans and plans[0].safety != 1 else ""))
+    if len(plans) > 3:
+        notes.append("each plan's term-by-term need is in --json")
+    return Report(data if len(data) != 1 else data[0], (("", rows), *tables), tuple(notes))
 
 
-def _patch_report(plans: list[Any], budget_bytes: int) -> Report:
+def _patch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Report:
     rows, data, notes = [], [], []
+    tables: list[tuple[str, list[dict[str, Any]]]] = []
     for p in plans:
         rows.append(
             {
                 "arch": p.arch,
                 "batch": p.batch,
                 "patch": "x".join(map(str, p.patch)),
-                "predicted peak": format_bytes(p.predicted_peak_bytes),
+                "allocated": format_bytes(p.need.allocated_bytes),
+                "total need": format_bytes(p.need.total_bytes),
                 "of budget": f"{p.utilisation:.0%}",
-                "calibration": _calibration_text(p.calibration),
+                "calibration": calibration_text(p.calibration),
             }
         )
         data.append(
@@ -227,23 +235,23 @@ def _patch_report(plans: list[Any], budget_bytes: int) -> Report:
                 "batch": p.batch,
                 "patch": list(p.patch),
                 "predicted_peak_bytes": round(p.predicted_peak_bytes),
+                "need": p.need.to_dict(),
                 "budget_bytes": p.budget_bytes,
                 "safety": p.safety,
                 "reasons": list(p.reasons),
-                "calibration": _calibration_data(p.calibration),
+                "warnings": list(p.warnings),
+                "calibration": calibration_data(p.calibration),
             }
         )
+        if len(plans) <= 3:
+            patch = "x".join(map(str, p.patch))
+            tables.append(
+                (
+                    f"What {patch} at batch {p.batch} of {p.arch} needs",
+                    need_rows(p.need, p.budget_bytes * p.safety),
+                )
+            )
         notes += [f"{p.arch}: {reason}" for reason in p.reasons]
-    return Report(data if len(data) != 1 else data[0], (("", rows),), tuple(notes))
-
-
-def _calibration_data(calibration: Any) -> dict[str, Any]:
-    quality = calibration.quality
-    return {
-        "device": calibration.device,
-        "source": calibration.source,
-        "created_at": calibration.created_at,
-        "heldout_median_relative_error": quality.heldout_median_relative_error,
-        "heldout_max_relative_error": quality.heldout_max_relative_error,
-        "points": quality.points,
-    }
+        notes += [f"warning: {w}" for w in p.warnings]
+    notes.append(budget_text)
+    return Report(data if len(data) != 1 else data[0], (("", rows), *tables), tuple(notes))
