@@ -14,13 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memprobe.pytc_planner import (
-    DEFAULT_ARCHITECTURE,
-    DEFAULT_SAFETY_MARGIN,
-    AutoConfigPlanner,
-    AutoPlanResult,
-    format_plan,
-)
+from memprobe.pytc_planner import DEFAULT_ARCHITECTURE, DEFAULT_SAFETY_MARGIN, AutoConfigPlanner
+from memprobe.pytc_result import AutoPlanResult, format_plan
 
 _AUTO_MARKERS = ("auto", "[auto]", "???")
 
@@ -159,7 +154,9 @@ def plan_config(
     architecture = lookup(config, "model.architecture")
     if not is_explicit(architecture):
         architecture = DEFAULT_ARCHITECTURE
-        notes.append(f"model.architecture is not set: planned for {DEFAULT_ARCHITECTURE}, the default network")
+        notes.append(
+            f"model.architecture is not set: planned for {DEFAULT_ARCHITECTURE}, the default network"
+        )
     kept: dict[str, Any] = {}
     overrides: dict[str, Any] = {}
     for target in TARGETS:

@@ -44,7 +44,9 @@ def _round_trip(text: str) -> YAML:
     except YAMLError:
         indent, block_sequence_indent = 2, 0
     indent = indent or 2
-    yaml.indent(mapping=indent, sequence=indent + (block_sequence_indent or 0), offset=block_sequence_indent or 0)
+    yaml.indent(
+        mapping=indent, sequence=indent + (block_sequence_indent or 0), offset=block_sequence_indent or 0
+    )
     return yaml
 
 

@@ -89,6 +89,9 @@ def plan_config_view(
     rows = [
         {"key": path, "value": value, "action": "set", "reason": reasons.get(key_name[path], "")}
         for path, value in plan.planned.items()
-    ] + [{"key": path, "value": value, "action": "kept", "reason": "set in the config"} for path, value in plan.kept.items()]
+    ] + [
+        {"key": path, "value": value, "action": "kept", "reason": "set in the config"}
+        for path, value in plan.kept.items()
+    ]
     notes = (*plan.notes, f"wrote {out_path}", *(f"warning: {w}" for w in warnings))
     emit(Report(data, ((f"Planned {config_path}", rows),), notes), as_json)
