@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memprobe.errors import InvalidInputError
 from memprobe.pytc_planner import DEFAULT_ARCHITECTURE, DEFAULT_SAFETY_MARGIN, AutoConfigPlanner
 from memprobe.pytc_result import AutoPlanResult, format_plan
+from memprobe.pytc_values import check_value
 
 _AUTO_MARKERS = ("auto", "[auto]", "???")
 
@@ -120,6 +122,8 @@ def _section(node: Any, key: str) -> Any:
     if child is None:
         node[key] = {} if _is_omegaconf(node) else type(node)()
         child = node[key]
+    if not isinstance(child, Mapping):
+        raise InvalidInputError(f"{key} must be a section (a mapping of keys), got {child!r}")
     return child
 
 
@@ -129,6 +133,12 @@ def _write(config: MutableMapping[str, Any], path: str, value: Any) -> None:
     for name in sections:
         node = _section(node, name)
     node[key] = value
+
+
+def _setting(config: Any, path: str, default: Any = None) -> Any:
+    """An input of planning (not a planned value), checked so a wrong type names its key."""
+    value = lookup(config, path)
+    return default if value is None else check_value(path.rpartition(".")[2], value, path)
 
 
 def plan_config(
@@ -162,25 +172,25 @@ def plan_config(
     for target in TARGETS:
         for path in target.paths:
             if is_explicit(value := lookup(config, path)):
-                kept[path], overrides[target.name] = value, value
+                kept[path], overrides[target.name] = value, check_value(target.name, value, path)
                 break
+    model = {
+        name: _setting(config, f"model.{name}", default)
+        for name, default in (("in_channels", 1), ("out_channels", 2), ("deep_supervision", False))
+    }
     planner = planner_class(
         str(architecture),
-        lookup(config, "data.target_spacing"),
-        lookup(config, "data.median_shape"),
+        _setting(config, "data.target_spacing"),
+        _setting(config, "data.median_shape"),
         overrides,
-        mednext_size=lookup(config, "model.mednext_size") or "S",
+        mednext_size=str(lookup(config, "model.mednext_size") or "S"),
         gpu_memory_gb=gpu_memory_gb,
         num_gpus=num_gpus,
         safety_margin=safety_margin or DEFAULT_SAFETY_MARGIN,
         db=db,
         device=device,
     )
-    result = planner.plan(
-        in_channels=int(lookup(config, "model.in_channels") or 1),
-        out_channels=int(lookup(config, "model.out_channels") or 2),
-        deep_supervision=bool(lookup(config, "model.deep_supervision")),
-    )
+    result = planner.plan(**model)
     planned = {
         write_path(config, target): getattr(result, target.name)
         for target in TARGETS

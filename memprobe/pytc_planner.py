@@ -21,6 +21,7 @@ from memprobe.full_plan import PlanValue, choose_precision, make_plan
 from memprobe.gpu_info import detect_gpus
 from memprobe.pytc_gpu import gpu_info_dict
 from memprobe.pytc_result import AutoPlanResult, describe_calibration, format_plan
+from memprobe.pytc_values import check_value, precision_from_lightning
 
 _GB = 1024**3
 DEFAULT_ARCHITECTURE = "mednext"  # the planner's default network
@@ -37,28 +38,6 @@ PYTC_ARCHITECTURES = {
     "monai_dynunet": "dynunet",
 }
 MEDNEXT_SIZES = {"S": "mednext", "B": "mednext-b", "M": "mednext-m", "L": "mednext-l"}
-
-_LIGHTNING_PRECISIONS = {
-    "32": Precision.FP32,
-    "32-true": Precision.FP32,
-    "16": Precision.FP16_MIXED,
-    "16-mixed": Precision.FP16_MIXED,
-    "bf16": Precision.BF16_MIXED,
-    "bf16-mixed": Precision.BF16_MIXED,
-}
-
-
-def precision_from_lightning(text: object) -> Precision:
-    """memprobe's precision for a Lightning name (``32``, ``16-mixed``, ``bf16-mixed``) or its own."""
-    key = str(text).strip().lower()
-    if key in _LIGHTNING_PRECISIONS:
-        return _LIGHTNING_PRECISIONS[key]
-    try:
-        return Precision(key)
-    except ValueError:
-        raise InvalidInputError(
-            f"precision {text!r} is not one memprobe measures: use 32, 16-mixed or bf16-mixed"
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -116,9 +95,16 @@ class AutoConfigPlanner:
         device: str | None = None,
     ) -> None:
         self.architecture = architecture
-        self.target_spacing = list(target_spacing) if target_spacing is not None else [1.0, 1.0, 1.0]
-        self.median_shape = list(median_shape) if median_shape is not None else None
-        self.manual_overrides = dict(manual_overrides or {})
+        spacing = target_spacing if target_spacing is not None else [1.0, 1.0, 1.0]
+        self.target_spacing: list[float] = check_value("target_spacing", spacing)
+        self.median_shape: list[int] | None = (
+            check_value("median_shape", median_shape) if median_shape is not None else None
+        )
+        self.manual_overrides = {
+            key: check_value(key, value, f"manual override {key}")
+            for key, value in (manual_overrides or {}).items()
+            if value is not None
+        }
         self.mednext_size = str(mednext_size).upper()
         self.safety_margin, self.db, self.device = safety_margin, db, device
         self.gpus = detect_gpus()

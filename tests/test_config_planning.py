@@ -346,3 +346,38 @@ def test_write_replaces_the_output_whole(calibrated_db: Path, seed_config: Path,
     planned = plan_config_file(seed_config, out, gpu_memory_gb=24.0)
     assert out.read_text() == planned.text and planned.written == out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.sqlite", "mednext_auto.yaml", "planned.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("data: 5\n", "data must be a section"),
+        ("model:\n  in_channels: abc\n", "model.in_channels must be a whole number"),
+        ("data:\n  batch_size: two\n", "data.batch_size must be a whole number"),
+        ("data:\n  target_spacing: 3\n", "data.target_spacing must be 3 positive numbers"),
+        ("data:\n  patch_size: [64, 64]\n", "data.patch_size must be 3 positive whole numbers"),
+        ("training:\n  precision: 64\n", "training.precision 64 is not a precision memprobe measures"),
+        ("optimizer:\n  lr: -1\n", "optimizer.lr must be a positive number"),
+        ("- a list\n", "a config must be a mapping"),
+    ],
+    ids=["scalar-section", "channels", "batch", "spacing", "patch", "precision", "lr", "list"],
+)
+def test_wrong_values_name_their_key(
+    calibrated_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, fragment: str
+) -> None:
+    """A value of the wrong type is one line naming its key, exit 2; the file is left as it was."""
+    config = tmp_path / "config.yaml"
+    config.write_text(content)
+    before = _sha(config)
+    error = _one_line_error(*_run(["plan", "--config", str(config), "--gpu-mem", "24GiB"], capsys))
+    assert fragment in error and _sha(config) == before
+
+
+def test_planner_accepts_tuples_and_numpy_sizes(calibrated_db: Path) -> None:
+    """Spacing and shapes may be tuples or numpy arrays, as dataset analysis returns them."""
+    numpy = pytest.importorskip("numpy")
+    from_lists = AutoConfigPlanner(median_shape=[96, 128, 128], gpu_memory_gb=24.0).plan()
+    planner = AutoConfigPlanner(
+        target_spacing=(1.0, 1.0, 1.0), median_shape=numpy.array([96, 128, 128]), gpu_memory_gb=24.0
+    )
+    assert planner.plan().patch_size == from_lists.patch_size
