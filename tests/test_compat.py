@@ -368,3 +368,32 @@ def test_seed_example_programmatic_planning(planner_db: Path, capsys: pytest.Cap
         cfg.optimization.lr == 1e-3
         and cfg.training.accumulate_grad_batches == expected.accumulate_grad_batches
     )
+
+
+def test_seed_example_custom_planning(planner_db: Path) -> None:
+    """The seed's "Advanced: Custom Planning" subclass runs unchanged and plans like the base class."""
+    from memprobe.compat import AutoConfigPlanner
+
+    class CustomPlanner(AutoConfigPlanner):
+        def _plan_patch_size(self):  # type: ignore[no-untyped-def]
+            """Override patch size planning logic."""
+            # Custom logic here
+            patch_size = super()._plan_patch_size()
+            # Modify patch_size
+            return patch_size
+
+        def _get_architecture_defaults(self):  # type: ignore[no-untyped-def]
+            """Add custom architecture defaults."""
+            defaults = super()._get_architecture_defaults()
+            defaults["my_custom_arch"] = {
+                "base_features": 64,
+                "lr": 5e-4,
+            }
+            return defaults
+
+    custom = CustomPlanner(median_shape=[128, 256, 256], gpu_memory_gb=BUDGET_GB).plan()
+    plain = _planner(median_shape=[128, 256, 256]).plan()
+    assert (custom.patch_size, custom.batch_size, custom.lr) == (plain.patch_size, plain.batch_size, 1e-3)
+    assert custom.reasons["patch_size"] == plain.reasons["patch_size"]
+    with pytest.raises(InvalidInputError, match=r"no network memprobe can measure.*memprobe archs"):
+        CustomPlanner("my_custom_arch")
