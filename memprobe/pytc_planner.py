@@ -38,6 +38,15 @@ PYTC_ARCHITECTURES = {
     "monai_dynunet": "dynunet",
 }
 MEDNEXT_SIZES = {"S": "mednext", "B": "mednext-b", "M": "mednext-m", "L": "mednext-l"}
+# What memprobe adds to the planner's result: measured facts, never overridden.
+_MEMPROBE_FIELDS = {
+    "arch",
+    "reasons",
+    "calibration_source",
+    "predicted_peak_bytes",
+    "budget_bytes",
+    "warnings",
+}
 
 
 @dataclass(frozen=True)
@@ -272,7 +281,7 @@ class AutoConfigPlanner:
     def _apply_other_overrides(self, result: AutoPlanResult) -> AutoPlanResult:
         """Overrides of fields that are not planned (``base_features``...) are copied, as the planner does."""
         planned = {"batch_size", "patch_size", "precision", "accumulate_grad_batches", "num_workers", "lr"}
-        names = {f.name for f in fields(AutoPlanResult)}
+        names = {f.name for f in fields(AutoPlanResult)} - _MEMPROBE_FIELDS
         others = {k: v for k, v in self.manual_overrides.items() if k not in planned and k in names}
         unknown = [k for k in self.manual_overrides if k not in planned and k not in names]
         extra = [f"manual override {k!r} is not a planned value: ignored" for k in unknown]

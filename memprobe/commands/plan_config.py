@@ -85,13 +85,13 @@ def plan_config_view(
             click.echo(f"memprobe: {line}", err=True)
         return
     reasons = result.reasons if result else {}
-    key_name = {path: path.rpartition(".")[2] for path in (*plan.planned, *plan.kept)}
     rows = [
-        {"key": path, "value": value, "action": "set", "reason": reasons.get(key_name[path], "")}
+        {"key": path, "value": value, "action": "set", "reason": reasons.get(path.rpartition(".")[2], "")}
         for path, value in plan.planned.items()
     ] + [
         {"key": path, "value": value, "action": "kept", "reason": "set in the config"}
         for path, value in plan.kept.items()
     ]
-    notes = (*plan.notes, f"wrote {out_path}", *(f"warning: {w}" for w in warnings))
+    written = (f"wrote {out_path}",) if out_path else ()
+    notes = (*plan.notes, *written, *(f"warning: {w}" for w in warnings))
     emit(Report(data, ((f"Planned {config_path}", rows),), notes), as_json)
