@@ -1,7 +1,8 @@
-"""Drop-in replacements for the PyTorch Connectomics planner's functions, answered from calibrations.
+"""Drop-in replacements for the PyTorch Connectomics planner's API, answered from calibrations.
 
-Same names and parameters as ``connectomics.config.gpu_utils``; the analytic guess is replaced
-by the calibrated formula of ``arch`` (MedNeXt, the planner's default network).
+Same names and parameters as ``connectomics.config`` (``gpu_utils`` and ``auto_config``): replace
+``from connectomics.config import ...`` by ``from memprobe.compat import ...``. The analytic guess
+is replaced by the calibrated formula of ``arch`` (MedNeXt, the planner's default network).
 ``mixed_precision=True`` means fp16 autocast, as the planner's "16-mixed".
 """
 
@@ -12,6 +13,21 @@ from pathlib import Path
 
 from memprobe.api import estimate, max_batch_size
 from memprobe.errors import NothingFitsError
+from memprobe.pytc_config import auto_plan_config
+from memprobe.pytc_gpu import get_gpu_info, print_gpu_info
+from memprobe.pytc_planner import AutoConfigPlanner, AutoPlanResult
+from memprobe.pytc_schema import Config
+
+__all__ = [
+    "AutoConfigPlanner",
+    "AutoPlanResult",
+    "Config",
+    "auto_plan_config",
+    "estimate_gpu_memory_required",
+    "get_gpu_info",
+    "print_gpu_info",
+    "suggest_batch_size",
+]
 
 _GB = 1024**3  # the planner's "GB" is 1024^3 bytes
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -12,7 +13,7 @@ class GpuInfo:
     name: str
     total_memory_bytes: int
     compute_capability: tuple[int, int] | None = None
-    free_memory_bytes: int | None = None  # at detection: other processes' memory is not free
+    free_memory_bytes: int | None = None  # at detection time; other processes may hold the rest
 
     @property
     def supports_bf16(self) -> bool:
@@ -34,22 +35,44 @@ def detect_gpu(index: int = 0) -> GpuInfo | None:
     try:
         pynvml.nvmlInit()
         try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            name = pynvml.nvmlDeviceGetName(handle)
-            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            try:
-                capability = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle))
-            except pynvml.NVMLError:
-                capability = None
+            return _read_gpu(pynvml, pynvml.nvmlDeviceGetHandleByIndex(index))
         finally:
             pynvml.nvmlShutdown()
     except pynvml.NVMLError:
         return None
+
+
+def detect_gpus() -> list[GpuInfo]:
+    """Every GPU's name, memory (total and free) and capability via NVML; empty without a GPU or driver."""
+    if os.environ.get("MEMPROBE_NO_GPU_DETECT") or not _nvidia_driver_present():
+        return []
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+            return [_read_gpu(pynvml, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count)]
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        return []
+
+
+def _read_gpu(pynvml: Any, handle: Any) -> GpuInfo:
+    name = pynvml.nvmlDeviceGetName(handle)
+    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    try:
+        capability = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle))
+    except pynvml.NVMLError:
+        capability = None
     return GpuInfo(
         name.decode() if isinstance(name, bytes) else name,
-        int(info.total),
+        int(memory.total),
         capability,  # type: ignore[arg-type]
-        int(info.free),
+        int(memory.free),
     )
 
 

@@ -41,6 +41,16 @@ from memprobe.reporters import Report
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--yaml", "as_yaml", is_flag=True, help="Print YAML.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Plan this PyTorch Connectomics YAML config: fill the values it leaves unset.",
+)
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the planned config here."
+)
 def plan(
     arch: str,
     gpu_mem: str | None,
@@ -60,6 +70,8 @@ def plan(
     db_path: str | None,
     as_json: bool,
     as_yaml: bool,
+    config_path: str | None,
+    out_path: str | None,
 ) -> None:
     """Plan patch, batch, precision, accumulation, workers and learning rate, with reasons.
 
@@ -68,7 +80,12 @@ def plan(
     \b
     memprobe plan --arch mednext --gpu-mem 24GiB --spacing 1 1 1 --median-shape 128 256 256
     memprobe plan --arch dynunet --gpu-mem 80GiB --batch 2 --yaml
+    memprobe plan --config mednext_auto.yaml --gpu-mem 24GiB --out planned.yaml
     """
+    if config_path is not None or out_path is not None:
+        from memprobe.commands.plan_config import plan_config_view
+
+        return plan_config_view(config_path, out_path, gpu_mem, safety, num_gpus, db_path, device, as_json)
     from memprobe.commands.budget import budget_note, resolve_budget
     from memprobe.commands.plan_output import calibration_data, calibration_text, need_rows
     from memprobe.full_plan import make_plan

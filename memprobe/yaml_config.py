@@ -1,0 +1,178 @@
+"""Plan a PyTorch Connectomics YAML config file, keeping its comments, key order and layout.
+
+ruamel.yaml's round trip re-emits every comment and untouched key as written; only planned keys
+change. The input file is never written, and an output file is only ever replaced whole
+(a temporary file beside it, then ``os.replace``), so no reader sees half a config.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import CommentMark, MarkedYAMLError, YAMLError
+from ruamel.yaml.tokens import CommentToken
+from ruamel.yaml.util import load_yaml_guess_indent
+
+from memprobe.errors import InvalidInputError
+from memprobe.pytc_config import ConfigPlan, apply_plan, lookup_node, plan_config
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """The plan of a config file, the planned YAML, and where it was written (None: nowhere)."""
+
+    source: Path
+    plan: ConfigPlan
+    text: str
+    written: Path | None = None
+
+
+def _round_trip(text: str) -> YAML:
+    """A round-trip dumper indenting as ``text`` does, never re-wrapping long lines."""
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    try:
+        _, indent, block_sequence_indent = load_yaml_guess_indent(text)
+    except YAMLError:
+        indent, block_sequence_indent = 2, 0
+    indent = indent or 2
+    yaml.indent(
+        mapping=indent, sequence=indent + (block_sequence_indent or 0), offset=block_sequence_indent or 0
+    )
+    return yaml
+
+
+def load_config(path: str | Path) -> tuple[CommentedMap, YAML]:
+    """The config at ``path`` as a round-trip mapping, and the YAML instance that writes it back.
+
+    Raises:
+        InvalidInputError: the file cannot be read, is not YAML (its line and column are named),
+            or is not a mapping of sections.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidInputError(f"cannot read the config {path}: {error}") from error
+    yaml = _round_trip(text)
+    try:
+        config = yaml.load(text)
+    except MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InvalidInputError(
+            f"{path}: not valid YAML{where}: {error.problem or error.context}; the file is left untouched"
+        ) from error
+    except YAMLError as error:
+        raise InvalidInputError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from error
+    if not isinstance(config, CommentedMap):
+        raise InvalidInputError(f"{path}: a config must be a mapping of sections (system, model, data, ...)")
+    return config, yaml
+
+
+def _split_trailing_blank_lines(section: CommentedMap, key: Any) -> str:
+    """Detach the blank lines after ``key``'s comments, so new keys go above them, not below."""
+    token = section.ca.items.get(key, [None, None, None, None])[2]
+    if not isinstance(token, CommentToken):
+        return ""
+    extra = len(token.value) - len(token.value.rstrip("\n")) - 1
+    if extra <= 0:
+        return ""
+    token.value = token.value[:-extra]
+    return "\n" * extra
+
+
+def _insert(config: CommentedMap, plan: ConfigPlan) -> None:
+    """Apply ``plan``; new keys join their section after its comments, before its closing blank lines."""
+    tails: dict[int, tuple[CommentedMap, str]] = {}
+    for path in plan.planned:
+        parent, _, key = path.rpartition(".")
+        section = lookup_node(config, parent)
+        if isinstance(section, CommentedMap) and key not in section and id(section) not in tails and section:
+            tails[id(section)] = (section, _split_trailing_blank_lines(section, list(section)[-1]))
+    flow = {path: _flow(value) for path, value in plan.planned.items()}
+    apply_plan(config, ConfigPlan(flow, plan.kept, plan.notes, plan.result))
+    for section, tail in tails.values():
+        if tail:
+            section.ca.items.setdefault(list(section)[-1], [None, None, None, None])[2] = CommentToken(
+                "\n" + tail, CommentMark(0), None
+            )
+
+
+def _flow(value: Any) -> Any:
+    """A list written inline (``[128, 128, 128]``), as configs write patch sizes."""
+    if not isinstance(value, list):
+        return value
+    sequence = CommentedSeq(value)
+    sequence.fa.set_flow_style()
+    return sequence
+
+
+def _dump(config: CommentedMap, yaml: YAML) -> str:
+    stream = io.StringIO()
+    yaml.dump(config, stream)
+    return stream.getvalue()
+
+
+def write_atomically(path: str | Path, text: str) -> None:
+    """Replace ``path`` by ``text`` whole: a temporary file in the same folder, then ``os.replace``."""
+    target = Path(path)
+    mode = target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask()
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    if first.exists() and second.exists():
+        return os.path.samefile(first, second)
+    return first.resolve() == second.resolve()
+
+
+def plan_config_file(path: str | Path, out: str | Path | None = None, **planning: Any) -> PlannedFile:
+    """Plan the config at ``path``; write the planned YAML to ``out`` if given. ``path`` is never written.
+
+    Args:
+        path: a PyTorch Connectomics YAML config.
+        out: where to write the planned config; must not be ``path`` itself.
+        **planning: ``gpu_memory_gb``, ``num_gpus``, ``safety_margin``, ``db``, ``device``.
+
+    Raises:
+        InvalidInputError: unreadable or invalid YAML, ``out`` is the input, or an unknown
+            architecture; NoCalibrationError: the network has no calibration.
+    """
+    source = Path(path)
+    if out is not None and _same_file(Path(out), source):
+        raise InvalidInputError(f"--out {out} is the input config: write the plan to another file")
+    config, yaml = load_config(source)
+    plan = plan_config(config, **planning)
+    _insert(config, plan)
+    text = _dump(config, yaml)
+    if out is None:
+        return PlannedFile(source, plan, text)
+    try:
+        write_atomically(out, text)
+    except OSError as error:
+        raise InvalidInputError(f"cannot write {out}: {error}") from error
+    return PlannedFile(source, plan, text, Path(out))
