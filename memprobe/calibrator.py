@@ -33,8 +33,9 @@ def patch_unit(spec: ArchSpec) -> int:
 
 def design_points(base: StepConfig, spec: ArchSpec) -> DesignPoints:
     """Isotropic patches of 2, 4, 6 and 8 divisors at batch 1 and 2, plus two channel variants
-    to fit; held out: an anisotropic patch (32x160x160 for a divisor of 16), batch 3, other
-    channel counts, and a patch beyond the fitted range."""
+    to fit. Held out, sharing no patch with those and chosen before any result was seen: an
+    anisotropic patch (32x160x160 for a divisor of 16), a 5-divisor cube at batch 3, a
+    3x5x7-divisor patch with other channel counts, and a patch beyond the fitted range."""
     unit = patch_unit(spec)
     cube = lambda k: (unit * k,) * 3
     fit = [
@@ -48,8 +49,8 @@ def design_points(base: StepConfig, spec: ArchSpec) -> DesignPoints:
     ]
     heldout = (
         replace(base, patch=(unit * 2, unit * 10, unit * 10), batch=2, in_channels=1, out_channels=2),
-        replace(base, patch=cube(6), batch=3, in_channels=1, out_channels=2),
-        replace(base, patch=cube(4), batch=2, in_channels=2, out_channels=3),
+        replace(base, patch=cube(5), batch=3, in_channels=1, out_channels=2),
+        replace(base, patch=(unit * 3, unit * 5, unit * 7), batch=2, in_channels=2, out_channels=3),
         replace(base, patch=(unit * 12, unit * 8, unit * 8), batch=1, in_channels=1, out_channels=2),
     )
     return DesignPoints(tuple(fit), heldout)
