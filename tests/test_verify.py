@@ -497,3 +497,58 @@ def test_gpu_truth_script_rehearsal_writes_everything_and_resumes(tmp_path: Path
         r["traced_allocated_bytes"] for r in data["rows"]
     ]
     assert len(log.read_text().splitlines()) == len(lines) + 1  # the cut line stays, ignored
+
+
+# --- the real pieces that run without a GPU ----------------------------------------------------
+
+
+def test_safety_through_the_cuda_backend_caps_memory_and_restores_it() -> None:
+    """With CudaBackend on a fake runtime, the check sees real OOMs under budget/total and leaves 1.0 after."""
+    from memprobe.backends.cuda import CudaBackend
+    from tests.test_cuda_backend import FakeRuntime, _threshold_batch, fake_step_runner
+
+    runtime = FakeRuntime(total_bytes=80 * GIB)
+    budget = 11 * GIB
+    truth = _threshold_batch(budget)
+    tools = fake_tools(FakeGpu(), lambda case, b: (truth, "at the truth"))
+    tools.cuda_backend = lambda b, three: CudaBackend(
+        b, runtime=runtime, step_runner=fake_step_runner(runtime)
+    )
+    plan = build_plan(["mednext"], ["fp32"], quick=True, budget_bytes=budget)
+    (row,) = run_verify(plan, tools, ResultLog(None, "x")).safety
+    assert row.fits_suggested and not row.fits_next and row.true_largest_batch == truth
+    assert ("fraction", pytest.approx(budget / (80 * GIB))) in runtime.calls and runtime.fraction == 1.0
+
+
+def test_three_step_runner_measures_three_steps_as_one_phase() -> None:
+    import torch
+
+    from memprobe.verify.safety import SAFETY_STEPS, run_consecutive_steps
+
+    calls: list[str | None] = []
+    steps: list[int] = []
+    original = torch.optim.AdamW.step
+
+    def counting_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        steps.append(1)
+        return original(self, *args, **kwargs)
+
+    config = make_step_config(TINY, (16, 16, 16), 2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", counting_step)
+        seconds, parameters = run_consecutive_steps(
+            config, torch.device("cpu"), calls.append, lambda: calls.append("reset")
+        )
+    assert calls == ["reset", "steps", None] and len(steps) == SAFETY_STEPS
+    assert seconds > 0 and parameters > 0
+
+
+def test_cudnn_benchmark_is_set_inside_the_block_and_restored() -> None:
+    import torch
+
+    from memprobe.verify.extras import TorchCudaExtras
+
+    before = torch.backends.cudnn.benchmark
+    with TorchCudaExtras().cudnn_benchmark(not before):
+        assert torch.backends.cudnn.benchmark is (not before)
+    assert torch.backends.cudnn.benchmark is before

@@ -93,7 +93,15 @@ def _notes(result: VerifyResult) -> tuple[str, ...]:
             f"{h.label}: {h.cuda_allocations} CUDA allocations, {h.trace_allocations} traced; "
             f"unseen by trace: {sum(u.count for u in h.unseen)} ({format_bytes(h.unseen_bytes)})"
         )
-    notes += [f"UNSAFE: suggested batch {s.suggested_batch} for {s.arch} did not fit" for s in result.unsafe]
+    if result.safety:
+        notes.append(
+            "the budget caps PyTorch's allocator (set_per_process_memory_fraction); a real card of that "
+            "size also holds the CUDA context, which suggest's safety margin (0.9) has to cover"
+        )
+    notes += [
+        f"UNSAFE: suggested batch {s.suggested_batch} for {s.arch} {s.precision} did not fit"
+        for s in result.unsafe
+    ]
     notes += [f"failed: {failure}" for failure in result.failures]
     if result.pending:
         notes.append(

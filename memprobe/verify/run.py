@@ -14,6 +14,7 @@ from typing import Any
 from memprobe.backends.base import Backend
 from memprobe.config import StepConfig, make_step_config
 from memprobe.errors import MemprobeError
+from memprobe.units import format_bytes
 from memprobe.verify.extras import CudaExtras
 from memprobe.verify.history import Allocation, allocations_from_snapshot, unseen_allocations
 from memprobe.verify.log import ResultLog
@@ -167,7 +168,7 @@ def run_verify(
     safety = [
         step(
             "safety",
-            f"{s.arch} {'x'.join(map(str, s.patch))} {s.precision.value} {budget} B",
+            f"{s.arch} {'x'.join(map(str, s.patch))} {s.precision.value} at {format_bytes(budget)}",
             lambda s=s: run.safety(s),
         )
         for s in plan.safety
