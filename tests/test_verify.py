@@ -27,6 +27,7 @@ from memprobe.measurement import Environment, Measurement
 from memprobe.verify import LOG_NAME, ResultLog, build_plan
 from memprobe.verify.history import (
     LARGE_POOL_SLACK_BYTES,
+    NO_FRAME,
     allocations_from_snapshot,
     trace_allocations,
     unseen_allocations,
@@ -268,7 +269,7 @@ def test_unseen_cuda_allocations_are_listed_per_recorded_step() -> None:
     assert [h.label for h in result.history] == ["mednext 64x64x64 b1 fp32"]
     (history,) = result.history
     assert history.cuda_allocations == 2 and history.trace_allocations == 1
-    assert history.unseen == (UnseenAllocation(8 * MIB + 512, "?", 1),)
+    assert history.unseen == (UnseenAllocation(8 * MIB + 512, "cublas", 1),)
 
 
 def test_every_result_is_written_at_once_and_a_rerun_measures_nothing_again(tmp_path: Path) -> None:
@@ -432,9 +433,27 @@ def test_snapshot_alloc_events_are_read_with_their_innermost_python_frame() -> N
             ]
         ],
     }
-    assert allocations_from_snapshot(snapshot) == [(1536, "_conv_forward (conv.py:720)"), (512, "?")]
+    assert allocations_from_snapshot(snapshot) == [(1536, "_conv_forward (conv.py:720)"), (512, NO_FRAME)]
     assert allocations_from_snapshot(snapshot, device=1) == []
     assert allocations_from_snapshot({"segments": []}) == []
+
+
+def test_a_workspace_is_named_by_its_library_frame_else_by_native_code() -> None:
+    """With C++ stacks, a cuDNN or cuBLAS frame names the allocation; allocator frames never do."""
+    cudnn = [
+        {"filename": "??", "line": 0, "name": "c10::cuda::CUDACachingAllocator::malloc"},
+        {"filename": "??", "line": 0, "name": "at::native::cudnn_convolution_backward_weight"},
+        {"filename": "/site/torch/autograd/graph.py", "line": 1, "name": "_engine_run_backward"},
+    ]
+    native = [
+        {"filename": "??", "line": 0, "name": "c10::cuda::CUDACachingAllocator::malloc"},
+        {"filename": "??", "line": 0, "name": "at::native::add_out"},
+    ]
+    snapshot = {"device_traces": [[{"action": "alloc", "size": 512, "frames": f} for f in (cudnn, native)]]}
+    assert [op for _, op in allocations_from_snapshot(snapshot)] == [
+        "at::native::cudnn_convolution_backward_weight",
+        "at::native::add_out",
+    ]
 
 
 def test_trace_allocations_cover_the_traced_peak() -> None:
@@ -552,3 +571,24 @@ def test_cudnn_benchmark_is_set_inside_the_block_and_restored() -> None:
     with TorchCudaExtras().cudnn_benchmark(not before):
         assert torch.backends.cudnn.benchmark is (not before)
     assert torch.backends.cudnn.benchmark is before
+
+
+def test_an_unexpected_error_is_reported_not_stored_and_retried_on_rerun(tmp_path: Path) -> None:
+    """A bug in one item (here the memory history) costs that item only; a rerun tries it again."""
+
+    class BrokenHistory(FakeExtras):
+        def record_history(self, run: Callable[[], object]) -> dict[str, Any]:
+            raise KeyError("device_traces")
+
+    gpu = FakeGpu()
+    tools = fake_tools(gpu)
+    tools.extras = BrokenHistory(gpu)
+    log_path = tmp_path / LOG_NAME
+    result = run_verify(_plan(), tools, ResultLog(log_path, "x"))
+    assert result.history == () and result.rows and result.safety
+    assert (
+        len(result.failures) == 1 and "KeyError" in result.failures[0] and "not stored" in result.failures[0]
+    )
+    assert len(log_path.read_text().splitlines()) == _items(_plan()) - 1
+    again = run_verify(_plan(), fake_tools(FakeGpu()), ResultLog(log_path, "x"))
+    assert len(again.history) == 1 and not again.failures

@@ -6,6 +6,7 @@ Tests and rehearsals inject their own ``CudaExtras``; ``TorchCudaExtras`` is the
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -13,6 +14,7 @@ from memprobe.verify.results import ContextSize
 
 Snapshot = dict[str, Any]  # shaped like torch.cuda.memory._snapshot()
 HISTORY_MAX_ENTRIES = 200_000
+STACKS_VARIABLE = "MEMPROBE_VERIFY_STACKS"
 
 
 class CudaExtras(Protocol):
@@ -51,9 +53,10 @@ def _nvml_used_bytes() -> int | None:
 class TorchCudaExtras:
     """The real calls, on the current CUDA device."""
 
-    def __init__(self, stacks: str = "python") -> None:
-        # C++ frames name cuDNN and cuBLAS exactly, but symbolising them can take minutes.
-        self.stacks = stacks
+    def __init__(self, stacks: str | None = None) -> None:
+        # C++ frames name cuDNN and cuBLAS workspaces exactly, but symbolising them at snapshot
+        # time can take minutes: Python frames unless MEMPROBE_VERIFY_STACKS=all asks for both.
+        self.stacks = stacks or os.environ.get(STACKS_VARIABLE, "python")
 
     def available(self) -> bool:
         import torch

@@ -57,13 +57,27 @@ def unseen_allocations(cuda: Sequence[Allocation], trace: Sequence[Allocation]) 
     return sorted(unseen, key=lambda u: (-u.size_bytes * u.count, -u.size_bytes, u.op))
 
 
+_LIBRARIES = ("cudnn", "cublas", "cufft", "nccl")
+_ALLOCATOR_FRAMES = ("c10::", "at::empty", "at::detail::empty", "at::native::empty", "torch::unwind")
+NO_FRAME = "(no Python frame: autograd's thread or C++)"
+
+
 def _op_of(frames: Sequence[dict[str, Any]]) -> str:
-    """The innermost frame that says something: ``name (file:line)``; ``?`` without frames."""
+    """What made an allocation, from its frames (innermost first).
+
+    A cuDNN or cuBLAS frame names a workspace (C++ frames exist with ``stacks="all"``); else the
+    innermost Python frame; else the innermost C++ frame outside the allocator.
+    """
+    names = [str(frame.get("name", "")) for frame in frames]
+    library = next((n for n in names if any(lib in n.lower() for lib in _LIBRARIES)), None)
+    if library:
+        return library[:120]
     for frame in frames:
         filename = str(frame.get("filename", ""))
-        if filename and filename != "??":
+        if filename.endswith(".py"):
             return f"{frame.get('name', '?')} ({filename.rsplit('/', 1)[-1]}:{frame.get('line', '?')})"
-    return "?"
+    native = next((n for n in names if n and not n.startswith(_ALLOCATOR_FRAMES)), None)
+    return native[:120] if native else NO_FRAME
 
 
 def allocations_from_snapshot(snapshot: dict[str, Any], device: int = 0) -> list[Allocation]:

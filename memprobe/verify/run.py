@@ -92,8 +92,13 @@ class _Run:
         if stored is None:
             try:
                 stored = to_record(measure())
-            except MemprobeError as error:
-                stored = {"failed": str(error).splitlines()[0] if str(error) else type(error).__name__}
+            except MemprobeError as error:  # the model failed: it would again, so it is stored
+                stored = {"failed": _one_line(error)}
+            except Exception as error:  # one broken item must not cost a GPU run the rest
+                self.failures.append(
+                    f"{kind} {name}: {type(error).__name__}: {_one_line(error)} (not stored)"
+                )
+                return None
             self.log.add(kind, key, stored)
         if "failed" in stored:
             self.failures.append(f"{kind} {name}: {stored['failed']}")
@@ -132,6 +137,10 @@ class _Run:
         cuda = allocations_from_snapshot(snapshot)
         trace = self.tools.trace_allocations(config)
         return HistoryDiff(config.label(), len(cuda), len(trace), tuple(unseen_allocations(cuda, trace)))
+
+
+def _one_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def _ignore_progress(index: int, total: int, item: str, reused: bool) -> None:
