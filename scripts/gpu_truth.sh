@@ -66,6 +66,8 @@ print("monai", monai.__version__)
 PY
 } >"$out/environment.txt"
 
+# Calibrations run in process: --isolate would start a child per probe (about 8 s of imports
+# each), more than the slot allows; an OOM is a result either way.
 memprobe=("$PYTHON" -m memprobe.cli)
 step verify "${memprobe[@]}" verify "${verify_args[@]}" --out "$out/verify"
 for arch in "${archs[@]}"; do

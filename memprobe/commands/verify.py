@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,6 +11,9 @@ from memprobe.commands.options import db_option, emit, json_option
 from memprobe.enums import Precision
 from memprobe.errors import DeviceUnavailableError
 from memprobe.units import parse_bytes
+
+if TYPE_CHECKING:
+    from memprobe.verify.run import VerifyTools
 
 QUICK_TIME_LIMIT_SECONDS = 330  # --quick must end within 6 minutes; the item in flight finishes
 INCOMPLETE_EXIT_CODE = 75  # EX_TEMPFAIL: stopped at the time limit, run again to continue
@@ -88,32 +92,23 @@ def verify(
     \b
     memprobe verify --quick --out gpu_truth
     memprobe verify --arch mednext --precision bf16-mixed --budget 16GiB
-    memprobe verify --rehearse --arch tests.tiny_models:tiny_net --budget 64MiB
+    memprobe verify --rehearse --arch tests.tiny_models:tiny_net --precision fp32 --budget 16MiB
     """
     from memprobe.verify import LOG_NAME, ResultLog, build_plan
+    from memprobe.verify.report import build_report, write_outputs
+    from memprobe.verify.run import run_verify
 
     if not rehearse:
         from memprobe.backends.base import cuda_available
 
-        if not cuda_available():
+        if not cuda_available():  # before anything is written
             raise DeviceUnavailableError(NEEDS_CUDA)
     plan = build_plan(archs or None, precisions or None, quick=quick, budget_bytes=budget)
-    if rehearse:
-        from memprobe.verify.rehearsal import rehearsal_tools
-
-        tools = rehearsal_tools(db_path)
-    else:
-        from memprobe.verify.run import cuda_tools
-
-        tools = cuda_tools(db_path)
+    tools = _tools(rehearse, db_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = ResultLog(out_dir / LOG_NAME, tools.device)
     limit = time_limit if time_limit is not None else (QUICK_TIME_LIMIT_SECONDS if quick else None)
-    from memprobe.verify.report import build_report, write_outputs
-    from memprobe.verify.run import run_verify
-
     result = run_verify(plan, tools, log, on_progress=_progress, time_limit_seconds=limit)
-
     write_outputs(result, out_dir)
     emit(build_report(result), as_json)
     click.echo(f"wrote {out_dir}/gpu_truth.md and verify.json ({log.reused} results reused)", err=True)
@@ -125,6 +120,16 @@ def verify(
     if not result.complete:
         click.echo("memprobe: stopped at the time limit: run the same command again to continue", err=True)
         raise click.exceptions.Exit(INCOMPLETE_EXIT_CODE)
+
+
+def _tools(rehearse: bool, db_path: str | None) -> VerifyTools:
+    if rehearse:
+        from memprobe.verify.rehearsal import rehearsal_tools
+
+        return rehearsal_tools(db_path)
+    from memprobe.verify.run import cuda_tools
+
+    return cuda_tools(db_path)
 
 
 def _progress(index: int, total: int, item: str, reused: bool) -> None:

@@ -130,13 +130,17 @@ def _environment_lines(result: VerifyResult) -> list[str]:
 
 def write_outputs(result: VerifyResult, out_dir: Path) -> None:
     """Write ``verify.json`` (everything) and ``gpu_truth.md`` (the tables) into ``out_dir``."""
-    from memprobe.reporters import get_reporter
+    from tabulate import tabulate
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / JSON_NAME).write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+    report = build_report(result)
     title = (
         "REHEARSAL (CPU, not GPU truth)" if result.rehearsal else str(result.environment.get("device_name"))
     )
-    markdown = [f"# memprobe verify: trace against CUDA on {title}", "", *_environment_lines(result), ""]
-    markdown.append(get_reporter("table").render(build_report(result)))
+    markdown = [f"# memprobe verify: trace against CUDA on {title}", "", *_environment_lines(result)]
+    for heading, rows in report.tables:
+        table = tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) if rows else "(none)"
+        markdown += ["", f"## {heading}", "", table]
+    markdown += ["", "## Notes", "", *(f"- {note}" for note in report.notes)]
     (out_dir / MARKDOWN_NAME).write_text("\n".join(markdown) + "\n")
