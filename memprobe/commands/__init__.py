@@ -7,5 +7,6 @@ from memprobe.commands.plan import plan
 from memprobe.commands.probe import probe
 from memprobe.commands.report import report
 from memprobe.commands.suggest import suggest
+from memprobe.commands.verify import verify
 
-COMMANDS = (archs, probe, calibrate, suggest, plan, db, report)
+COMMANDS = (archs, probe, calibrate, suggest, plan, db, report, verify)
