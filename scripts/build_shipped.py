@@ -51,11 +51,13 @@ def main() -> int:
                 arch, (size,) * 3, 1, precision=precision, deep_supervision=deep_supervision
             )
             report = calibrate(MeasurementLog(backend, db, BUDGET_BYTES), base, BUDGET_BYTES, search=False)
-            quality = report.calibration.quality
+            quality, reserved = report.calibration.quality, report.calibration.reserved_quality
             print(
-                f"{arch:10s} {precision:10s} ds={deep_supervision!s:5s} held-out median "
+                f"{arch:10s} {precision:10s} ds={deep_supervision!s:5s} held-out allocated median "
                 f"{100 * (quality.heldout_median_relative_error or 0):.2f}% worst "
-                f"{100 * (quality.heldout_max_relative_error or 0):.2f}%  {report.measured} measured, "
+                f"{100 * (quality.heldout_max_relative_error or 0):.2f}%, reserved worst "
+                f"{100 * ((reserved.heldout_max_relative_error or 0) if reserved else 0):.2f}%  "
+                f"{report.measured} measured, "
                 f"{report.reused} reused, {time.perf_counter() - started:.0f}s",
                 flush=True,
             )
