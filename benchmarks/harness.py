@@ -21,7 +21,9 @@ from memprobe.enums import DeviceKind
 from memprobe.measurement import Environment, Measurement
 
 ARCHS_VARIABLE = "MEMPROBE_BENCH_ARCHS"  # e.g. "mednext,basicunet" while developing; default: all
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# `make bench` refreshes the committed tables in benchmarks/results; `make test` writes to an
+# ignored folder, so a test run leaves the checkout as it found it.
+RESULTS_DIR = Path(os.environ.get("MEMPROBE_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUDGET_BYTES = 24 * 2**30
 GIB = 2**30

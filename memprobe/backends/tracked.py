@@ -68,6 +68,7 @@ class _TrackedBackend:
         # (with MONAI's weight initialisation) costs more than a fake step for large networks.
         self._template: tuple[tuple[object, ...], nn.Module] | None = None
         self._environment: Environment | None = None
+        self.last_replay_seconds = 0.0  # what the allocator replay added to the last probe
 
     def environment(self) -> Environment:
         if self._environment is None:
@@ -108,7 +109,9 @@ class _TrackedBackend:
                 stack.enter_context(tracker)
                 breakdown: dict[str, int] | None = {} if self.breakdown else None
                 seconds, parameters = _run_tracked(config, model, tracker, breakdown)
+            replay_started = time.perf_counter()
             simulated = replay(tracker.events, measure_from=tracker.measured_from, spans=tracker.phase_starts)
+            self.last_replay_seconds = time.perf_counter() - replay_started
         except (torch.OutOfMemoryError, MemoryError):
             return Measurement(config, self.environment(), None, oom=True)
         except Exception as error:

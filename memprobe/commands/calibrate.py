@@ -104,15 +104,19 @@ def _report(report: Any, budget_bytes: int, db_path: object) -> Report:
     predict = lambda m: calibration.predict_peak_bytes(
         _spec(calibration.arch), m.config.patch, m.config.batch, m.config.in_channels, m.config.out_channels
     )
+    predict_reserved = lambda m: calibration.predict_reserved_bytes(
+        _spec(calibration.arch), m.config.patch, m.config.batch, m.config.in_channels, m.config.out_channels
+    )
     points = [
         {
             "configuration": m.config.label(),
             "role": role,
-            "measured": format_bytes(m.peak_allocated_bytes) if m.ok else ("OOM" if m.oom else "failed"),
+            "allocated": format_bytes(m.peak_allocated_bytes) if m.ok else ("OOM" if m.oom else "failed"),
             "formula": format_bytes(predict(m)),
-            "error %": round(100 * (predict(m) - m.peak_allocated_bytes) / m.peak_allocated_bytes, 2)
-            if m.ok
-            else "-",
+            "error %": _error(predict(m), m.peak_allocated_bytes) if m.ok else "-",
+            f"reserved ({m.reserved_source or '-'})": format_bytes(m.peak_reserved_bytes),
+            "reserved formula": format_bytes(predict_reserved(m)),
+            "reserved error %": _error(predict_reserved(m), m.peak_reserved_bytes) if m.ok else "-",
         }
         for m, role in measured
     ]
@@ -133,11 +137,13 @@ def _report(report: Any, budget_bytes: int, db_path: object) -> Report:
         {"largest": s.kind, "for": s.fixed, "answer": s.answer, "training steps": s.result.steps}
         for s in report.searches
     ]
+    against = "measured on this GPU" if calibration.measured_on_gpu else "trace (not a GPU)"
     notes = (
-        f"fit on {quality.points} points: median error {100 * quality.median_relative_error:.2f}%, "
-        f"worst {100 * quality.max_relative_error:.2f}%",
-        f"held out {quality.heldout_points} points: median error "
-        f"{100 * (quality.heldout_median_relative_error or 0):.2f}%, worst {100 * (quality.heldout_max_relative_error or 0):.2f}%",
+        f"formula vs {against}, allocated peak: fit on {quality.points} points, median error "
+        f"{100 * quality.median_relative_error:.2f}%, worst {100 * quality.max_relative_error:.2f}%; "
+        f"held out {quality.heldout_points} points, median {100 * (quality.heldout_median_relative_error or 0):.2f}%, "
+        f"worst {100 * (quality.heldout_max_relative_error or 0):.2f}%",
+        _reserved_note(calibration),
         f"searches within {format_bytes(budget_bytes)}; {report.measured} steps measured, {report.reused} reused "
         f"from {db_path or 'memory'}",
     )
@@ -170,6 +176,23 @@ def _report(report: Any, budget_bytes: int, db_path: object) -> Report:
             ("Limits found (model-guided search)", searches),
         ),
         notes,
+    )
+
+
+def _error(predicted: float | None, measured: int | None) -> float | str:
+    if predicted is None or not measured:
+        return "-"
+    return round(100 * (predicted - measured) / measured, 2)
+
+
+def _reserved_note(calibration: Any) -> str:
+    reserved = calibration.reserved_quality
+    if reserved is None:
+        return "reserved peak: not fitted (no measurement carried one)"
+    source = "measured" if calibration.measured_on_gpu else "simulated by replaying the caching allocator"
+    return (
+        f"reserved peak ({source}): fit worst {100 * reserved.max_relative_error:.2f}%, held out worst "
+        f"{100 * (reserved.heldout_max_relative_error or 0):.2f}%"
     )
 
 

@@ -15,7 +15,9 @@ def measurement_row(m: Measurement) -> dict[str, object]:
         "configuration": m.config.label(),
         "device": m.environment.device_name,
         "peak allocated": "OOM" if m.oom else (m.error or format_bytes(m.peak_allocated_bytes)),
-        "peak reserved": format_bytes(m.peak_reserved_bytes) if m.peak_reserved_bytes else "-",
+        f"peak reserved ({m.reserved_source or '-'})": format_bytes(m.peak_reserved_bytes)
+        if m.peak_reserved_bytes
+        else "-",
         "step s": round(m.step_seconds, 2) if m.step_seconds else "-",
     }
 
@@ -87,6 +89,10 @@ def probe(
     ]
     if kind != "cuda":
         notes.append(
-            "reserved memory exists only on CUDA; trace counts tensors, not the CUDA context or cuDNN workspace"
+            "peak reserved is simulated: the step's allocations replayed through a model of the CUDA caching "
+            f"allocator (which would count {format_bytes(measurement.simulated_allocated_bytes)} allocated); "
+            "the CUDA context and cuDNN workspaces are not in either figure"
         )
+    else:
+        notes.append(f"CUDA context outside the allocator: {format_bytes(measurement.context_bytes)}")
     emit(Report(measurement.to_dict(), (("", [measurement_row(measurement)]),), tuple(notes)), as_json)
