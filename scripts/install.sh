@@ -29,8 +29,9 @@ else
   if pip download -q --no-deps --no-index -d "$(mktemp -d)" "torch==$TORCH_CPU_VERSION+cpu" >/dev/null 2>&1; then
     pip install -q "torch==$TORCH_CPU_VERSION+cpu"
   else
-    pip install -q "torch==$TORCH_CPU_VERSION" --index-url https://download.pytorch.org/whl/cpu \
-      --extra-index-url https://pypi.org/simple
+    # Only torch itself comes from PyTorch's CPU index; its dependencies from the configured index.
+    pip install -q --no-deps "torch==$TORCH_CPU_VERSION+cpu" --index-url https://download.pytorch.org/whl/cpu
+    pip install -q "torch==$TORCH_CPU_VERSION+cpu"
   fi
 fi
 pip install -q -e ".[dev]"
