@@ -7,11 +7,15 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from memprobe.archs.registry import ArchSpec
 from memprobe.errors import InvalidInputError, ModelError
+
+if TYPE_CHECKING:
+    from memprobe.config import StepConfig
 
 
 def _load_factory(path: str) -> Callable[..., object]:
@@ -98,3 +102,16 @@ def factory_source_hash(spec: ArchSpec) -> str | None:
         return f"unhashable:{spec.factory}"
     with open(found.origin, "rb") as source:
         return hashlib.sha256(source.read()).hexdigest()[:16]
+
+
+def build_for_config(config: StepConfig) -> nn.Module:
+    """The network a training-step configuration measures (its channels, heads and patch)."""
+    from memprobe.archs.registry import resolve_arch
+
+    return build_model(
+        resolve_arch(config.arch),
+        config.in_channels,
+        config.out_channels,
+        deep_supervision=config.deep_supervision,
+        patch=config.patch,
+    )

@@ -13,8 +13,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from memprobe.archs.build import build_model
-from memprobe.archs.registry import resolve_arch
+from memprobe.archs.build import build_for_config
 from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
 from memprobe.environment import software_environment
@@ -122,14 +121,7 @@ def warm_up(state: TrainingState, step: Any = train_step, max_steps: int = MAX_W
 
 def run_real_step(config: StepConfig, device: torch.device, on_phase: Any, before_measured: Any) -> StepRun:
     """Build the network on ``device``, warm up until the optimizer has state, run the measured step."""
-    spec = resolve_arch(config.arch)
-    model = build_model(
-        spec,
-        config.in_channels,
-        config.out_channels,
-        deep_supervision=config.deep_supervision,
-        patch=config.patch,
-    ).to(device)
+    model = build_for_config(config).to(device)
     state = prepare_training(config, model, device)
     warmup_steps = warm_up(state)
     before_measured()

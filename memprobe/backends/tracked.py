@@ -14,8 +14,7 @@ from contextlib import ExitStack
 import torch
 from torch import nn
 
-from memprobe.archs.build import build_model
-from memprobe.archs.registry import resolve_arch
+from memprobe.archs.build import build_for_config
 from memprobe.backends.caching_allocator import replay
 from memprobe.backends.tracking import AllocationTracker
 from memprobe.config import StepConfig
@@ -78,17 +77,10 @@ class _TrackedBackend:
     def _fresh_model(self, config: StepConfig) -> nn.Module:
         key = _model_key(config)
         if self._template is None or self._template[0] != key:
-            spec = resolve_arch(config.arch)
             self._template = None  # release the old network before building the next
             self._template = (
                 key,
-                build_model(
-                    spec,
-                    config.in_channels,
-                    config.out_channels,
-                    deep_supervision=config.deep_supervision,
-                    patch=config.patch,
-                ),
+                build_for_config(config),
             )
         return self._template[1]
 

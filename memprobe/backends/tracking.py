@@ -56,7 +56,7 @@ class AllocationTracker(TorchDispatchMode):
         self.events: list[Event] = []
         self.measured_from = 0
         self.phase_starts: list[tuple[int, str]] = []
-        self._op = "parameters"
+        self._op = "parameter"
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
 
-from memprobe.archs.build import build_model
-from memprobe.archs.registry import resolve_arch
-from memprobe.backends.tracking import AllocationTracker
+from memprobe.archs.build import build_for_config
+from memprobe.backends.caching_allocator import FREE
+from memprobe.backends.tracking import AllocationTracker, cuda_block_size
 from memprobe.config import StepConfig
 from memprobe.step import prepare_training, train_step
 from memprobe.verify.results import UnseenAllocation
@@ -94,40 +94,14 @@ def allocations_from_snapshot(snapshot: dict[str, Any], device: int = 0) -> list
 
 def trace_allocations(config: StepConfig) -> list[Allocation]:
     """Every storage the trace backend charges over a warm-up and a measured step, with its aten op."""
-    model = build_model(
-        resolve_arch(config.arch),
-        config.in_channels,
-        config.out_channels,
-        deep_supervision=config.deep_supervision,
-        patch=config.patch,
-    )
+    model = build_for_config(config)
     fake_mode = FakeTensorMode()
     with FakeCopyMode(fake_mode):
         model = copy.deepcopy(model)
-    recorder = RecordingTracker()
-    with fake_mode, recorder:
-        recorder.op = "parameter"
-        recorder.track_module(model)
+    tracker = AllocationTracker()
+    with fake_mode, tracker:
+        tracker.track_module(model)
         state = prepare_training(config, model, torch.device("cpu"))
         train_step(state)
         train_step(state)
-    return recorder.allocations
-
-
-class RecordingTracker(AllocationTracker):
-    """An AllocationTracker that also lists each storage it charges, with the op that made it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.allocations: list[Allocation] = []
-        self.op = "?"
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.op = str(func)
-        return super().__torch_dispatch__(func, types, args, kwargs)
-
-    def track(self, tensor: torch.Tensor) -> None:
-        before = self.current_bytes
-        super().track(tensor)
-        if self.current_bytes > before:
-            self.allocations.append((self.current_bytes - before, self.op))
+    return [(cuda_block_size(nbytes), op) for _, nbytes, op in tracker.events if nbytes != FREE]

@@ -12,12 +12,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+from memprobe.backends.caching_allocator import FREE
 from memprobe.backends.tracked import CpuBackend, TraceBackend
+from memprobe.backends.tracking import AllocationTracker, cuda_block_size
 from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
 from memprobe.measurement import Environment, Measurement
 from memprobe.verify.extras import Snapshot
-from memprobe.verify.history import RecordingTracker, trace_allocations
+from memprobe.verify.history import trace_allocations
 from memprobe.verify.results import ContextSize
 from memprobe.verify.run import VerifyTools
 from memprobe.verify.safety import suggest_from_calibrations
@@ -57,12 +59,17 @@ class RehearsalExtras:
         )
 
     def record_history(self, run: Callable[[], object]) -> Snapshot:
-        recorder = RecordingTracker()
+        recorder = AllocationTracker()
         with recorder:
             run()
         events: list[dict[str, Any]] = [
-            {"action": "alloc", "size": size, "frames": [{"filename": "cpu", "line": 0, "name": op}]}
-            for size, op in recorder.allocations
+            {
+                "action": "alloc",
+                "size": cuda_block_size(nbytes),
+                "frames": [{"filename": "cpu", "line": 0, "name": op}],
+            }
+            for _, nbytes, op in recorder.events
+            if nbytes != FREE
         ]
         return {"segments": [], "device_traces": [events]}
 

@@ -90,17 +90,10 @@ def run_consecutive_steps(
     config: StepConfig, device: torch.device, on_phase: Any, before_measured: Any
 ) -> tuple[float, int]:
     """A CudaBackend step runner: three steps in a row, all of them measured as one phase."""
-    from memprobe.archs.build import build_model
-    from memprobe.archs.registry import resolve_arch
+    from memprobe.archs.build import build_for_config
     from memprobe.step import parameter_count, prepare_training, train_step
 
-    model = build_model(
-        resolve_arch(config.arch),
-        config.in_channels,
-        config.out_channels,
-        deep_supervision=config.deep_supervision,
-        patch=config.patch,
-    ).to(device)
+    model = build_for_config(config).to(device)
     state = prepare_training(config, model, device)
     before_measured()
     on_phase("steps")
