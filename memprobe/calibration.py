@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from memprobe.archs.registry import ArchSpec
-from memprobe.formula import evaluate, predict_parameter_count, term_values
+from memprobe.formula import evaluate, evaluate_reserved, predict_parameter_count, term_values
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Calibration:
         if not self.reserved_coefficients:
             return None
         terms = self._terms(spec, patch, batch, in_channels, out_channels)
-        return max(evaluate(self.reserved_coefficients, terms), evaluate(self.phase_coefficients, terms))
+        return evaluate_reserved(self.reserved_coefficients, self.phase_coefficients, terms)
 
     def peak_segment(
         self, spec: ArchSpec, patch: Sequence[int], batch: int, in_channels: int = 1, out_channels: int = 2

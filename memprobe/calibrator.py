@@ -10,7 +10,14 @@ from memprobe.archs.registry import ArchSpec, resolve_arch, smallest_patch_size
 from memprobe.calibration import Calibration
 from memprobe.config import StepConfig
 from memprobe.errors import InvalidInputError
-from memprobe.fit import RESERVED, fit_parameter_model, fit_phase_coefficients, fit_quality, has_reserved
+from memprobe.fit import (
+    RESERVED,
+    fit_parameter_model,
+    fit_phase_coefficients,
+    fit_quality,
+    fit_reserved_coefficients,
+    has_reserved,
+)
 from memprobe.measurement import Measurement
 from memprobe.measuring import MeasurementLog
 from memprobe.search import SearchResult, guided_search
@@ -95,8 +102,8 @@ def fit_calibration(
     coefficients = fit_phase_coefficients(spec, usable)
     reserved = reserved_quality = None
     if has_reserved(usable):
-        reserved = fit_phase_coefficients(spec, usable, RESERVED)
-        reserved_quality = fit_quality(spec, reserved, parameters, usable, heldout, RESERVED)
+        reserved = fit_reserved_coefficients(spec, usable, coefficients, parameters)
+        reserved_quality = fit_quality(spec, reserved, parameters, usable, heldout, RESERVED, coefficients)
     contexts = sorted(m.context_bytes for m in usable if m.context_bytes is not None)
     return Calibration(
         arch=spec.name,

@@ -121,3 +121,20 @@ def evaluate(coefficients: Mapping[str, Mapping[str, float]], terms: Mapping[str
         sum(phase_coefficients.get(term, 0.0) * value for term, value in terms.items())
         for phase_coefficients in coefficients.values()
     )
+
+
+# A reserve fitted as the gap above the allocated peak is stored under this segment name; a
+# reserve fitted directly is stored like allocated coefficients (one set per segment).
+ABOVE_ALLOCATED = "above_allocated"
+
+
+def evaluate_reserved(
+    reserved: Mapping[str, Mapping[str, float]],
+    allocated: Mapping[str, Mapping[str, float]],
+    terms: Mapping[str, float],
+) -> float:
+    """The predicted peak reserve, never below the predicted allocated peak."""
+    base = evaluate(allocated, terms)
+    if ABOVE_ALLOCATED in reserved:
+        return base + sum(reserved[ABOVE_ALLOCATED].get(term, 0.0) * value for term, value in terms.items())
+    return max(evaluate(reserved, terms), base)

@@ -210,3 +210,31 @@ def test_stage_voxels_never_below_one() -> None:
     """Deep stages of a small patch count at least one voxel per dimension."""
     assert stage_voxels((16, 16, 16), 6)[-1] == 1
     assert stage_voxels((16, 32, 64), 3) == [math.prod((16, 32, 64)), 8 * 16 * 32, 4 * 8 * 16]
+
+
+def test_a_reserve_above_allocated_is_never_below_it() -> None:
+    """A direct reserve fit is floored at the allocated peak; a gap fit adds to it."""
+    from memprobe.formula import ABOVE_ALLOCATED, evaluate_reserved
+
+    terms = {"constant": 1.0, "feature_maps": 100.0}
+    allocated = {"forward": {"constant": 10.0, "feature_maps": 1.0}}
+    assert evaluate_reserved({"forward": {"constant": 5.0}}, allocated, terms) == 110.0
+    assert evaluate_reserved({ABOVE_ALLOCATED: {"constant": 7.0}}, allocated, terms) == 117.0
+
+
+def test_a_constant_gap_is_fitted_exactly() -> None:
+    """A reserve that is the allocated peak plus a fixed 20 MiB is reproduced on every point."""
+    from dataclasses import replace
+
+    from memprobe.fit import RESERVED, fit_reserved_coefficients
+
+    spec = get_arch("mednext")
+    measurements = [
+        replace(m, peak_reserved_bytes=(m.peak_allocated_bytes or 0) + 20 * 2**20)
+        for m in _synthetic(spec, TRUE_COEFFICIENTS, TRUE_PARAMETERS)
+    ]
+    allocated = fit_phase_coefficients(spec, measurements)
+    parameters = fit_parameter_model(spec, measurements)
+    reserved = fit_reserved_coefficients(spec, measurements, allocated, parameters)
+    errors = relative_errors(spec, reserved, parameters, measurements, RESERVED, allocated)
+    assert max(errors) < 1e-6
