@@ -113,6 +113,7 @@ def fit_calibration(
         reserved_quality=reserved_quality,
         fit_range=measured_range(usable),
         context_bytes=contexts[len(contexts) // 2] if contexts else None,
+        step=base.step,
     )
 
 

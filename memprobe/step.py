@@ -116,6 +116,11 @@ def train_step(state: TrainingState, on_phase: PhaseCallback = _no_phase) -> Non
         outputs = state.model(state.inputs)
         loss = deep_supervision_loss(outputs, state.labels)
     del outputs
+    optimise(state, loss, on_phase)
+
+
+def optimise(state: TrainingState, loss: torch.Tensor, on_phase: PhaseCallback = _no_phase) -> None:
+    """Backward from ``loss`` (scaled for fp16), step the optimizer and drop the gradients."""
     on_phase("backward")
     (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
     del loss

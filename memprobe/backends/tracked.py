@@ -21,12 +21,14 @@ from memprobe.backends.tracking import AllocationTracker
 from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
 from memprobe.environment import software_environment
-from memprobe.errors import ModelError
+from memprobe.errors import MemprobeError, ModelError
 from memprobe.measurement import Environment, Measurement
-from memprobe.step import TrainingState, parameter_count, prepare_training, train_step
+from memprobe.step import TrainingState, parameter_count, prepare_training
+from memprobe.steps import load_step
 
 _CPU = torch.device("cpu")
-# Windows each phase's peak is also recorded in (see AllocationTracker.split_phases).
+# Windows each phase's peak is also recorded in (see AllocationTracker.split_phases). A user's
+# training step announces the single segment "step", which is not split.
 WINDOWS_PER_PHASE = {"forward": 8, "backward": 24, "optimizer": 2}
 
 
@@ -37,6 +39,7 @@ def _run_tracked(
 
     With ``breakdown`` (a dict to fill), the peak is also split by what the memory holds.
     """
+    train_step = load_step(config.step)
     tracker.track_module(model)
     state: TrainingState = prepare_training(config, model, _CPU)
     train_step(state, tracker.start_phase)  # warm-up: creates optimizer state, counts each phase's ops
@@ -111,6 +114,8 @@ class _TrackedBackend:
             simulated = replay(tracker.events, measure_from=tracker.measured_from, spans=tracker.phase_starts)
         except (torch.OutOfMemoryError, MemoryError):
             return Measurement(config, self.environment(), None, oom=True)
+        except MemprobeError:
+            raise  # a step that cannot be loaded, or a user's step that raised: already one line
         except Exception as error:
             raise ModelError(
                 f"the training step of {config.label()} failed: {type(error).__name__}: {error}"
