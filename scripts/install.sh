@@ -33,4 +33,4 @@ else
       --extra-index-url https://pypi.org/simple
   fi
 fi
-pip install -q -e ".[dev]"
+pip install -q -e ".[dev]" -c <("$VENV/bin/python" -c 'import torch; print(f"torch=={torch.__version__}")')

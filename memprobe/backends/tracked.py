@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import gc
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,6 +56,36 @@ def _run_tracked(
         tracker.reset_peak()
         train_step(state, tracker.start_phase)
     return time.perf_counter() - started, parameter_count(model)
+
+
+def fake_copy(model: nn.Module) -> tuple[nn.Module, Any]:
+    """A copy of ``model`` with fake parameters and buffers, and the FakeTensorMode to run it in."""
+    from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
+
+    fake_mode = FakeTensorMode()
+    with FakeCopyMode(fake_mode):
+        return copy.deepcopy(model), fake_mode
+
+
+def traced_peak_bytes(model: nn.Module, make_step: Callable[[nn.Module], Callable[[], None]]) -> int:
+    """Peak live bytes of a step on a fake copy of ``model``: a warm-up step, then the measured one.
+
+    ``make_step`` gets the fake model, inside the fake mode and the tracker, and returns the
+    step to run (it creates the optimizer and batch it needs there, so they are counted too).
+    """
+    fake_model, fake_mode = fake_copy(model)
+    tracker = AllocationTracker()
+    try:
+        with fake_mode, tracker:
+            tracker.track_module(fake_model)
+            step = make_step(fake_model)
+            step()  # warm-up: creates optimizer state
+            tracker.reset_peak()
+            step()
+        return tracker.peak_bytes
+    finally:
+        del fake_model
+        gc.collect()
 
 
 def _model_key(config: StepConfig) -> tuple[object, ...]:
@@ -102,11 +134,7 @@ class _TrackedBackend:
         try:
             with ExitStack() as stack:
                 if self.fake:
-                    from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
-
-                    fake_mode = FakeTensorMode()
-                    with FakeCopyMode(fake_mode):
-                        model = copy.deepcopy(model)
+                    model, fake_mode = fake_copy(model)
                     stack.enter_context(fake_mode)
                 stack.enter_context(tracker)
                 breakdown: dict[str, int] | None = {} if self.breakdown else None
