@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BatchSizeFinder
-from lightning.pytorch.utilities.parsing import lightning_getattr, lightning_setattr
+from lightning.pytorch.utilities.parsing import lightning_setattr
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -125,8 +125,13 @@ def _lightning_step(module: LightningModule, batch: Any, precision: Precision) -
 
     def step() -> None:
         with autocast():
-            output = module.training_step(batch, 0)
+            output: Any = module.training_step(batch, 0)
         loss = output["loss"] if isinstance(output, dict) else output
+        if not isinstance(loss, torch.Tensor):
+            raise InvalidInputError(
+                f"{type(module).__qualname__}.training_step returned {type(output).__name__}, not a loss: "
+                "memprobe measures automatic optimisation (training_step returns the loss)"
+            )
         optimizer.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         del loss, output
@@ -216,7 +221,7 @@ class MemprobeBatchSizeFinder(BatchSizeFinder):
                 return batch
             peaks[batch] = trace(batch)
             self.answered_from_database = False
-        return batch
+        return max((b for b, peak in peaks.items() if peak * (1 + PEAK_ALLOWANCE) <= usable), default=1)
 
     def _trace(
         self, database: Any, key: str, module: LightningModule, sample: Any, precision: Precision, batch: int
@@ -267,8 +272,3 @@ class MemprobeBatchSizeFinder(BatchSizeFinder):
             raise NothingFitsError("a real step of batch 1 ran out of memory on this GPU")
         finally:
             module.load_state_dict(saved)
-
-
-def current_batch_size(module: LightningModule, batch_arg_name: str = "batch_size") -> int:
-    """The batch size where Lightning keeps it (the module, its hparams, the datamodule)."""
-    return int(lightning_getattr(module, batch_arg_name))
