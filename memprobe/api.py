@@ -121,6 +121,7 @@ def _choose(config: StepConfig, db: str | Path | None, device: str | None) -> Ch
         wanted,
         fallback,
         config.step,
+        config.checkpointing,
     )
     if choice.warning:
         warnings.warn(choice.warning, stacklevel=3)
@@ -138,6 +139,7 @@ def estimate(
     out_channels: int = 2,
     deep_supervision: bool = False,
     step: str = "memprobe",
+    checkpointing: bool = False,
     db: str | Path | None = None,
     device: str | None = None,
 ) -> Estimate:
@@ -168,6 +170,7 @@ def estimate(
         out_channels=out_channels,
         deep_supervision=deep_supervision,
         step=step,
+        checkpointing=checkpointing,
     )
     choice = _choose(config, db, device)
     need = memory_need(
@@ -203,6 +206,7 @@ def max_batch_size(
     out_channels: int = 2,
     deep_supervision: bool = False,
     step: str = "memprobe",
+    checkpointing: bool = False,
     effective_batch: int | None = None,
     db: str | Path | None = None,
     device: str | None = None,
@@ -225,6 +229,7 @@ def max_batch_size(
         out_channels=out_channels,
         deep_supervision=deep_supervision,
         step=step,
+        checkpointing=checkpointing,
     )
     choice = _choose(config, db, device)
     plan = plan_batch(
@@ -255,6 +260,7 @@ def max_patch_size(
     out_channels: int = 2,
     deep_supervision: bool = False,
     step: str = "memprobe",
+    checkpointing: bool = False,
     db: str | Path | None = None,
     device: str | None = None,
 ) -> PatchPlan:
@@ -274,6 +280,7 @@ def max_patch_size(
         out_channels=out_channels,
         deep_supervision=deep_supervision,
         step=step,
+        checkpointing=checkpointing,
     )
     choice = _choose(config, db, device)
     plan = plan_patch(
@@ -311,6 +318,7 @@ def probe(
     out_channels: int = 2,
     deep_supervision: bool = False,
     step: str = "memprobe",
+    checkpointing: bool = False,
     budget: str | int | None = None,
     isolate: bool = False,
 ) -> Measurement:
@@ -330,6 +338,7 @@ def probe(
         out_channels=out_channels,
         deep_supervision=deep_supervision,
         step=step,
+        checkpointing=checkpointing,
     )
     budget_bytes = parse_bytes(budget) if budget is not None else None
     return get_backend(device, budget_bytes=budget_bytes, isolate=isolate).measure(config)
@@ -343,6 +352,7 @@ def calibrate(
     optimizer: str = "adamw",
     deep_supervision: bool = False,
     step: str = "memprobe",
+    checkpointing: bool = False,
     budget: str | int | None = None,
     db: str | Path | None = None,
     isolate: bool = False,
@@ -362,6 +372,7 @@ def calibrate(
         optimizer=optimizer,
         deep_supervision=deep_supervision,
         step=step,
+        checkpointing=checkpointing,
     )
     backend = get_backend(
         device, budget_bytes=parse_bytes(budget) if budget is not None else None, isolate=isolate

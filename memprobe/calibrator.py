@@ -114,6 +114,7 @@ def fit_calibration(
         fit_range=measured_range(usable),
         context_bytes=contexts[len(contexts) // 2] if contexts else None,
         step=base.step,
+        checkpointing=base.checkpointing,
     )
 
 

@@ -30,6 +30,7 @@ class StepConfig:
     out_channels: int = 2
     deep_supervision: bool = False
     step: str = DEFAULT_STEP  # the training step: "memprobe", "monai" or a user's module:function
+    checkpointing: bool = False  # activation checkpointing (the network's own, else per stage)
 
     @property
     def voxels(self) -> int:
@@ -57,6 +58,7 @@ class StepConfig:
             else [f"c{self.in_channels}->{self.out_channels}"]
         )
         extras += ["ds"] if self.deep_supervision else []
+        extras += ["checkpointing"] if self.checkpointing else []
         extras += [] if self.step == DEFAULT_STEP else [f"step {self.step}"]
         return " ".join([self.arch, size, f"b{self.batch}", self.precision.value, *extras])
 
@@ -126,6 +128,7 @@ def make_step_config(
     out_channels: object = 2,
     deep_supervision: bool = False,
     step: str = DEFAULT_STEP,
+    checkpointing: bool = False,
 ) -> StepConfig:
     """Validate user input into a StepConfig, raising one-line InvalidInputErrors."""
     spec = resolve_arch(arch)
@@ -143,4 +146,5 @@ def make_step_config(
         out_channels=_positive_int(out_channels, "out_channels"),
         deep_supervision=bool(deep_supervision),
         step=check_step_name(step),
+        checkpointing=bool(checkpointing),
     )

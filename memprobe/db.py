@@ -102,11 +102,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE calibrations ADD COLUMN context_bytes INTEGER;
     """,
     # 3 (#13): the training step each measurement and calibration is of, a custom step's source
-    # hash, and the peaks of a LightningModule's own training step (memprobe's Lightning callback).
+    # hash, activation checkpointing, and the peaks of a LightningModule's own training step (memprobe's Lightning callback).
     """
     ALTER TABLE measurements ADD COLUMN step TEXT NOT NULL DEFAULT 'memprobe';
     ALTER TABLE measurements ADD COLUMN step_hash TEXT;
+    ALTER TABLE measurements ADD COLUMN checkpointing INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE calibrations ADD COLUMN step TEXT NOT NULL DEFAULT 'memprobe';
+    ALTER TABLE calibrations ADD COLUMN checkpointing INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE module_peaks (
         id INTEGER PRIMARY KEY,
         module_key TEXT NOT NULL,
@@ -294,6 +296,7 @@ class Database:
             "model_hash": reuse_key.model_hash,
             "step": c.step,
             "step_hash": reuse_key.step_hash,
+            "checkpointing": int(c.checkpointing),
         }
         with self._write() as connection:
             cursor = connection.execute(
@@ -322,7 +325,7 @@ class Database:
             "SELECT * FROM measurements WHERE environment_id = ? AND arch = ? AND patch_d = ? AND patch_h = ? "
             "AND patch_w = ? AND batch = ? AND precision = ? AND optimizer = ? AND in_channels = ? "
             "AND out_channels = ? AND deep_supervision = ? AND error IS NULL AND code_version = ? "
-            "AND model_hash IS ? AND step = ? AND step_hash IS ? ORDER BY id DESC",
+            "AND model_hash IS ? AND step = ? AND step_hash IS ? AND checkpointing = ? ORDER BY id DESC",
             (
                 environment_id,
                 config.arch,
@@ -337,6 +340,7 @@ class Database:
                 reuse_key.model_hash,
                 config.step,
                 reuse_key.step_hash,
+                int(config.checkpointing),
             ),
         )
         for row in rows:
@@ -374,8 +378,8 @@ class Database:
             cursor = connection.execute(
                 "INSERT INTO calibrations (arch, device, precision, optimizer, deep_supervision, environment_id, "
                 "phase_coefficients_json, parameter_model_json, quality_json, created_at, "
-                "reserved_coefficients_json, reserved_quality_json, fit_range_json, context_bytes, step) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "reserved_coefficients_json, reserved_quality_json, fit_range_json, context_bytes, step, checkpointing) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     calibration.arch,
                     calibration.device,
@@ -394,6 +398,7 @@ class Database:
                     _json_or_null(calibration.fit_range),
                     calibration.context_bytes,
                     calibration.step,
+                    int(calibration.checkpointing),
                 ),
             )
         return int(cursor.lastrowid or 0)
@@ -402,7 +407,8 @@ class Database:
         """The newest calibration for each key."""
         rows = self._rows(
             "SELECT * FROM calibrations WHERE id IN (SELECT MAX(id) FROM calibrations "
-            "GROUP BY arch, device, precision, optimizer, deep_supervision, step) ORDER BY arch, device, precision"
+            "GROUP BY arch, device, precision, optimizer, deep_supervision, step, checkpointing) "
+            "ORDER BY arch, device, precision"
         )
         return [self._calibration_from_row(row) for row in rows]
 
@@ -426,6 +432,7 @@ class Database:
             fit_range=_json_or_none(row["fit_range_json"]),
             context_bytes=row["context_bytes"],
             step=row["step"],
+            checkpointing=bool(row["checkpointing"]),
         )
 
     # A LightningModule's own step ---------------------------------------------------------
@@ -470,6 +477,7 @@ def _measurement_from_row(row: sqlite3.Row, environment: Environment) -> Measure
         row["out_channels"],
         bool(row["deep_supervision"]),
         row["step"],
+        bool(row["checkpointing"]),
     )
     return Measurement(
         config,

@@ -132,6 +132,7 @@ class Measurement:
             out_channels=data["out_channels"],
             deep_supervision=data["deep_supervision"],
             step=data.get("step", "memprobe"),
+            checkpointing=data.get("checkpointing", False),
         )
         return cls(
             config=config,

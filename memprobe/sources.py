@@ -68,6 +68,7 @@ def choose_calibration(
     device: str | None,
     fallback_device: str | None = "trace",
     step: str = "memprobe",
+    checkpointing: bool = False,
 ) -> Choice:
     """Pick the calibration for (arch, device, precision, optimizer, deep supervision, training step).
 
@@ -84,6 +85,7 @@ def choose_calibration(
         and c.optimizer == optimizer
         and c.deep_supervision == deep_supervision
         and c.step == step
+        and c.checkpointing == checkpointing
     ]
     exact = [c for c in matching if c.device == wanted]
     if exact:
@@ -100,7 +102,9 @@ def choose_calibration(
         )
     flags = " --deep-supervision" if deep_supervision else ""
     flags += "" if step == "memprobe" else f" --step {step}"
+    flags += " --checkpointing" if checkpointing else ""
     modes = precision + ", " + optimizer + (", deep supervision" if deep_supervision else "")
+    modes += ", checkpointing" if checkpointing else ""
     modes += "" if step == "memprobe" else f", step {step}"
     raise NoCalibrationError(
         f"no calibration of {arch} ({modes}) "

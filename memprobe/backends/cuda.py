@@ -131,6 +131,7 @@ def run_real_step(config: StepConfig, device: torch.device, on_phase: Any, befor
         config.out_channels,
         deep_supervision=config.deep_supervision,
         patch=config.patch,
+        checkpointing=config.checkpointing,
     ).to(device)
     state = prepare_training(config, model, device)
     warmup_steps = warm_up(state, lambda s: step(s, lambda name: None))

@@ -90,7 +90,14 @@ def traced_peak_bytes(model: nn.Module, make_step: Callable[[nn.Module], Callabl
 
 def _model_key(config: StepConfig) -> tuple[object, ...]:
     """What a built network depends on: UNETR's parameters depend on the patch too."""
-    return (config.arch, config.in_channels, config.out_channels, config.deep_supervision, config.patch)
+    return (
+        config.arch,
+        config.in_channels,
+        config.out_channels,
+        config.deep_supervision,
+        config.patch,
+        config.checkpointing,
+    )
 
 
 class _TrackedBackend:
@@ -122,6 +129,7 @@ class _TrackedBackend:
                     config.out_channels,
                     deep_supervision=config.deep_supervision,
                     patch=config.patch,
+                    checkpointing=config.checkpointing,
                 ),
             )
         return self._template[1]

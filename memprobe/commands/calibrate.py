@@ -6,7 +6,14 @@ from typing import Any
 
 import click
 
-from memprobe.commands.options import arch_option, db_option, emit, json_option, training_step_option
+from memprobe.commands.options import (
+    arch_option,
+    checkpointing_option,
+    db_option,
+    emit,
+    json_option,
+    training_step_option,
+)
 from memprobe.measurement import Measurement
 from memprobe.reporters import Report
 from memprobe.units import format_bytes, parse_bytes
@@ -32,6 +39,7 @@ def _progress_bar(label: str) -> Any:
 @click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
 @click.option("--deep-supervision", is_flag=True, help="Calibrate with deep-supervision heads.")
 @training_step_option
+@checkpointing_option
 @click.option(
     "--budget",
     default=None,
@@ -49,6 +57,7 @@ def calibrate(
     optimizer: str,
     deep_supervision: bool,
     training_step: str,
+    checkpointing: bool,
     budget: str | None,
     isolate: bool,
     db_path: str | None,
@@ -84,6 +93,7 @@ def calibrate(
         optimizer=optimizer,
         deep_supervision=deep_supervision,
         step=training_step,
+        checkpointing=checkpointing,
     )
     load_step(base.step)  # a wrong reference is refused before anything runs
     cap = parse_bytes(budget) if budget is not None else None

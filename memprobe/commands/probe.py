@@ -45,6 +45,7 @@ def probe(
     out_channels: str,
     deep_supervision: bool,
     training_step: str,
+    checkpointing: bool,
     device: str | None,
     budget: str | None,
     isolate: bool,
@@ -75,6 +76,7 @@ def probe(
         out_channels=out_channels,
         deep_supervision=deep_supervision,
         step=training_step,
+        checkpointing=checkpointing,
     )
     load_step(config.step)  # a wrong reference is refused before anything runs
     budget_bytes = parse_bytes(budget) if budget is not None else None
