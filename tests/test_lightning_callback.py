@@ -109,3 +109,27 @@ def test_the_line_steps_below_a_batch_measured_over_the_budget() -> None:
     assert largest_fitting_batch({**peaks, 5: 400}, 1.2 * 300, 8192) == 4
     assert largest_fitting_batch(peaks, 1.2 * 300, 3) == 3
     assert largest_fitting_batch(peaks, 1.2 * 90, 8192) is None
+
+
+class OutOfMemoryAbove(SegmentationModule):
+    """Lightning's own way to test a finder: a step that 'runs out of memory' above a batch size."""
+
+    limit = 3
+
+    def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        if batch[0].shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (faked)")
+        return super().training_step(batch, batch_idx)
+
+
+def test_the_real_step_check_steps_down_on_out_of_memory_and_restores_the_weights() -> None:
+    from memprobe.enums import Precision
+
+    module = OutOfMemoryAbove()
+    module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    before = {name: value.clone() for name, value in module.state_dict().items()}
+    sample = next(iter(module.train_dataloader()))
+    finder = MemprobeBatchSizeFinder()
+    assert finder._verified_on_cuda(module, sample, Precision.FP32, 6) == OutOfMemoryAbove.limit
+    after = module.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)  # the real step was undone

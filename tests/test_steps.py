@@ -152,3 +152,14 @@ def test_a_stored_measurement_keeps_its_step(tmp_path: Path) -> None:
     with Database.open(tmp_path / "db.sqlite") as database:
         database.add_measurement(Measurement(_config("monai"), environment, 5))  # type: ignore[arg-type]
         assert database.measurements()[0].config.step == "monai"
+
+
+def test_the_cuda_backends_step_runner_runs_the_chosen_step() -> None:
+    import torch
+
+    from memprobe.backends.cuda import run_real_step
+
+    phases: list[str | None] = []
+    run = run_real_step(_config(EXTRA, batch=1), torch.device("cpu"), phases.append, lambda: None)
+    assert phases == ["step", None]  # the measured step is the user's, announced as one segment
+    assert run.warmup_steps == 1 and run.parameters > 0

@@ -103,13 +103,21 @@ def _first_optimizer(configured: Any) -> torch.optim.Optimizer:
 
 
 def _resized(batch: Any, size: int, device: torch.device) -> Any:
-    """``batch`` with every tensor's first dimension set to ``size``: new, uninitialised tensors."""
+    """``batch`` with every tensor's first dimension set to ``size``: new, uninitialised tensors (for fake runs)."""
     return tree_map(
         lambda t: (
             torch.empty((size, *t.shape[1:]), dtype=t.dtype, device=device)
             if isinstance(t, torch.Tensor)
             else t
         ),
+        batch,
+    )
+
+
+def _repeated(batch: Any, size: int, device: torch.device) -> Any:
+    """``batch``'s own samples, repeated to ``size`` along the first dimension (for a real step: real labels)."""
+    return tree_map(
+        lambda t: t[torch.arange(size) % t.shape[0]].to(device) if isinstance(t, torch.Tensor) else t,
         batch,
     )
 
@@ -263,7 +271,7 @@ class MemprobeBatchSizeFinder(BatchSizeFinder):
         try:
             while batch >= 1:
                 try:
-                    _lightning_step(module, _resized(sample, batch, device), precision)()
+                    _lightning_step(module, _repeated(sample, batch, device), precision)()
                     return batch
                 except torch.OutOfMemoryError:
                     batch = math.floor(batch * 0.9) if batch > 10 else batch - 1
@@ -272,3 +280,4 @@ class MemprobeBatchSizeFinder(BatchSizeFinder):
             raise NothingFitsError("a real step of batch 1 ran out of memory on this GPU")
         finally:
             module.load_state_dict(saved)
+            module.zero_grad(set_to_none=True)  # the check's gradients must not hold memory into training
