@@ -91,6 +91,7 @@ def make_plan(
     db: str | Path | None = None,
     device: str | None = None,
     step: str = "memprobe",
+    checkpointing: bool = False,
 ) -> FullPlan:
     """Plan patch, batch, precision, accumulation, workers and learning rate; given values win."""
     spec = resolve_arch(arch)
@@ -108,6 +109,7 @@ def make_plan(
         db=db,
         device=device,
         step=step,
+        checkpointing=checkpointing,
     )
     warnings: list[str] = []
     if patch is not None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from memprobe.commands.options import arch_option, db_option, emit, training_step_option
+from memprobe.commands.options import (
+    arch_option,
+    checkpointing_option,
+    db_option,
+    emit,
+    training_step_option,
+)
 from memprobe.reporters import Report
 
 
@@ -38,6 +44,7 @@ from memprobe.reporters import Report
 )
 @click.option("--deep-supervision", is_flag=True, help="Plan for deep-supervision heads.")
 @training_step_option
+@checkpointing_option
 @click.option("--device", default=None, help="Whose calibration: trace or a GPU name.")
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -68,6 +75,7 @@ def plan(
     out_channels: int,
     deep_supervision: bool,
     training_step: str,
+    checkpointing: bool,
     device: str | None,
     db_path: str | None,
     as_json: bool,
@@ -112,6 +120,7 @@ def plan(
         db=db_path,
         device=device,
         step=training_step,
+        checkpointing=checkpointing,
     )
     rows = [
         {"setting": name, "value": value.value, "reason": value.reason}
