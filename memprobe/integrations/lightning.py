@@ -154,10 +154,12 @@ def _lightning_step(module: LightningModule, batch: Any, precision: Precision) -
 class MemprobeBatchSizeFinder(BatchSizeFinder):
     """Set the largest batch that fits, measured on fake tensors and remembered in memprobe's database.
 
-    Takes ``BatchSizeFinder``'s arguments; ``mode`` and ``steps_per_trial`` are accepted and
-    unused (nothing is tried until OOM), ``init_val`` is kept when nothing needs measuring,
-    ``max_val`` caps the answer and ``batch_arg_name`` is looked up where Lightning looks: the
-    module, its ``hparams``, the datamodule and its ``hparams``.
+    Takes ``BatchSizeFinder``'s arguments: ``mode``, ``steps_per_trial``, ``init_val`` and
+    ``margin`` are accepted and unused (nothing is tried until OOM; the 20% charge on each traced
+    peak stands in for the margin), ``max_trials`` bounds the traces that step down, ``max_val``
+    caps the answer, and ``batch_arg_name`` is looked up where Lightning looks: the module, its
+    ``hparams``, the datamodule and its ``hparams``. Only the training batch is scaled, at the
+    start of ``fit``; validate, test and predict are left as they are.
 
     Args:
         gpu_mem: the memory to fit, e.g. ``"24GiB"``; default the free memory of the module's
@@ -191,6 +193,15 @@ class MemprobeBatchSizeFinder(BatchSizeFinder):
         self.verify = verify
         self.answered_from_database = False
         self.traces_run = 0
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Evaluation batches are not scaled: memprobe measures training steps."""
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Evaluation batches are not scaled: memprobe measures training steps."""
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Evaluation batches are not scaled: memprobe measures training steps."""
 
     def scale_batch_size(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Measure (or recall) the peaks, set the largest batch that fits, and reload the data."""
