@@ -5,13 +5,16 @@ torch; only ``probe`` and ``calibrate`` do.
 """
 
 from memprobe.__version__ import __version__
+from memprobe.alternatives import Alternative
 from memprobe.api import Estimate, calibrate, estimate, max_batch_size, max_patch_size, probe
 from memprobe.compat import estimate_gpu_memory_required, suggest_batch_size
-from memprobe.errors import MemprobeError
+from memprobe.errors import MemprobeError, NothingFitsError
 
 __all__ = [
+    "Alternative",
     "Estimate",
     "MemprobeError",
+    "NothingFitsError",
     "__version__",
     "calibrate",
     "estimate",

@@ -120,6 +120,8 @@ def _choose(config: StepConfig, db: str | Path | None, device: str | None) -> Ch
         config.deep_supervision,
         wanted,
         fallback,
+        config.step,
+        config.checkpointing,
     )
     if choice.warning:
         warnings.warn(choice.warning, stacklevel=3)
@@ -136,6 +138,8 @@ def estimate(
     in_channels: int = 1,
     out_channels: int = 2,
     deep_supervision: bool = False,
+    step: str = "memprobe",
+    checkpointing: bool = False,
     db: str | Path | None = None,
     device: str | None = None,
 ) -> Estimate:
@@ -146,6 +150,8 @@ def estimate(
         patch: three patch sizes (depth, height, width).
         batch: batch size.
         precision: ``fp32``, ``fp16-mixed`` or ``bf16-mixed``.
+        step: the training step calibrated: ``memprobe``, ``monai`` or ``package.module:function``;
+            only a calibration of that step answers.
         db: the database to read (default: ``$MEMPROBE_DB`` or the user data directory),
             after which the calibrations shipped with memprobe are consulted.
         device: whose calibration to use: ``"trace"`` or a GPU name; default the detected GPU,
@@ -163,6 +169,8 @@ def estimate(
         in_channels=in_channels,
         out_channels=out_channels,
         deep_supervision=deep_supervision,
+        step=step,
+        checkpointing=checkpointing,
     )
     choice = _choose(config, db, device)
     need = memory_need(
@@ -197,6 +205,8 @@ def max_batch_size(
     in_channels: int = 1,
     out_channels: int = 2,
     deep_supervision: bool = False,
+    step: str = "memprobe",
+    checkpointing: bool = False,
     effective_batch: int | None = None,
     db: str | Path | None = None,
     device: str | None = None,
@@ -218,6 +228,8 @@ def max_batch_size(
         in_channels=in_channels,
         out_channels=out_channels,
         deep_supervision=deep_supervision,
+        step=step,
+        checkpointing=checkpointing,
     )
     choice = _choose(config, db, device)
     plan = plan_batch(
@@ -247,6 +259,8 @@ def max_patch_size(
     in_channels: int = 1,
     out_channels: int = 2,
     deep_supervision: bool = False,
+    step: str = "memprobe",
+    checkpointing: bool = False,
     db: str | Path | None = None,
     device: str | None = None,
 ) -> PatchPlan:
@@ -265,6 +279,8 @@ def max_patch_size(
         in_channels=in_channels,
         out_channels=out_channels,
         deep_supervision=deep_supervision,
+        step=step,
+        checkpointing=checkpointing,
     )
     choice = _choose(config, db, device)
     plan = plan_patch(
@@ -301,6 +317,8 @@ def probe(
     in_channels: int = 1,
     out_channels: int = 2,
     deep_supervision: bool = False,
+    step: str = "memprobe",
+    checkpointing: bool = False,
     budget: str | int | None = None,
     isolate: bool = False,
 ) -> Measurement:
@@ -319,6 +337,8 @@ def probe(
         in_channels=in_channels,
         out_channels=out_channels,
         deep_supervision=deep_supervision,
+        step=step,
+        checkpointing=checkpointing,
     )
     budget_bytes = parse_bytes(budget) if budget is not None else None
     return get_backend(device, budget_bytes=budget_bytes, isolate=isolate).measure(config)
@@ -331,6 +351,8 @@ def calibrate(
     device: str | None = None,
     optimizer: str = "adamw",
     deep_supervision: bool = False,
+    step: str = "memprobe",
+    checkpointing: bool = False,
     budget: str | int | None = None,
     db: str | Path | None = None,
     isolate: bool = False,
@@ -349,6 +371,8 @@ def calibrate(
         precision=precision,
         optimizer=optimizer,
         deep_supervision=deep_supervision,
+        step=step,
+        checkpointing=checkpointing,
     )
     backend = get_backend(
         device, budget_bytes=parse_bytes(budget) if budget is not None else None, isolate=isolate

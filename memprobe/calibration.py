@@ -45,6 +45,8 @@ class Calibration:
     # "out_channels": [...]}; plans beyond twice it are extrapolations and say so.
     fit_range: dict[str, list[int]] | None = None
     context_bytes: int | None = None  # CUDA context measured with a CUDA calibration
+    step: str = "memprobe"  # the training step measured (shipped calibrations have none: memprobe's)
+    checkpointing: bool = False  # measured with activation checkpointing
 
     @property
     def measured_on_gpu(self) -> bool:
@@ -85,8 +87,16 @@ class Calibration:
         )
 
     @property
-    def key(self) -> tuple[str, str, str, str, bool]:
-        return (self.arch, self.device, self.precision, self.optimizer, self.deep_supervision)
+    def key(self) -> tuple[str, str, str, str, bool, str, bool]:
+        return (
+            self.arch,
+            self.device,
+            self.precision,
+            self.optimizer,
+            self.deep_supervision,
+            self.step,
+            self.checkpointing,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -120,6 +120,8 @@ def fit_calibration(
         reserved_quality=reserved_quality,
         fit_range=measured_range(usable),
         context_bytes=contexts[len(contexts) // 2] if contexts else None,
+        step=base.step,
+        checkpointing=base.checkpointing,
     )
 
 

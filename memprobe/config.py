@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from memprobe.archs.registry import ArchSpec, resolve_arch, smallest_patch_size
 from memprobe.enums import OptimizerName, Precision, parse_enum
 from memprobe.errors import InvalidInputError
+from memprobe.steps import DEFAULT_STEP, check_step_name
 
 # A patch larger than this many voxels is refused before anything is built: 1024^3 voxels of
 # float32 are 4 GiB for the input alone, beyond what any training step on one card can hold.
@@ -28,6 +29,8 @@ class StepConfig:
     in_channels: int = 1
     out_channels: int = 2
     deep_supervision: bool = False
+    step: str = DEFAULT_STEP  # the training step: "memprobe", "monai" or a user's module:function
+    checkpointing: bool = False  # activation checkpointing (the network's own, else per stage)
 
     @property
     def voxels(self) -> int:
@@ -55,6 +58,8 @@ class StepConfig:
             else [f"c{self.in_channels}->{self.out_channels}"]
         )
         extras += ["ds"] if self.deep_supervision else []
+        extras += ["checkpointing"] if self.checkpointing else []
+        extras += [] if self.step == DEFAULT_STEP else [f"step {self.step}"]
         return " ".join([self.arch, size, f"b{self.batch}", self.precision.value, *extras])
 
 
@@ -122,6 +127,8 @@ def make_step_config(
     in_channels: object = 1,
     out_channels: object = 2,
     deep_supervision: bool = False,
+    step: str = DEFAULT_STEP,
+    checkpointing: bool = False,
 ) -> StepConfig:
     """Validate user input into a StepConfig, raising one-line InvalidInputErrors."""
     spec = resolve_arch(arch)
@@ -138,4 +145,6 @@ def make_step_config(
         in_channels=_positive_int(in_channels, "in_channels"),
         out_channels=_positive_int(out_channels, "out_channels"),
         deep_supervision=bool(deep_supervision),
+        step=check_step_name(step),
+        checkpointing=bool(checkpointing),
     )

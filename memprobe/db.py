@@ -101,6 +101,24 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE calibrations ADD COLUMN fit_range_json TEXT;
     ALTER TABLE calibrations ADD COLUMN context_bytes INTEGER;
     """,
+    # 3 (#13): the training step each measurement and calibration is of, a custom step's source
+    # hash, activation checkpointing, and the peaks of a LightningModule's own training step (memprobe's Lightning callback).
+    """
+    ALTER TABLE measurements ADD COLUMN step TEXT NOT NULL DEFAULT 'memprobe';
+    ALTER TABLE measurements ADD COLUMN step_hash TEXT;
+    ALTER TABLE measurements ADD COLUMN checkpointing INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calibrations ADD COLUMN step TEXT NOT NULL DEFAULT 'memprobe';
+    ALTER TABLE calibrations ADD COLUMN checkpointing INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE module_peaks (
+        id INTEGER PRIMARY KEY,
+        module_key TEXT NOT NULL,
+        device_kind TEXT NOT NULL,
+        batch INTEGER NOT NULL,
+        peak_allocated_bytes INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX module_peaks_by_key ON module_peaks (module_key, device_kind, batch);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -276,6 +294,9 @@ class Database:
             "warmup_steps": m.warmup_steps,
             "code_version": reuse_key.code_version,
             "model_hash": reuse_key.model_hash,
+            "step": c.step,
+            "step_hash": reuse_key.step_hash,
+            "checkpointing": int(c.checkpointing),
         }
         with self._write() as connection:
             cursor = connection.execute(
@@ -304,7 +325,7 @@ class Database:
             "SELECT * FROM measurements WHERE environment_id = ? AND arch = ? AND patch_d = ? AND patch_h = ? "
             "AND patch_w = ? AND batch = ? AND precision = ? AND optimizer = ? AND in_channels = ? "
             "AND out_channels = ? AND deep_supervision = ? AND error IS NULL AND code_version = ? "
-            "AND model_hash IS ? ORDER BY id DESC",
+            "AND model_hash IS ? AND step = ? AND step_hash IS ? AND checkpointing = ? ORDER BY id DESC",
             (
                 environment_id,
                 config.arch,
@@ -317,6 +338,9 @@ class Database:
                 int(config.deep_supervision),
                 reuse_key.code_version,
                 reuse_key.model_hash,
+                config.step,
+                reuse_key.step_hash,
+                int(config.checkpointing),
             ),
         )
         for row in rows:
@@ -354,8 +378,8 @@ class Database:
             cursor = connection.execute(
                 "INSERT INTO calibrations (arch, device, precision, optimizer, deep_supervision, environment_id, "
                 "phase_coefficients_json, parameter_model_json, quality_json, created_at, "
-                "reserved_coefficients_json, reserved_quality_json, fit_range_json, context_bytes) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "reserved_coefficients_json, reserved_quality_json, fit_range_json, context_bytes, step, checkpointing) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     calibration.arch,
                     calibration.device,
@@ -373,6 +397,8 @@ class Database:
                     ),
                     _json_or_null(calibration.fit_range),
                     calibration.context_bytes,
+                    calibration.step,
+                    int(calibration.checkpointing),
                 ),
             )
         return int(cursor.lastrowid or 0)
@@ -381,7 +407,8 @@ class Database:
         """The newest calibration for each key."""
         rows = self._rows(
             "SELECT * FROM calibrations WHERE id IN (SELECT MAX(id) FROM calibrations "
-            "GROUP BY arch, device, precision, optimizer, deep_supervision) ORDER BY arch, device, precision"
+            "GROUP BY arch, device, precision, optimizer, deep_supervision, step, checkpointing) "
+            "ORDER BY arch, device, precision"
         )
         return [self._calibration_from_row(row) for row in rows]
 
@@ -404,7 +431,31 @@ class Database:
             reserved_quality=FitQuality(**reserved_quality) if reserved_quality else None,
             fit_range=_json_or_none(row["fit_range_json"]),
             context_bytes=row["context_bytes"],
+            step=row["step"],
+            checkpointing=bool(row["checkpointing"]),
         )
+
+    # A LightningModule's own step ---------------------------------------------------------
+
+    def add_module_peak(
+        self, module_key: str, device_kind: str, batch: int, peak_allocated_bytes: int
+    ) -> None:
+        """Store the measured peak of a LightningModule's training step at ``batch``."""
+        with self._write() as connection:
+            connection.execute(
+                "INSERT INTO module_peaks (module_key, device_kind, batch, peak_allocated_bytes, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (module_key, device_kind, batch, peak_allocated_bytes, _now()),
+            )
+
+    def module_peaks(self, module_key: str, device_kind: str) -> dict[int, int]:
+        """The newest stored peak of each batch measured for ``module_key`` on ``device_kind``."""
+        rows = self._rows(
+            "SELECT batch, peak_allocated_bytes FROM module_peaks WHERE module_key = ? AND device_kind = ? "
+            "ORDER BY id",
+            (module_key, device_kind),
+        )
+        return {int(row["batch"]): int(row["peak_allocated_bytes"]) for row in rows}
 
 
 def _json_or_null(value: Any) -> str | None:
@@ -425,6 +476,8 @@ def _measurement_from_row(row: sqlite3.Row, environment: Environment) -> Measure
         row["in_channels"],
         row["out_channels"],
         bool(row["deep_supervision"]),
+        row["step"],
+        bool(row["checkpointing"]),
     )
     return Measurement(
         config,

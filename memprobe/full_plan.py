@@ -90,6 +90,8 @@ def make_plan(
     deep_supervision: bool = False,
     db: str | Path | None = None,
     device: str | None = None,
+    step: str = "memprobe",
+    checkpointing: bool = False,
 ) -> FullPlan:
     """Plan patch, batch, precision, accumulation, workers and learning rate; given values win."""
     spec = resolve_arch(arch)
@@ -106,6 +108,8 @@ def make_plan(
         deep_supervision=deep_supervision,
         db=db,
         device=device,
+        step=step,
+        checkpointing=checkpointing,
     )
     warnings: list[str] = []
     if patch is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,10 +35,13 @@ def _as_output_list(
     return list(outputs)
 
 
+HeadLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def deep_supervision_loss(
-    outputs: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor
+    outputs: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor, head_loss: HeadLoss = dice_ce_loss
 ) -> torch.Tensor:
-    """Dice+CE summed over every output head with nnU-Net's weights (1, 1/2, 1/4, ...).
+    """``head_loss`` (memprobe's Dice+CE) summed over every output head with nnU-Net's weights (1, 1/2, 1/4, ...).
 
     Lower-resolution heads are compared with the labels subsampled to their size.
     """
@@ -50,5 +53,5 @@ def deep_supervision_loss(
         head_labels = (
             labels[:, :: steps[0], :: steps[1], :: steps[2]] if any(s > 1 for s in steps) else labels
         )
-        total = total + (weight / sum(weights)) * dice_ce_loss(head, head_labels)
+        total = total + (weight / sum(weights)) * head_loss(head, head_labels)
     return total

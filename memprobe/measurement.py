@@ -42,11 +42,13 @@ class ReuseKey:
     """What a stored measurement may be reused for besides its configuration and environment.
 
     ``model_hash`` is a hash of a custom model factory's source file (None for registered
-    networks, whose code is pinned by the environment's library versions).
+    networks, whose code is pinned by the environment's library versions); ``step_hash`` the
+    same for a custom training step's source file.
     """
 
     code_version: int = MEASUREMENT_CODE_VERSION
     model_hash: str | None = None
+    step_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ class Measurement:
             in_channels=data["in_channels"],
             out_channels=data["out_channels"],
             deep_supervision=data["deep_supervision"],
+            step=data.get("step", "memprobe"),
+            checkpointing=data.get("checkpointing", False),
         )
         return cls(
             config=config,

@@ -57,10 +57,13 @@ class MeasurementLog:
 
 
 def _reuse_key(config: StepConfig) -> ReuseKey:
-    """A registered network is pinned by the environment; a custom one also by its source file."""
+    """A registered network and a built-in step are pinned by the environment; custom ones also by their source files."""
+    from memprobe.steps import step_source_hash
+
+    step_hash = step_source_hash(config.step)
     if ":" not in config.arch:
-        return ReuseKey()
+        return ReuseKey(step_hash=step_hash)
     from memprobe.archs.build import factory_source_hash
     from memprobe.archs.registry import resolve_arch
 
-    return ReuseKey(model_hash=factory_source_hash(resolve_arch(config.arch)))
+    return ReuseKey(model_hash=factory_source_hash(resolve_arch(config.arch)), step_hash=step_hash)

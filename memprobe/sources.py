@@ -67,11 +67,14 @@ def choose_calibration(
     deep_supervision: bool,
     device: str | None,
     fallback_device: str | None = "trace",
+    step: str = "memprobe",
+    checkpointing: bool = False,
 ) -> Choice:
-    """Pick the calibration for (arch, device, precision, optimizer, deep supervision).
+    """Pick the calibration for (arch, device, precision, optimizer, deep supervision, training step).
 
     ``device`` None means "trace". When the asked-for GPU has no calibration, the
-    ``fallback_device`` one is used with a warning; nothing else is ever substituted.
+    ``fallback_device`` one is used with a warning; nothing else is ever substituted: a
+    calibration of another training step never answers.
     """
     wanted = device or "trace"
     matching = [
@@ -81,6 +84,8 @@ def choose_calibration(
         and c.precision == precision
         and c.optimizer == optimizer
         and c.deep_supervision == deep_supervision
+        and c.step == step
+        and c.checkpointing == checkpointing
     ]
     exact = [c for c in matching if c.device == wanted]
     if exact:
@@ -96,8 +101,35 @@ def choose_calibration(
             ),
         )
     flags = " --deep-supervision" if deep_supervision else ""
+    flags += "" if step == "memprobe" else f" --step {step}"
+    flags += " --checkpointing" if checkpointing else ""
+    modes = precision + ", " + optimizer + (", deep supervision" if deep_supervision else "")
+    modes += ", checkpointing" if checkpointing else ""
+    modes += "" if step == "memprobe" else f", step {step}"
     raise NoCalibrationError(
-        f"no calibration of {arch} ({precision}, {optimizer}{', deep supervision' if deep_supervision else ''}) "
+        f"no calibration of {arch} ({modes}) "
         f"for {wanted}: run `memprobe calibrate --arch {arch} --precision {precision} --optimizer {optimizer}"
         f"{flags} --device {'cuda' if device not in (None, 'trace', 'cpu') else wanted}`"
+        + _other_steps(calibrations, arch, precision, optimizer, deep_supervision, step)
     )
+
+
+def _other_steps(
+    calibrations: list[Calibration],
+    arch: str,
+    precision: str,
+    optimizer: str,
+    deep_supervision: bool,
+    step: str,
+) -> str:
+    """A hint naming the training steps ``arch`` is calibrated for, when not the one asked for."""
+    others = sorted(
+        {
+            c.step
+            for c in calibrations
+            if (c.arch, c.precision, c.optimizer, c.deep_supervision)
+            == (arch, precision, optimizer, deep_supervision)
+            and c.step != step
+        }
+    )
+    return f" (it is calibrated for the training step {', '.join(others)}: pass --step)" if others else ""

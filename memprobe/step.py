@@ -74,9 +74,10 @@ class TrainingState:
     scaler: ForeachGradScaler | torch.amp.GradScaler | None
 
 
-def _autocast_factory(
+def autocast_factory(
     precision: Precision, device: torch.device
 ) -> Callable[[], contextlib.AbstractContextManager[object]]:
+    """Autocast for ``precision``: CUDA's on a GPU, its cast lists emulated elsewhere."""
     if not precision.is_mixed:
         return contextlib.nullcontext
     dtype = _LOW_PRECISION_DTYPES[precision]
@@ -100,7 +101,7 @@ def prepare_training(config: StepConfig, model: nn.Module, device: torch.device)
         optimizer=make_optimizer(config.optimizer, model.parameters()),
         inputs=inputs,
         labels=labels,
-        autocast=_autocast_factory(config.precision, device),
+        autocast=autocast_factory(config.precision, device),
         scaler=scaler,
     )
 
@@ -116,6 +117,11 @@ def train_step(state: TrainingState, on_phase: PhaseCallback = _no_phase) -> Non
         outputs = state.model(state.inputs)
         loss = deep_supervision_loss(outputs, state.labels)
     del outputs
+    optimise(state, loss, on_phase)
+
+
+def optimise(state: TrainingState, loss: torch.Tensor, on_phase: PhaseCallback = _no_phase) -> None:
+    """Backward from ``loss`` (scaled for fp16), step the optimizer and drop the gradients."""
     on_phase("backward")
     (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
     del loss

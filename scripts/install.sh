@@ -34,4 +34,4 @@ else
     pip install -q "torch==$TORCH_CPU_VERSION+cpu"
   fi
 fi
-pip install -q -e ".[dev]"
+pip install -q -e ".[dev]" -c <("$VENV/bin/python" -c 'import torch; print(f"torch=={torch.__version__}")')

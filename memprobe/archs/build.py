@@ -54,11 +54,15 @@ def build_model(
     *,
     deep_supervision: bool = False,
     patch: Sequence[int] | None = None,
+    checkpointing: bool = False,
 ) -> nn.Module:
     """Build the network described by ``spec``.
 
     A user factory is called as ``factory(in_channels, out_channels)``, with
-    ``deep_supervision=``/``patch=`` added when its signature accepts them.
+    ``deep_supervision=``/``patch=`` added when its signature accepts them. With
+    ``checkpointing``, a factory that takes ``checkpointing=`` switches on the network's own
+    activation checkpointing; any other network's top-level stages are wrapped in
+    ``torch.utils.checkpoint`` (``memprobe/checkpointing.py``).
 
     Raises:
         InvalidInputError: the factory cannot be imported, or does not return an nn.Module.
@@ -70,6 +74,9 @@ def build_model(
         kwargs["deep_supervision"] = deep_supervision
     if not spec.custom or _accepts(factory, "patch"):
         kwargs["patch"] = tuple(patch) if patch is not None else None
+    own_switch = checkpointing and _accepts(factory, "checkpointing")
+    if own_switch:
+        kwargs["checkpointing"] = True
     try:
         model = factory(in_channels, out_channels, **kwargs)
     except Exception as error:
@@ -79,6 +86,10 @@ def build_model(
             f"{spec.factory!r} returned {type(model).__name__}, not a torch.nn.Module: "
             "the factory must return the network"
         )
+    if checkpointing and not own_switch:
+        from memprobe.checkpointing import checkpoint_stages
+
+        return checkpoint_stages(model)
     return model
 
 
@@ -114,4 +125,5 @@ def build_for_config(config: StepConfig) -> nn.Module:
         config.out_channels,
         deep_supervision=config.deep_supervision,
         patch=config.patch,
+        checkpointing=config.checkpointing,
     )

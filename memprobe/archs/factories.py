@@ -79,11 +79,22 @@ def segresnet(
 
 
 def swinunetr(
-    in_channels: int, out_channels: int, *, deep_supervision: bool = False, patch: Sequence[int] | None = None
+    in_channels: int,
+    out_channels: int,
+    *,
+    deep_supervision: bool = False,
+    patch: Sequence[int] | None = None,
+    checkpointing: bool = False,
 ) -> nn.Module:
     from monai.networks.nets import SwinUNETR
 
-    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=48, spatial_dims=3)
+    return SwinUNETR(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        feature_size=48,
+        spatial_dims=3,
+        use_checkpoint=checkpointing,  # the network's own activation checkpointing
+    )
 
 
 def unetr(

@@ -20,6 +20,7 @@ from memprobe.environment import software_environment
 from memprobe.errors import MemprobeError, ModelError
 from memprobe.measurement import Environment, Measurement
 from memprobe.step import TrainingState, parameter_count, prepare_training, train_step
+from memprobe.steps import load_step
 
 
 class CudaRuntime(Protocol):
@@ -121,12 +122,13 @@ def warm_up(state: TrainingState, step: Any = train_step, max_steps: int = MAX_W
 
 def run_real_step(config: StepConfig, device: torch.device, on_phase: Any, before_measured: Any) -> StepRun:
     """Build the network on ``device``, warm up until the optimizer has state, run the measured step."""
+    step = load_step(config.step)
     model = build_for_config(config).to(device)
     state = prepare_training(config, model, device)
-    warmup_steps = warm_up(state)
+    warmup_steps = warm_up(state, lambda s: step(s, lambda name: None))
     before_measured()
     started = time.perf_counter()
-    train_step(state, on_phase)
+    step(state, on_phase)
     return StepRun(time.perf_counter() - started, parameter_count(model), warmup_steps)
 
 

@@ -139,6 +139,8 @@ def run_child() -> int:
         data["in_channels"],
         data["out_channels"],
         data["deep_supervision"],
+        data.get("step", "memprobe"),
+        data.get("checkpointing", False),
     )
     try:
         measurement = get_backend(request["device"], budget_bytes=request["budget_bytes"]).measure(config)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import gc
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,12 +22,14 @@ from memprobe.backends.tracking import AllocationTracker
 from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
 from memprobe.environment import software_environment
-from memprobe.errors import ModelError
+from memprobe.errors import MemprobeError, ModelError
 from memprobe.measurement import Environment, Measurement
-from memprobe.step import TrainingState, parameter_count, prepare_training, train_step
+from memprobe.step import TrainingState, parameter_count, prepare_training
+from memprobe.steps import load_step
 
 _CPU = torch.device("cpu")
-# Windows each phase's peak is also recorded in (see AllocationTracker.split_phases).
+# Windows each phase's peak is also recorded in (see AllocationTracker.split_phases). A user's
+# training step announces the single segment "step", which is not split.
 WINDOWS_PER_PHASE = {"forward": 8, "backward": 24, "optimizer": 2}
 
 
@@ -36,6 +40,7 @@ def _run_tracked(
 
     With ``breakdown`` (a dict to fill), the peak is also split by what the memory holds.
     """
+    train_step = load_step(config.step)
     tracker.track_module(model)
     state: TrainingState = prepare_training(config, model, _CPU)
     train_step(state, tracker.start_phase)  # warm-up: creates optimizer state, counts each phase's ops
@@ -52,9 +57,46 @@ def _run_tracked(
     return time.perf_counter() - started, parameter_count(model)
 
 
+def fake_copy(model: nn.Module) -> tuple[nn.Module, Any]:
+    """A copy of ``model`` with fake parameters and buffers, and the FakeTensorMode to run it in."""
+    from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
+
+    fake_mode = FakeTensorMode()
+    with FakeCopyMode(fake_mode):
+        return copy.deepcopy(model), fake_mode
+
+
+def traced_peak_bytes(model: nn.Module, make_step: Callable[[nn.Module], Callable[[], None]]) -> int:
+    """Peak live bytes of a step on a fake copy of ``model``: a warm-up step, then the measured one.
+
+    ``make_step`` gets the fake model, inside the fake mode and the tracker, and returns the
+    step to run (it creates the optimizer and batch it needs there, so they are counted too).
+    """
+    fake_model, fake_mode = fake_copy(model)
+    tracker = AllocationTracker()
+    try:
+        with fake_mode, tracker:
+            tracker.track_module(fake_model)
+            step = make_step(fake_model)
+            step()  # warm-up: creates optimizer state
+            tracker.reset_peak()
+            step()
+        return tracker.peak_bytes
+    finally:
+        del fake_model
+        gc.collect()
+
+
 def _model_key(config: StepConfig) -> tuple[object, ...]:
     """What a built network depends on: UNETR's parameters depend on the patch too."""
-    return (config.arch, config.in_channels, config.out_channels, config.deep_supervision, config.patch)
+    return (
+        config.arch,
+        config.in_channels,
+        config.out_channels,
+        config.deep_supervision,
+        config.patch,
+        config.checkpointing,
+    )
 
 
 class _TrackedBackend:
@@ -92,11 +134,7 @@ class _TrackedBackend:
         try:
             with ExitStack() as stack:
                 if self.fake:
-                    from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
-
-                    fake_mode = FakeTensorMode()
-                    with FakeCopyMode(fake_mode):
-                        model = copy.deepcopy(model)
+                    model, fake_mode = fake_copy(model)
                     stack.enter_context(fake_mode)
                 stack.enter_context(tracker)
                 breakdown: dict[str, int] | None = {} if self.breakdown else None
@@ -106,6 +144,8 @@ class _TrackedBackend:
             self.last_replay_seconds = time.perf_counter() - replay_started
         except (torch.OutOfMemoryError, MemoryError):
             return Measurement(config, self.environment(), None, oom=True)
+        except MemprobeError:
+            raise  # a step that cannot be loaded, or a user's step that raised: already one line
         except Exception as error:
             raise ModelError(
                 f"the training step of {config.label()} failed: {type(error).__name__}: {error}"

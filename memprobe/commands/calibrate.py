@@ -6,7 +6,14 @@ from typing import Any
 
 import click
 
-from memprobe.commands.options import arch_option, db_option, emit, json_option
+from memprobe.commands.options import (
+    arch_option,
+    checkpointing_option,
+    db_option,
+    emit,
+    json_option,
+    training_step_option,
+)
 from memprobe.measurement import Measurement
 from memprobe.reporters import Report
 from memprobe.units import format_bytes, parse_bytes
@@ -31,6 +38,8 @@ def _progress_bar(label: str) -> Any:
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")
 @click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
 @click.option("--deep-supervision", is_flag=True, help="Calibrate with deep-supervision heads.")
+@training_step_option
+@checkpointing_option
 @click.option(
     "--budget",
     default=None,
@@ -47,6 +56,8 @@ def calibrate(
     precision: str,
     optimizer: str,
     deep_supervision: bool,
+    training_step: str,
+    checkpointing: bool,
     budget: str | None,
     isolate: bool,
     db_path: str | None,
@@ -71,6 +82,7 @@ def calibrate(
     from memprobe.config import make_step_config
     from memprobe.db import Database
     from memprobe.measuring import MeasurementLog
+    from memprobe.steps import load_step
 
     spec = resolve_arch(arch)
     base = make_step_config(
@@ -80,7 +92,10 @@ def calibrate(
         precision=precision,
         optimizer=optimizer,
         deep_supervision=deep_supervision,
+        step=training_step,
+        checkpointing=checkpointing,
     )
+    load_step(base.step)  # a wrong reference is refused before anything runs
     cap = parse_bytes(budget) if budget is not None else None
     # Every input is checked before the database is opened: a mistake must leave it untouched.
     backend = get_backend(device, budget_bytes=cap, isolate=isolate)

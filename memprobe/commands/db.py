@@ -40,6 +40,7 @@ def list_calibrations(db_path: str | None, shipped: bool, as_json: bool) -> None
             "precision": c.precision,
             "optimizer": c.optimizer,
             "deep sup.": "yes" if c.deep_supervision else "no",
+            "step": c.step + (" +checkpointing" if c.checkpointing else ""),
             "points": c.quality.points,
             "fit median %": round(100 * c.quality.median_relative_error, 2),
             "held-out median %": _percent(c.quality.heldout_median_relative_error),

@@ -30,10 +30,31 @@ def arch_option(function: F) -> F:
     )(function)
 
 
+def training_step_option(function: F) -> F:
+    return click.option(
+        "--step",
+        "training_step",
+        default="memprobe",
+        show_default=True,
+        help="Training step: memprobe (Dice+CE, AdamW), monai (DiceCELoss(to_onehot_y, softmax)), "
+        "or package.module:function(model, optimizer, inputs, labels, scaler) doing one full step.",
+    )(function)
+
+
+def checkpointing_option(function: F) -> F:
+    return click.option(
+        "--checkpointing",
+        is_flag=True,
+        help="Activation checkpointing: the network's own switch (SwinUNETR), else each top-level stage.",
+    )(function)
+
+
 def step_options(function: F) -> F:
-    """Options that choose the training step: precision, optimizer, channels, deep supervision."""
+    """Options that choose the training step: precision, optimizer, channels, deep supervision, step."""
     for option in reversed(
         (
+            training_step_option,
+            checkpointing_option,
             click.option(
                 "--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed."
             ),

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from memprobe.commands.options import arch_option, db_option, emit
+from memprobe.commands.options import (
+    arch_option,
+    checkpointing_option,
+    db_option,
+    emit,
+    training_step_option,
+)
 from memprobe.reporters import Report
 
 
@@ -37,6 +43,8 @@ from memprobe.reporters import Report
     "--out-channels", default=2, show_default=True, type=click.IntRange(min=1), help="Output classes."
 )
 @click.option("--deep-supervision", is_flag=True, help="Plan for deep-supervision heads.")
+@training_step_option
+@checkpointing_option
 @click.option("--device", default=None, help="Whose calibration: trace or a GPU name.")
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -66,6 +74,8 @@ def plan(
     in_channels: int,
     out_channels: int,
     deep_supervision: bool,
+    training_step: str,
+    checkpointing: bool,
     device: str | None,
     db_path: str | None,
     as_json: bool,
@@ -109,6 +119,8 @@ def plan(
         deep_supervision=deep_supervision,
         db=db_path,
         device=device,
+        step=training_step,
+        checkpointing=checkpointing,
     )
     rows = [
         {"setting": name, "value": value.value, "reason": value.reason}

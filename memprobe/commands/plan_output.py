@@ -22,13 +22,15 @@ def calibration_text(calibration: Calibration) -> str:
     worst = _heldout_worst(calibration)
     fit = f"held-out worst {100 * worst:.1f}%" if worst is not None else "no held-out points"
     checked = "" if calibration.measured_on_gpu else f"; {TRACE_NOTE}"
-    return f"{calibration.device} ({calibration.source}, {calibration.created_at[:10]}, {fit}{checked})"
+    step = "" if calibration.step == "memprobe" else f"step {calibration.step}, "
+    return f"{calibration.device} ({step}{calibration.source}, {calibration.created_at[:10]}, {fit}{checked})"
 
 
 def calibration_data(calibration: Calibration) -> dict[str, Any]:
     quality, reserved = calibration.quality, calibration.reserved_quality
     return {
         "device": calibration.device,
+        "step": calibration.step,
         "source": calibration.source,
         "created_at": calibration.created_at,
         "measured_on_gpu": calibration.measured_on_gpu,

@@ -46,6 +46,8 @@ def probe(
     in_channels: str,
     out_channels: str,
     deep_supervision: bool,
+    training_step: str,
+    checkpointing: bool,
     device: str | None,
     budget: str | None,
     isolate: bool,
@@ -53,16 +55,18 @@ def probe(
 ) -> None:
     """Run one real training step and report its peak memory.
 
-    The step is forward, Dice+CE loss, backward and optimizer step; the peak is read on the
-    second step, when optimizer state exists. On CUDA it is max_memory_allocated (and
+    The step is forward, Dice+CE loss, backward and optimizer step (or the --step chosen); the
+    peak is read on the second step, when optimizer state exists. On CUDA it is max_memory_allocated (and
     max_memory_reserved); on trace and cpu every tensor allocation is counted the same way.
 
     \b
     memprobe probe --arch mednext --patch 128 128 128 --batch 2 --device trace
     memprobe probe --arch basicunet --patch 96 96 96 --batch 4 --precision bf16-mixed --json
+    memprobe probe --arch basicunet --patch 96 96 96 --step mytrain:step --device trace
     """
     from memprobe.backends.base import get_backend
     from memprobe.config import make_step_config
+    from memprobe.steps import load_step
 
     config = make_step_config(
         arch,
@@ -73,7 +77,10 @@ def probe(
         in_channels=in_channels,
         out_channels=out_channels,
         deep_supervision=deep_supervision,
+        step=training_step,
+        checkpointing=checkpointing,
     )
+    load_step(config.step)  # a wrong reference is refused before anything runs
     budget_bytes = parse_bytes(budget) if budget is not None else None
     backend = get_backend(device, budget_bytes=budget_bytes, isolate=isolate)  # refuses a bad device first
     click.echo(f"measuring {config.label()} on {backend.kind.value} ...", err=True)

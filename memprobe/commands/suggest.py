@@ -7,7 +7,14 @@ from typing import Any
 import click
 
 from memprobe.commands.budget import budget_note
-from memprobe.commands.options import arch_option, db_option, emit, patch_option
+from memprobe.commands.options import (
+    arch_option,
+    checkpointing_option,
+    db_option,
+    emit,
+    patch_option,
+    training_step_option,
+)
 from memprobe.commands.plan_output import calibration_data, calibration_text, need_rows
 from memprobe.reporters import Report
 from memprobe.units import format_bytes
@@ -44,6 +51,15 @@ def _floats(values: tuple[str, ...] | None, what: str) -> list[float] | None:
     "--out-channels", default=2, show_default=True, type=click.IntRange(min=1), help="Output classes."
 )
 @click.option("--deep-supervision", is_flag=True, help="Plan for training with deep-supervision heads.")
+@training_step_option
+@checkpointing_option
+@click.option(
+    "--options",
+    "show_options",
+    is_flag=True,
+    help="Also list what would make it fit: other precisions, checkpointing, SGD, a smaller patch, "
+    "accumulation (each from its own calibration). Shown by itself when nothing fits.",
+)
 @click.option(
     "--safety",
     default=1.0,
@@ -84,6 +100,9 @@ def suggest(
     in_channels: int,
     out_channels: int,
     deep_supervision: bool,
+    training_step: str,
+    checkpointing: bool,
+    show_options: bool,
     safety: float,
     effective_batch: int | None,
     spacing: tuple[str, ...] | None,
@@ -97,18 +116,20 @@ def suggest(
     """Suggest the largest batch for a patch, or the largest patch for a batch.
 
     Answers from calibrations (your database first, then those shipped with memprobe),
-    without importing torch.
+    without importing torch. When even batch 1 does not fit, the alternatives that would
+    (as with --options) are listed and the exit code is 3, with the smallest need.
 
     \b
     memprobe suggest --patch 128 128 128 --gpu-mem 24GiB
     memprobe suggest --patch 96 96 96 --arch basicunet --precision bf16-mixed --effective-batch 8
     memprobe suggest --batch 2 --spacing 5 0.8 0.8 --median-shape 64 320 320 --gpu-mem 24GiB
     memprobe suggest --patch 128 128 128 --gpu-mem 80GiB --all-archs --json
+    memprobe suggest --patch 192 192 192 --gpu-mem 12GiB --options --effective-batch 4
     """
     from memprobe.api import load_calibrations, max_batch_size, max_patch_size
     from memprobe.archs.registry import known_arch_names
     from memprobe.commands.budget import resolve_budget
-    from memprobe.errors import InvalidInputError
+    from memprobe.errors import InvalidInputError, NothingFitsError
 
     budget_bytes, gpu = resolve_budget(gpu_mem)
     if patch is None and batch is None:
@@ -128,14 +149,34 @@ def suggest(
         deep_supervision=deep_supervision,
         db=db_path,
         device=device,
+        step=training_step,
+        checkpointing=checkpointing,
     )
+    if show_options and (patch is None or all_archs):
+        raise InvalidInputError(
+            "--options plans the batch of one architecture: give --patch, not --all-archs"
+        )
     if patch is not None:
         sizes: Any = patch  # text; validated (one-line errors) by the library
-        batch_plans = [
-            max_batch_size(a, sizes, budget_bytes, precision, effective_batch=effective_batch, **common)
-            for a in archs
-        ]
-        report = _batch_report(batch_plans, budget_bytes, budget_note(budget_bytes, gpu, gpu_mem))
+        note = budget_note(budget_bytes, gpu, gpu_mem)
+        try:
+            batch_plans = [
+                max_batch_size(a, sizes, budget_bytes, precision, effective_batch=effective_batch, **common)
+                for a in archs
+            ]
+        except NothingFitsError:
+            if all_archs:
+                raise
+            emit(
+                _options_report(None, arch, sizes, budget_bytes, precision, effective_batch, common, note),
+                as_json,
+            )
+            raise  # exit 3, with the smallest need
+        report = _batch_report(batch_plans, budget_bytes, note)
+        if show_options:
+            report = _options_report(
+                report, arch, sizes, budget_bytes, precision, effective_batch, common, note
+            )
     else:
         shape = _floats(median_shape, "--median-shape")
         patch_plans = [
@@ -152,6 +193,30 @@ def suggest(
         ]
         report = _patch_report(patch_plans, budget_bytes, budget_note(budget_bytes, gpu, gpu_mem))
     emit(report, as_json, "yaml" if as_yaml else None)
+
+
+def _options_report(
+    report: Report | None,
+    arch: str,
+    patch: Any,
+    budget_bytes: int,
+    precision: str,
+    effective_batch: int | None,
+    common: dict[str, Any],
+    budget_text: str,
+) -> Report:
+    """``report`` (None: nothing fits as asked) with the alternatives' table and data added."""
+    from memprobe.alternatives import alternatives
+    from memprobe.commands.suggest_options import options_data, options_rows
+
+    found = alternatives(arch, patch, budget_bytes, precision, effective_batch=effective_batch, **common)
+    title = "What would make it fit" if report is None else "Alternatives"
+    table = (f"{title} (same patch and budget, one change each)", options_rows(found))
+    if report is None:
+        data: dict[str, Any] = {"fits": False, "alternatives": options_data(found)}
+        return Report(data, (table,), ("nothing fits as asked", budget_text))
+    data = {**report.data, "alternatives": options_data(found)}
+    return Report(data, (*report.tables, table), report.notes)
 
 
 def _positive_batch(batch: str | None) -> int:

@@ -1,0 +1,1 @@
+"""memprobe inside other training frameworks (each imported only when used)."""

@@ -1,0 +1,199 @@
+"""Training steps by name: memprobe's own, MONAI's, or a user's ``package.module:function``.
+
+A user's step follows one protocol::
+
+    def step(model, optimizer, inputs, labels, scaler) -> None:
+        ...  # forward, loss, backward, optimizer.step(), optimizer.zero_grad()
+
+``inputs`` is a float tensor (B, in_channels, D, H, W); ``labels`` holds int64 class indices
+(B, D, H, W); ``scaler`` is a ``GradScaler`` for ``fp16-mixed`` and None otherwise. memprobe
+runs the step under autocast for the configured precision, so the step need not enter
+autocast itself. A user's step announces no phases: it is measured as one segment.
+
+Naming and validating a step needs no torch; running one does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from memprobe.errors import InvalidInputError, ModelError
+
+if TYPE_CHECKING:
+    from memprobe.step import PhaseCallback, TrainingState
+
+    StepRunner = Callable[[TrainingState, PhaseCallback], None]
+
+DEFAULT_STEP = "memprobe"
+BUILTIN_STEPS = ("memprobe", "monai")
+PROTOCOL = "def step(model, optimizer, inputs, labels, scaler) -> None (one full optimisation step)"
+_PROTOCOL_PARAMETERS = 5
+
+
+def is_custom_step(name: str) -> bool:
+    return ":" in name
+
+
+def check_step_name(name: object) -> str:
+    """Ensure ``name`` is a built-in step or has the ``package.module:function`` form."""
+    text = str(name).strip()
+    if text.lower() in BUILTIN_STEPS:
+        return text.lower()
+    module, _, function = text.partition(":")
+    if (
+        module
+        and function
+        and all(part.isidentifier() for part in (*module.split("."), *function.split(".")))
+    ):
+        return text
+    raise InvalidInputError(
+        f"unknown training step {text!r}: choose one of {', '.join(BUILTIN_STEPS)}, "
+        f"or give package.module:function implementing {PROTOCOL}"
+    )
+
+
+def load_step(name: str) -> StepRunner:
+    """The runner of step ``name``: called with the training state and a phase callback.
+
+    Raises:
+        InvalidInputError: a custom step cannot be imported, is not callable or takes other arguments.
+    """
+    if name == "memprobe":
+        from memprobe.step import train_step
+
+        return train_step
+    if name == "monai":
+        return _monai_step
+    return _custom_runner(name, _load_user_step(name))
+
+
+def _monai_step(state: TrainingState, on_phase: PhaseCallback) -> None:
+    """MONAI's tutorials and Auto3DSeg: ``DiceCELoss(to_onehot_y=True, softmax=True)``."""
+    from monai.losses import DiceCELoss
+
+    from memprobe.loss import deep_supervision_loss
+    from memprobe.step import optimise
+
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    on_phase("forward")
+    with state.autocast(), _host_arange():
+        outputs = state.model(state.inputs)
+        loss = deep_supervision_loss(
+            outputs, state.labels, lambda logits, labels: loss_function(logits, labels.unsqueeze(1))
+        )
+    del outputs
+    optimise(state, loss, on_phase)
+
+
+def _host_arange() -> Any:
+    """Make ``torch.arange`` without a device real even under fake tensors.
+
+    MONAI's DiceLoss reads ``torch.arange(2, ndim).tolist()``: a host tensor, also on a GPU,
+    whose values fake tensors cannot give.
+    """
+    import torch
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.overrides import TorchFunctionMode
+
+    class HostArange(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            if func is torch.arange and "device" not in kwargs:
+                with unset_fake_temporarily():
+                    return func(*args, **kwargs)
+            return func(*args, **kwargs)
+
+    return HostArange()
+
+
+def _load_user_step(name: str) -> Callable[..., object]:
+    module_name, _, attribute = name.partition(":")
+    if os.getcwd() not in sys.path:  # as `python -m` would: a step module beside the user is found
+        sys.path.insert(0, os.getcwd())
+    try:
+        found: Any = importlib.import_module(module_name)
+    except Exception as error:  # an import can fail in any way; report it as one line
+        raise InvalidInputError(
+            f"cannot import {module_name!r} for training step {name!r}: {type(error).__name__}: {error}; "
+            f"a step is package.module:function implementing {PROTOCOL}"
+        ) from error
+    for part in attribute.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            raise InvalidInputError(
+                f"{module_name!r} has no attribute {attribute!r} (training step {name!r}): "
+                f"a step implements {PROTOCOL}"
+            )
+    if not callable(found):
+        raise InvalidInputError(f"training step {name!r} is not callable: a step implements {PROTOCOL}")
+    if not _takes_protocol_arguments(found):
+        raise InvalidInputError(
+            f"training step {name!r} has the signature {_signature(found)}: a step implements {PROTOCOL}"
+        )
+    return found  # type: ignore[no-any-return]
+
+
+def _signature(function: Callable[..., object]) -> str:
+    try:
+        return str(inspect.signature(function))
+    except (TypeError, ValueError):
+        return "(unknown)"
+
+
+def _takes_protocol_arguments(function: Callable[..., object]) -> bool:
+    try:
+        inspect.signature(function).bind(*range(_PROTOCOL_PARAMETERS))
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): let the call decide
+        return True
+    return True
+
+
+def _custom_runner(name: str, function: Callable[..., object]) -> StepRunner:
+    def run(state: TrainingState, on_phase: PhaseCallback) -> None:
+        on_phase("step")  # one segment, the fit's whole-step segment: the CUDA backend reads its peak
+        try:
+            with state.autocast():
+                function(state.model, state.optimizer, state.inputs, state.labels, state.scaler)
+        except MemoryError:
+            raise
+        except Exception as error:
+            if _is_out_of_memory(error):
+                raise  # a result, not a failure of the step
+            raise ModelError(
+                f"training step {name!r} raised {type(error).__name__}: {error} (a step implements {PROTOCOL})"
+            ) from error
+
+        on_phase(None)
+
+    return run
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    message = str(error)
+    return type(error).__name__ == "OutOfMemoryError" or (
+        isinstance(error, RuntimeError) and ("out of memory" in message or "STATUS_ALLOC_FAILED" in message)
+    )
+
+
+def step_source_hash(name: str) -> str | None:
+    """A hash of a custom step's source file, so an edited step is measured afresh; None for built-ins."""
+    if not is_custom_step(name):
+        return None
+    module_name = name.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.origin or not os.path.isfile(found.origin):
+        return f"unhashable:{name}"
+    with open(found.origin, "rb") as source:
+        return hashlib.sha256(source.read()).hexdigest()[:16]
