@@ -5,6 +5,7 @@ Every MemprobeError becomes one line on stderr and its exit code here, and nowhe
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from typing import Any
@@ -63,13 +64,30 @@ def _command_path(error: click.UsageError, arguments: list[str]) -> str:
     return f"memprobe {command}" if command else "memprobe"
 
 
+class _WarningLine(logging.Handler):
+    """The library's warnings (a skipped database row), one clean line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"memprobe: warning: {record.getMessage()}", err=True)
+
+
+def _show_library_warnings() -> None:
+    logger = logging.getLogger("memprobe")
+    if not any(isinstance(handler, _WarningLine) for handler in logger.handlers):
+        logger.addHandler(_WarningLine(logging.WARNING))
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every error is one line and an exit code (``--debug`` shows tracebacks)."""
     arguments = sys.argv[1:] if argv is None else argv
     debug = "--debug" in arguments
+    _show_library_warnings()
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        cli.main(args=arguments, prog_name="memprobe", standalone_mode=False)
+        code = cli.main(args=arguments, prog_name="memprobe", standalone_mode=False)
+        if isinstance(code, int) and code:  # a command's context.exit(code), e.g. `db check` finding bad rows
+            sys.exit(code)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.Abort as abort:  # click turns Ctrl-C into Abort

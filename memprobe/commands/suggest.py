@@ -8,7 +8,7 @@ import click
 
 from memprobe.commands.budget import budget_note
 from memprobe.commands.options import arch_option, db_option, emit, patch_option
-from memprobe.commands.plan_output import calibration_data, calibration_text, need_rows
+from memprobe.commands.plan_output import calibration_data, calibration_text, check_prediction, need_rows
 from memprobe.reporters import Report
 from memprobe.units import format_bytes
 
@@ -169,6 +169,7 @@ def _batch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Repo
     rows, data, notes = [], [], []
     tables: list[tuple[str, list[dict[str, Any]]]] = []
     for p in plans:
+        check_prediction(p.need.total_bytes, p.arch)
         rows.append(
             {
                 "arch": p.arch,
@@ -218,6 +219,7 @@ def _patch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Repo
     rows, data, notes = [], [], []
     tables: list[tuple[str, list[dict[str, Any]]]] = []
     for p in plans:
+        check_prediction(p.need.total_bytes, p.arch)
         rows.append(
             {
                 "arch": p.arch,
