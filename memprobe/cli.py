@@ -14,22 +14,15 @@ import click
 
 from memprobe.__version__ import __version__
 from memprobe.commands import COMMANDS
-from memprobe.errors import MemprobeError
+from memprobe.errors import MemprobeError, TerminatedError
+from memprobe.user_code import note_interrupt
 
 INTERRUPTED_EXIT_CODE = 130
 _INTERRUPTED = "interrupted: every measurement taken so far is saved; run the same command to resume"
 
 
-class _TerminatedError(BaseException):
-    """SIGTERM, turned into an exception so the same clean exit as Ctrl-C runs.
-
-    A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way (a backend
-    turning step failures into ModelError) mistakes it for a failure of the model.
-    """
-
-
 def _raise_terminated(signum: int, frame: Any) -> None:
-    raise _TerminatedError
+    raise TerminatedError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -84,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in arguments
     _show_library_warnings()
     signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGINT, note_interrupt)  # tells a real Ctrl-C from a model raising KeyboardInterrupt
     try:
         code = cli.main(args=arguments, prog_name="memprobe", standalone_mode=False)
         if isinstance(code, int) and code:  # a command's context.exit(code), e.g. `db check` finding bad rows
@@ -99,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         _fail(str(error).splitlines()[0] if str(error) else type(error).__name__, error.exit_code)
-    except (KeyboardInterrupt, _TerminatedError):
+    except (KeyboardInterrupt, TerminatedError):
         _fail(_INTERRUPTED, INTERRUPTED_EXIT_CODE)
     except BrokenPipeError:
         sys.exit(0)

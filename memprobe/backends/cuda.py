@@ -19,6 +19,7 @@ from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
 from memprobe.environment import software_environment
 from memprobe.errors import MemprobeError, ModelError
+from memprobe.user_code import model_exited, raised_by_user_code
 from memprobe.measurement import Environment, Measurement
 from memprobe.step import TrainingState, parameter_count, prepare_training, train_step
 
@@ -207,6 +208,10 @@ class CudaBackend:
                     f"the training step of {config.label()} failed: {type(error).__name__}: {error}"
                 ) from error
             out_of_memory = True
+        except BaseException as error:
+            if not raised_by_user_code(error):
+                raise
+            raise model_exited(error, f"training {config.label()}") from None
         finally:
             if self.budget_bytes is not None:
                 runtime.set_per_process_memory_fraction(1.0)

@@ -22,6 +22,7 @@ from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
 from memprobe.environment import software_environment
 from memprobe.errors import ModelError
+from memprobe.user_code import model_exited, raised_by_user_code
 from memprobe.measurement import Environment, Measurement
 from memprobe.step import TrainingState, parameter_count, prepare_training, train_step
 
@@ -115,6 +116,10 @@ class _TrackedBackend:
             raise ModelError(
                 f"the training step of {config.label()} failed: {type(error).__name__}: {error}"
             ) from error
+        except BaseException as error:
+            if not raised_by_user_code(error):
+                raise
+            raise model_exited(error, f"training {config.label()}") from None
         finally:
             del model
             gc.collect()
