@@ -13,11 +13,10 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from dataclasses import dataclass
-
 from urllib.parse import quote
 
 from memprobe.calibration import Calibration
@@ -135,9 +134,13 @@ def default_db_path() -> Path:
     if os.environ.get(ENV_VARIABLE):
         path = Path(os.environ[ENV_VARIABLE]).expanduser()
         if path.is_symlink() and not path.exists():
-            raise DatabaseError(f"${ENV_VARIABLE}={path} is a link that leads nowhere or loops: fix it or pass --db")
+            raise DatabaseError(
+                f"${ENV_VARIABLE}={path} is a link that leads nowhere or loops: fix it or pass --db"
+            )
         if not path.parent.is_dir():
-            raise DatabaseError(f"${ENV_VARIABLE}={path} is in a folder that does not exist: fix it or pass --db")
+            raise DatabaseError(
+                f"${ENV_VARIABLE}={path} is in a folder that does not exist: fix it or pass --db"
+            )
         return path
     from platformdirs import user_data_path
 
@@ -163,7 +166,9 @@ def _retry_when_locked(action: Callable[[], T], attempts: int = 20) -> T:
 class Database:
     """A memprobe benchmark database file (use :meth:`open`)."""
 
-    def __init__(self, connection: sqlite3.Connection | None, path: Path | None, readonly: bool = False) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection | None, path: Path | None, readonly: bool = False
+    ) -> None:
         self._opened = connection  # None until a database that does not exist yet is first written
         self.path = path
         self.readonly = readonly

@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any
+from typing import Any, Protocol
 
 from memprobe.calibration import Calibration, FitQuality
 from memprobe.config import StepConfig
@@ -26,6 +26,12 @@ LOGGER = logging.getLogger("memprobe")
 _warned: set[tuple[str, str, object]] = set()  # once per bad row per process
 
 
+class Row(Protocol):
+    """A row read by column name: an ``sqlite3.Row`` or a dict."""
+
+    def __getitem__(self, name: str) -> Any: ...
+
+
 class BadRowError(ValueError):
     """A stored row that cannot be used; the message says why."""
 
@@ -36,8 +42,7 @@ def warn_bad_row(where: str, table: str, row_id: object, reason: str) -> None:
         return
     _warned.add((where, table, row_id))
     LOGGER.warning(
-        f"skipped {table} row {row_id} of {where}: {reason}; "
-        f"inspect with `memprobe db check --db {where}`"
+        f"skipped {table} row {row_id} of {where}: {reason}; inspect with `memprobe db check --db {where}`"
     )
 
 
@@ -145,7 +150,7 @@ def _fit_range(value: object) -> dict[str, list[int]] | None:
 
 def _enum_value(kind: type[Precision] | type[OptimizerName], value: object, what: str) -> str:
     try:
-        return kind(value).value
+        return kind(str(value)).value if isinstance(value, str) else kind(value).value  # type: ignore[arg-type]
     except ValueError:
         raise BadRowError(f"unknown {what} {_show(value)}") from None
 
@@ -191,7 +196,7 @@ def calibration_from_fields(data: Mapping[str, Any], *, source: str) -> Calibrat
         raise BadRowError(f"no {missing.args[0]}") from None
 
 
-def calibration_from_row(row: Mapping[str, Any], environment: dict[str, Any], *, source: str) -> Calibration:
+def calibration_from_row(row: Row, environment: dict[str, Any], *, source: str) -> Calibration:
     """A Calibration from a row of the ``calibrations`` table (read by column name)."""
     return calibration_from_fields(
         {
@@ -216,7 +221,7 @@ def calibration_from_row(row: Mapping[str, Any], environment: dict[str, Any], *,
     )
 
 
-def environment_from_row(row: Mapping[str, Any]) -> Environment:
+def environment_from_row(row: Row) -> Environment:
     """An Environment from a row of the ``environments`` table."""
     values = {f.name: row[f.name] for f in fields(Environment)}
     for name, value in values.items():
@@ -227,7 +232,7 @@ def environment_from_row(row: Mapping[str, Any]) -> Environment:
     return Environment(**values)
 
 
-def measurement_from_row(row: Mapping[str, Any], environment: Environment) -> Measurement:
+def measurement_from_row(row: Row, environment: Environment) -> Measurement:
     """A Measurement from a row of the ``measurements`` table."""
     config = StepConfig(
         _text(row["arch"], "arch"),
@@ -256,8 +261,12 @@ def measurement_from_row(row: Mapping[str, Any], environment: Environment) -> Me
         _whole(row["budget_bytes"], "budget_bytes", optional=True),
         _whole(row["parameter_count"], "parameter_count", optional=True),
         _byte_map(_json(row["breakdown_json"], "breakdown_json"), "breakdown_json"),
-        reserved_source=None if row["reserved_source"] is None else _text(row["reserved_source"], "reserved_source"),
-        simulated_allocated_bytes=_whole(row["simulated_allocated_bytes"], "simulated_allocated_bytes", optional=True),
+        reserved_source=None
+        if row["reserved_source"] is None
+        else _text(row["reserved_source"], "reserved_source"),
+        simulated_allocated_bytes=_whole(
+            row["simulated_allocated_bytes"], "simulated_allocated_bytes", optional=True
+        ),
         reserved_phase_peaks_bytes=_byte_map(
             _json(row["reserved_phase_peaks_json"], "reserved_phase_peaks_json"), "reserved_phase_peaks_json"
         ),

@@ -68,7 +68,9 @@ def good_db(tmp_path: Path) -> Path:
 
 
 def _suggest(db_path: Path) -> object:
-    return run_cli("suggest", "--db", str(db_path), "--patch", "64", "64", "64", "--gpu-mem", "24GiB", "--json")
+    return run_cli(
+        "suggest", "--db", str(db_path), "--patch", "64", "64", "64", "--gpu-mem", "24GiB", "--json"
+    )
 
 
 @pytest.mark.parametrize("case", BAD_CALIBRATIONS)
@@ -114,7 +116,9 @@ def test_an_extra_key_from_a_newer_memprobe_is_tolerated(good_db: Path) -> None:
 def test_negative_coefficients_never_yield_a_plan(good_db: Path) -> None:
     """The defect was batch 4096 at "-1.50 GiB", exit 0: with only the bad row there is no plan."""
     connection = sqlite3.connect(good_db)
-    connection.execute("UPDATE calibrations SET phase_coefficients_json = '{\"forward\": {\"constant\": -1.6e9}}'")
+    connection.execute(
+        'UPDATE calibrations SET phase_coefficients_json = \'{"forward": {"constant": -1.6e9}}\''
+    )
     connection.commit()
     connection.close()
     planned = run_cli("suggest", "--db", str(good_db), "--patch", "64", "64", "64", "--gpu-mem", "24GiB")

@@ -75,8 +75,20 @@ def _write_model(folder: Path, source: str) -> str:
 
 def _probe(folder: Path, arch: str, *extra: str) -> object:
     return run_cli(
-        "probe", "--arch", arch, "--patch", "16", "16", "16", "--batch", "1", "--device", "trace", *extra,
-        cwd=folder, timeout=300,
+        "probe",
+        "--arch",
+        arch,
+        "--patch",
+        "16",
+        "16",
+        "16",
+        "--batch",
+        "1",
+        "--device",
+        "trace",
+        *extra,
+        cwd=folder,
+        timeout=300,
     )
 
 
@@ -123,8 +135,21 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_an_isolated_worker_dies_with_its_parent(tmp_path: Path) -> None:
     parent = subprocess.Popen(
-        [*MEMPROBE, "probe", "--arch", "tests.crashy_models:hanging_net", "--patch", "16", "16", "16",
-         "--batch", "1", "--device", "trace", "--isolate"],
+        [
+            *MEMPROBE,
+            "probe",
+            "--arch",
+            "tests.crashy_models:hanging_net",
+            "--patch",
+            "16",
+            "16",
+            "16",
+            "--batch",
+            "1",
+            "--device",
+            "trace",
+            "--isolate",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=dict(os.environ),

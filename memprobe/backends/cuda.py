@@ -19,9 +19,9 @@ from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
 from memprobe.environment import software_environment
 from memprobe.errors import MemprobeError, ModelError
-from memprobe.user_code import model_exited, raised_by_user_code
 from memprobe.measurement import Environment, Measurement
 from memprobe.step import TrainingState, parameter_count, prepare_training, train_step
+from memprobe.user_code import model_exited, raised_by_user_code
 
 
 class CudaRuntime(Protocol):

@@ -22,9 +22,9 @@ from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
 from memprobe.environment import software_environment
 from memprobe.errors import ModelError
-from memprobe.user_code import model_exited, raised_by_user_code
 from memprobe.measurement import Environment, Measurement
 from memprobe.step import TrainingState, parameter_count, prepare_training, train_step
+from memprobe.user_code import model_exited, raised_by_user_code
 
 _CPU = torch.device("cpu")
 # Windows each phase's peak is also recorded in (see AllocationTracker.split_phases).

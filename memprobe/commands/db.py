@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import click
 
 from memprobe.commands.options import db_option, emit, json_option
@@ -106,9 +107,7 @@ def export(db_path: str | None, out_path: str) -> None:
 
 @db.command("check")
 @db_option
-@click.option(
-    "--repair", is_flag=True, help="Move the bad rows to the quarantine table (never deleted)."
-)
+@click.option("--repair", is_flag=True, help="Move the bad rows to the quarantine table (never deleted).")
 def check(db_path: str | None, repair: bool) -> None:
     """Report rows that memprobe cannot use; exit 1 if there are any.
 

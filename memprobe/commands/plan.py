@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from memprobe.commands.options import arch_option, db_option, emit
+from memprobe.commands.options import (
+    BATCH,
+    CHANNELS,
+    LEARNING_RATE,
+    SHAPE_SIZE,
+    SPACING_MM,
+    arch_option,
+    db_option,
+    emit,
+)
 from memprobe.reporters import Report
 
 
@@ -12,14 +21,18 @@ from memprobe.reporters import Report
 @arch_option
 @click.option("--gpu-mem", default=None, help="Memory to plan for, e.g. 24GiB; default the detected GPU's.")
 @click.option("--precision", default=None, help="Override: fp32, fp16-mixed or bf16-mixed (default: by GPU).")
-@click.option("--patch", nargs=3, type=int, default=None, metavar="D H W", help="Override the patch size.")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Override the batch size.")
-@click.option("--lr", type=float, default=None, help="Override the learning rate.")
-@click.option("--spacing", nargs=3, type=float, default=None, metavar="Z Y X", help="Voxel spacing in mm.")
-@click.option("--median-shape", nargs=3, type=int, default=None, metavar="D H W", help="Median image shape.")
 @click.option(
-    "--effective-batch", type=click.IntRange(min=1), default=None, help="Batch to reach by accumulation."
+    "--patch", nargs=3, type=SHAPE_SIZE, default=None, metavar="D H W", help="Override the patch size."
 )
+@click.option("--batch", type=BATCH, default=None, help="Override the batch size.")
+@click.option("--lr", type=LEARNING_RATE, default=None, help="Override the learning rate.")
+@click.option(
+    "--spacing", nargs=3, type=SPACING_MM, default=None, metavar="Z Y X", help="Voxel spacing in mm."
+)
+@click.option(
+    "--median-shape", nargs=3, type=SHAPE_SIZE, default=None, metavar="D H W", help="Median image shape."
+)
+@click.option("--effective-batch", type=BATCH, default=None, help="Batch to reach by accumulation.")
 @click.option(
     "--safety",
     default=1.0,
@@ -30,12 +43,8 @@ from memprobe.reporters import Report
 @click.option(
     "--num-gpus", default=1, show_default=True, type=click.IntRange(min=1), help="GPUs (for workers)."
 )
-@click.option(
-    "--in-channels", default=1, show_default=True, type=click.IntRange(min=1), help="Input channels."
-)
-@click.option(
-    "--out-channels", default=2, show_default=True, type=click.IntRange(min=1), help="Output classes."
-)
+@click.option("--in-channels", default=1, show_default=True, type=CHANNELS, help="Input channels.")
+@click.option("--out-channels", default=2, show_default=True, type=CHANNELS, help="Output classes.")
 @click.option("--deep-supervision", is_flag=True, help="Plan for deep-supervision heads.")
 @click.option("--device", default=None, help="Whose calibration: trace or a GPU name.")
 @db_option

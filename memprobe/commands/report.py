@@ -69,9 +69,8 @@ def report(
     from memprobe.errors import InvalidInputError
     from memprobe.measurement import Measurement
     from memprobe.measuring import MeasurementLog
-    from memprobe.report_figure import default_patches, draw_report, find_or_calibrate, memory_report
-
     from memprobe.output_paths import IMAGE_SUFFIXES, check_output_path, database_files
+    from memprobe.report_figure import default_patches, draw_report, find_or_calibrate, memory_report
 
     if not 0 < safety <= 1:
         raise InvalidInputError(f"--safety must be in (0, 1], got {safety}")

@@ -7,28 +7,29 @@ from typing import Any
 import click
 
 from memprobe.commands.budget import budget_note
-from memprobe.commands.options import arch_option, db_option, emit, patch_option
+from memprobe.commands.options import (
+    BATCH,
+    CHANNELS,
+    SHAPE_SIZE,
+    SPACING_MM,
+    arch_option,
+    db_option,
+    emit,
+    patch_option,
+)
 from memprobe.commands.plan_output import calibration_data, calibration_text, check_prediction, need_rows
 from memprobe.reporters import Report
 from memprobe.units import format_bytes
-
-
-def _floats(values: tuple[str, ...] | None, what: str) -> list[float] | None:
-    from memprobe.errors import InvalidInputError
-
-    if not values:
-        return None
-    try:
-        return [float(v) for v in values]
-    except ValueError:
-        raise InvalidInputError(f"{what} takes 3 numbers, got {' '.join(values)}") from None
 
 
 @click.command()
 @arch_option
 @patch_option(required=False)
 @click.option(
-    "--batch", default=None, help="Plan the largest patch for this batch (when --patch is not given)."
+    "--batch",
+    default=None,
+    type=BATCH,
+    help="Plan the largest patch for this batch (when --patch is not given).",
 )
 @click.option(
     "--gpu-mem",
@@ -37,12 +38,8 @@ def _floats(values: tuple[str, ...] | None, what: str) -> list[float] | None:
 )
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")
 @click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
-@click.option(
-    "--in-channels", default=1, show_default=True, type=click.IntRange(min=1), help="Input channels."
-)
-@click.option(
-    "--out-channels", default=2, show_default=True, type=click.IntRange(min=1), help="Output classes."
-)
+@click.option("--in-channels", default=1, show_default=True, type=CHANNELS, help="Input channels.")
+@click.option("--out-channels", default=2, show_default=True, type=CHANNELS, help="Output classes.")
 @click.option("--deep-supervision", is_flag=True, help="Plan for training with deep-supervision heads.")
 @click.option(
     "--safety",
@@ -54,14 +51,24 @@ def _floats(values: tuple[str, ...] | None, what: str) -> list[float] | None:
 @click.option(
     "--effective-batch",
     default=None,
-    type=click.IntRange(min=1),
+    type=BATCH,
     help="Batch to reach by gradient accumulation.",
 )
 @click.option(
-    "--spacing", nargs=3, default=None, metavar="Z Y X", help="Voxel spacing in mm (shapes the patch)."
+    "--spacing",
+    nargs=3,
+    type=SPACING_MM,
+    default=None,
+    metavar="Z Y X",
+    help="Voxel spacing in mm (shapes the patch).",
 )
 @click.option(
-    "--median-shape", nargs=3, default=None, metavar="D H W", help="Median image shape (caps the patch)."
+    "--median-shape",
+    nargs=3,
+    type=SHAPE_SIZE,
+    default=None,
+    metavar="D H W",
+    help="Median image shape (caps the patch).",
 )
 @click.option("--all-archs", is_flag=True, help="Compare every calibrated architecture.")
 @click.option(
@@ -77,7 +84,7 @@ def _floats(values: tuple[str, ...] | None, what: str) -> list[float] | None:
 def suggest(
     arch: str,
     patch: tuple[str, ...] | None,
-    batch: str | None,
+    batch: int | None,
     gpu_mem: str | None,
     precision: str,
     optimizer: str,
@@ -86,8 +93,8 @@ def suggest(
     deep_supervision: bool,
     safety: float,
     effective_batch: int | None,
-    spacing: tuple[str, ...] | None,
-    median_shape: tuple[str, ...] | None,
+    spacing: tuple[float, ...] | None,
+    median_shape: tuple[int, ...] | None,
     all_archs: bool,
     device: str | None,
     db_path: str | None,
@@ -137,29 +144,21 @@ def suggest(
         ]
         report = _batch_report(batch_plans, budget_bytes, budget_note(budget_bytes, gpu, gpu_mem))
     else:
-        shape = _floats(median_shape, "--median-shape")
+        assert batch is not None
         patch_plans = [
             max_patch_size(
                 a,
-                _positive_batch(batch),
+                batch,
                 budget_bytes,
                 precision,
-                spacing=_floats(spacing, "--spacing"),
-                median_shape=[int(v) for v in shape] if shape else None,
+                spacing=list(spacing) if spacing else None,
+                median_shape=list(median_shape) if median_shape else None,
                 **common,
             )
             for a in archs
         ]
         report = _patch_report(patch_plans, budget_bytes, budget_note(budget_bytes, gpu, gpu_mem))
     emit(report, as_json, "yaml" if as_yaml else None)
-
-
-def _positive_batch(batch: str | None) -> int:
-    from memprobe.errors import InvalidInputError
-
-    if batch is None or not batch.isdigit() or int(batch) < 1:
-        raise InvalidInputError(f"--batch must be a positive whole number, got {batch!r}")
-    return int(batch)
 
 
 def _batch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Report:
