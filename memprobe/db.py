@@ -538,14 +538,14 @@ def _uri(path: Path, *, readonly: bool, create: bool) -> str:
     """A ``file:`` URI that names exactly ``path`` (``#``, ``?`` and ``%`` escaped).
 
     A read opens read-only, so it never checkpoints, deletes or creates another process's
-    ``-wal``/``-shm``: with a write-ahead log beside the file (a writer is or was at work) it
-    reads through it; without one nothing is writing, and the file is read as immutable, which
-    creates no side files at all.
+    ``-wal``/``-shm``: with a write-ahead log and its index beside the file (a writer is or was
+    at work) it reads through them; without them nothing is writing, and the file is read as
+    immutable, which creates no side files at all.
     """
     name = quote(os.fspath(path.absolute()))
     if not readonly:
         return f"file:{name}?mode={'rwc' if create else 'rw'}"
-    has_log = Path(f"{path}-wal").exists()
+    has_log = Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()  # else ro would create -shm
     return f"file:{name}?mode=ro" if has_log else f"file:{name}?mode=ro&immutable=1"
 
 
