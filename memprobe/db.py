@@ -563,6 +563,8 @@ def _prepared(connection: sqlite3.Connection, path: Path | None, *, readonly: bo
         version, tables = _retry_when_locked(lambda: _schema_facts(connection))
         _check_schema(where, version, tables)
         if version < SCHEMA_VERSION:
+            if readonly and _has_every_column(connection):
+                return connection  # later migrations only added what writing needs (quarantine)
             if readonly:
                 raise DatabaseError(
                     f"database {where} needs an upgrade: run `memprobe db check --repair --db {where}` once"
@@ -579,6 +581,22 @@ def _prepared(connection: sqlite3.Connection, path: Path | None, *, readonly: bo
         connection.close()
         raise
     return connection
+
+
+def _has_every_column(connection: sqlite3.Connection) -> bool:
+    """Whether an older database already has every column that reading rows uses."""
+    current = sqlite3.connect(":memory:")
+    try:
+        for script in MIGRATIONS:
+            current.executescript(script)
+        for table in sorted(_MEMPROBE_TABLES):
+            wanted = {row[1] for row in current.execute(f"PRAGMA table_info({table})")}
+            present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+            if not wanted <= present:
+                return False
+    finally:
+        current.close()
+    return True
 
 
 def _schema_facts(connection: sqlite3.Connection) -> tuple[int, set[str]]:

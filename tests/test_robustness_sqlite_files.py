@@ -214,3 +214,25 @@ def test_memprobe_db_pointing_nowhere_is_reported_not_replaced(
     assert "Traceback" not in result.err and result.out == ""
     assert _listing(tmp_path) == before
     assert os.environ["MEMPROBE_DB"]
+
+
+def test_a_database_from_before_the_quarantine_is_read_untouched_and_repair_upgrades_it(
+    tmp_path: Path,
+) -> None:
+    db = make_calibrated_db(tmp_path / "calib.sqlite")
+    connection = sqlite3.connect(db)
+    connection.execute("DROP TABLE quarantine")
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    connection.commit()
+    connection.close()
+    before = file_state(db)
+    for name, read in READS.items():
+        result = run_cli(*read, "--db", str(db))
+        assert result.code == (2 if name == "suggest" else 0), result.err  # it has no basicunet
+        assert "needs an upgrade" not in result.err
+    assert file_state(db) == before
+    assert run_cli("db", "check", "--repair", "--db", str(db)).code == 0
+    connection = sqlite3.connect(db)
+    assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert connection.execute("SELECT COUNT(*) FROM quarantine").fetchone() == (0,)
+    connection.close()

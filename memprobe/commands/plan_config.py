@@ -54,10 +54,6 @@ def plan_config_view(
     context = click.get_current_context()
     _check_options(context, config_path)
     assert config_path is not None
-    if out_path is not None:  # before planning, as every output path
-        from memprobe.output_paths import check_output_path, database_files
-
-        check_output_path(out_path, reading=[config_path, *database_files(db_path)])
     budget_bytes, _ = resolve_budget(gpu_mem)
     planned = plan_config_file(
         config_path,
