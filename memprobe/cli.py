@@ -77,7 +77,14 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in arguments
     _show_library_warnings()
     signal.signal(signal.SIGTERM, _raise_terminated)
-    signal.signal(signal.SIGINT, note_interrupt)  # tells a real Ctrl-C from a model raising KeyboardInterrupt
+    previous_sigint = signal.signal(signal.SIGINT, note_interrupt)  # a real Ctrl-C, told from user code's
+    try:
+        _run(arguments, debug)
+    finally:
+        signal.signal(signal.SIGINT, previous_sigint)
+
+
+def _run(arguments: list[str], debug: bool) -> None:
     try:
         code = cli.main(args=arguments, prog_name="memprobe", standalone_mode=False)
         if isinstance(code, int) and code:  # a command's context.exit(code), e.g. `db check` finding bad rows

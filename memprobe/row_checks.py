@@ -36,13 +36,14 @@ class BadRowError(ValueError):
     """A stored row that cannot be used; the message says why."""
 
 
-def warn_bad_row(where: str, table: str, row_id: object, reason: str) -> None:
-    """Say once per process that a row was skipped, and how to inspect it."""
+def warn_bad_row(where: str, table: str, row_id: object, reason: str, fix: str | None = None) -> None:
+    """Say once per process that a row was skipped, and how to inspect it (``fix`` by default)."""
     if (where, table, row_id) in _warned:
         return
     _warned.add((where, table, row_id))
     LOGGER.warning(
-        f"skipped {table} row {row_id} of {where}: {reason}; inspect with `memprobe db check --db {where}`"
+        f"skipped {table} row {row_id} of {where}: {reason}; "
+        f"{fix or f'inspect with `memprobe db check --db {where}`'}"
     )
 
 

@@ -35,7 +35,7 @@ def shipped_calibrations() -> list[Calibration]:
         try:
             result.append(calibration_from_fields(item, source="shipped"))
         except BadRowError as error:
-            warn_bad_row(SHIPPED_FILE, "shipped calibration", number, str(error))
+            warn_bad_row(SHIPPED_FILE, "shipped calibration", number, str(error), "reinstall memprobe")
     return result
 
 
