@@ -11,6 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from memprobe.archs.registry import resolve_arch
+from memprobe.arguments import (
+    check_bool,
+    check_db,
+    check_fraction,
+    check_optional_count,
+    check_shape,
+    check_spacing,
+    check_text,
+)
 from memprobe.calibration import Calibration
 from memprobe.config import StepConfig, make_step_config
 from memprobe.memory_need import MemoryNeed, memory_need
@@ -159,7 +168,11 @@ def estimate(
 
     Returns:
         An Estimate with ``peak_allocated_bytes``.
+
+    Raises:
+        InvalidInputError: an argument of the wrong type or without meaning.
     """
+    db, device = _checked_source(db, device)
     config = make_step_config(
         arch,
         patch,
@@ -218,7 +231,11 @@ def max_batch_size(
 
     Raises:
         NothingFitsError: even batch 1 does not fit.
+        InvalidInputError: an argument of the wrong type or without meaning.
     """
+    db, device = _checked_source(db, device)
+    safety = check_fraction(safety, "safety")
+    effective_batch = check_optional_count(effective_batch, "effective_batch")
     config = make_step_config(
         arch,
         patch,
@@ -268,7 +285,12 @@ def max_patch_size(
 
     Raises:
         NothingFitsError: even the smallest patch the network takes does not fit.
+        InvalidInputError: an argument of the wrong type or without meaning.
     """
+    db, device = _checked_source(db, device)
+    safety = check_fraction(safety, "safety")
+    spacing = check_spacing(spacing)
+    median_shape = check_shape(median_shape)
     spec = resolve_arch(arch)
     config = make_step_config(
         arch,
@@ -296,6 +318,10 @@ def max_patch_size(
         gpu=target_gpu(device),
     )
     return _with_warning(plan, choice.warning)
+
+
+def _checked_source(db: object, device: object) -> tuple[str | Path | None, str | None]:
+    return check_db(db), check_text(device, "device")
 
 
 def _with_warning(plan: P, warning: str | None) -> P:
@@ -328,6 +354,8 @@ def probe(
     """
     from memprobe.backends.base import get_backend
 
+    device = check_text(device, "device")
+    isolate = check_bool(isolate, "isolate")
     config = make_step_config(
         arch,
         patch,
@@ -363,6 +391,8 @@ def calibrate(
     from memprobe.db import Database
     from memprobe.measuring import MeasurementLog
 
+    db, device = _checked_source(db, device)
+    isolate = check_bool(isolate, "isolate")
     spec = resolve_arch(arch)
     base = make_step_config(
         arch,

@@ -5,6 +5,7 @@ Every MemprobeError becomes one line on stderr and its exit code here, and nowhe
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from typing import Any
@@ -13,22 +14,15 @@ import click
 
 from memprobe.__version__ import __version__
 from memprobe.commands import COMMANDS
-from memprobe.errors import MemprobeError
+from memprobe.errors import MemprobeError, TerminatedError
+from memprobe.user_code import note_interrupt
 
 INTERRUPTED_EXIT_CODE = 130
 _INTERRUPTED = "interrupted: every measurement taken so far is saved; run the same command to resume"
 
 
-class _TerminatedError(BaseException):
-    """SIGTERM, turned into an exception so the same clean exit as Ctrl-C runs.
-
-    A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way (a backend
-    turning step failures into ModelError) mistakes it for a failure of the model.
-    """
-
-
 def _raise_terminated(signum: int, frame: Any) -> None:
-    raise _TerminatedError
+    raise TerminatedError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -63,13 +57,38 @@ def _command_path(error: click.UsageError, arguments: list[str]) -> str:
     return f"memprobe {command}" if command else "memprobe"
 
 
+class _WarningLine(logging.Handler):
+    """The library's warnings (a skipped database row), one clean line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"memprobe: warning: {record.getMessage()}", err=True)
+
+
+def _show_library_warnings() -> None:
+    logger = logging.getLogger("memprobe")
+    if not any(isinstance(handler, _WarningLine) for handler in logger.handlers):
+        logger.addHandler(_WarningLine(logging.WARNING))
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every error is one line and an exit code (``--debug`` shows tracebacks)."""
     arguments = sys.argv[1:] if argv is None else argv
     debug = "--debug" in arguments
+    _show_library_warnings()
     signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_sigint = signal.signal(signal.SIGINT, note_interrupt)  # a real Ctrl-C, told from user code's
     try:
-        cli.main(args=arguments, prog_name="memprobe", standalone_mode=False)
+        _run(arguments, debug)
+    finally:
+        signal.signal(signal.SIGINT, previous_sigint)
+
+
+def _run(arguments: list[str], debug: bool) -> None:
+    try:
+        code = cli.main(args=arguments, prog_name="memprobe", standalone_mode=False)
+        if isinstance(code, int) and code:  # a command's context.exit(code), e.g. `db check` finding bad rows
+            sys.exit(code)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.Abort as abort:  # click turns Ctrl-C into Abort
@@ -81,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         _fail(str(error).splitlines()[0] if str(error) else type(error).__name__, error.exit_code)
-    except (KeyboardInterrupt, _TerminatedError):
+    except (KeyboardInterrupt, TerminatedError):
         _fail(_INTERRUPTED, INTERRUPTED_EXIT_CODE)
     except BrokenPipeError:
         sys.exit(0)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from memprobe.api import estimate, max_batch_size
+from memprobe.arguments import check_bool, check_fraction, check_gigabytes
 from memprobe.errors import NothingFitsError
 from memprobe.pytc_config import auto_plan_config
 from memprobe.pytc_gpu import get_gpu_info, print_gpu_info
@@ -33,7 +34,7 @@ _GB = 1024**3  # the planner's "GB" is 1024^3 bytes
 
 
 def _precision(mixed_precision: bool) -> str:
-    return "fp16-mixed" if mixed_precision else "fp32"
+    return "fp16-mixed" if check_bool(mixed_precision, "mixed_precision") else "fp32"
 
 
 def estimate_gpu_memory_required(
@@ -85,9 +86,9 @@ def suggest_batch_size(
         plan = max_batch_size(
             arch,
             patch_size,
-            available_gpu_memory_gb * _GB,
+            check_gigabytes(available_gpu_memory_gb, "available_gpu_memory_gb") * _GB,
             _precision(mixed_precision),
-            safety=safety_margin,
+            safety=check_fraction(safety_margin, "safety_margin"),
             in_channels=in_channels,
             out_channels=out_channels,
             deep_supervision=deep_supervision,

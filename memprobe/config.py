@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from memprobe.archs.registry import ArchSpec, resolve_arch, smallest_patch_size
+from memprobe.arguments import MAX_BATCH_SIZE, check_bool, check_triple
 from memprobe.enums import OptimizerName, Precision, parse_enum
 from memprobe.errors import InvalidInputError
 from memprobe.steps import DEFAULT_STEP, check_step_name
@@ -15,6 +16,7 @@ from memprobe.steps import DEFAULT_STEP, check_step_name
 # A patch larger than this many voxels is refused before anything is built: 1024^3 voxels of
 # float32 are 4 GiB for the input alone, beyond what any training step on one card can hold.
 MAX_PATCH_VOXELS = 1024**3
+MAX_CHANNELS = 100_000
 
 
 @dataclass(frozen=True)
@@ -69,17 +71,26 @@ def _replace(config: StepConfig, **changes: object) -> StepConfig:
     return replace(config, **changes)  # type: ignore[arg-type]
 
 
-def _positive_int(value: object, what: str) -> int:
-    # numbers.Real, not (int, float): numpy's integers (a patch read from nnU-Net plans) are not int.
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+def _positive_int(value: object, what: str, largest: int = 2**31) -> int:
+    """A whole number: an int (numpy's too, as a patch read from nnU-Net plans) or ASCII digits.
+
+    A float is refused even when whole (``2.0`` is a mistake in Python code), and so is text
+    in other scripts (``²``, ``١٢٨``): only 0-9 are read as digits.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.lstrip("+").isdigit()):
+            raise InvalidInputError(f"{what} must be a positive whole number, got {value!r}")
+        number = int(text)
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number = int(value)
+    else:
         raise InvalidInputError(f"{what} must be a positive whole number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidInputError(f"{what} must be a positive whole number, got {value!r}") from None
-    if not number.is_integer() or number <= 0:
+    if number <= 0:
         raise InvalidInputError(f"{what} must be a positive whole number, got {value!r}")
-    return int(number)
+    if number > largest:
+        raise InvalidInputError(f"{what} {value!r} is absurdly large: at most {largest}")
+    return number
 
 
 def nearest_valid_sizes(size: int, divisor: int) -> tuple[int, int]:
@@ -91,6 +102,7 @@ def nearest_valid_sizes(size: int, divisor: int) -> tuple[int, int]:
 
 def validate_patch(patch: Sequence[object], spec: ArchSpec) -> tuple[int, int, int]:
     """Ensure the patch has three positive sizes that the network's downsampling divides."""
+    patch = check_triple(patch, "a patch")
     if len(patch) != 3:
         raise InvalidInputError(
             f"a patch has 3 sizes (depth height width), got {len(patch)}: e.g. --patch 128 128 128"
@@ -139,12 +151,12 @@ def make_step_config(
     return StepConfig(
         arch=spec.name,
         patch=validate_patch(patch, spec),
-        batch=_positive_int(batch, "batch size"),
+        batch=_positive_int(batch, "batch size", MAX_BATCH_SIZE),
         precision=parse_enum(Precision, str(precision), "precision"),
         optimizer=parse_enum(OptimizerName, str(optimizer), "optimizer"),
-        in_channels=_positive_int(in_channels, "in_channels"),
-        out_channels=_positive_int(out_channels, "out_channels"),
-        deep_supervision=bool(deep_supervision),
+        in_channels=_positive_int(in_channels, "in_channels", MAX_CHANNELS),
+        out_channels=_positive_int(out_channels, "out_channels", MAX_CHANNELS),
+        deep_supervision=check_bool(deep_supervision, "deep_supervision"),
         step=check_step_name(step),
-        checkpointing=bool(checkpointing),
+        checkpointing=check_bool(checkpointing, "checkpointing"),
     )

@@ -13,15 +13,23 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
-from memprobe.calibration import Calibration, FitQuality
+from memprobe.calibration import Calibration
 from memprobe.config import StepConfig
-from memprobe.enums import OptimizerName, Precision
 from memprobe.errors import DatabaseError
 from memprobe.measurement import Environment, Measurement, ReuseKey
+from memprobe.row_checks import (
+    BadRowError,
+    calibration_from_row,
+    environment_from_row,
+    measurement_from_row,
+    warn_bad_row,
+)
 
 T = TypeVar("T")
 _CURRENT_CODE = ReuseKey()  # a registered network measured by this memprobe
@@ -119,14 +127,39 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX module_peaks_by_key ON module_peaks (module_key, device_kind, batch);
     """,
+    # 4: rows `memprobe db check --repair` moved out of the way (never deleted), with the reason.
+    """
+    CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY,
+        source_table TEXT NOT NULL,
+        source_id INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        row_json TEXT NOT NULL,
+        quarantined_at TEXT NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def default_db_path() -> Path:
-    """``$MEMPROBE_DB``, else ``memprobe.sqlite`` in the user's data directory."""
+    """``$MEMPROBE_DB``, else ``memprobe.sqlite`` in the user's data directory.
+
+    Raises:
+        DatabaseError: ``$MEMPROBE_DB`` names a link that leads nowhere or loops, or a file in
+            a folder that does not exist (reported like a bad --db, never silently replaced).
+    """
     if os.environ.get(ENV_VARIABLE):
-        return Path(os.environ[ENV_VARIABLE]).expanduser()
+        path = Path(os.environ[ENV_VARIABLE]).expanduser()
+        if path.is_symlink() and not path.exists():
+            raise DatabaseError(
+                f"${ENV_VARIABLE}={path} is a link that leads nowhere or loops: fix it or pass --db"
+            )
+        if not path.parent.is_dir():
+            raise DatabaseError(
+                f"${ENV_VARIABLE}={path} is in a folder that does not exist: fix it or pass --db"
+            )
+        return path
     from platformdirs import user_data_path
 
     return user_data_path("memprobe", appauthor=False) / "memprobe.sqlite"
@@ -151,9 +184,12 @@ def _retry_when_locked(action: Callable[[], T], attempts: int = 20) -> T:
 class Database:
     """A memprobe benchmark database file (use :meth:`open`)."""
 
-    def __init__(self, connection: sqlite3.Connection | None, path: Path | None) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection | None, path: Path | None, readonly: bool = False
+    ) -> None:
         self._opened = connection  # None until a database that does not exist yet is first written
         self.path = path
+        self.readonly = readonly
 
     @classmethod
     def open(cls, path: str | Path | None = None, *, create: bool = True, readonly: bool = False) -> Database:
@@ -172,12 +208,16 @@ class Database:
             return cls(_prepared(connection, None, readonly=False), None)
         if target.is_dir():
             raise DatabaseError(f"{target} is a directory, not a database file: pass --db FILE")
+        if target.is_symlink() and not target.exists():
+            raise DatabaseError(f"{target} is a link that leads nowhere or loops: pass another --db")
+        if target.exists() and not target.is_file():
+            raise DatabaseError(f"{target} is not a regular file: pass --db FILE")
         if not target.exists():
             if not create or readonly:
                 raise DatabaseError(f"no database at {target}: run `memprobe calibrate` first or pass --db")
             _check_creatable(target)
             return cls(None, target)
-        return cls(_connect(target, readonly=readonly), target)
+        return cls(_connect(target, readonly=readonly), target, readonly)
 
     def close(self) -> None:
         if self._opened is not None:
@@ -192,7 +232,7 @@ class Database:
     def _reader(self) -> sqlite3.Connection | None:
         """The connection to read from; None while a database still to be created does not exist."""
         if self._opened is None and self.path is not None and self.path.exists():
-            self._opened = _connect(self.path, readonly=False)  # another process created it meanwhile
+            self._opened = _connect(self.path, readonly=self.readonly)  # another process created it meanwhile
         return self._opened
 
     def _writer(self) -> sqlite3.Connection:
@@ -344,8 +384,8 @@ class Database:
             ),
         )
         for row in rows:
-            stored = _measurement_from_row(row, environment)
-            if stored.ok or stored.budget_bytes == budget_bytes:
+            stored = self._checked_measurement(row, environment)
+            if stored is not None and (stored.ok or stored.budget_bytes == budget_bytes):
                 return stored
         return None
 
@@ -354,21 +394,37 @@ class Database:
     ) -> list[Measurement]:
         """Stored measurements, oldest first, optionally filtered."""
         query = "SELECT * FROM measurements WHERE (? IS NULL OR arch = ?) AND (? IS NULL OR precision = ?) ORDER BY id"
-        environments: dict[int, Environment] = {}
         result = []
         for row in self._rows(query, (arch, arch, precision, precision)):
-            environment_id = row["environment_id"]
-            if environment_id not in environments:
-                environments[environment_id] = self._environment(environment_id)
-            environment = environments[environment_id]
+            try:
+                environment = self._environment(row["environment_id"])
+            except BadRowError as error:
+                warn_bad_row(self._where, "measurements", row["id"], str(error))
+                continue
             if device is not None and environment.calibration_device != device:
                 continue
-            result.append(_measurement_from_row(row, environment))
+            stored = self._checked_measurement(row, environment)
+            if stored is not None:
+                result.append(stored)
         return result
 
-    def _environment(self, environment_id: int) -> Environment:
+    @property
+    def _where(self) -> str:
+        return str(self.path or ":memory:")
+
+    def _checked_measurement(self, row: sqlite3.Row, environment: Environment) -> Measurement | None:
+        """The measurement in ``row``, or None (with one warning) when the row is not usable."""
+        try:
+            return measurement_from_row(row, environment)
+        except BadRowError as error:
+            warn_bad_row(self._where, "measurements", row["id"], str(error))
+            return None
+
+    def _environment(self, environment_id: object) -> Environment:
         rows = self._rows("SELECT * FROM environments WHERE id = ?", (environment_id,))
-        return _environment_from_row(rows[0])
+        if not rows:
+            raise BadRowError(f"its environment {environment_id!r} does not exist")
+        return environment_from_row(rows[0])
 
     # Calibrations -------------------------------------------------------------------------
 
@@ -404,36 +460,95 @@ class Database:
         return int(cursor.lastrowid or 0)
 
     def calibrations(self) -> list[Calibration]:
-        """The newest calibration for each key."""
-        rows = self._rows(
-            "SELECT * FROM calibrations WHERE id IN (SELECT MAX(id) FROM calibrations "
-            "GROUP BY arch, device, precision, optimizer, deep_supervision, step, checkpointing) "
-            "ORDER BY arch, device, precision"
-        )
-        return [self._calibration_from_row(row) for row in rows]
+        """The newest usable calibration for each key; a bad row is skipped with one warning."""
+        result: dict[tuple[object, ...], Calibration] = {}
+        for row in self._rows("SELECT * FROM calibrations ORDER BY id DESC"):
+            try:
+                calibration = self._calibration_from_row(row)
+            except BadRowError as error:
+                warn_bad_row(self._where, "calibrations", row["id"], str(error))
+                continue
+            result.setdefault(calibration.key, calibration)
+        return sorted(result.values(), key=lambda c: (c.arch, c.device, c.precision))
 
     def _calibration_from_row(self, row: sqlite3.Row) -> Calibration:
         environment_id = row["environment_id"]
-        reserved_quality = _json_or_none(row["reserved_quality_json"])
-        return Calibration(
-            row["arch"],
-            row["device"],
-            row["precision"],
-            row["optimizer"],
-            bool(row["deep_supervision"]),
-            json.loads(row["phase_coefficients_json"]),
-            json.loads(row["parameter_model_json"]),
-            FitQuality(**json.loads(row["quality_json"])),
-            self._environment(environment_id).to_dict() if environment_id is not None else {},
-            row["created_at"],
-            source=str(self.path or ":memory:"),
-            reserved_coefficients=_json_or_none(row["reserved_coefficients_json"]),
-            reserved_quality=FitQuality(**reserved_quality) if reserved_quality else None,
-            fit_range=_json_or_none(row["fit_range_json"]),
-            context_bytes=row["context_bytes"],
-            step=row["step"],
-            checkpointing=bool(row["checkpointing"]),
+        environment = self._environment(environment_id).to_dict() if environment_id is not None else {}
+        return calibration_from_row(row, environment, source=self._where)
+
+    # A LightningModule's own training step (memprobe.integrations.lightning) -----------------
+
+    def add_module_peak(
+        self, module_key: str, device_kind: str, batch: int, peak_allocated_bytes: int
+    ) -> None:
+        """Store the measured peak of a LightningModule's training step at ``batch``."""
+        with self._write() as connection:
+            connection.execute(
+                "INSERT INTO module_peaks (module_key, device_kind, batch, peak_allocated_bytes, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (module_key, device_kind, batch, peak_allocated_bytes, _now()),
+            )
+
+    def module_peaks(self, module_key: str, device_kind: str) -> dict[int, int]:
+        """The newest stored peak of each batch measured for ``module_key`` on ``device_kind``."""
+        rows = self._rows(
+            "SELECT batch, peak_allocated_bytes FROM module_peaks WHERE module_key = ? AND device_kind = ? "
+            "ORDER BY id",
+            (module_key, device_kind),
         )
+        return {int(row["batch"]): int(row["peak_allocated_bytes"]) for row in rows}
+
+    # Checking -----------------------------------------------------------------------------
+
+    def bad_rows(self) -> list[BadRow]:
+        """Every calibration and measurement row that cannot be used, with the reason."""
+        bad = []
+        for row in self._rows("SELECT * FROM calibrations ORDER BY id"):
+            try:
+                self._calibration_from_row(row)
+            except BadRowError as error:
+                bad.append(BadRow("calibrations", row["id"], str(error)))
+        for row in self._rows("SELECT * FROM measurements ORDER BY id"):
+            try:
+                measurement_from_row(row, self._environment(row["environment_id"]))
+            except BadRowError as error:
+                bad.append(BadRow("measurements", row["id"], str(error)))
+        return bad
+
+    def quarantine(self, bad: list[BadRow]) -> int:
+        """Move ``bad`` rows into the ``quarantine`` table (never deleted), in one transaction."""
+        with self._write() as connection:
+            for item in bad:
+                row = connection.execute(
+                    f"SELECT * FROM {item.table} WHERE id = ?", (item.row_id,)
+                ).fetchone()
+                if row is None:
+                    continue
+                connection.execute(
+                    "INSERT INTO quarantine (source_table, source_id, reason, row_json, quarantined_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (item.table, item.row_id, item.reason, _row_json(row), _now()),
+                )
+                connection.execute(f"DELETE FROM {item.table} WHERE id = ?", (item.row_id,))
+        return len(bad)
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A stored row that cannot be used: its table, id and why."""
+
+    table: str
+    row_id: int
+    reason: str
+
+
+def _row_json(row: sqlite3.Row) -> str:
+    """The row as JSON, BLOBs as hex, so a quarantined row can be restored by hand."""
+    values = {
+        name: {"blob_hex": value.hex()} if isinstance(value, bytes) else value
+        for name, value in zip(row.keys(), row, strict=True)
+    }
+    return json.dumps(values, default=repr)
 
     # A LightningModule's own step ---------------------------------------------------------
 
@@ -462,47 +577,6 @@ def _json_or_null(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-def _json_or_none(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _measurement_from_row(row: sqlite3.Row, environment: Environment) -> Measurement:
-    config = StepConfig(
-        row["arch"],
-        (row["patch_d"], row["patch_h"], row["patch_w"]),
-        row["batch"],
-        Precision(row["precision"]),
-        OptimizerName(row["optimizer"]),
-        row["in_channels"],
-        row["out_channels"],
-        bool(row["deep_supervision"]),
-        row["step"],
-        bool(row["checkpointing"]),
-    )
-    return Measurement(
-        config,
-        environment,
-        row["peak_allocated_bytes"],
-        row["peak_reserved_bytes"],
-        json.loads(row["phase_peaks_json"]),
-        row["step_seconds"],
-        bool(row["oom"]),
-        row["error"],
-        row["budget_bytes"],
-        row["parameter_count"],
-        json.loads(row["breakdown_json"]),
-        reserved_source=row["reserved_source"],
-        simulated_allocated_bytes=row["simulated_allocated_bytes"],
-        reserved_phase_peaks_bytes=json.loads(row["reserved_phase_peaks_json"]),
-        context_bytes=row["context_bytes"],
-        warmup_steps=row["warmup_steps"],
-    )
-
-
-def _environment_from_row(row: sqlite3.Row) -> Environment:
-    return Environment(**{name: row[name] for name in Environment.__dataclass_fields__})
-
-
 def _fingerprint(environment: Environment) -> str:
     return json.dumps(environment.to_dict(), sort_keys=True)
 
@@ -518,16 +592,31 @@ def _connect(path: Path, *, readonly: bool, create: bool = False) -> sqlite3.Con
             f"cannot write to {path}: the file or its folder is read-only; pass --db FILE "
             "in a writable folder"
         )
-    # mode=rw, not ro, even to read: only a read-write connection removes the -wal and -shm files
-    # it creates when it closes. In a folder that cannot hold them, the file is read as immutable.
-    mode = "rwc" if create else "ro&immutable=1" if readonly and not os.access(path.parent, os.W_OK) else "rw"
     try:
         connection = sqlite3.connect(
-            f"file:{path}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+            _uri(path, readonly=readonly, create=create),
+            uri=True,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
         )
     except sqlite3.Error as error:
         raise DatabaseError(f"cannot open database {path}: {error}; pass another --db") from None
     return _prepared(connection, path, readonly=readonly)
+
+
+def _uri(path: Path, *, readonly: bool, create: bool) -> str:
+    """A ``file:`` URI that names exactly ``path`` (``#``, ``?`` and ``%`` escaped).
+
+    A read opens read-only, so it never checkpoints, deletes or creates another process's
+    ``-wal``/``-shm``: with a write-ahead log and its index beside the file (a writer is or was
+    at work) it reads through them; without them nothing is writing, and the file is read as
+    immutable, which creates no side files at all.
+    """
+    name = quote(os.fspath(path.absolute()))
+    if not readonly:
+        return f"file:{name}?mode={'rwc' if create else 'rw'}"
+    has_log = Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()  # else ro would create -shm
+    return f"file:{name}?mode=ro" if has_log else f"file:{name}?mode=ro&immutable=1"
 
 
 def _prepared(connection: sqlite3.Connection, path: Path | None, *, readonly: bool) -> sqlite3.Connection:
@@ -544,8 +633,10 @@ def _prepared(connection: sqlite3.Connection, path: Path | None, *, readonly: bo
         version, tables = _retry_when_locked(lambda: _schema_facts(connection))
         _check_schema(where, version, tables)
         if version < SCHEMA_VERSION:
+            if readonly and _has_every_column(connection):
+                return connection  # later migrations only added what writing needs (quarantine)
             if readonly:
-                raise DatabaseError(f"database {where} needs an upgrade: open it once without read-only")
+                return _upgraded_copy(connection)
             _retry_when_locked(lambda: _migrate(connection))
         if path is not None and not readonly:
             _retry_when_locked(lambda: connection.execute("PRAGMA journal_mode = WAL"))
@@ -560,16 +651,58 @@ def _prepared(connection: sqlite3.Connection, path: Path | None, *, readonly: bo
     return connection
 
 
+def _upgraded_copy(connection: sqlite3.Connection) -> sqlite3.Connection:
+    """An older database, read without writing to it: an in-memory copy, migrated there.
+
+    A read command may not change the file (another user's, or read-only); the next command
+    that writes migrates the file itself.
+    """
+    copy = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        connection.backup(copy)
+        _migrate(copy)
+    finally:
+        connection.close()
+    copy.row_factory = sqlite3.Row
+    copy.execute("PRAGMA query_only = ON")
+    return copy
+
+
+def _has_every_column(connection: sqlite3.Connection) -> bool:
+    """Whether an older database already has every column that reading rows uses."""
+    current = sqlite3.connect(":memory:")
+    try:
+        for script in MIGRATIONS:
+            current.executescript(script)
+        for table in sorted(_MEMPROBE_TABLES):
+            wanted = {row[1] for row in current.execute(f"PRAGMA table_info({table})")}
+            present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+            if not wanted <= present:
+                return False
+    finally:
+        current.close()
+    return True
+
+
 def _schema_facts(connection: sqlite3.Connection) -> tuple[int, set[str]]:
     """The schema version and table names, read in one transaction so they agree with each other."""
     connection.execute("BEGIN")
     try:
         version = int(connection.execute("PRAGMA user_version").fetchone()[0])
-        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        rows = connection.execute("SELECT type, name FROM sqlite_master").fetchall()
     finally:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
-    return version, {name for (name,) in rows if not name.startswith("sqlite_")}
+    # Another program's views, triggers or indexes count too: no schema is created beside them.
+    return version, {
+        name if kind == "table" else f"{kind} {name}"
+        for (kind, name) in rows
+        if not name.startswith("sqlite_") and (kind == "table" or not _is_memprobe_index(name))
+    }
+
+
+def _is_memprobe_index(name: str) -> bool:
+    return name in ("measurements_by_config", "calibrations_by_key")
 
 
 def _check_schema(where: object, version: int, tables: set[str]) -> None:

@@ -38,3 +38,11 @@ class NothingFitsError(MemprobeError):
     """
 
     exit_code = 3
+
+
+class TerminatedError(BaseException):
+    """SIGTERM, turned into an exception so the same clean exit as Ctrl-C runs.
+
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way (a backend
+    turning step failures into ModelError) mistakes it for a failure of the model.
+    """

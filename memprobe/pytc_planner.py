@@ -15,6 +15,7 @@ from typing import Any
 
 from memprobe.api import estimate, max_patch_size
 from memprobe.archs.registry import ArchSpec, get_arch, resolve_arch
+from memprobe.arguments import check_gigabytes
 from memprobe.enums import Precision
 from memprobe.errors import InvalidInputError
 from memprobe.full_plan import PlanValue, choose_precision, make_plan
@@ -159,8 +160,7 @@ class AutoConfigPlanner:
 
     def _budget(self, gpu_memory_gb: float | None) -> tuple[int, str, str | None]:
         if gpu_memory_gb is not None:
-            if not gpu_memory_gb > 0:
-                raise InvalidInputError(f"gpu_memory_gb must be positive, got {gpu_memory_gb}")
+            gpu_memory_gb = check_gigabytes(gpu_memory_gb, "gpu_memory_gb")  # text, nan, inf refused
             return int(gpu_memory_gb * _GB), f"GPU memory: {gpu_memory_gb:.1f} GB (given)", None
         if self.gpus:
             gpu = self.gpus[0]

@@ -7,6 +7,7 @@ peak broken down; :func:`draw_report` renders that as a PNG with matplotlib's Ag
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,9 +18,10 @@ from memprobe.archs.registry import ArchSpec
 from memprobe.calibration import Calibration
 from memprobe.calibrator import patch_unit
 from memprobe.config import StepConfig
-from memprobe.errors import NoCalibrationError
+from memprobe.errors import InvalidInputError, NoCalibrationError
 from memprobe.measurement import Measurement
 from memprobe.measuring import MeasurementLog
+from memprobe.output_paths import write_atomically
 from memprobe.planner import MAX_BATCH
 from memprobe.search import largest_at_most
 
@@ -187,7 +189,12 @@ def draw_report(report: MemoryReport, out: str | Path, *, dpi: int = 120) -> Pat
     )
     figure.text(0.01, 0.008, _caption(report), fontsize=8, color="0.3")
     path = Path(out)
-    figure.savefig(path, dpi=dpi)
+    image = io.BytesIO()
+    figure.savefig(image, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
+    try:
+        write_atomically(path, image.getvalue())  # a full disk leaves no half-written image
+    except OSError as error:
+        raise InvalidInputError(f"cannot write {path}: {error.strerror or error}") from None
     return path
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from memprobe.calibration import Calibration
 from memprobe.db import Database, default_db_path
 from memprobe.errors import NoCalibrationError
+from memprobe.row_checks import BadRowError, calibration_from_fields, warn_bad_row
 
 SHIPPED_FILE = "calibrations.json"
 
@@ -29,7 +30,13 @@ def shipped_calibrations() -> list[Calibration]:
         text = resources.files("memprobe.data").joinpath(SHIPPED_FILE).read_text()
     except FileNotFoundError:
         return []
-    return [replace(Calibration.from_dict(item), source="shipped") for item in json.loads(text)]
+    result = []
+    for number, item in enumerate(json.loads(text)):
+        try:
+            result.append(calibration_from_fields(item, source="shipped"))
+        except BadRowError as error:
+            warn_bad_row(SHIPPED_FILE, "shipped calibration", number, str(error), "reinstall memprobe")
+    return result
 
 
 def user_calibrations(db_path: str | Path | None = None) -> list[Calibration]:

@@ -39,6 +39,10 @@ def parse_bytes(text: str | int | float) -> int:
             raise InvalidInputError(f"memory size {text!r} must be a finite number of bytes")
         if int(text) <= 0:  # 0.5 bytes would become a budget of 0
             raise InvalidInputError(f"memory size {text!r} must be greater than zero")
+        if text < MIB:  # no GPU has less: a number of GiB passed where bytes are meant
+            raise InvalidInputError(
+                f"memory size {text!r} is in bytes, less than 1 MiB: did you mean '{text}GiB'?"
+            )
         return int(text)  # a number from Python code is already bytes
     match = _PATTERN.match(str(text))
     if not match or match.group(2).lower() not in _UNITS:
@@ -46,6 +50,8 @@ def parse_bytes(text: str | int | float) -> int:
             f"cannot read memory size {text!r}: write e.g. 24GiB, 24GB, 24000MiB or 24 (GiB)"
         )
     number, unit = float(match.group(1)), match.group(2).lower()
+    if not math.isfinite(number * _UNITS[unit]) or number * _UNITS[unit] > 2**80:
+        raise InvalidInputError(f"memory size {text!r} is absurdly large")
     size = int(number * _UNITS[unit])
     if size <= 0:
         raise InvalidInputError(f"memory size {text!r} must be greater than zero")

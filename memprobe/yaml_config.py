@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from ruamel.yaml.tokens import CommentToken
 from ruamel.yaml.util import load_yaml_guess_indent
 
 from memprobe.errors import InvalidInputError
+from memprobe.output_paths import check_output_path, database_files, write_atomically
 from memprobe.pytc_config import ConfigPlan, apply_plan, lookup_node, plan_config
 
 
@@ -121,29 +121,6 @@ def _dump(config: CommentedMap, yaml: YAML) -> str:
     return stream.getvalue()
 
 
-def write_atomically(path: str | Path, text: str) -> None:
-    """Replace ``path`` by ``text`` whole: a temporary file in the same folder, then ``os.replace``."""
-    target = Path(path)
-    mode = target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask()
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
 def _same_file(first: Path, second: Path) -> bool:
     if first.exists() and second.exists():
         return os.path.samefile(first, second)
@@ -165,6 +142,8 @@ def plan_config_file(path: str | Path, out: str | Path | None = None, **planning
     source = Path(path)
     if out is not None and _same_file(Path(out), source):
         raise InvalidInputError(f"--out {out} is the input config: write the plan to another file")
+    if out is not None:
+        check_output_path(out, reading=database_files(planning.get("db")))
     config, yaml = load_config(source)
     plan = plan_config(config, **planning)
     _insert(config, plan)

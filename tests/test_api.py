@@ -214,9 +214,9 @@ def test_custom_model_calibration_answers_estimates(db_path: Path) -> None:
         ),
         (
             lambda db: memprobe.max_batch_size("mednext", (128, 128, 128), "24GiB", safety=1.5, db=db),
-            "--safety",
+            "safety",
         ),
-        (lambda db: memprobe.max_patch_size("mednext", 2, "24GiB", spacing=(1, 1), db=db), "--spacing"),
+        (lambda db: memprobe.max_patch_size("mednext", 2, "24GiB", spacing=(1, 1), db=db), "spacing"),
         (lambda db: memprobe.estimate("nonet", (128, 128, 128), 2, db=db), "unknown architecture"),
     ],
 )

@@ -30,11 +30,8 @@ PATCH_CASES = {
         ("--patch", "128", "128"),
         "requires 3 arguments. (see `memprobe {command} --help`)",
     ),
-    "patch size 0": (("--patch", "128", "0", "128"), "each patch size must be a positive whole number"),
-    "negative patch size": (
-        ("--patch", "128", "-128", "128"),
-        "each patch size must be a positive whole number",
-    ),
+    "patch size 0": (("--patch", "128", "0", "128"), "positive whole number"),
+    "negative patch size": (("--patch", "128", "-128", "128"), "positive whole number"),
     "fractional patch size": (("--patch", "128", "12.5", "128"), "positive whole number"),
     "patch of 10000^3": (("--patch", "10000", "10000", "10000"), "choose a smaller patch"),
 }
@@ -107,7 +104,7 @@ def _cases() -> list[Any]:
         "fractional patch size",
         (*PLAN, "--patch", "128", "12.5", "128"),
         2,
-        "'12.5' is not a valid integer",
+        "'12.5' is not a positive whole number",
         "(see `memprobe plan --help`)",
     )
     for batch, fragment in (
@@ -117,9 +114,9 @@ def _cases() -> list[Any]:
         ("1.5", "batch size must be a positive whole number"),
     ):
         add(f"batch {batch}", (*PROBE, *PATCH, "--batch", batch), 2, fragment)
-    add("batch 0", (*SUGGEST, "--batch", "0"), 2, "must be a positive whole number")
-    add("batch abc", (*SUGGEST, "--batch", "abc"), 2, "--batch must be a positive whole number")
-    add("batch 0", (*PLAN, "--batch", "0"), 2, "0 is not in the range x>=1")
+    add("batch 0", (*SUGGEST, "--batch", "0"), 2, "'0' is not a positive whole number")
+    add("batch abc", (*SUGGEST, "--batch", "abc"), 2, "'--batch': 'abc' is not a positive whole number")
+    add("batch 0", (*PLAN, "--batch", "0"), 2, "'0' is not a positive whole number")
     for budget, fragment in BUDGET_CASES.items():
         add(f"budget {budget}", (*PROBE, *PATCH, "--budget", budget), 2, fragment)
         add(f"budget {budget}", (*CALIBRATE, "--budget", budget), 2, fragment)

@@ -20,7 +20,7 @@ def _error(*args: object, **kwargs: object) -> str:
 
 def test_valid_input_becomes_a_config() -> None:
     """Text sizes, upper-case modes and aliases are normalised into the canonical config."""
-    config = make_step_config("MedNeXt-S", ("128", 128.0, 96), "2", precision="BF16-Mixed", optimizer="SGD")
+    config = make_step_config("MedNeXt-S", ("128", 128, 96), "2", precision="BF16-Mixed", optimizer="SGD")
     assert config == StepConfig("mednext", (128, 128, 96), 2, Precision.BF16_MIXED, OptimizerName.SGD)
     assert config.voxels == 128 * 128 * 96
     assert config.label() == "mednext 128x128x96 b2 bf16-mixed"

@@ -136,9 +136,24 @@ def test_a_read_only_open_does_not_migrate(db_path: Path, monkeypatch: pytest.Mo
     with Database.open(db_path) as database:
         database.add_measurement(measurement())
     before = file_state(db_path)
+    migrations = (*db_module.MIGRATIONS, "ALTER TABLE measurements ADD COLUMN later INTEGER")
+    monkeypatch.setattr(db_module, "MIGRATIONS", migrations)
+    monkeypatch.setattr(db_module, "SCHEMA_VERSION", len(migrations))
+    with Database.open(db_path, readonly=True) as database:  # read through a migrated copy in memory
+        assert len(database.measurements()) == 1
+    assert file_state(db_path) == before
+
+
+def test_a_read_only_open_reads_an_older_database_that_has_every_column(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration that only adds a table (as the quarantine did) does not lock readers out."""
+    with Database.open(db_path) as database:
+        database.add_measurement(measurement())
+    before = file_state(db_path)
     _with_a_second_migration(monkeypatch)
-    with pytest.raises(DatabaseError, match="needs an upgrade"):
-        Database.open(db_path, readonly=True)
+    with Database.open(db_path, readonly=True) as database:
+        assert len(database.measurements()) == 1
     assert file_state(db_path) == before
 
 

@@ -81,7 +81,8 @@ def test_a_probe_that_hangs_is_stopped_and_recorded(monkeypatch: pytest.MonkeyPa
     assert measurement.error == "the probe's process did not finish within 1 s"
 
 
-def test_probe_isolate_reports_a_segfault_as_its_result() -> None:
+def test_probe_isolate_reports_a_segfault_as_a_model_failure() -> None:
+    """A crashed child is the model's failure: one line, exit 1 (#15; it was exit 0)."""
     result = run_cli(
         "probe",
         "--arch",
@@ -97,11 +98,11 @@ def test_probe_isolate_reports_a_segfault_as_its_result() -> None:
         "--isolate",
         "--json",
     )
-    assert result.code == 0, result.err
-    assert "Traceback" not in result.err
-    data = json.loads(result.out)
-    assert data["error"] == "the probe's process was killed by SIGSEGV"
-    assert data["peak_allocated_bytes"] is None and data["oom"] is False
+    assert result.code == 1, result.err
+    assert "Traceback" not in result.err and result.out == ""
+    assert result.error_lines == [
+        "memprobe: error: the model exited abnormally: the probe's process was killed by SIGSEGV"
+    ]
 
 
 def _seed_what_does_not_crash(db_path: Path, arch: str) -> int:

@@ -180,6 +180,8 @@ def resolve_arch(name: str) -> ArchSpec:
     A custom model's spec is provisional: its divisor is unknown until it is built, so 1 is
     assumed and a patch that the network cannot take surfaces as a model failure.
     """
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInputError(f"arch must be an architecture name (see `memprobe archs`), got {name!r}")
     if ":" in name:
         module, _, function = name.partition(":")
         if not module or not function:

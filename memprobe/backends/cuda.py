@@ -21,6 +21,7 @@ from memprobe.errors import MemprobeError, ModelError
 from memprobe.measurement import Environment, Measurement
 from memprobe.step import TrainingState, parameter_count, prepare_training, train_step
 from memprobe.steps import load_step
+from memprobe.user_code import model_exited, raised_by_user_code
 
 
 class CudaRuntime(Protocol):
@@ -201,6 +202,10 @@ class CudaBackend:
                     f"the training step of {config.label()} failed: {type(error).__name__}: {error}"
                 ) from error
             out_of_memory = True
+        except BaseException as error:
+            if not raised_by_user_code(error):
+                raise
+            raise model_exited(error, f"training {config.label()}") from None
         finally:
             if self.budget_bytes is not None:
                 runtime.set_per_process_memory_fraction(1.0)

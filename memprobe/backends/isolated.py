@@ -9,9 +9,12 @@ a probe without isolation would.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 from memprobe import errors
@@ -84,7 +87,12 @@ class IsolatedBackend:
 
     def measure(self, config: StepConfig) -> Measurement:
         request = json.dumps(
-            {"device": self.kind.value, "budget_bytes": self.budget_bytes, "config": config.to_dict()}
+            {
+                "device": self.kind.value,
+                "budget_bytes": self.budget_bytes,
+                "config": config.to_dict(),
+                "parent_pid": os.getpid(),
+            }
         )
         try:
             completed = subprocess.run(
@@ -117,6 +125,35 @@ def _report(data: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: object) -> None:
+    """Have the kernel kill this process when the parent dies (Linux), so no probe runs on orphaned.
+
+    Elsewhere, or if the parent is already gone, a thread polls the parent's pid instead.
+    """
+    if not isinstance(parent_pid, int):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        armed = False
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def run_child() -> int:
     """Measure the configuration read from stdin and print the measurement as JSON."""
     from memprobe.backends.base import get_backend
@@ -126,6 +163,7 @@ def run_child() -> int:
     # so an interrupted probe is never recorded as a crashed one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     request: dict[str, Any] = json.loads(sys.stdin.read())
+    _die_with_parent(request.get("parent_pid"))
     if request.get("environment"):
         _report(get_backend(request["device"], budget_bytes=request["budget_bytes"]).environment().to_dict())
         return 0

@@ -26,6 +26,7 @@ from memprobe.errors import MemprobeError, ModelError
 from memprobe.measurement import Environment, Measurement
 from memprobe.step import TrainingState, parameter_count, prepare_training
 from memprobe.steps import load_step
+from memprobe.user_code import model_exited, raised_by_user_code
 
 _CPU = torch.device("cpu")
 # Windows each phase's peak is also recorded in (see AllocationTracker.split_phases). A user's
@@ -150,6 +151,10 @@ class _TrackedBackend:
             raise ModelError(
                 f"the training step of {config.label()} failed: {type(error).__name__}: {error}"
             ) from error
+        except BaseException as error:
+            if not raised_by_user_code(error):
+                raise
+            raise model_exited(error, f"training {config.label()}") from None
         finally:
             del model
             gc.collect()

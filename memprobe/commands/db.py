@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -85,20 +84,57 @@ def list_measurements(db_path: str | None, arch: str | None, as_json: bool) -> N
     "--out",
     "out_path",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=str,
     help="JSON file to write (memprobe/data/calibrations.json to ship them).",
 )
-def export(db_path: str | None, out_path: Path) -> None:
+def export(db_path: str | None, out_path: str) -> None:
     """Export the newest calibrations as JSON (the format memprobe ships its defaults in).
 
     \b
     memprobe db export --db build/shipped.sqlite --out memprobe/data/calibrations.json
     """
+    from memprobe.errors import InvalidInputError
+    from memprobe.output_paths import check_output_path, database_files, write_atomically
     from memprobe.sources import user_calibrations
 
+    check_output_path(out_path, reading=database_files(db_path))
     calibrations = [dict(c.to_dict(), source="shipped") for c in user_calibrations(db_path)]
-    out_path.write_text(json.dumps(calibrations, indent=1, sort_keys=True) + "\n")
+    try:
+        write_atomically(out_path, json.dumps(calibrations, indent=1, sort_keys=True) + "\n")
+    except OSError as error:
+        raise InvalidInputError(f"cannot write {out_path}: {error.strerror or error}") from None
     click.echo(f"wrote {len(calibrations)} calibrations to {out_path}", err=True)
+
+
+@db.command("check")
+@db_option
+@click.option("--repair", is_flag=True, help="Move the bad rows to the quarantine table (never deleted).")
+def check(db_path: str | None, repair: bool) -> None:
+    """Report rows that memprobe cannot use; exit 1 if there are any.
+
+    Planning skips such rows with a warning; --repair moves them into the ``quarantine`` table,
+    where they stay, with the reason, for inspection or restoring by hand.
+
+    \b
+    memprobe db check --db calib.sqlite
+    memprobe db check --db calib.sqlite --repair
+    """
+    from memprobe.db import Database
+
+    with Database.open(db_path, create=False, readonly=not repair) as database:
+        bad = database.bad_rows()
+        for row in bad:
+            click.echo(f"{row.table} row {row.row_id}: {row.reason}")
+        if repair and bad:
+            database.quarantine(bad)
+    where = database.path
+    if not bad:
+        click.echo(f"{where}: every row is usable", err=True)
+        return
+    done = "moved to the quarantine table" if repair else "run with --repair to quarantine them"
+    click.echo(f"{where}: {len(bad)} bad row{'s' if len(bad) != 1 else ''}; {done}", err=True)
+    if not repair:
+        raise click.exceptions.Exit(1)
 
 
 def _percent(value: float | None) -> float | str:

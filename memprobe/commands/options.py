@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from memprobe.arguments import MAX_BATCH_SIZE
 from memprobe.reporters import Report, get_reporter
 
 F = Callable[..., Any]
@@ -89,3 +90,44 @@ def patch_option(required: bool) -> Callable[[F], F]:
         metavar="D H W",
         help="Patch size in voxels (depth height width).",
     )
+
+
+class _PositiveNumber(click.ParamType):
+    """A finite, normal number above 0 and at most ``largest``: nan, inf and 1e-320 mean nothing."""
+
+    name = "number"
+
+    def __init__(self, largest: float) -> None:
+        self.largest = largest
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        from memprobe.arguments import check_positive
+        from memprobe.errors import InvalidInputError
+
+        try:
+            number = float(value) if isinstance(value, str) and value.isascii() else value
+            return check_positive(number, "the value", self.largest)
+        except (ValueError, InvalidInputError):
+            self.fail(f"{value!r} is not a finite number above 0 and at most {self.largest:g}", param, ctx)
+
+
+class _Count(click.ParamType):
+    """A whole number from 1 to ``largest``, in ASCII digits (not ``²`` or ``١٢٨``)."""
+
+    name = "integer"
+
+    def __init__(self, largest: int) -> None:
+        self.largest = largest
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = str(value).strip()  # a default arrives as an int
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= self.largest:
+            self.fail(f"{value!r} is not a positive whole number (at most {self.largest})", param, ctx)
+        return int(text)
+
+
+SPACING_MM = _PositiveNumber(1e6)
+LEARNING_RATE = _PositiveNumber(1e3)
+SHAPE_SIZE = _Count(2**20)
+BATCH = _Count(MAX_BATCH_SIZE)
+CHANNELS = _Count(100_000)

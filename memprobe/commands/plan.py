@@ -5,6 +5,11 @@ from __future__ import annotations
 import click
 
 from memprobe.commands.options import (
+    BATCH,
+    CHANNELS,
+    LEARNING_RATE,
+    SHAPE_SIZE,
+    SPACING_MM,
     arch_option,
     checkpointing_option,
     db_option,
@@ -18,14 +23,18 @@ from memprobe.reporters import Report
 @arch_option
 @click.option("--gpu-mem", default=None, help="Memory to plan for, e.g. 24GiB; default the detected GPU's.")
 @click.option("--precision", default=None, help="Override: fp32, fp16-mixed or bf16-mixed (default: by GPU).")
-@click.option("--patch", nargs=3, type=int, default=None, metavar="D H W", help="Override the patch size.")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Override the batch size.")
-@click.option("--lr", type=float, default=None, help="Override the learning rate.")
-@click.option("--spacing", nargs=3, type=float, default=None, metavar="Z Y X", help="Voxel spacing in mm.")
-@click.option("--median-shape", nargs=3, type=int, default=None, metavar="D H W", help="Median image shape.")
 @click.option(
-    "--effective-batch", type=click.IntRange(min=1), default=None, help="Batch to reach by accumulation."
+    "--patch", nargs=3, type=SHAPE_SIZE, default=None, metavar="D H W", help="Override the patch size."
 )
+@click.option("--batch", type=BATCH, default=None, help="Override the batch size.")
+@click.option("--lr", type=LEARNING_RATE, default=None, help="Override the learning rate.")
+@click.option(
+    "--spacing", nargs=3, type=SPACING_MM, default=None, metavar="Z Y X", help="Voxel spacing in mm."
+)
+@click.option(
+    "--median-shape", nargs=3, type=SHAPE_SIZE, default=None, metavar="D H W", help="Median image shape."
+)
+@click.option("--effective-batch", type=BATCH, default=None, help="Batch to reach by accumulation.")
 @click.option(
     "--safety",
     default=1.0,
@@ -36,12 +45,8 @@ from memprobe.reporters import Report
 @click.option(
     "--num-gpus", default=1, show_default=True, type=click.IntRange(min=1), help="GPUs (for workers)."
 )
-@click.option(
-    "--in-channels", default=1, show_default=True, type=click.IntRange(min=1), help="Input channels."
-)
-@click.option(
-    "--out-channels", default=2, show_default=True, type=click.IntRange(min=1), help="Output classes."
-)
+@click.option("--in-channels", default=1, show_default=True, type=CHANNELS, help="Input channels.")
+@click.option("--out-channels", default=2, show_default=True, type=CHANNELS, help="Output classes.")
 @click.option("--deep-supervision", is_flag=True, help="Plan for deep-supervision heads.")
 @training_step_option
 @checkpointing_option
@@ -97,7 +102,7 @@ def plan(
 
         return plan_config_view(config_path, out_path, gpu_mem, safety, num_gpus, db_path, device, as_json)
     from memprobe.commands.budget import budget_note, resolve_budget
-    from memprobe.commands.plan_output import calibration_data, calibration_text, need_rows
+    from memprobe.commands.plan_output import calibration_data, calibration_text, check_prediction, need_rows
     from memprobe.full_plan import make_plan
 
     budget_bytes, gpu = resolve_budget(gpu_mem)
@@ -122,6 +127,7 @@ def plan(
         step=training_step,
         checkpointing=checkpointing,
     )
+    check_prediction(result.need.total_bytes, result.arch)
     rows = [
         {"setting": name, "value": value.value, "reason": value.reason}
         for name, value in result.values.items()

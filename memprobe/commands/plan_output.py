@@ -58,3 +58,16 @@ def need_rows(need: MemoryNeed, budget_bytes: float) -> list[dict[str, Any]]:
     )
     rows.append({"term": "budget", "size": format_bytes(budget_bytes), "source": ""})
     return rows
+
+
+def check_prediction(predicted_bytes: float, arch: str) -> None:
+    """Never show a plan whose predicted peak is negative or not finite: its calibration is broken."""
+    import math
+
+    from memprobe.errors import DatabaseError
+
+    if not math.isfinite(predicted_bytes) or predicted_bytes < 0:
+        raise DatabaseError(
+            f"the calibration of {arch} predicts a peak of {predicted_bytes} bytes: "
+            "run `memprobe db check` and re-run `memprobe calibrate`"
+        )

@@ -85,6 +85,10 @@ def probe(
     backend = get_backend(device, budget_bytes=budget_bytes, isolate=isolate)  # refuses a bad device first
     click.echo(f"measuring {config.label()} on {backend.kind.value} ...", err=True)
     measurement = backend.measure(config)
+    if measurement.error is not None:  # an isolated probe's process crashed or exited
+        from memprobe.errors import ModelError
+
+        raise ModelError(f"the model exited abnormally: {measurement.error}")
     kind = measurement.environment.device_kind
     notes = [
         f"peak allocated = {'torch.cuda.max_memory_allocated' if kind == 'cuda' else 'live tensor storage, counted as the CUDA caching allocator does (512-byte blocks)'}"

@@ -19,8 +19,7 @@ from memprobe.units import format_bytes, parse_bytes
     "out_path",
     default="report.png",
     show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="PNG file to write.",
+    help="Image to write (.png, .pdf, .svg, ...).",
 )
 @click.option("--budget", default="24GiB", show_default=True, help="Memory budget drawn and planned for.")
 @click.option(
@@ -40,7 +39,7 @@ from memprobe.units import format_bytes, parse_bytes
 @json_option
 def report(
     arch: str,
-    out_path: Path,
+    out_path: str,
     budget: str,
     safety: float,
     precision: str,
@@ -70,10 +69,12 @@ def report(
     from memprobe.errors import InvalidInputError
     from memprobe.measurement import Measurement
     from memprobe.measuring import MeasurementLog
+    from memprobe.output_paths import IMAGE_SUFFIXES, check_output_path, database_files
     from memprobe.report_figure import default_patches, draw_report, find_or_calibrate, memory_report
 
     if not 0 < safety <= 1:
         raise InvalidInputError(f"--safety must be in (0, 1], got {safety}")
+    out = check_output_path(out_path, reading=database_files(db_path), suffixes=IMAGE_SUFFIXES)
     spec = resolve_arch(arch)
     base = make_step_config(arch, (smallest_patch_size(spec),) * 3, 1, precision=precision)
     chosen = [validate_patch(p, spec) for p in patches] or default_patches(spec)
@@ -95,7 +96,7 @@ def report(
         log = MeasurementLog(backend, database, budget_bytes, on_measurement=advance)
         calibration = find_or_calibrate(log, base, budget_bytes)
         result = memory_report(log, calibration, spec, base, chosen, budget_bytes, safety, measure_breakdown)
-    figure = draw_report(result, out_path)
+    figure = draw_report(result, out)
     emit(_report(result, figure, log.taken, log.reused), as_json)
 
 

@@ -8,6 +8,10 @@ import click
 
 from memprobe.commands.budget import budget_note
 from memprobe.commands.options import (
+    BATCH,
+    CHANNELS,
+    SHAPE_SIZE,
+    SPACING_MM,
     arch_option,
     checkpointing_option,
     db_option,
@@ -15,27 +19,19 @@ from memprobe.commands.options import (
     patch_option,
     training_step_option,
 )
-from memprobe.commands.plan_output import calibration_data, calibration_text, need_rows
+from memprobe.commands.plan_output import calibration_data, calibration_text, check_prediction, need_rows
 from memprobe.reporters import Report
 from memprobe.units import format_bytes
-
-
-def _floats(values: tuple[str, ...] | None, what: str) -> list[float] | None:
-    from memprobe.errors import InvalidInputError
-
-    if not values:
-        return None
-    try:
-        return [float(v) for v in values]
-    except ValueError:
-        raise InvalidInputError(f"{what} takes 3 numbers, got {' '.join(values)}") from None
 
 
 @click.command()
 @arch_option
 @patch_option(required=False)
 @click.option(
-    "--batch", default=None, help="Plan the largest patch for this batch (when --patch is not given)."
+    "--batch",
+    default=None,
+    type=BATCH,
+    help="Plan the largest patch for this batch (when --patch is not given).",
 )
 @click.option(
     "--gpu-mem",
@@ -44,12 +40,8 @@ def _floats(values: tuple[str, ...] | None, what: str) -> list[float] | None:
 )
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")
 @click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
-@click.option(
-    "--in-channels", default=1, show_default=True, type=click.IntRange(min=1), help="Input channels."
-)
-@click.option(
-    "--out-channels", default=2, show_default=True, type=click.IntRange(min=1), help="Output classes."
-)
+@click.option("--in-channels", default=1, show_default=True, type=CHANNELS, help="Input channels.")
+@click.option("--out-channels", default=2, show_default=True, type=CHANNELS, help="Output classes.")
 @click.option("--deep-supervision", is_flag=True, help="Plan for training with deep-supervision heads.")
 @training_step_option
 @checkpointing_option
@@ -70,14 +62,24 @@ def _floats(values: tuple[str, ...] | None, what: str) -> list[float] | None:
 @click.option(
     "--effective-batch",
     default=None,
-    type=click.IntRange(min=1),
+    type=BATCH,
     help="Batch to reach by gradient accumulation.",
 )
 @click.option(
-    "--spacing", nargs=3, default=None, metavar="Z Y X", help="Voxel spacing in mm (shapes the patch)."
+    "--spacing",
+    nargs=3,
+    type=SPACING_MM,
+    default=None,
+    metavar="Z Y X",
+    help="Voxel spacing in mm (shapes the patch).",
 )
 @click.option(
-    "--median-shape", nargs=3, default=None, metavar="D H W", help="Median image shape (caps the patch)."
+    "--median-shape",
+    nargs=3,
+    type=SHAPE_SIZE,
+    default=None,
+    metavar="D H W",
+    help="Median image shape (caps the patch).",
 )
 @click.option("--all-archs", is_flag=True, help="Compare every calibrated architecture.")
 @click.option(
@@ -93,7 +95,7 @@ def _floats(values: tuple[str, ...] | None, what: str) -> list[float] | None:
 def suggest(
     arch: str,
     patch: tuple[str, ...] | None,
-    batch: str | None,
+    batch: int | None,
     gpu_mem: str | None,
     precision: str,
     optimizer: str,
@@ -105,8 +107,8 @@ def suggest(
     show_options: bool,
     safety: float,
     effective_batch: int | None,
-    spacing: tuple[str, ...] | None,
-    median_shape: tuple[str, ...] | None,
+    spacing: tuple[float, ...] | None,
+    median_shape: tuple[int, ...] | None,
     all_archs: bool,
     device: str | None,
     db_path: str | None,
@@ -178,15 +180,15 @@ def suggest(
                 report, arch, sizes, budget_bytes, precision, effective_batch, common, note
             )
     else:
-        shape = _floats(median_shape, "--median-shape")
+        assert batch is not None
         patch_plans = [
             max_patch_size(
                 a,
-                _positive_batch(batch),
+                batch,
                 budget_bytes,
                 precision,
-                spacing=_floats(spacing, "--spacing"),
-                median_shape=[int(v) for v in shape] if shape else None,
+                spacing=list(spacing) if spacing else None,
+                median_shape=list(median_shape) if median_shape else None,
                 **common,
             )
             for a in archs
@@ -234,6 +236,7 @@ def _batch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Repo
     rows, data, notes = [], [], []
     tables: list[tuple[str, list[dict[str, Any]]]] = []
     for p in plans:
+        check_prediction(p.need.total_bytes, p.arch)
         rows.append(
             {
                 "arch": p.arch,
@@ -283,6 +286,7 @@ def _patch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Repo
     rows, data, notes = [], [], []
     tables: list[tuple[str, list[dict[str, Any]]]] = []
     for p in plans:
+        check_prediction(p.need.total_bytes, p.arch)
         rows.append(
             {
                 "arch": p.arch,
