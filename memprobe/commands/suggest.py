@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from memprobe.commands.budget import budget_note
+from memprobe.commands.inference import inference_mode, suggest_view
 from memprobe.commands.options import arch_option, db_option, emit, patch_option
 from memprobe.commands.plan_output import calibration_data, calibration_text, need_rows
 from memprobe.reporters import Report
@@ -25,6 +26,11 @@ def _floats(values: tuple[str, ...] | None, what: str) -> list[float] | None:
 
 
 @click.command()
+@inference_mode(
+    suggest_view,
+    ("batch", "optimizer", "deep_supervision", "effective_batch", "spacing", "median_shape", "all_archs"),
+    suggest=True,
+)
 @arch_option
 @patch_option(required=False)
 @click.option(
