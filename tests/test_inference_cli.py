@@ -284,3 +284,60 @@ def test_inference_options_need_inference_mode(capsys: pytest.CaptureFixture[str
 def test_calibrate_inference_refuses_training_options(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(["calibrate", "--mode", "inference", "--arch", TINY, "--optimizer", "sgd"], capsys)
     assert code == 2 and "--optimizer" in err
+
+
+@pytest.mark.slow
+def test_calibrate_inference_stores_apart_and_suggest_answers_from_it(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trace inference calibration of a tiny model: reported, stored in its own table, used by suggest."""
+    code, out, err = _run(
+        [
+            "calibrate",
+            "--mode",
+            "inference",
+            "--arch",
+            TINY,
+            "--device",
+            "trace",
+            "--db",
+            str(db_path),
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["mode"] == "inference" and len(data["measurements"]) == 17
+    assert data["calibration"]["optimizer"] == "inference"
+    with Database.open(db_path) as database:
+        assert database.calibrations() == [] and [c.arch for c in inference_calibrations(database)] == [TINY]
+    code, out, err = _run(
+        [
+            "suggest",
+            "--mode",
+            "inference",
+            "--arch",
+            TINY,
+            "--patch",
+            "32",
+            "32",
+            "32",
+            "--image-shape",
+            "256",
+            "256",
+            "256",
+            "--out-channels",
+            "4",
+            "--gpu-mem",
+            "8GiB",
+            "--device",
+            "trace",
+            "--db",
+            str(db_path),
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads(out)["calibration"]["device"] == "trace"
