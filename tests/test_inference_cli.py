@@ -341,3 +341,15 @@ def test_calibrate_inference_stores_apart_and_suggest_answers_from_it(
     )
     assert code == 0, err
     assert json.loads(out)["calibration"]["device"] == "trace"
+
+
+def test_db_list_shows_inference_calibrations(inference_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(["db", "list", "--db", str(inference_db), "--json"], capsys)
+    assert code == 0 and [(c["arch"], c["optimizer"]) for c in json.loads(out)] == [("unet", "inference")]
+
+
+def test_calibrate_inference_refuses_sizes_it_chooses_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(
+        ["calibrate", "--mode", "inference", "--arch", TINY, "--image-shape", "64", "64", "64"], capsys
+    )
+    assert code == 2 and "--image-shape is not for calibrate" in err

@@ -191,6 +191,11 @@ def calibrate_view(
     from memprobe.inference.config import make_inference_config
     from memprobe.inference.run import InferenceRunner
 
+    _refuse(
+        click.get_current_context(),
+        ("image_shape", "sw_batch_size", "overlap", "blend", "stitch"),
+        "is not for calibrate: it measures its own windows, images and batches",
+    )
     spec = resolve_arch(arch)
     base = make_inference_config(arch, (2 * spec.divisor,) * 3, (4 * spec.divisor,) * 3, precision=precision)
     runner = InferenceRunner(device)
@@ -304,7 +309,7 @@ def suggest_view(
         precision,
         in_channels=in_channels,
         out_channels=out_channels,
-        overlap=float(overlap) if _is_number(overlap) else overlap,  # type: ignore[arg-type]
+        overlap=overlap,
         blend=blend,
         stitch=stitch,
         safety=safety,
@@ -312,14 +317,6 @@ def suggest_view(
         device=device,
     )
     emit(_plan_report(plan, budget_note(budget_bytes, gpu, gpu_mem)), as_json, "yaml" if as_yaml else None)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _plan_report(plan: Any, budget_text: str) -> Report:

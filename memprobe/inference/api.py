@@ -84,7 +84,7 @@ def max_sw_batch_size(
     *,
     in_channels: int = 1,
     out_channels: int = 2,
-    overlap: float = 0.25,
+    overlap: float | str = 0.25,
     blend: str = "constant",
     stitch: str | None = None,
     safety: float = 1.0,
