@@ -40,17 +40,16 @@ class InferenceDesign:
 
 
 def inference_design_points(base: InferenceConfig, spec: ArchSpec) -> InferenceDesign:
-    """Windows of 2 and 3 units (the network's divisor, at least 16), images of 2 to 4 windows an
-    axis, window batches 1 to 8, up to 16 classes (so the output buffer's bytes per voxel are
+    """Windows of 2 and 3 units (twice the network's divisor, at least 32), images of 2 to 4
+    windows an axis, window batches 1 to 8, up to 16 classes (so the output buffer's bytes per voxel are
     well determined), and both stitch devices; every image has more windows than a batch holds
     (a plan's images always do). Held out, chosen before any result was seen: an anisotropic
     window on an odd image, a longer image with more classes, a 3-unit window stitching on the
     CPU with other channels, and 12 classes at batch 4.
     """
-    # Only the number of windows costs time on fake tensors, so images stay few windows wide.
-    # Windows of 4 and 6 units were tried: the window terms then fit within 5% but held out
-    # errors reached 12% (MONAI's UNet); kept small, plans beyond twice them say they extrapolate.
-    u = patch_unit(spec)
+    # Fake tensors cost the same at any size; only the number of windows costs time. So windows
+    # are as large as plans use (64 and 96 for a divisor of 16) and images few windows wide.
+    u = 2 * patch_unit(spec)
     cube = lambda k: (u * k,) * 3
 
     def point(
