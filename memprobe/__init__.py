@@ -9,6 +9,7 @@ from memprobe.alternatives import Alternative
 from memprobe.api import Estimate, calibrate, estimate, max_batch_size, max_patch_size, probe
 from memprobe.compat import estimate_gpu_memory_required, suggest_batch_size
 from memprobe.errors import MemprobeError, NothingFitsError
+from memprobe.inference.api import max_sw_batch_size
 
 __all__ = [
     "Alternative",
@@ -21,6 +22,7 @@ __all__ = [
     "estimate_gpu_memory_required",
     "max_batch_size",
     "max_patch_size",
+    "max_sw_batch_size",
     "probe",
     "suggest_batch_size",
 ]

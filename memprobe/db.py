@@ -138,6 +138,56 @@ MIGRATIONS: tuple[str, ...] = (
         quarantined_at TEXT NOT NULL
     );
     """,
+    # 5 (#17): sliding-window inference, kept apart from training (memprobe/inference/store.py).
+    """
+    CREATE TABLE inference_measurements (
+        id INTEGER PRIMARY KEY,
+        environment_id INTEGER NOT NULL REFERENCES environments(id),
+        arch TEXT NOT NULL,
+        roi_d INTEGER NOT NULL, roi_h INTEGER NOT NULL, roi_w INTEGER NOT NULL,
+        image_d INTEGER NOT NULL, image_h INTEGER NOT NULL, image_w INTEGER NOT NULL,
+        sw_batch_size INTEGER NOT NULL,
+        overlap REAL NOT NULL,
+        blend TEXT NOT NULL,
+        precision TEXT NOT NULL,
+        in_channels INTEGER NOT NULL,
+        out_channels INTEGER NOT NULL,
+        stitch TEXT NOT NULL,
+        peak_allocated_bytes INTEGER,
+        peak_reserved_bytes INTEGER,
+        phase_peaks_json TEXT NOT NULL DEFAULT '{}',
+        reserved_phase_peaks_json TEXT NOT NULL DEFAULT '{}',
+        seconds REAL,
+        oom INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        parameter_count INTEGER,
+        reserved_source TEXT,
+        simulated_allocated_bytes INTEGER,
+        context_bytes INTEGER,
+        code_version INTEGER NOT NULL,
+        model_hash TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX inference_measurements_by_config ON inference_measurements (
+        environment_id, arch, precision, roi_d, roi_h, roi_w, image_d, image_h, image_w, sw_batch_size
+    );
+    CREATE TABLE inference_calibrations (
+        id INTEGER PRIMARY KEY,
+        arch TEXT NOT NULL,
+        device TEXT NOT NULL,
+        precision TEXT NOT NULL,
+        environment_id INTEGER REFERENCES environments(id),
+        phase_coefficients_json TEXT NOT NULL,
+        parameter_model_json TEXT NOT NULL,
+        quality_json TEXT NOT NULL,
+        reserved_coefficients_json TEXT,
+        reserved_quality_json TEXT,
+        fit_range_json TEXT,
+        context_bytes INTEGER,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX inference_calibrations_by_key ON inference_calibrations (arch, device, precision);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

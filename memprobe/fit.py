@@ -8,7 +8,9 @@ is memory that is held, never memory that is returned.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 from scipy.optimize import nnls
@@ -26,23 +28,54 @@ from memprobe.formula import (
     predict_parameter_count,
     term_values,
 )
-from memprobe.measurement import Measurement
 
 
-def _terms(spec: ArchSpec, measurement: Measurement) -> dict[str, float]:
-    config = measurement.config
-    return term_values(
-        spec,
-        config.patch,
-        config.batch,
-        config.in_channels,
-        config.out_channels,
-        float(measurement.parameter_count or 0),
-        config.deep_supervision,
-    )
+class Fittable(Protocol):
+    """What a fit reads of a measurement: a training step's, or another kind's (inference)."""
+
+    @property
+    def config(self) -> Any: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def peak_allocated_bytes(self) -> int | None: ...
+    @property
+    def peak_reserved_bytes(self) -> int | None: ...
+    @property
+    def phase_peaks_bytes(self) -> dict[str, int]: ...
+    @property
+    def reserved_phase_peaks_bytes(self) -> dict[str, int]: ...
+    @property
+    def parameter_count(self) -> int | None: ...
 
 
-def fit_parameter_model(spec: ArchSpec, measurements: Sequence[Measurement]) -> dict[str, float]:
+@dataclass(frozen=True)
+class TermModel:
+    """The terms a fit uses: their names, their values with the measured parameter count (to fit),
+    and with the parameter model's (to predict, as a plan would)."""
+
+    names: tuple[str, ...]
+    measured: Callable[[Any], dict[str, float]]
+    predicted: Callable[[Any, Mapping[str, float]], dict[str, float]]
+
+
+def training_terms(spec: ArchSpec) -> TermModel:
+    """The training step's terms (``formula.term_values``) for ``spec``."""
+
+    def values(m: Any, parameters: float) -> dict[str, float]:
+        c = m.config
+        return term_values(
+            spec, c.patch, c.batch, c.in_channels, c.out_channels, parameters, c.deep_supervision
+        )
+
+    def predicted(m: Any, model: Mapping[str, float]) -> dict[str, float]:
+        c = m.config
+        return values(m, predict_parameter_count(model, spec, c.patch, c.in_channels, c.out_channels))
+
+    return TermModel(tuple(active_terms(spec)), lambda m: values(m, float(m.parameter_count or 0)), predicted)
+
+
+def fit_parameter_model(spec: ArchSpec, measurements: Sequence[Fittable]) -> dict[str, float]:
     """Parameter count as a linear function of channels (and tokens): exact for these networks."""
     rows, counts = [], []
     for m in measurements:
@@ -66,17 +99,17 @@ STEP_SEGMENT = "step"  # the whole step's peak, as one segment
 ALLOCATED, RESERVED = "allocated", "reserved"  # the two peaks a calibration fits
 
 
-def _segment_peaks(measurement: Measurement, quantity: str = ALLOCATED) -> dict[str, int]:
+def _segment_peaks(measurement: Fittable, quantity: str = ALLOCATED) -> dict[str, int]:
     if quantity == RESERVED:
         return {**measurement.reserved_phase_peaks_bytes, STEP_SEGMENT: measurement.peak_reserved_bytes or 0}
     return {**measurement.phase_peaks_bytes, STEP_SEGMENT: measurement.peak_allocated_bytes or 0}
 
 
-def _peak(measurement: Measurement, quantity: str) -> int:
+def _peak(measurement: Fittable, quantity: str) -> int:
     return _segment_peaks(measurement, quantity)[STEP_SEGMENT]
 
 
-def has_reserved(measurements: Sequence[Measurement]) -> bool:
+def has_reserved(measurements: Sequence[Fittable]) -> bool:
     """Whether every successful measurement carries a reserve (measured or simulated) to fit."""
     usable = [m for m in measurements if m.ok]
     return bool(usable) and all(m.peak_reserved_bytes for m in usable)
@@ -99,7 +132,7 @@ def candidate_segmentations(names: set[str]) -> list[list[str]]:
 
 
 def _fit_segments(
-    matrix: np.ndarray, terms: list[str], usable: Sequence[Measurement], segments: list[str], quantity: str
+    matrix: np.ndarray, terms: Sequence[str], usable: Sequence[Fittable], segments: list[str], quantity: str
 ) -> dict[str, dict[str, float]] | None:
     """One coefficient set per segment; None when a segment has fewer points than coefficients."""
     coefficients: dict[str, dict[str, float]] = {}
@@ -117,23 +150,28 @@ def _fit_segments(
 
 
 def fit_phase_coefficients(
-    spec: ArchSpec, measurements: Sequence[Measurement], quantity: str = ALLOCATED
+    spec: ArchSpec,
+    measurements: Sequence[Fittable],
+    quantity: str = ALLOCATED,
+    model: TermModel | None = None,
 ) -> dict[str, dict[str, float]]:
     """Non-negative coefficients per segment of the step, for the segmentation that fits best.
 
-    ``quantity`` is the peak to fit: ``allocated`` or ``reserved``.
+    ``quantity`` is the peak to fit: ``allocated`` or ``reserved``; ``model`` the terms
+    (default: the training step's).
 
     Raises:
         InvalidInputError: fewer usable points than coefficients in every segmentation.
     """
     usable = [m for m in measurements if m.ok and _peak(m, quantity) > 0]
-    terms = active_terms(spec)
+    model = model or training_terms(spec)
+    terms = model.names
     if len(usable) < len(terms):
         raise InvalidInputError(
             f"only {len(usable)} usable measurements of {spec.name} to fit {len(terms)} coefficients "
             f"of its {quantity} peak: raise --budget or calibrate on a larger GPU"
         )
-    rows = [_terms(spec, m) for m in usable]
+    rows = [model.measured(m) for m in usable]
     matrix = np.array([[row[t] for t in terms] for row in rows])
     peaks = [float(_peak(m, quantity)) for m in usable]
     names = {p for m in usable for p in _segment_peaks(m, quantity)}
@@ -155,24 +193,22 @@ def relative_errors(
     spec: ArchSpec,
     coefficients: dict[str, dict[str, float]],
     parameter_model: dict[str, float],
-    measurements: Sequence[Measurement],
+    measurements: Sequence[Fittable],
     quantity: str = ALLOCATED,
     allocated: dict[str, dict[str, float]] | None = None,
+    model: TermModel | None = None,
 ) -> list[float]:
     """|predicted - measured| / measured for each successful measurement.
 
     For the reserved peak, ``allocated`` are the allocated coefficients the reserve builds on.
     """
+    model = model or training_terms(spec)
     errors = []
     for m in measurements:
         measured = _peak(m, quantity) if m.ok else 0
         if not measured:
             continue
-        c = m.config
-        parameters = predict_parameter_count(parameter_model, spec, c.patch, c.in_channels, c.out_channels)
-        terms = term_values(
-            spec, c.patch, c.batch, c.in_channels, c.out_channels, parameters, c.deep_supervision
-        )
+        terms = model.predicted(m, parameter_model)
         predicted = (
             evaluate_reserved(coefficients, allocated, terms)
             if quantity == RESERVED and allocated is not None
@@ -184,9 +220,10 @@ def relative_errors(
 
 def fit_reserved_coefficients(
     spec: ArchSpec,
-    measurements: Sequence[Measurement],
+    measurements: Sequence[Fittable],
     allocated: dict[str, dict[str, float]],
     parameter_model: dict[str, float],
+    model: TermModel | None = None,
 ) -> dict[str, dict[str, float]]:
     """The reserve, fitted directly per segment or as the gap above the allocated peak.
 
@@ -197,9 +234,10 @@ def fit_reserved_coefficients(
     points is kept, as segmentations are.
     """
     usable = [m for m in measurements if m.ok and m.peak_reserved_bytes]
-    direct = fit_phase_coefficients(spec, usable, RESERVED)
-    terms = active_terms(spec)
-    matrix = np.array([[_terms(spec, m)[t] for t in terms] for m in usable])
+    model = model or training_terms(spec)
+    direct = fit_phase_coefficients(spec, usable, RESERVED, model)
+    terms = model.names
+    matrix = np.array([[model.measured(m)[t] for t in terms] for m in usable])
     reserved = np.array([float(m.peak_reserved_bytes or 0) for m in usable])
     gap = reserved - np.array([float(m.peak_allocated_bytes or 0) for m in usable])
     scale = matrix.max(axis=0)
@@ -207,7 +245,9 @@ def fit_reserved_coefficients(
     weights = 1.0 / reserved
     solution, _ = nnls((matrix / scale) * weights[:, None], np.maximum(gap, 0.0) * weights, maxiter=5000)
     above = {ABOVE_ALLOCATED: {t: float(v) for t, v in zip(terms, solution / scale, strict=True)}}
-    worst = lambda c: max(relative_errors(spec, c, parameter_model, usable, RESERVED, allocated), default=0.0)
+    worst = lambda c: max(
+        relative_errors(spec, c, parameter_model, usable, RESERVED, allocated, model), default=0.0
+    )
     return direct if worst(direct) <= worst(above) else above
 
 
@@ -215,13 +255,14 @@ def fit_quality(
     spec: ArchSpec,
     coefficients: dict[str, dict[str, float]],
     parameter_model: dict[str, float],
-    fitted: Sequence[Measurement],
-    heldout: Sequence[Measurement],
+    fitted: Sequence[Fittable],
+    heldout: Sequence[Fittable],
     quantity: str = ALLOCATED,
     allocated: dict[str, dict[str, float]] | None = None,
+    model: TermModel | None = None,
 ) -> FitQuality:
-    own = relative_errors(spec, coefficients, parameter_model, fitted, quantity, allocated)
-    held = relative_errors(spec, coefficients, parameter_model, heldout, quantity, allocated)
+    own = relative_errors(spec, coefficients, parameter_model, fitted, quantity, allocated, model)
+    held = relative_errors(spec, coefficients, parameter_model, heldout, quantity, allocated, model)
     return FitQuality(
         points=len(own),
         median_relative_error=statistics.median(own) if own else 0.0,

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from memprobe.commands.inference import calibrate_view, inference_mode
 from memprobe.commands.options import (
     arch_option,
     checkpointing_option,
@@ -33,6 +34,7 @@ def _progress_bar(label: str) -> Any:
 
 
 @click.command()
+@inference_mode(calibrate_view, ("optimizer", "deep_supervision", "budget", "isolate"))
 @arch_option
 @click.option("--device", default=None, help="cuda, trace or cpu; default cuda if present, else trace.")
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")

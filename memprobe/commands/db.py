@@ -23,15 +23,17 @@ def db() -> None:
 )
 @json_option
 def list_calibrations(db_path: str | None, shipped: bool, as_json: bool) -> None:
-    """List stored calibrations with their fit quality.
+    """List stored calibrations (training, then inference: optimizer "inference") with their fit quality.
 
     \b
     memprobe db list
     memprobe db list --db calib.sqlite --no-shipped --json
     """
+    from memprobe.inference.api import inference_calibrations
     from memprobe.sources import shipped_calibrations, user_calibrations
 
     calibrations = user_calibrations(db_path) + (shipped_calibrations() if shipped else [])
+    calibrations += inference_calibrations(db_path)
     rows = [
         {
             "arch": c.arch,

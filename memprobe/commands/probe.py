@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from memprobe.commands.inference import inference_mode, probe_view
 from memprobe.commands.options import arch_option, emit, json_option, patch_option, step_options
 from memprobe.measurement import Measurement
 from memprobe.reporters import Report
@@ -23,6 +24,7 @@ def measurement_row(m: Measurement) -> dict[str, object]:
 
 
 @click.command()
+@inference_mode(probe_view, ("batch", "optimizer", "deep_supervision", "budget", "isolate"))
 @arch_option
 @patch_option(required=True)
 @click.option("--batch", default="2", show_default=True, help="Batch size.")

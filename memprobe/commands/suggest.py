@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from memprobe.commands.budget import budget_note
+from memprobe.commands.inference import inference_mode, suggest_view
 from memprobe.commands.options import (
     BATCH,
     CHANNELS,
@@ -25,6 +26,11 @@ from memprobe.units import format_bytes
 
 
 @click.command()
+@inference_mode(
+    suggest_view,
+    ("batch", "optimizer", "deep_supervision", "effective_batch", "spacing", "median_shape", "all_archs"),
+    suggest=True,
+)
 @arch_option
 @patch_option(required=False)
 @click.option(

@@ -1,0 +1,149 @@
+"""Inference as a library: plan from calibrations (no torch), measure and calibrate on demand."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from memprobe.archs.registry import resolve_arch
+from memprobe.errors import InvalidInputError, NoCalibrationError
+from memprobe.inference.calibration import InferenceCalibration
+from memprobe.inference.config import InferenceConfig, StitchDevice, make_inference_config
+from memprobe.inference.plan import InferencePlan, plan_inference
+from memprobe.units import parse_bytes
+
+if TYPE_CHECKING:
+    from memprobe.inference.calibrate import InferenceCalibrationReport
+    from memprobe.inference.measurement import InferenceMeasurement
+
+
+def inference_calibrations(db: str | Path | None = None) -> list[InferenceCalibration]:
+    """The inference calibrations in the user's database (none when the default one does not exist)."""
+    from memprobe.db import Database, default_db_path
+    from memprobe.inference.store import inference_calibrations as stored
+
+    if db is None and not default_db_path().exists():
+        return []
+    with Database.open(db, create=False, readonly=True) as database:
+        return stored(database)
+
+
+def choose_inference_calibration(
+    arch: str, precision: str, db: str | Path | None = None, device: str | None = None
+) -> InferenceCalibration:
+    """The inference calibration of ``arch`` at ``precision`` for ``device`` (default: the detected GPU, else trace).
+
+    A GPU without its own calibration is answered by the trace one, with a warning.
+
+    Raises:
+        NoCalibrationError: none exists; the message names the command to run.
+    """
+    from memprobe.api import resolve_device
+
+    wanted, fallback = resolve_device(device)
+    matching = [c for c in inference_calibrations(db) if c.arch == arch and c.precision == precision]
+    for name in (wanted, fallback):
+        found = [c for c in matching if c.device == name]
+        if found:
+            if name != wanted:
+                warnings.warn(
+                    f"no inference calibration of {arch} for {wanted}; using the {name} one: run "
+                    f"`memprobe calibrate --mode inference --arch {arch} --device cuda` on that GPU",
+                    stacklevel=3,
+                )
+            return found[0]
+    raise NoCalibrationError(
+        f"no inference calibration of {arch} ({precision}) for {wanted}: run `memprobe calibrate --mode "
+        f"inference --arch {arch} --precision {precision} --device {'trace' if wanted in ('trace', 'cpu') else 'cuda'}`"
+    )
+
+
+def largest_image_shape(fingerprint: str | Path) -> tuple[int, int, int]:
+    """The largest image (most voxels) of an nnU-Net ``dataset_fingerprint.json`` (``shapes_after_crop``)."""
+    try:
+        shapes = json.loads(Path(fingerprint).read_text())["shapes_after_crop"]
+        largest = max(shapes, key=lambda shape: shape[-3] * shape[-2] * shape[-1])
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise InvalidInputError(
+            f"cannot read the image shapes of nnU-Net fingerprint {fingerprint} ({type(error).__name__}: {error}): "
+            "give dataset_fingerprint.json or --max-image-shape D H W"
+        ) from None
+    depth, height, width = (int(size) for size in largest[-3:])
+    return depth, height, width
+
+
+def max_sw_batch_size(
+    arch: str,
+    roi: Sequence[Any],
+    image_shape: Sequence[Any],
+    gpu_mem: str | int | float,
+    precision: str = "fp32",
+    *,
+    in_channels: int = 1,
+    out_channels: int = 2,
+    overlap: float | str = 0.25,
+    blend: str = "constant",
+    stitch: str | None = None,
+    safety: float = 1.0,
+    db: str | Path | None = None,
+    device: str | None = None,
+) -> InferencePlan:
+    """The largest ``sw_batch_size`` (and whether stitching fits on the GPU) for the largest image.
+
+    Args:
+        roi: the window (``roi_size``), three sizes the network's divisor divides.
+        image_shape: the largest image of the dataset, in voxels.
+        stitch: ``gpu`` or ``cpu`` to force where the output is stitched; default: the GPU if
+            one window at a time fits with it, else the CPU.
+
+    Raises:
+        NothingFitsError: even one window at a time does not fit stitching on the CPU.
+    """
+    from memprobe.api import target_gpu
+
+    base = make_inference_config(
+        arch,
+        roi,
+        image_shape,
+        1,
+        overlap=overlap,
+        blend=blend,
+        precision=precision,
+        in_channels=in_channels,
+        out_channels=out_channels,
+    )
+    calibration = choose_inference_calibration(base.arch, base.precision.value, db, device)
+    return plan_inference(
+        calibration,
+        resolve_arch(base.arch),
+        base,
+        parse_bytes(gpu_mem),
+        safety=safety,
+        gpu=target_gpu(device),
+        stitch=StitchDevice(stitch) if stitch else None,
+    )
+
+
+def probe_inference(config: InferenceConfig, device: str | None = None) -> InferenceMeasurement:
+    """Run and measure one sliding-window inference (imports torch)."""
+    from memprobe.inference.run import InferenceRunner
+
+    return InferenceRunner(device).measure(config)
+
+
+def calibrate_inference(
+    arch: str, precision: str = "fp32", *, device: str | None = None, db: str | Path | None = None
+) -> InferenceCalibrationReport:
+    """Measure ``arch``'s inference across windows, batches, images and classes; fit and store it in ``db``."""
+    from memprobe.db import Database
+    from memprobe.inference.calibrate import calibrate_inference as run_calibration
+    from memprobe.inference.run import InferenceRunner
+
+    spec = resolve_arch(arch)
+    base = make_inference_config(arch, (2 * spec.divisor,) * 3, (4 * spec.divisor,) * 3, precision=precision)
+    runner = InferenceRunner(device)
+    with Database.open(db) as database:
+        return run_calibration(runner, base, database)

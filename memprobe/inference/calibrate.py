@@ -1,0 +1,242 @@
+"""Calibrate inference: measure sliding windows over small images, fit the formula, check held-out points.
+
+Images stay small (2 to 4 windows an axis), because trace loops over windows in Python; the
+image terms carry the fit to whole CT volumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from memprobe.archs.registry import ArchSpec, resolve_arch
+from memprobe.calibrator import patch_unit
+from memprobe.errors import InvalidInputError
+from memprobe.fit import (
+    RESERVED,
+    fit_parameter_model,
+    fit_phase_coefficients,
+    fit_quality,
+    fit_reserved_coefficients,
+    has_reserved,
+)
+from memprobe.inference.calibration import INFERENCE, InferenceCalibration
+from memprobe.inference.config import InferenceConfig, StitchDevice
+from memprobe.inference.formula import inference_terms
+from memprobe.inference.measurement import InferenceMeasurement
+from memprobe.inference.run import InferenceRunner
+
+GPU, CPU = StitchDevice.GPU, StitchDevice.CPU
+Progress = Callable[[InferenceMeasurement, bool], None]
+
+
+@dataclass(frozen=True)
+class InferenceDesign:
+    """Configurations measured to fit the inference formula, and others held out to test it."""
+
+    fit: tuple[InferenceConfig, ...]
+    heldout: tuple[InferenceConfig, ...]
+
+
+def inference_design_points(base: InferenceConfig, spec: ArchSpec) -> InferenceDesign:
+    """Windows of 2 and 3 units (twice the network's divisor, at least 32), images of 2 to 4
+    windows an axis, window batches 1 to 8, up to 16 classes (so the output buffer's bytes per voxel are
+    well determined), and both stitch devices; every image has more windows than a batch holds
+    (a plan's images always do). Held out, chosen before any result was seen: an anisotropic
+    window on an odd image, a longer image with more classes, a 3-unit window stitching on the
+    CPU with other channels, and 12 classes at batch 4.
+    """
+    # Fake tensors cost the same at any size; only the number of windows costs time. So windows
+    # are as large as plans use (64 and 96 for a divisor of 16) and images few windows wide.
+    u = 2 * patch_unit(spec)
+    cube = lambda k: (u * k,) * 3
+
+    def point(
+        roi: int, image: tuple[int, int, int], sw: int, stitch: StitchDevice, c_in: int = 1, c_out: int = 2
+    ) -> InferenceConfig:
+        shape = (u * image[0], u * image[1], u * image[2])
+        return replace(
+            base,
+            roi=cube(roi),
+            image_shape=shape,
+            sw_batch_size=sw,
+            stitch=stitch,
+            in_channels=c_in,
+            out_channels=c_out,
+            overlap=0.0,
+        )  # type: ignore[arg-type]
+
+    fit = (
+        point(2, (4, 4, 4), 1, GPU),
+        point(2, (4, 4, 4), 2, GPU),
+        point(2, (4, 6, 8), 1, GPU, c_out=3),
+        point(3, (6, 6, 6), 1, GPU),
+        point(3, (6, 6, 6), 2, GPU, c_out=6),
+        point(2, (4, 4, 4), 1, GPU, c_out=16),
+        point(2, (4, 4, 4), 1, GPU, c_in=3),
+        point(2, (6, 6, 6), 3, GPU, c_out=12),
+        point(2, (4, 4, 4), 2, CPU),
+        point(3, (6, 6, 6), 1, CPU, c_out=16),
+        point(2, (8, 4, 4), 1, CPU, c_out=5),
+        point(2, (4, 4, 6), 3, CPU, c_in=2),
+        point(2, (6, 6, 6), 8, GPU, c_out=3),
+    )
+    heldout = (
+        replace(
+            base,
+            roi=(2 * u, 3 * u, 3 * u),
+            image_shape=(5 * u, 7 * u, 9 * u),
+            sw_batch_size=3,
+            out_channels=3,
+            stitch=GPU,
+            overlap=0.25,
+        ),
+        replace(
+            base,
+            roi=cube(2),
+            image_shape=(10 * u, 6 * u, 6 * u),
+            sw_batch_size=2,
+            out_channels=8,
+            stitch=GPU,
+            overlap=0.0,
+        ),
+        replace(
+            base,
+            roi=cube(3),
+            image_shape=cube(7),
+            sw_batch_size=2,
+            in_channels=2,
+            out_channels=4,
+            stitch=CPU,
+            overlap=0.25,
+        ),
+        replace(
+            base, roi=cube(2), image_shape=cube(5), sw_batch_size=4, out_channels=12, stitch=GPU, overlap=0.0
+        ),
+    )
+    return InferenceDesign(fit, heldout)
+
+
+@dataclass(frozen=True)
+class InferenceCalibrationReport:
+    calibration: InferenceCalibration
+    fitted: tuple[InferenceMeasurement, ...]
+    heldout: tuple[InferenceMeasurement, ...]
+    measured: int = 0
+    reused: int = 0
+
+
+def inference_range(measurements: list[InferenceMeasurement]) -> dict[str, list[int]]:
+    """The smallest and largest window batch, window voxels, image voxels and channels measured."""
+    values = {
+        "sw_batch_size": [m.config.window_batch for m in measurements],
+        "voxels": [_roi_voxels(m.config) for m in measurements],
+        "image_voxels": [m.config.image_voxels for m in measurements],
+        "in_channels": [m.config.in_channels for m in measurements],
+        "out_channels": [m.config.out_channels for m in measurements],
+    }
+    return {name: [min(seen), max(seen)] for name, seen in values.items()}
+
+
+def _roi_voxels(config: InferenceConfig) -> int:
+    depth, height, width = config.roi
+    return depth * height * width
+
+
+def fit_inference_calibration(
+    spec: ArchSpec,
+    base: InferenceConfig,
+    device: str,
+    fitted: list[InferenceMeasurement],
+    heldout: list[InferenceMeasurement],
+    environment: dict[str, object],
+) -> InferenceCalibration:
+    """Fit the inference coefficients to ``fitted`` (allocated and reserved) and test them on ``heldout``."""
+    usable = [m for m in fitted if m.ok]
+    if len(usable) < 3:
+        raise InvalidInputError(
+            f"only {len(usable)} of {len(fitted)} inference points of {spec.name} ran: calibrate on a larger GPU"
+        )
+    model = inference_terms(spec)
+    parameters = fit_parameter_model(spec, usable)
+    coefficients = fit_phase_coefficients(spec, usable, model=model)
+    reserved = reserved_quality = None
+    if has_reserved(usable):
+        reserved = fit_reserved_coefficients(spec, usable, coefficients, parameters, model)
+        reserved_quality = fit_quality(
+            spec, reserved, parameters, usable, heldout, RESERVED, coefficients, model
+        )
+    contexts = sorted(m.context_bytes for m in usable if m.context_bytes is not None)
+    return InferenceCalibration(
+        arch=spec.name,
+        device=device,
+        precision=base.precision.value,
+        optimizer=INFERENCE,
+        deep_supervision=False,
+        phase_coefficients=coefficients,
+        parameter_model=parameters,
+        quality=fit_quality(spec, coefficients, parameters, usable, heldout, model=model),
+        environment=environment,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        reserved_coefficients=reserved,
+        reserved_quality=reserved_quality,
+        fit_range=inference_range(usable),
+        context_bytes=contexts[len(contexts) // 2] if contexts else None,
+    )
+
+
+def calibrate_inference(
+    runner: InferenceRunner,
+    base: InferenceConfig,
+    db: object | None = None,
+    on_measurement: Progress | None = None,
+) -> InferenceCalibrationReport:
+    """Measure the design points (reusing stored ones), fit, and store the calibration in ``db``.
+
+    ``base`` fixes the architecture and precision; its sizes are ignored.
+    """
+    from memprobe.db import Database
+    from memprobe.inference.store import (
+        add_inference_calibration,
+        add_inference_measurement,
+        find_inference_measurement,
+    )
+
+    database = db if isinstance(db, Database) else None
+    spec = resolve_arch(base.arch)
+    environment = runner.environment()
+    model_hash = _model_hash(base.arch)
+    counts = {"measured": 0, "reused": 0}
+
+    def measure(config: InferenceConfig) -> InferenceMeasurement:
+        stored = find_inference_measurement(database, config, environment, model_hash) if database else None
+        reused = stored is not None
+        if stored is None:
+            stored = runner.measure(config)
+            if database is not None:
+                add_inference_measurement(database, stored, model_hash)
+        counts["reused" if reused else "measured"] += 1
+        if on_measurement is not None:
+            on_measurement(stored, reused)
+        return stored
+
+    design = inference_design_points(base, spec)
+    fitted = [measure(config) for config in design.fit]
+    heldout = [measure(config) for config in design.heldout]
+    calibration = fit_inference_calibration(
+        spec, base, environment.calibration_device, fitted, heldout, environment.to_dict()
+    )
+    if database is not None:
+        add_inference_calibration(database, calibration, environment)
+    return InferenceCalibrationReport(
+        calibration, tuple(fitted), tuple(heldout), counts["measured"], counts["reused"]
+    )
+
+
+def _model_hash(arch: str) -> str | None:
+    if ":" not in arch:
+        return None
+    from memprobe.archs.build import factory_source_hash
+
+    return factory_source_hash(resolve_arch(arch))

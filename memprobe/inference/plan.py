@@ -1,0 +1,178 @@
+"""Plan sliding-window inference from a calibration: the largest ``sw_batch_size``, and where to stitch.
+
+Pure arithmetic, no torch. The need of a configuration is a training plan's
+(``memprobe.memory_need.MemoryNeed``): allocated + allocator reserve + CUDA context + cuBLAS and
+cuDNN workspaces + margin, each term with its source. Stitching on the GPU is tried first; when
+even one window at a time does not fit with it, the output and count map move to the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from memprobe.archs.registry import ArchSpec
+from memprobe.errors import NothingFitsError
+from memprobe.gpu_info import GpuInfo
+from memprobe.inference.calibration import InferenceCalibration
+from memprobe.inference.config import InferenceConfig, StitchDevice
+from memprobe.memory_need import EXTRAPOLATION_FACTOR, MemoryNeed, reserve_source
+from memprobe.overheads import (
+    UNCALIBRATED_RESERVE_ALLOWANCE,
+    context_overhead,
+    margin_fraction,
+    workspace_overheads,
+)
+from memprobe.planner import _check_budget, _check_fixed_overheads, describe_need
+from memprobe.search import largest_at_most
+from memprobe.units import format_bytes
+
+
+def inference_need(
+    calibration: InferenceCalibration, spec: ArchSpec, config: InferenceConfig, gpu: GpuInfo | None = None
+) -> MemoryNeed:
+    """Every term of the GPU memory ``config`` needs, as ``calibration`` predicts it on ``gpu``."""
+    allocated = calibration.inference_peak_bytes(spec, config)
+    reserved = calibration.inference_reserved_bytes(spec, config)
+    if reserved is None:
+        reserved = allocated * (1 + UNCALIBRATED_RESERVE_ALLOWANCE)
+    fraction, margin_source = margin_fraction(calibration)
+    return MemoryNeed(
+        allocated_bytes=allocated,
+        reserve_overhead_bytes=max(0.0, reserved - allocated),
+        reserve_source=reserve_source(calibration),
+        overheads=(context_overhead(calibration, gpu), *workspace_overheads(calibration, gpu)),
+        margin_bytes=reserved * fraction,
+        margin_source=margin_source,
+    )
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    """The planned configuration (largest ``sw_batch_size``, stitch device) and what it needs."""
+
+    config: InferenceConfig
+    need: MemoryNeed
+    next_need: MemoryNeed | None  # one more window in the batch (None: the image has no more windows)
+    gpu_stitch_need: (
+        MemoryNeed  # one window at a time, stitching on the GPU: why the stitch device was chosen
+    )
+    budget_bytes: int
+    safety: float
+    calibration: InferenceCalibration
+    reasons: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def usable_bytes(self) -> float:
+        return self.budget_bytes * self.safety
+
+    @property
+    def utilisation(self) -> float:
+        return self.need.total_bytes / self.budget_bytes
+
+    def sliding_window_kwargs(self) -> dict[str, object]:
+        """What to pass to ``monai.inferers.sliding_window_inference``."""
+        return self.config.sliding_window_kwargs()
+
+    def nnunet_predictor_kwargs(self) -> dict[str, object]:
+        """The matching nnU-Net ``nnUNetPredictor`` settings (stitching on the GPU = everything on the device)."""
+        return {
+            "tile_step_size": round(1 - self.config.overlap, 4),
+            "use_gaussian": self.config.blend.value == "gaussian",
+            "perform_everything_on_device": self.config.stitch is StitchDevice.GPU,
+        }
+
+
+def plan_inference(
+    calibration: InferenceCalibration,
+    spec: ArchSpec,
+    base: InferenceConfig,
+    budget_bytes: int,
+    *,
+    safety: float = 1.0,
+    gpu: GpuInfo | None = None,
+    stitch: StitchDevice | None = None,
+) -> InferencePlan:
+    """The largest ``sw_batch_size`` for ``base``'s window and image whose whole need fits.
+
+    Stitching on the GPU when one window at a time fits with it, else on the CPU (or only on
+    ``stitch`` when given). A batch beyond the image's windows needs nothing more, so the batch
+    is capped there.
+
+    Raises:
+        InvalidInputError: the budget is below the fixed overheads.
+        NothingFitsError: one window at a time does not fit even stitching on the CPU.
+    """
+    _check_budget(budget_bytes, safety)
+    usable = budget_bytes * safety
+    need = lambda c: inference_need(calibration, spec, c, gpu)
+    on_gpu = need(replace(base, sw_batch_size=1, stitch=StitchDevice.GPU))
+    _check_fixed_overheads(on_gpu, usable)
+    reasons = []
+    if base.padded:
+        reasons.append(base.padding_note() or "")
+    if stitch is None:
+        fits_on_gpu = on_gpu.total_bytes <= usable
+        chosen = StitchDevice.GPU if fits_on_gpu else StitchDevice.CPU
+        reasons.append(
+            f"stitching on the GPU: one window at a time needs {format_bytes(on_gpu.total_bytes)} with the "
+            f"whole-image output and count map, within {format_bytes(usable)}"
+            if fits_on_gpu
+            else f"stitching must move to the CPU (sw_device GPU, device CPU): with the output of "
+            f"{base.out_channels} classes x {base.image_voxels} voxels and the count map on the GPU, even one "
+            f"window at a time needs {format_bytes(on_gpu.total_bytes)}, more than {format_bytes(usable)}"
+        )
+    else:
+        chosen = stitch
+        reasons.append(f"stitching on the {chosen.value.upper()}, as asked")
+    at = lambda b: replace(base, sw_batch_size=b, stitch=chosen)
+    first = need(at(1))
+    if first.total_bytes > usable:
+        raise NothingFitsError(
+            f"nothing fits: one {'x'.join(map(str, base.roi))} window of {base.arch} stitching on the "
+            f"{chosen.value.upper()} needs {describe_need(first)}, more than the {format_bytes(usable)} usable: "
+            "choose a smaller roi, bf16-mixed, stitching on the CPU, or a larger GPU"
+        )
+    windows = base.windows()
+    batch = largest_at_most(lambda b: need(at(b)).total_bytes, usable, 1, windows)
+    reasons.append(
+        f"largest sw_batch_size within {format_bytes(usable)}: {batch}"
+        + (f" (the image has {windows} windows: a larger batch holds no more)" if batch == windows else "")
+    )
+    planned = at(batch)
+    return InferencePlan(
+        planned,
+        need(planned),
+        need(at(batch + 1)) if batch < windows else None,
+        on_gpu,
+        budget_bytes,
+        safety,
+        calibration,
+        tuple(r for r in reasons if r),
+        tuple(_extrapolation_warnings(calibration, planned)),
+    )
+
+
+def _extrapolation_warnings(calibration: InferenceCalibration, config: InferenceConfig) -> list[str]:
+    """A warning for each quantity beyond twice the range the calibration measured.
+
+    Image voxels are the exception: the image terms are there to carry small calibration images
+    to whole volumes (their coefficient is bytes per voxel), so a large image is said, not warned.
+    """
+    if not calibration.fit_range:
+        return []
+    asked = {
+        "sw_batch_size": config.window_batch,
+        "voxels": config.roi[0] * config.roi[1] * config.roi[2],
+        "in_channels": config.in_channels,
+        "out_channels": config.out_channels,
+    }
+    warnings = []
+    for name, value in asked.items():
+        low, high = calibration.fit_range.get(name, [value, value])
+        if value > EXTRAPOLATION_FACTOR * high or value < low / EXTRAPOLATION_FACTOR:
+            warnings.append(
+                f"{name} {value} is beyond twice the calibrated range {low}-{high}: the prediction "
+                "extrapolates; probe the planned configuration (memprobe probe --mode inference)"
+            )
+    return warnings
