@@ -22,7 +22,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     started = config.stash.get(_STARTED, time.time())
     written = sorted(p for p in RESULTS_DIR.glob("*.md") if p.stat().st_mtime >= started)
     for path in written:
-        terminalreporter.write_sep("=", f"benchmarks/results/{path.name}")
+        shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+        terminalreporter.write_sep("=", str(shown))
         terminalreporter.write_line(path.read_text().rstrip())
 
 

@@ -21,6 +21,8 @@ from memprobe.enums import DeviceKind
 from memprobe.measurement import Environment, Measurement
 
 ARCHS_VARIABLE = "MEMPROBE_BENCH_ARCHS"  # e.g. "mednext,basicunet" while developing; default: all
+# "fitted": fit every calibration in this run, from this run's traces, instead of using the shipped one.
+CALIBRATIONS_VARIABLE = "MEMPROBE_BENCH_CALIBRATIONS"
 # `make bench` refreshes the committed tables in benchmarks/results; `make test` writes to an
 # ignored folder, so a test run leaves the checkout as it found it.
 RESULTS_DIR = Path(os.environ.get("MEMPROBE_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
@@ -82,14 +84,20 @@ class SourcedCalibration:
 
 
 class Calibrations:
-    """The shipped trace calibration of each architecture, or one fitted in this session."""
+    """The shipped trace calibration of each architecture, or one fitted in this session.
+
+    With ``$MEMPROBE_BENCH_CALIBRATIONS=fitted`` every calibration is fitted in this session.
+    """
 
     def __init__(self, measurements: SessionMeasurements) -> None:
         from memprobe.sources import shipped_calibrations
 
         self.measurements = measurements
+        fit_all = os.environ.get(CALIBRATIONS_VARIABLE, "shipped") == "fitted"
         self.shipped = {
-            c.arch: c for c in shipped_calibrations() if c.key[1:] == ("trace", "fp32", "adamw", False)
+            c.arch: c
+            for c in ([] if fit_all else shipped_calibrations())
+            if c.key[1:] == ("trace", "fp32", "adamw", False)
         }
         self.made: dict[str, Calibration] = {}
 

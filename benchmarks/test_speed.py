@@ -61,8 +61,9 @@ def _benchmarked_seconds(benchmark: Any, function: Any) -> tuple[float, str]:
     return min(repeats) / 100, "5 x 100 calls (timeit best)"
 
 
-def _verdict(seconds: float, target: float) -> str:
-    return "pass" if seconds < target else "FAIL"
+def _against_target(seconds: float, target: float) -> str:
+    """The time as a share of its target: reported, never a verdict, since nothing asserts it."""
+    return f"{seconds / target:.2f}x target"
 
 
 def _seconds_text(seconds: float) -> str:
@@ -105,7 +106,7 @@ def test_speed_table(
             "time": _seconds_text(suggest_seconds),
             "runs": f"median of {SUGGEST_RUNS}",
             "target": f"< {SUGGEST_TARGET_SECONDS} s",
-            "result": _verdict(suggest_seconds, SUGGEST_TARGET_SECONDS),
+            "result": _against_target(suggest_seconds, SUGGEST_TARGET_SECONDS),
         },
         {
             "measurement": '`python -c "import torch"` (new process)',
@@ -119,7 +120,7 @@ def test_speed_table(
             "time": _seconds_text(estimate_seconds),
             "runs": estimate_runs,
             "target": "< 1 ms",
-            "result": _verdict(estimate_seconds, ESTIMATE_TARGET_SECONDS),
+            "result": _against_target(estimate_seconds, ESTIMATE_TARGET_SECONDS),
         },
     ]
     records: list[dict[str, Any]] = [
@@ -127,19 +128,19 @@ def test_speed_table(
             "measurement": "suggest_cold_start",
             "seconds": round(suggest_seconds, 4),
             "target_seconds": SUGGEST_TARGET_SECONDS,
-            "passed": suggest_seconds < SUGGEST_TARGET_SECONDS,
+            "ratio_to_target": round(suggest_seconds / SUGGEST_TARGET_SECONDS, 3),
         },
         {
             "measurement": "import_torch_cold_start",
             "seconds": round(torch_seconds, 4),
             "target_seconds": None,
-            "passed": None,
+            "ratio_to_target": None,
         },
         {
             "measurement": "estimate_warm",
             "seconds": estimate_seconds,
             "target_seconds": ESTIMATE_TARGET_SECONDS,
-            "passed": estimate_seconds < ESTIMATE_TARGET_SECONDS,
+            "ratio_to_target": round(estimate_seconds / ESTIMATE_TARGET_SECONDS, 3),
         },
     ]
     for name in archs:
@@ -160,7 +161,7 @@ def test_speed_table(
                 "seconds": round(timed.wall_seconds, 3),
                 "step_seconds": round(step, 3),
                 "target_seconds": None,
-                "passed": None,
+                "ratio_to_target": None,
             }
         )
     notes = (
@@ -169,6 +170,7 @@ def test_speed_table(
         "trace probe: one `TraceBackend.measure` (build the network, a warm-up step, the measured step on "
         "fake tensors); step = the measured step alone. The first probe of the run also pays for torch's and "
         "MONAI's lazy imports.",
-        f"Timings are machine-dependent and reported, not asserted ({os.cpu_count()} CPUs here).",
+        f"Timings are machine-dependent and reported, not asserted ({os.cpu_count()} CPUs here): result "
+        "gives each time as a multiple of the issue's target (below 1x: within it).",
     )
     write_results(ResultTable("speed", "Speed: planning, estimating and probing", rows, records, notes))

@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = ("accuracy", "search_cost", "speed")
+TABLES = (
+    "accuracy",
+    "accuracy_reserved",
+    "accuracy_gpu",
+    "search_cost",
+    "speed",
+)  # those missing are skipped
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 

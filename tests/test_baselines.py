@@ -1,11 +1,18 @@
-"""The benchmark baselines: the seed's formula reproduced exactly, and nnU-Net's proxy."""
+"""The benchmark baselines: the seed's formula reproduced exactly, nnU-Net's proxy and its fitted form."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from benchmarks.baselines import (
+    feature_map_volume,
+    fit_feature_map_model,
+    nnunet_proxy_bytes,
+    seed_estimate_bytes,
+    seed_estimate_gb,
+)
 from memprobe.archs.registry import get_arch
-from memprobe.baselines import feature_map_volume, nnunet_proxy_bytes, seed_estimate_bytes, seed_estimate_gb
 
 # Feature-map elements per sample and per "x3" of the seed at 128^3: stages 128^3 x 32,
 # 64^3 x 64, 32^3 x 128, 16^3 x 256, 8^3 x 320 (widths capped at 320).
@@ -67,3 +74,37 @@ def test_nnunet_proxy_is_exact_at_its_reference_and_linear_in_volume() -> None:
     assert nnunet_proxy_bytes(spec, (64, 64, 64), 2, **reference) == pytest.approx(3e9)
     assert nnunet_proxy_bytes(spec, (64, 64, 64), 4, **reference) == pytest.approx(6e9)
     assert nnunet_proxy_bytes(spec, (128, 128, 128), 2, **reference) == pytest.approx(24e9)
+
+
+def test_fitted_feature_map_model_recovers_an_exact_line() -> None:
+    spec = get_arch("mednext")
+    points = [
+        (patch, batch, 5e8 + 12.0 * feature_map_volume(spec, patch, batch))
+        for patch, batch in (((32, 32, 32), 1), ((64, 64, 64), 2), ((128, 128, 128), 1))
+    ]
+    model = fit_feature_map_model(spec, points)
+    assert model.scale_bytes == pytest.approx(12.0, rel=1e-9)
+    assert model.intercept_bytes == pytest.approx(5e8, rel=1e-9)
+    assert model.predict_bytes(spec, (96, 96, 96), 3) == pytest.approx(
+        5e8 + 12.0 * feature_map_volume(spec, (96, 96, 96), 3), rel=1e-9
+    )
+
+
+def test_fitted_feature_map_model_minimises_relative_error() -> None:
+    # A line cannot pass through all three; weighting by 1/peak keeps the small point's
+    # relative error as small as the large points'.
+    spec = get_arch("basicunet")
+    points = [((32, 32, 32), 1, 1e8), ((64, 64, 64), 1, 1e9), ((128, 128, 128), 1, 9e9)]
+    model = fit_feature_map_model(spec, points)
+    errors = [abs(model.predict_bytes(spec, p, b) - peak) / peak for p, b, peak in points]
+    assert max(errors) < 0.5
+    unweighted = np.polyfit(
+        [feature_map_volume(spec, p, b) for p, b, _ in points], [x for *_, x in points], 1
+    )
+    small = np.polyval(unweighted, feature_map_volume(spec, (32, 32, 32), 1))
+    assert abs(small - 1e8) / 1e8 > errors[0]
+
+
+def test_fitted_feature_map_model_needs_two_volumes() -> None:
+    with pytest.raises(ValueError, match="two different"):
+        fit_feature_map_model(get_arch("unet"), [((64, 64, 64), 1, 1e9), ((64, 64, 64), 1, 1.1e9)])

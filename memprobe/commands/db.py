@@ -51,7 +51,8 @@ def list_calibrations(db_path: str | None, shipped: bool, as_json: bool) -> None
         }
         for c in calibrations
     ]
-    emit(Report([c.to_dict() for c in calibrations], (("Calibrations", rows),)), as_json)
+    note = "held-out %: the fit against the backend it was measured on (fit vs trace for a trace calibration)"
+    emit(Report([c.to_dict() for c in calibrations], (("Calibrations", rows),), (note,)), as_json)
 
 
 @db.command("measurements")

@@ -4,12 +4,17 @@
   (PyTorch Connectomics' ``estimate_gpu_memory_required``), reproduced line by line.
 - :func:`nnunet_proxy_bytes` is nnU-Net's planning proxy: the feature-map volume of the
   network, compared against one configuration whose memory is known.
+- :func:`fit_feature_map_model` is the same proxy in a fair form: scale and intercept of the
+  feature-map volume fitted by least squares on the design points memprobe fits its formula to.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 from memprobe.archs.registry import ArchSpec
 from memprobe.formula import stage_voxels
@@ -118,3 +123,35 @@ def nnunet_proxy_bytes(
     """
     scale = reference_bytes / feature_map_volume(spec, reference_patch, reference_batch)
     return scale * feature_map_volume(spec, patch, batch)
+
+
+@dataclass(frozen=True)
+class FeatureMapModel:
+    """``intercept + scale * feature-map volume``: nnU-Net's proxy with both constants fitted."""
+
+    scale_bytes: float  # bytes per feature-map element
+    intercept_bytes: float  # what the step holds whatever the volume (parameters, optimizer state)
+
+    def predict_bytes(self, spec: ArchSpec, patch: Sequence[int], batch: int) -> float:
+        return self.intercept_bytes + self.scale_bytes * feature_map_volume(spec, patch, batch)
+
+
+def fit_feature_map_model(
+    spec: ArchSpec, points: Sequence[tuple[Sequence[int], int, float]]
+) -> FeatureMapModel:
+    """Fit scale and intercept to ``(patch, batch, peak bytes)`` points by least squares.
+
+    Rows are weighted by 1/peak, as memprobe's own fit is, so both minimise relative error on
+    the same points; neither constant is constrained, which can only help the baseline.
+
+    Raises:
+        ValueError: fewer than two distinct feature-map volumes among the points.
+    """
+    volumes = np.array([feature_map_volume(spec, patch, batch) for patch, batch, _ in points])
+    peaks = np.array([float(peak) for *_, peak in points])
+    if len(set(volumes.tolist())) < 2:
+        raise ValueError("fitting a scale and an intercept needs two different feature-map volumes")
+    scale = volumes.max()  # conditioning: volumes reach 1e9, the intercept's column is 1
+    matrix = np.column_stack([volumes / scale, np.ones_like(volumes)]) / peaks[:, None]
+    (slope, intercept), *_ = np.linalg.lstsq(matrix, np.ones_like(peaks), rcond=None)
+    return FeatureMapModel(float(slope / scale), float(intercept))
