@@ -22,6 +22,7 @@ from memprobe.arguments import (
 )
 from memprobe.calibration import Calibration
 from memprobe.config import StepConfig, make_step_config
+from memprobe.errors import StandInCalibrationWarning
 from memprobe.memory_need import MemoryNeed, memory_need
 from memprobe.planner import BatchPlan, PatchPlan, plan_batch, plan_patch
 from memprobe.sources import NO_SHIPPED_VARIABLE, Choice, all_calibrations, choose_calibration
@@ -133,7 +134,7 @@ def _choose(config: StepConfig, db: str | Path | None, device: str | None) -> Ch
         config.checkpointing,
     )
     if choice.warning:
-        warnings.warn(choice.warning, stacklevel=3)
+        warnings.warn(choice.warning, StandInCalibrationWarning, stacklevel=3)
     return choice
 
 

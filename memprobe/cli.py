@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import warnings
 from typing import Any
 
 import click
 
 from memprobe.__version__ import __version__
 from memprobe.commands import COMMANDS
-from memprobe.errors import MemprobeError, TerminatedError
+from memprobe.errors import MemprobeError, StandInCalibrationWarning, TerminatedError
 from memprobe.user_code import note_interrupt
 
 INTERRUPTED_EXIT_CODE = 130
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every error is one line and an exit code (``--debug`` shows tracebacks)."""
     arguments = sys.argv[1:] if argv is None else argv
     debug = "--debug" in arguments
+    if not [argument for argument in arguments if argument != "--debug"]:
+        arguments = ["--help"]  # bare `memprobe` shows the help, exit 0
+    # A stand-in calibration's warning reaches the user once, as the plan's own warning line.
+    warnings.filterwarnings("ignore", category=StandInCalibrationWarning)
     _show_library_warnings()
     signal.signal(signal.SIGTERM, _raise_terminated)
     previous_sigint = signal.signal(signal.SIGINT, note_interrupt)  # a real Ctrl-C, told from user code's

@@ -40,12 +40,23 @@ class DeviceKind(StrEnum):
     CPU = "cpu"  # executed for real on the CPU, tracked the same way as trace
 
 
+# Short and Lightning-style names users type for a precision.
+_ALIASES = {
+    "bf16": "bf16-mixed",
+    "fp16": "fp16-mixed",
+    "16-mixed": "fp16-mixed",
+    "32": "fp32",
+    "32-true": "fp32",
+}
+
+
 def parse_enum(enum_type: type[E], value: str, what: str) -> E:
     """Turn user text into an enum member, or raise a one-line error listing the choices."""
     from memprobe.errors import InvalidInputError
 
+    text = str(value).lower()
     try:
-        return enum_type(str(value).lower())
+        return enum_type(_ALIASES.get(text, text))
     except ValueError:
         choices = ", ".join(member.value for member in enum_type)
         raise InvalidInputError(f"unknown {what} {value!r}: choose one of {choices}") from None

@@ -46,3 +46,10 @@ class TerminatedError(BaseException):
     A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way (a backend
     turning step failures into ModelError) mistakes it for a failure of the model.
     """
+
+
+class StandInCalibrationWarning(UserWarning):
+    """A calibration of another device answered (trace for a GPU without its own).
+
+    Library callers see it as a Python warning; the CLI prints it once, as the plan's own warning.
+    """

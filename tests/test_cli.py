@@ -439,3 +439,35 @@ def test_console_script_reports_errors_in_one_line(tmp_path: Path) -> None:
         "memprobe: error: cannot read memory size '24XB': write e.g. 24GiB, 24GB, 24000MiB or 24 (GiB)"
     ]
     assert completed.stdout == ""
+
+
+def test_bare_memprobe_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """`memprobe` alone prints the help and exits 0, not a usage error."""
+    code, out, err = _run_main([], capsys)
+    assert code == 0 and "Usage: memprobe" in out and "Commands:" in out and not err
+
+
+def test_a_patch_of_two_sizes_says_it_needs_three(capsys: pytest.CaptureFixture[str]) -> None:
+    """--patch 128 128 --gpu-mem 24GiB names the real mistake, not the option it swallowed."""
+    code, _, err = _run_main(["suggest", "--patch", "128", "128", "--gpu-mem", "24GiB"], capsys)
+    assert code == 2 and "--patch needs 3 values" in err and err.count("\n") == 1
+
+
+def test_a_stand_in_calibration_is_warned_about_once(
+    calibrated_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A GPU without its own calibration: one memprobe warning line, no raw UserWarning."""
+    arguments = ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--db", str(calibrated_db)]
+    code, out, err = _run_main([*arguments, "--device", "NVIDIA A100-SXM4-80GB"], capsys)
+    assert code == 0
+    assert (out + err).count("no calibration of mednext for NVIDIA A100-SXM4-80GB") == 1
+    assert "UserWarning" not in out + err
+
+
+@pytest.mark.parametrize(
+    ("typed", "precision"), [("bf16", "bf16-mixed"), ("fp16", "fp16-mixed"), ("32-true", "fp32")]
+)
+def test_short_precision_names_are_understood(typed: str, precision: str) -> None:
+    from memprobe.enums import Precision, parse_enum
+
+    assert parse_enum(Precision, typed, "precision") is Precision(precision)

@@ -81,6 +81,13 @@ def db_option(function: F) -> F:
     )(function)
 
 
+def _three_sizes(context: click.Context, parameter: click.Parameter, value: Any) -> Any:
+    """Refuse a patch that took the next option as a size (``--patch 128 128 --gpu-mem 24GiB``)."""
+    if value is not None and any(str(size).startswith("-") and not str(size)[1:].isdigit() for size in value):
+        raise click.BadParameter("--patch needs 3 values (depth height width), e.g. --patch 128 128 128")
+    return value
+
+
 def patch_option(required: bool) -> Callable[[F], F]:
     return click.option(
         "--patch",
@@ -88,6 +95,7 @@ def patch_option(required: bool) -> Callable[[F], F]:
         default=None,
         required=required,
         metavar="D H W",
+        callback=_three_sizes,
         help="Patch size in voxels (depth height width).",
     )
 
