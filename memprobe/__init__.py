@@ -1,28 +1,55 @@
 """memprobe: measured GPU-memory planning for 3D medical-image segmentation.
 
-Importing memprobe is instant: estimates come from stored calibrations and never import
-torch; only ``probe`` and ``calibrate`` do.
+Importing memprobe is instant: every name below is imported when first used, estimates come
+from stored calibrations and never import torch; only ``probe`` and ``calibrate`` do.
 """
 
-from memprobe.__version__ import __version__
-from memprobe.alternatives import Alternative
-from memprobe.api import Estimate, calibrate, estimate, max_batch_size, max_patch_size, probe
-from memprobe.compat import estimate_gpu_memory_required, suggest_batch_size
-from memprobe.errors import MemprobeError, NothingFitsError
-from memprobe.inference.api import max_sw_batch_size
+from __future__ import annotations
 
-__all__ = [
-    "Alternative",
-    "Estimate",
-    "MemprobeError",
-    "NothingFitsError",
-    "__version__",
-    "calibrate",
-    "estimate",
-    "estimate_gpu_memory_required",
-    "max_batch_size",
-    "max_patch_size",
-    "max_sw_batch_size",
-    "probe",
-    "suggest_batch_size",
-]
+import importlib
+from typing import Any
+
+from memprobe.__version__ import __version__
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "estimate": "memprobe.api",
+    "max_batch_size": "memprobe.api",
+    "max_patch_size": "memprobe.api",
+    "probe": "memprobe.api",
+    "calibrate": "memprobe.api",
+    "max_sw_batch_size": "memprobe.inference.api",
+    "estimate_gpu_memory_required": "memprobe.compat",
+    "suggest_batch_size": "memprobe.compat",
+    # Results.
+    "Estimate": "memprobe.api",
+    "BatchPlan": "memprobe.planner",
+    "PatchPlan": "memprobe.planner",
+    "MemoryNeed": "memprobe.memory_need",
+    "Measurement": "memprobe.measurement",
+    "Calibration": "memprobe.calibration",
+    "CalibrationReport": "memprobe.calibrator",
+    "Alternative": "memprobe.alternatives",
+    # Errors.
+    "MemprobeError": "memprobe.errors",
+    "InvalidInputError": "memprobe.errors",
+    "ModelError": "memprobe.errors",
+    "DatabaseError": "memprobe.errors",
+    "NoCalibrationError": "memprobe.errors",
+    "DeviceUnavailableError": "memprobe.errors",
+    "NothingFitsError": "memprobe.errors",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'memprobe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

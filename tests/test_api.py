@@ -237,3 +237,16 @@ def test_calibrate_a_custom_model_then_estimate(db_path: Path) -> None:
     assert estimate.calibration.source == str(db_path)
     measured = memprobe.probe(tiny, (48, 48, 48), 2, device="trace")
     assert estimate.peak_allocated_bytes == pytest.approx(measured.peak_allocated_bytes, rel=0.05)
+
+
+def test_the_package_exports_results_and_errors_without_importing_torch() -> None:
+    """Result types and error classes are importable from memprobe; none of it needs torch."""
+    code = (
+        "import sys, memprobe\n"
+        "from memprobe import BatchPlan, PatchPlan, Measurement, CalibrationReport, MemoryNeed\n"
+        "from memprobe import MemprobeError, InvalidInputError, NothingFitsError, NoCalibrationError\n"
+        "assert issubclass(NothingFitsError, MemprobeError) and NothingFitsError.exit_code == 3\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
