@@ -219,10 +219,17 @@ def test_memprobe_db_pointing_nowhere_is_reported_not_replaced(
 def test_a_database_from_before_the_quarantine_is_read_untouched_and_repair_upgrades_it(
     tmp_path: Path,
 ) -> None:
+    import re
+
+    from memprobe.db import MIGRATIONS
+
     db = make_calibrated_db(tmp_path / "calib.sqlite")
+    before_quarantine = next(i for i, script in enumerate(MIGRATIONS) if "CREATE TABLE quarantine" in script)
     connection = sqlite3.connect(db)
-    connection.execute("DROP TABLE quarantine")
-    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    for script in MIGRATIONS[before_quarantine:]:  # the quarantine's migration and every later one
+        for table in re.findall(r"CREATE TABLE (\w+)", script):
+            connection.execute(f"DROP TABLE {table}")
+    connection.execute(f"PRAGMA user_version = {before_quarantine}")
     connection.commit()
     connection.close()
     before = file_state(db)
