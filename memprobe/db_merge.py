@@ -104,10 +104,11 @@ def merge_databases(sources: Sequence[str | Path], out: str | Path) -> MergeResu
     return result
 
 
-def import_into(file: str | Path, db_path: str | Path | None) -> MergeResult:
+def import_into(file: str | Path, db_path: str | Path | None) -> tuple[MergeResult, str]:
     """Add the rows of ``file`` to the database at ``db_path``; each row is kept once.
 
-    ``file`` is either a memprobe database, or JSON written by ``memprobe db export``.
+    ``file`` is either a memprobe database, or JSON written by ``memprobe db export``; the
+    database may be a PostgreSQL URL. Returns what was added, and where (password removed).
 
     Raises:
         InvalidInputError: ``file`` is missing, is the database itself, or is neither kind.
@@ -121,8 +122,8 @@ def import_into(file: str | Path, db_path: str | Path | None) -> MergeResult:
         header = stream.read(16)
     with Database.open(db_path) as database:
         if header == b"SQLite format 3\x00":
-            return _copy_each([source], database)
-        return _import_exported(source, database)
+            return _copy_each([source], database), database.location
+        return _import_exported(source, database), database.location
 
 
 def _same(first: Path, second: Path) -> bool:
@@ -145,7 +146,7 @@ def _copy_each(sources: Sequence[Path], target: Database) -> MergeResult:
 def _copy(source: Database, target: Database, copied: dict[str, int], duplicates: dict[str, int]) -> int:
     """Copy the new usable rows of ``source`` into ``target``, counting; return how many were skipped."""
     skipped = 0
-    where = str(source.path)
+    where = source.location
     environments = _environment_ids(source, target)
     checks = _row_checks(source, where)
     for table in _KEYS:
@@ -175,7 +176,7 @@ def _environment_ids(source: Database, target: Database) -> dict[object, int]:
         try:
             environment = environment_from_row(row)
         except BadRowError as error:
-            warn_bad_row(str(source.path), "environments", row["id"], str(error))
+            warn_bad_row(source.location, "environments", row["id"], str(error))
             continue
         mapping[row["id"]] = target.environment_id(environment)
     return mapping
@@ -278,7 +279,7 @@ def _import_exported(source: Path, target: Database) -> MergeResult:
         try:
             if not isinstance(item, dict):
                 raise BadRowError("not an object")
-            calibration = calibration_from_fields(item, source=str(target.path or ":memory:"))
+            calibration = calibration_from_fields(item, source=target.location)
         except BadRowError as error:
             warn_bad_row(str(source), "calibration", number, str(error), "fix or remove it in the file")
             skipped += 1

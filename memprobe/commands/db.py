@@ -141,10 +141,10 @@ def import_rows(file: str, db_path: str | None, as_json: bool) -> None:
     memprobe db import gpu-box.sqlite
     memprobe db import calibrations.json --db laptop.sqlite
     """
-    from memprobe.db import default_db_path
     from memprobe.db_merge import import_into
 
-    _report(import_into(file, db_path), str(db_path or default_db_path()), as_json)
+    result, where = import_into(file, db_path)
+    _report(result, where, as_json)
 
 
 def _report(result: MergeResult, where: str, as_json: bool) -> None:
@@ -178,7 +178,7 @@ def check(db_path: str | None, repair: bool) -> None:
             click.echo(f"{row.table} row {row.row_id}: {row.reason}")
         if repair and bad:
             database.quarantine(bad)
-    where = database.path
+    where = database.path or database.location
     if not bad:
         click.echo(f"{where}: every row is usable", err=True)
         return
