@@ -86,7 +86,7 @@ def merge_databases(sources: Sequence[str | Path], out: str | Path) -> MergeResu
         raise InvalidInputError("db merge needs at least one database to read")
     reading = [file for source in sources for file in database_files(source)]
     target = check_output_path(out, "-o", reading=reading)
-    inputs = [Path(source) for source in sources]
+    inputs = [str(source) for source in sources]  # a PostgreSQL URL stays a URL
     handle, temporary = tempfile.mkstemp(
         dir=target.resolve().parent, prefix=f".{target.name}.", suffix=".tmp"
     )
@@ -133,7 +133,7 @@ def _same(first: Path, second: Path) -> bool:
         return False
 
 
-def _copy_each(sources: Sequence[Path], target: Database) -> MergeResult:
+def _copy_each(sources: Sequence[str | Path], target: Database) -> MergeResult:
     copied: dict[str, int] = {}
     duplicates: dict[str, int] = {}
     skipped = 0

@@ -83,7 +83,24 @@ def test_commands_take_a_url_from_memprobe_db(
     assert invoke(capsys, "db", "check").code == 0
 
 
-CALIBRATE = ("calibrate", "--arch", TINY, "--device", "trace", "--budget", SMALL_BUDGET)
+def test_a_server_database_merges_into_a_file(
+    postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local = tmp_path / "laptop.sqlite"
+    with Database.open(postgres_url) as database:
+        database.add_measurement(measurement())
+        database.add_calibration(calibration(), ENVIRONMENT)
+    with Database.open(local) as database:
+        database.add_measurement(measurement())
+        database.add_measurement(measurement(environment=GPU))
+    out = tmp_path / "lab.sqlite"
+    result = invoke(capsys, "db", "merge", postgres_url, str(local), "-o", str(out), "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["copied"]["measurements"] == 2
+    with Database.open(out, create=False, readonly=True) as merged:
+        assert len(merged.measurements()) == 2 and len(merged.calibrations()) == 1
+
+
 CALIBRATE = ("calibrate", "--arch", TINY, "--device", "trace", "--budget", SMALL_BUDGET)
 VARIANTS = {
     ("fp32", "adamw"): (),

@@ -216,7 +216,8 @@ def measure_per_rank(config: Any, options: DistributedOptions, device: str = "tr
 
     if device not in ("trace", "cpu"):
         raise InvalidInputError(
-            f"--device {device} with --gpus: per-rank memory is measured on trace or cpu here"
+            f"--device {device} with --gpus: launching ranks on several real GPUs is not supported yet; "
+            "measure one rank with --device trace or cpu"
         )
     backend = (TraceBackend if device == "trace" else CpuBackend)(distributed=options)
     measurement = backend.measure(config)
