@@ -94,6 +94,7 @@ def merge_databases(sources: Sequence[str | Path], out: str | Path) -> MergeResu
     os.unlink(temporary)  # Database creates it
     try:
         with Database.open(temporary) as database:
+            database._writer()  # the merged file exists even when the inputs hold no rows
             if target.exists():
                 _copy_each([target], database)  # merging into an existing file keeps what it holds
             result = _copy_each(inputs, database)

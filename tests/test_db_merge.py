@@ -135,3 +135,15 @@ def test_import_of_the_database_itself_or_of_junk_exits_2(
     result = invoke(capsys, *["db", "import", str(junk), "--db", str(first)])
     assert result.code == 2
     assert "neither a memprobe database" in result.err
+
+
+def test_merging_empty_databases_writes_an_empty_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.sqlite"
+    with Database.open(empty) as database:
+        database._writer()
+    out = tmp_path / "lab.sqlite"
+    result = invoke(capsys, "db", "merge", str(empty), "-o", str(out))
+    assert result.code == 0, result.err
+    assert _count(out, "measurements") == 0
