@@ -92,8 +92,10 @@ def _load(
 
 def load_calibrations(db: str | Path | None = None) -> list[Calibration]:
     """User and shipped calibrations, re-read whenever the database file changes."""
-    from memprobe.db import default_db_path
+    from memprobe.db import database_url, default_db_path
 
+    if database_url(None if db is None else str(db)) is not None:
+        return all_calibrations(db)  # a server has no file to tell when it changed: read it each time
     path = Path(db) if db is not None else default_db_path()
     no_shipped = os.environ.get(NO_SHIPPED_VARIABLE, "")
     return _load(None if db is None else str(db), str(path), _file_stamp(path), no_shipped)

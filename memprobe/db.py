@@ -192,6 +192,21 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def database_url(db_path: str | Path | None = None) -> str | None:
+    """The PostgreSQL URL that ``db_path`` (or, without one, ``$MEMPROBE_DB``) names, else None."""
+    from memprobe.db_postgres import is_url
+
+    text = os.environ.get(ENV_VARIABLE, "") if db_path is None else db_path
+    return text if isinstance(text, str) and is_url(text) else None
+
+
+def database_exists(db_path: str | Path | None = None) -> bool:
+    """Whether the database ``db_path`` names (default: ``$MEMPROBE_DB``, else the user's) may hold rows."""
+    if database_url(db_path) is not None:
+        return True
+    return (default_db_path() if db_path is None else Path(db_path).expanduser()).exists()
+
+
 def default_db_path() -> Path:
     """``$MEMPROBE_DB``, else ``memprobe.sqlite`` in the user's data directory.
 
@@ -235,11 +250,16 @@ class Database:
     """A memprobe benchmark database file (use :meth:`open`)."""
 
     def __init__(
-        self, connection: sqlite3.Connection | None, path: Path | None, readonly: bool = False
+        self,
+        connection: sqlite3.Connection | None,
+        path: Path | None,
+        readonly: bool = False,
+        location: str | None = None,
     ) -> None:
         self._opened = connection  # None until a database that does not exist yet is first written
         self.path = path
         self.readonly = readonly
+        self._location = location  # a server's URL, password removed
 
     @classmethod
     def open(cls, path: str | Path | None = None, *, create: bool = True, readonly: bool = False) -> Database:
@@ -252,6 +272,12 @@ class Database:
             DatabaseError: the file is not a memprobe database, is from a newer memprobe,
                 is damaged, or cannot be created or written; the file is left as it was.
         """
+        url = database_url(path)
+        if url is not None:
+            from memprobe.db_postgres import connect
+
+            server = connect(url, readonly=readonly)
+            return cls(server, None, readonly, server.location)  # type: ignore[arg-type]
         target = default_db_path() if path is None else Path(path).expanduser()
         if str(target) == ":memory:":
             connection = sqlite3.connect(":memory:", isolation_level=None)
@@ -305,7 +331,9 @@ class Database:
         try:
             return connection.execute(query, parameters).fetchall()
         except sqlite3.DatabaseError as error:
-            raise DatabaseError(f"cannot read database {self.path} ({error}): pass another --db") from None
+            raise DatabaseError(
+                f"cannot read database {self.location} ({error}): pass another --db"
+            ) from None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -320,7 +348,7 @@ class Database:
                 raise
             _retry_when_locked(lambda: connection.execute("COMMIT"))
         except sqlite3.DatabaseError as error:
-            raise DatabaseError(f"cannot write to database {self.path}: {error}") from None
+            raise DatabaseError(f"cannot write to database {self.location}: {error}") from None
 
     # Environments -------------------------------------------------------------------------
 
@@ -459,8 +487,13 @@ class Database:
         return result
 
     @property
+    def location(self) -> str:
+        """Where the rows are: the file, ``:memory:``, or the server's URL without its password."""
+        return self._location or str(self.path or ":memory:")
+
+    @property
     def _where(self) -> str:
-        return str(self.path or ":memory:")
+        return self.location
 
     def _checked_measurement(self, row: sqlite3.Row, environment: Environment) -> Measurement | None:
         """The measurement in ``row``, or None (with one warning) when the row is not usable."""

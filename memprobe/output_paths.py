@@ -16,8 +16,10 @@ _KERNEL_FOLDERS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 def database_files(db_path: str | Path | None) -> list[Path]:
     """The database memprobe reads (``--db`` or the default) and its SQLite side files."""
-    from memprobe.db import default_db_path
+    from memprobe.db import database_url, default_db_path
 
+    if database_url(None if db_path is None else str(db_path)) is not None:
+        return []  # rows on a server: no file here to protect
     base = default_db_path() if db_path is None else Path(db_path).expanduser()
     if str(base) == ":memory:":
         return []

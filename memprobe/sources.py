@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from memprobe.calibration import Calibration
-from memprobe.db import Database, default_db_path
+from memprobe.db import Database, database_exists
 from memprobe.errors import NoCalibrationError
 from memprobe.row_checks import BadRowError, calibration_from_fields, warn_bad_row
 
@@ -45,7 +45,7 @@ def user_calibrations(db_path: str | Path | None = None) -> list[Calibration]:
     Raises:
         DatabaseError: an explicitly named database does not exist or cannot be read.
     """
-    if db_path is None and not default_db_path().exists():
+    if db_path is None and not database_exists():
         return []
     with Database.open(db_path, create=False, readonly=True) as db:
         return db.calibrations()

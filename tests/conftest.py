@@ -11,6 +11,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = "tests.tiny_models:tiny_net"
+pytest_plugins = ["tests.postgres_server"]  # a real PostgreSQL server, started on demand
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
+import torch
 from torch import nn
 
 
@@ -52,3 +53,19 @@ def segfaulting_net(in_channels: int, out_channels: int) -> nn.Module:
 
 
 NOT_CALLABLE = 42
+
+
+class _ScalarScale(TinyNet):
+    """A TinyNet with a 0-dimensional parameter, which FSDP cannot shard."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels)
+        self.gain = nn.Module()
+        self.gain.weight = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return super().forward(x) * self.gain.weight
+
+
+def scalar_scale_net(in_channels: int, out_channels: int) -> nn.Module:
+    return _ScalarScale(in_channels, out_channels)

@@ -18,6 +18,7 @@ from torch import nn
 
 from memprobe.archs.build import build_for_config
 from memprobe.backends.caching_allocator import replay
+from memprobe.backends.distributed import DistributedOptions, fake_process_group, wrap
 from memprobe.backends.tracking import AllocationTracker
 from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
@@ -35,7 +36,11 @@ WINDOWS_PER_PHASE = {"forward": 8, "backward": 24, "optimizer": 2}
 
 
 def _run_tracked(
-    config: StepConfig, model: nn.Module, tracker: AllocationTracker, breakdown: dict[str, int] | None = None
+    config: StepConfig,
+    model: nn.Module,
+    tracker: AllocationTracker,
+    breakdown: dict[str, int] | None = None,
+    state_bytes: dict[str, int] | None = None,
 ) -> tuple[float, int]:
     """Run a warm-up step, then the measured one; return its seconds and parameter count.
 
@@ -55,7 +60,12 @@ def _run_tracked(
     else:
         tracker.reset_peak()
         train_step(state, tracker.start_phase)
-    return time.perf_counter() - started, parameter_count(model)
+    seconds = time.perf_counter() - started
+    if state_bytes is not None:
+        from memprobe.backends.distributed import sharded_state_bytes
+
+        state_bytes.update(sharded_state_bytes(model, state.optimizer))
+    return seconds, parameter_count(model)
 
 
 def fake_copy(model: nn.Module) -> tuple[nn.Module, Any]:
@@ -104,8 +114,10 @@ class _TrackedBackend:
     kind: DeviceKind
     fake: bool
 
-    def __init__(self, breakdown: bool = False) -> None:
+    def __init__(self, breakdown: bool = False, distributed: DistributedOptions | None = None) -> None:
         self.breakdown = breakdown
+        self.distributed = distributed  # one rank of DDP or FSDP2 (memprobe.backends.distributed)
+        self.last_state_bytes: dict[str, int] = {}  # one rank's parameters, gradients, optimizer state
         # The last network built, as a template: each probe works on a copy, and building
         # (with MONAI's weight initialisation) costs more than a fake step for large networks.
         self._template: tuple[tuple[object, ...], nn.Module] | None = None
@@ -134,12 +146,16 @@ class _TrackedBackend:
         tracker = AllocationTracker()
         try:
             with ExitStack() as stack:
+                if self.distributed is not None:
+                    stack.enter_context(fake_process_group(self.distributed.world_size))
                 if self.fake:
                     model, fake_mode = fake_copy(model)
                     stack.enter_context(fake_mode)
                 stack.enter_context(tracker)
+                if self.distributed is not None:
+                    model = wrap(model, self.distributed, fake=self.fake)
                 breakdown: dict[str, int] | None = {} if self.breakdown else None
-                seconds, parameters = _run_tracked(config, model, tracker, breakdown)
+                seconds, parameters = _run_tracked(config, model, tracker, breakdown, self.last_state_bytes)
             replay_started = time.perf_counter()
             simulated = replay(tracker.events, measure_from=tracker.measured_from, spans=tracker.phase_starts)
             self.last_replay_seconds = time.perf_counter() - replay_started

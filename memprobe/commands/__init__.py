@@ -7,6 +7,7 @@ from memprobe.commands.plan import plan
 from memprobe.commands.probe import probe
 from memprobe.commands.report import report
 from memprobe.commands.suggest import suggest
+from memprobe.commands.sweep import sweep
 from memprobe.commands.verify import verify
 
-COMMANDS = (archs, probe, calibrate, suggest, plan, db, report, verify)
+COMMANDS = (archs, probe, calibrate, suggest, plan, db, report, verify, sweep)

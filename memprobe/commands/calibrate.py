@@ -111,7 +111,7 @@ def calibrate(
 
             log = MeasurementLog(backend, database, budget_bytes, on_measurement=advance)
             report = run_calibration(log, base, budget_bytes)
-        emit(_report(report, budget_bytes, database.path), as_json)
+        emit(_report(report, budget_bytes, database.path or database.location), as_json)
 
 
 def _report(report: Any, budget_bytes: int, db_path: object) -> Report:

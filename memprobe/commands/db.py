@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from memprobe.commands.options import db_option, emit, json_option
 from memprobe.reporters import Report
 from memprobe.units import format_bytes
+
+if TYPE_CHECKING:
+    from memprobe.db_merge import MergeResult
 
 
 @click.group()
@@ -109,6 +113,51 @@ def export(db_path: str | None, out_path: str) -> None:
     click.echo(f"wrote {len(calibrations)} calibrations to {out_path}", err=True)
 
 
+@db.command("merge")
+@click.argument("sources", nargs=-1, required=True, metavar="DATABASE...")
+@click.option("-o", "--out", "out_path", required=True, help="Database to write (kept rows included).")
+@json_option
+def merge(sources: tuple[str, ...], out_path: str, as_json: bool) -> None:
+    """Merge memprobe databases into one, keeping each measurement and calibration once.
+
+    Measurements count as the same when environment, configuration and measuring code agree;
+    calibrations when key and creation time do. An existing --out keeps its rows.
+
+    \b
+    memprobe db merge gpu-box.sqlite laptop.sqlite -o lab.sqlite
+    """
+    from memprobe.db_merge import merge_databases
+
+    _report(merge_databases(sources, out_path), out_path, as_json)
+
+
+@db.command("import")
+@click.argument("file", metavar="FILE")
+@db_option
+@json_option
+def import_rows(file: str, db_path: str | None, as_json: bool) -> None:
+    """Add a database's rows, or `db export` JSON calibrations, to --db; each kept once.
+
+    \b
+    memprobe db import gpu-box.sqlite
+    memprobe db import calibrations.json --db laptop.sqlite
+    """
+    from memprobe.db_merge import import_into
+
+    result, where = import_into(file, db_path)
+    _report(result, where, as_json)
+
+
+def _report(result: MergeResult, where: str, as_json: bool) -> None:
+    rows = [
+        {"table": table, "copied": copied, "already there": result.duplicates.get(table, 0)}
+        for table, copied in result.copied.items()
+    ]
+    emit(Report(result.to_dict(), (("Merged", rows),)), as_json)
+    skipped = f", {result.skipped} unusable rows skipped" if result.skipped else ""
+    click.echo(f"{where}: {sum(result.copied.values())} rows added{skipped}", err=True)
+
+
 @db.command("check")
 @db_option
 @click.option("--repair", is_flag=True, help="Move the bad rows to the quarantine table (never deleted).")
@@ -130,7 +179,7 @@ def check(db_path: str | None, repair: bool) -> None:
             click.echo(f"{row.table} row {row.row_id}: {row.reason}")
         if repair and bad:
             database.quarantine(bad)
-    where = database.path
+    where = database.path or database.location
     if not bad:
         click.echo(f"{where}: every row is usable", err=True)
         return

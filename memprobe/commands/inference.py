@@ -213,7 +213,7 @@ def calibrate_view(
                 database,
                 lambda m, reused: bar.update(1, m.config.label() + (" (stored)" if reused else "")),
             )
-        emit(_calibration_report(report, spec, database.path), as_json)
+        emit(_calibration_report(report, spec, database.path or database.location), as_json)
 
 
 def _calibration_report(report: Any, spec: Any, db_path: object) -> Report:

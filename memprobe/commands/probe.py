@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from memprobe.commands.inference import inference_mode, probe_view
@@ -38,6 +40,13 @@ def measurement_row(m: Measurement) -> dict[str, object]:
     "--budget", default=None, help="Cap CUDA memory at this size, e.g. 24GiB (emulates a smaller GPU)."
 )
 @click.option("--isolate", is_flag=True, help="Run the step in a child process (a crash becomes a result).")
+@click.option("--gpus", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Data-parallel ranks: measure one rank's step (trace or cpu, on a fake process group).")  # fmt: skip
+@click.option("--strategy", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True,
+              help="With --gpus: DistributedDataParallel or FSDP2's fully_shard.")  # fmt: skip
+@click.option("--bucket-cap-mb", type=click.FloatRange(min=0, min_open=True), default=25.0, show_default=True,
+              help="DDP's bucket_cap_mb.")  # fmt: skip
+@click.option("--gradient-as-bucket-view", is_flag=True, help="DDP's gradient_as_bucket_view (cpu only).")
 @json_option
 def probe(
     arch: str,
@@ -53,6 +62,10 @@ def probe(
     device: str | None,
     budget: str | None,
     isolate: bool,
+    gpus: int,
+    strategy: str,
+    bucket_cap_mb: float,
+    gradient_as_bucket_view: bool,
     as_json: bool,
 ) -> None:
     """Run one real training step and report its peak memory.
@@ -65,6 +78,7 @@ def probe(
     memprobe probe --arch mednext --patch 128 128 128 --batch 2 --device trace
     memprobe probe --arch basicunet --patch 96 96 96 --batch 4 --precision bf16-mixed --json
     memprobe probe --arch basicunet --patch 96 96 96 --step mytrain:step --device trace
+    memprobe probe --arch basicunet --patch 96 96 96 --batch 2 --gpus 4 --strategy fsdp --device trace
     """
     from memprobe.backends.base import get_backend
     from memprobe.config import make_step_config
@@ -83,6 +97,12 @@ def probe(
         checkpointing=checkpointing,
     )
     load_step(config.step)  # a wrong reference is refused before anything runs
+    if gpus > 1 or strategy != "ddp" or gradient_as_bucket_view:
+        from memprobe.backends.distributed import DistributedOptions, Strategy
+
+        options = DistributedOptions(Strategy(strategy), gpus, bucket_cap_mb, gradient_as_bucket_view)
+        _probe_per_rank(config, options, device or "trace", as_json)
+        return
     budget_bytes = parse_bytes(budget) if budget is not None else None
     backend = get_backend(device, budget_bytes=budget_bytes, isolate=isolate)  # refuses a bad device first
     click.echo(f"measuring {config.label()} on {backend.kind.value} ...", err=True)
@@ -109,3 +129,30 @@ def probe(
     else:
         notes.append(f"CUDA context outside the allocator: {format_bytes(measurement.context_bytes)}")
     emit(Report(measurement.to_dict(), (("", [measurement_row(measurement)]),), tuple(notes)), as_json)
+
+
+def _probe_per_rank(config: Any, options: Any, device: str, as_json: bool) -> None:
+    """One rank's step under DDP or FSDP2, with the per-rank and global batch."""
+    from memprobe.backends.distributed import measure_per_rank
+
+    click.echo(
+        f"measuring {config.label()} as 1 of {options.world_size} {options.strategy.value} ranks on {device} ...",
+        err=True,
+    )
+    rank = measure_per_rank(config, options, device)
+    global_batch = config.batch * options.world_size
+    row = {
+        **measurement_row(rank.measurement),
+        "strategy": f"{options.strategy.value} x{options.world_size}",
+        "per-rank batch": config.batch,
+        "global batch": global_batch,
+        "DDP buckets": format_bytes(rank.gradient_bucket_bytes) if rank.gradient_bucket_bytes else "-",
+        **{f"{kind} per rank": format_bytes(value) for kind, value in rank.state_bytes.items()},
+    }
+    notes = (
+        f"nnU-Net: batch_size {global_batch} in the plans (the global batch, split across the "
+        f"{options.world_size} GPUs); Lightning: batch_size={config.batch} in the DataLoader "
+        f"(per device), devices={options.world_size}",
+    )
+    data = {**rank.to_dict(), "per_rank_batch": config.batch, "global_batch": global_batch}
+    emit(Report(data, (("", [row]),), notes), as_json)

@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 
 def inference_calibrations(db: str | Path | None = None) -> list[InferenceCalibration]:
     """The inference calibrations in the user's database (none when the default one does not exist)."""
-    from memprobe.db import Database, default_db_path
+    from memprobe.db import Database, database_exists
     from memprobe.inference.store import inference_calibrations as stored
 
-    if db is None and not default_db_path().exists():
+    if db is None and not database_exists():
         return []
     with Database.open(db, create=False, readonly=True) as database:
         return stored(database)

@@ -188,7 +188,7 @@ def _calibration_from_row(db: Database, row: sqlite3.Row) -> InferenceCalibratio
         FitQuality(**json.loads(row["quality_json"])),
         db._environment(environment_id).to_dict() if environment_id is not None else {},
         row["created_at"],
-        source=str(db.path or ":memory:"),
+        source=db.location,
         reserved_coefficients=_loads(row["reserved_coefficients_json"]),
         reserved_quality=FitQuality(**reserved_quality) if reserved_quality else None,
         fit_range=_loads(row["fit_range_json"]),

@@ -1,0 +1,97 @@
+"""``memprobe sweep``: calibrations as submitit jobs, on this machine or a SLURM cluster."""
+
+from __future__ import annotations
+
+import click
+
+from memprobe.commands.options import db_option, emit, json_option
+from memprobe.reporters import Report
+
+
+@click.command()
+@click.option("--arch", "archs", multiple=True, required=True, help="Architecture to calibrate (repeat).")
+@click.option("--precision", "precisions", multiple=True, default=("fp32",), show_default=True,
+              help="fp32, fp16-mixed or bf16-mixed (repeat).")  # fmt: skip
+@click.option("--card", "cards", multiple=True,
+              help="Card type, one job each (on SLURM its --constraint); default any card.")  # fmt: skip
+@click.option("--device", default=None, help="cuda, trace or cpu on each node; default cuda if present.")
+@click.option("--budget", default=None, help="Memory budget of each calibration (default: the card's).")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="local: processes on this machine; slurm: jobs on a SLURM cluster.")  # fmt: skip
+@click.option("--slurm-partition", default=None, help="SLURM partition.")
+@click.option("--slurm-gres", default="gpu:1", show_default=True, help="SLURM generic resources.")
+@click.option("--slurm-constraint", default=None, help="SLURM constraint for every job.")
+@click.option("--slurm-time", type=click.IntRange(min=1), default=240, show_default=True,
+              help="SLURM time limit of each job, in minutes.")  # fmt: skip
+@click.option("--folder", default=None, help="Job logs and sweep.json (default: beside --db FILE.sweep).")
+@click.option("--wait/--no-wait", default=None,
+              help="Wait for the jobs (default: with --executor local).")  # fmt: skip
+@click.option("--status", "status_only", is_flag=True, help="Only show what finished and what failed.")
+@db_option
+@json_option
+def sweep(
+    archs: tuple[str, ...],
+    precisions: tuple[str, ...],
+    cards: tuple[str, ...],
+    device: str | None,
+    budget: str | None,
+    executor: str,
+    slurm_partition: str | None,
+    slurm_gres: str,
+    slurm_constraint: str | None,
+    slurm_time: int,
+    folder: str | None,
+    wait: bool | None,
+    status_only: bool,
+    db_path: str | None,
+    as_json: bool,
+) -> None:
+    """Calibrate each (architecture, precision, card type) as its own job; a rerun submits only what is missing.
+
+    Every job writes into --db: give a PostgreSQL URL (or a file on a shared disk) on a cluster.
+
+    \b
+    memprobe sweep --arch mednext --arch unet --precision fp32 --precision bf16-mixed
+    memprobe sweep --arch mednext --executor slurm --slurm-partition gpu --card a100 --card h100 \\
+        --db postgresql://me@db.lab/memprobe
+    memprobe sweep --arch mednext --arch unet --status
+    """
+    import os
+    from pathlib import Path
+
+    from memprobe.db import ENV_VARIABLE, database_url, default_db_path
+    from memprobe.sweep import SweepJob, SweepSpec, default_folder, run_sweep, sweep_status
+    from memprobe.sweep import cards as card_types
+
+    db = db_path or os.environ.get(ENV_VARIABLE) or str(default_db_path())
+    if database_url(db) is None:
+        db = str(Path(db).expanduser().resolve())  # the jobs run elsewhere
+    spec = SweepSpec(
+        archs,
+        precisions,
+        card_types(cards),
+        db,
+        Path(folder) if folder else default_folder(db),
+        executor,
+        device,
+        budget,
+        {
+            "partition": slurm_partition or "",
+            "gres": slurm_gres,
+            "constraint": slurm_constraint or "",
+            "time": str(slurm_time),
+        },
+    )
+
+    def progress(job: SweepJob) -> None:
+        click.echo(f"{job.key}: {job.state.value}" + (f" ({job.detail})" if job.detail else ""), err=True)
+
+    if status_only:
+        jobs = sweep_status(spec)
+    else:
+        jobs = run_sweep(spec, wait=executor == "local" if wait is None else wait, on_progress=progress)
+    rows = [
+        {"job": job.key, "state": job.state.value, "id": job.job_id or "-", "detail": job.detail or ""}
+        for job in jobs
+    ]
+    emit(Report([job.to_dict() for job in jobs], (("Sweep", rows),)), as_json)

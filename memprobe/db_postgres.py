@@ -1,0 +1,249 @@
+"""The benchmark database in PostgreSQL, for a lab whose machines share one server.
+
+A small adapter gives :class:`memprobe.db.Database` the part of the ``sqlite3`` connection it
+uses, so both stores share one code path, one schema and one set of migrations:
+
+- ``?`` placeholders become ``%s`` (bound client-side, so ``? IS NULL`` works), ``IS ?``
+  becomes ``IS NOT DISTINCT FROM``, ``INSERT OR IGNORE`` becomes ``ON CONFLICT DO NOTHING``,
+  and every ``INSERT`` returns its ``id`` as ``lastrowid``;
+- ``BEGIN IMMEDIATE`` is ``BEGIN`` plus one transaction-scoped advisory lock: writers from
+  every node queue, as SQLite's writers do, and each measurement is still committed as taken;
+- ``PRAGMA user_version`` lives in a one-row ``memprobe_schema`` table; the DDL's
+  ``INTEGER PRIMARY KEY`` becomes an identity column, ``INTEGER`` ``BIGINT`` (byte counts),
+  ``REAL`` ``DOUBLE PRECISION``;
+- driver errors surface as ``sqlite3`` errors, so the callers' handling is unchanged.
+
+URLs are shown with the password removed, in every message.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from memprobe.errors import DatabaseError, InvalidInputError
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+_WRITE_LOCK = 0x6D656D70  # "memp": one advisory lock that every memprobe writer takes
+_PLACEHOLDER = re.compile(r"\?")
+_IS_PLACEHOLDER = re.compile(r"\bIS \?")
+
+
+def is_url(text: object) -> bool:
+    return isinstance(text, str) and text.startswith(URL_SCHEMES)
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password (``user:***@host``), fit for any message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.hostname:
+        return parts.hostname + (f":{parts.port}" if parts.port else "")
+    for option in parts.query.split("&"):
+        if option.startswith("host="):
+            return option.removeprefix("host=")
+    return "localhost"
+
+
+class Row(tuple[Any, ...]):
+    """A row read by position or by column name, like ``sqlite3.Row``."""
+
+    _names: tuple[str, ...]
+
+    def __new__(cls, names: tuple[str, ...], values: Sequence[Any]) -> Row:
+        row = super().__new__(cls, values)
+        row._names = names
+        return row
+
+    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+        if isinstance(key, str):
+            try:
+                return tuple.__getitem__(self, self._names.index(key))
+            except ValueError:
+                raise IndexError(f"No item with that key: {key}") from None
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+class Cursor:
+    """What an ``execute`` returns: its rows and, for an INSERT, the new row's id."""
+
+    def __init__(self, rows: list[Row], lastrowid: int | None) -> None:
+        self._rows = rows
+        self.lastrowid = lastrowid
+
+    def fetchall(self) -> list[Row]:
+        return self._rows
+
+    def fetchone(self) -> Row | None:
+        return self._rows[0] if self._rows else None
+
+
+class PostgresConnection:
+    """A PostgreSQL connection that answers the subset of ``sqlite3.Connection`` memprobe uses."""
+
+    def __init__(self, url: str, connection: Any) -> None:
+        self.location = redacted(url)
+        self._connection = connection
+
+    def execute(self, query: str, parameters: Sequence[Any] = ()) -> Cursor:
+        bound = "?" in query
+        result = Cursor([], None)
+        for statement in _translated(query):
+            result = self._run(statement, parameters if bound else ())
+        return result
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def _run(self, statement: str, parameters: Sequence[Any]) -> Cursor:
+        import psycopg
+
+        try:
+            with self._connection.cursor() as cursor:
+                cursor.execute(statement, tuple(parameters) or None)
+                if cursor.description is None:
+                    return Cursor([], None)
+                names = tuple(column.name for column in cursor.description)
+                rows = [Row(names, values) for values in cursor.fetchall()]
+        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as error:
+            raise sqlite3.OperationalError(f"database is locked ({_first_line(error)})") from None
+        except psycopg.OperationalError as error:
+            raise sqlite3.OperationalError(f"{self.location}: {_first_line(error)}") from None
+        except psycopg.Error as error:
+            raise sqlite3.DatabaseError(f"{self.location}: {_first_line(error)}") from None
+        lastrowid = int(rows[0][0]) if statement.startswith("INSERT") and rows else None
+        return Cursor(rows, lastrowid)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _translated(query: str) -> list[str]:
+    """The PostgreSQL statements that do what the SQLite ``query`` does."""
+    text = query.strip()
+    if text == "BEGIN IMMEDIATE":
+        return ["BEGIN", f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})"]
+    if text.startswith("PRAGMA"):
+        return _pragma(text)
+    if "?" in text:  # bound client-side: a literal % must be doubled
+        text = _IS_PLACEHOLDER.sub("IS NOT DISTINCT FROM ?", text.replace("%", "%%"))
+        text = _PLACEHOLDER.sub("%s", text)
+    if text.startswith("INSERT OR IGNORE INTO"):
+        text = "INSERT INTO" + text.removeprefix("INSERT OR IGNORE INTO") + " ON CONFLICT DO NOTHING"
+    if text.startswith("INSERT"):
+        text += " RETURNING id"
+    return [text]
+
+
+def _pragma(text: str) -> list[str]:
+    setting = re.fullmatch(r"PRAGMA user_version = (\d+)", text)
+    if setting:
+        return [f"UPDATE memprobe_schema SET version = {int(setting.group(1))}"]
+    if text == "PRAGMA user_version":
+        return ["SELECT version FROM memprobe_schema"]
+    if text == "PRAGMA query_only = ON":
+        return ["SET default_transaction_read_only = on"]
+    return []  # busy_timeout, journal_mode: the server's own concern
+
+
+def ddl(script: str) -> str:
+    """A migration written for SQLite, in PostgreSQL's types."""
+    text = script.replace("INTEGER PRIMARY KEY", "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
+    text = re.sub(r"\bINTEGER\b", "BIGINT", text)
+    return re.sub(r"\bREAL\b", "DOUBLE PRECISION", text)
+
+
+def connect(url: str, *, readonly: bool) -> PostgresConnection:
+    """Connect to the server at ``url`` and bring its schema up to date.
+
+    Raises:
+        InvalidInputError: psycopg is not installed.
+        DatabaseError: the server cannot be reached or refuses; its schema is newer, or the
+            database holds another program's tables.
+    """
+    try:
+        import psycopg
+    except ImportError:
+        raise InvalidInputError(
+            "a postgresql:// --db needs psycopg: pip install 'memprobe[postgres]'"
+        ) from None
+    try:
+        raw = psycopg.connect(url, autocommit=True, cursor_factory=psycopg.ClientCursor, connect_timeout=10)
+    except (psycopg.Error, ValueError) as error:
+        reason = _first_line(error).replace(url, redacted(url))
+        raise DatabaseError(
+            f"cannot connect to PostgreSQL at {_host(url)}: {_without_password(reason, url)}; check --db"
+        ) from None
+    connection = PostgresConnection(url, raw)
+    try:
+        _migrate(connection)
+        if readonly:
+            connection.execute("PRAGMA query_only = ON")
+    except sqlite3.DatabaseError as error:
+        connection.close()
+        raise DatabaseError(f"{connection.location} is not a usable memprobe database ({error})") from None
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _without_password(text: str, url: str) -> str:
+    password = urlsplit(url).password
+    return text.replace(password, "***") if password else text
+
+
+def _migrate(connection: PostgresConnection) -> None:
+    """Apply the migrations this server lacks, under the writers' lock (another node may be at it)."""
+    from memprobe.db import MIGRATIONS, SCHEMA_VERSION
+
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute("CREATE TABLE IF NOT EXISTS memprobe_schema (version BIGINT NOT NULL)")
+        row = connection.execute("PRAGMA user_version").fetchone()
+        if row is None:
+            _refuse_foreign(connection)
+            connection._run("INSERT INTO memprobe_schema (version) VALUES (0)", ())
+        version = int(row[0]) if row is not None else 0
+        if version > SCHEMA_VERSION:
+            raise DatabaseError(
+                f"database {connection.location} has schema version {version}, newer than this "
+                f"memprobe understands ({SCHEMA_VERSION}): upgrade memprobe"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in ddl(script).split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {number}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _refuse_foreign(connection: PostgresConnection) -> None:
+    rows = connection.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+        "AND table_name IN ('environments', 'measurements', 'calibrations')"
+    ).fetchall()
+    if rows:
+        raise DatabaseError(
+            f"{connection.location} holds tables named like memprobe's but is not a memprobe database: "
+            "use another database"
+        )
