@@ -97,7 +97,8 @@ class Calibrations:
         self.shipped = {
             c.arch: c
             for c in ([] if fit_all else shipped_calibrations())
-            if c.key[1:] == ("trace", "fp32", "adamw", False)
+            if (c.device, c.precision, c.optimizer, c.deep_supervision, c.step, c.checkpointing)
+            == ("trace", "fp32", "adamw", False, "memprobe", False)
         }
         self.made: dict[str, Calibration] = {}
 
