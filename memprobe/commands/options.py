@@ -71,6 +71,53 @@ def step_options(function: F) -> F:
     return function
 
 
+def shape_rule_options(function: F) -> F:
+    """``--divisor`` and ``--min-patch``: the patches a custom model takes."""
+    function = click.option(
+        "--min-patch",
+        nargs=3,
+        type=DIVISOR,
+        default=None,
+        metavar="D H W",
+        help="Custom model: the smallest patch it takes (default twice the divisors).",
+    )(function)
+    return click.option(
+        "--divisor",
+        "divisors",
+        nargs=3,
+        type=DIVISOR,
+        default=None,
+        metavar="D H W",
+        help="Custom model: what each patch axis must be divisible by; default its factory's "
+        "memprobe_divisors, else found by trying patches on fake tensors.",
+    )(function)
+
+
+def custom_arch_with_rule(
+    arch: str,
+    divisors: tuple[int, ...] | None,
+    min_patch: tuple[int, ...] | None,
+    in_channels: object = 1,
+    out_channels: object = 2,
+) -> str:
+    """The architecture name with a custom model's shape rule attached; says on stderr which rule."""
+    if ":" not in arch and divisors is None and min_patch is None:
+        return arch
+    from memprobe.archs.shape_probe import shape_rule_arch
+    from memprobe.config import _positive_int
+
+    name, rule = shape_rule_arch(
+        arch,
+        divisors=divisors,
+        min_patch=min_patch,
+        in_channels=_positive_int(in_channels, "in_channels", 100_000),
+        out_channels=_positive_int(out_channels, "out_channels", 100_000),
+    )
+    if rule is not None:
+        click.echo(f"{arch}: {rule.describe()}", err=True)
+    return name
+
+
 def db_option(function: F) -> F:
     return click.option(
         "--db",
@@ -131,3 +178,4 @@ LEARNING_RATE = _PositiveNumber(1e3)
 SHAPE_SIZE = _Count(2**20)
 BATCH = _Count(MAX_BATCH_SIZE)
 CHANNELS = _Count(100_000)
+DIVISOR = _Count(1024)

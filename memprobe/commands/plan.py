@@ -27,6 +27,7 @@ from memprobe.reporters import Report
     "--patch", nargs=3, type=SHAPE_SIZE, default=None, metavar="D H W", help="Override the patch size."
 )
 @click.option("--batch", type=BATCH, default=None, help="Override the batch size.")
+@click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
 @click.option("--lr", type=LEARNING_RATE, default=None, help="Override the learning rate.")
 @click.option(
     "--spacing", nargs=3, type=SPACING_MM, default=None, metavar="Z Y X", help="Voxel spacing in mm."
@@ -70,6 +71,7 @@ def plan(
     precision: str | None,
     patch: tuple[int, ...] | None,
     batch: int | None,
+    optimizer: str,
     lr: float | None,
     spacing: tuple[float, ...] | None,
     median_shape: tuple[int, ...] | None,
@@ -126,6 +128,7 @@ def plan(
         device=device,
         step=training_step,
         checkpointing=checkpointing,
+        optimizer=optimizer,
     )
     check_prediction(result.need.total_bytes, result.arch)
     rows = [

@@ -289,10 +289,14 @@ def _batch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Repo
 
 
 def _patch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Report:
+    from memprobe.enums import Precision
+    from memprobe.exports import nnunet_plans, pytc_config
+
     rows, data, notes = [], [], []
     tables: list[tuple[str, list[dict[str, Any]]]] = []
     for p in plans:
         check_prediction(p.need.total_bytes, p.arch)
+        precision = Precision(p.calibration.precision)
         rows.append(
             {
                 "arch": p.arch,
@@ -316,6 +320,8 @@ def _patch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Repo
                 "reasons": list(p.reasons),
                 "warnings": list(p.warnings),
                 "calibration": calibration_data(p.calibration),
+                "pytorch_connectomics": pytc_config(p.patch, p.batch, precision.lightning_name, 1),
+                "nnunet_plans": nnunet_plans(p.patch, p.batch),
             }
         )
         if len(plans) <= 3:
