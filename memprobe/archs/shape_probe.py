@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from memprobe.archs.build import build_model, load_factory
-from memprobe.archs.registry import resolve_arch
+from memprobe.archs.registry import ArchSpec, resolve_arch
 from memprobe.archs.shape_rules import ShapeRule, arch_with_rule, declared_rule, find_rule
-from memprobe.errors import InvalidInputError
+from memprobe.errors import InvalidInputError, ModelError
 
 
 def runs_on_fakes(model: nn.Module, patch: Sequence[int], in_channels: int) -> str | None:
@@ -58,8 +58,34 @@ def shape_rule_arch(
         return spec.name, ShapeRule(spec.divisors, spec.min_patch or spec.divisors, "given")
     rule = declared_rule(load_factory(spec.factory))
     if rule is None:
-        model = build_model(spec, in_channels, out_channels)
-        rule = find_rule(lambda patch: runs_on_fakes(model, patch, in_channels) is None, spec.name)
+        rule = _found_rule(spec, in_channels, out_channels)
+        if rule.divisors == (1, 1, 1) and min_patch is None:  # takes any size: the name stays as typed
+            return spec.name, rule
     if min_patch is not None:
         rule = ShapeRule(rule.divisors, tuple(int(m) for m in min_patch), rule.source)  # type: ignore[arg-type]
     return arch_with_rule(spec.factory, rule.divisors, rule.min_patch), rule
+
+
+def _found_rule(spec: ArchSpec, in_channels: int, out_channels: int) -> ShapeRule:
+    """The rule found on fake tensors; a model that fails the same way at every size is broken, not picky."""
+    model = build_model(spec, in_channels, out_channels)
+    errors: dict[tuple[int, int, int], str] = {}
+
+    def accepts(patch: tuple[int, int, int]) -> bool:
+        error = runs_on_fakes(model, patch, in_channels)
+        if error is not None:
+            errors[patch] = error
+        return error is None
+
+    try:
+        return find_rule(accepts, spec.name)
+    except InvalidInputError:
+        if len(set(errors.values())) == 1:  # not about the shape: the model's own failure
+            raise ModelError(
+                f"{spec.name}, on every patch tried, failed: {next(iter(errors.values()))}"
+            ) from None
+        largest = max(errors, key=lambda patch: patch[0])
+        raise InvalidInputError(
+            f"cannot find which patches {spec.name} takes (at {'x'.join(map(str, largest))}: {errors[largest]}); "
+            "declare them with --divisor D H W (and --min-patch D H W)"
+        ) from None

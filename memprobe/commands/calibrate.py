@@ -104,7 +104,7 @@ def calibrate(
     from memprobe.measuring import MeasurementLog
     from memprobe.steps import load_step
 
-    arch = custom_arch_with_rule(arch, divisors, min_patch, in_channels, out_channels)
+    arch = custom_arch_with_rule(arch, divisors, min_patch, in_channels, out_channels, find=not isolate)
     spec = resolve_arch(arch)
     base = make_step_config(
         arch,

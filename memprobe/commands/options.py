@@ -99,10 +99,22 @@ def custom_arch_with_rule(
     min_patch: tuple[int, ...] | None,
     in_channels: object = 1,
     out_channels: object = 2,
+    find: bool = True,
 ) -> str:
-    """The architecture name with a custom model's shape rule attached; says on stderr which rule."""
+    """The architecture name with a custom model's shape rule attached; says on stderr which rule.
+
+    Without ``find`` (an isolated calibration, whose model may crash the process), a rule that is
+    neither given nor declared is assumed, not found.
+    """
     if ":" not in arch and divisors is None and min_patch is None:
         return arch
+    if not find and divisors is None:
+        from memprobe.archs.build import load_factory
+        from memprobe.archs.registry import resolve_arch
+        from memprobe.archs.shape_rules import declared_rule
+
+        if declared_rule(load_factory(resolve_arch(arch).factory)) is None:
+            return arch
     from memprobe.archs.shape_probe import shape_rule_arch
     from memprobe.config import _positive_int
 
