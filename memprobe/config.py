@@ -154,6 +154,12 @@ def make_step_config(
         raise InvalidInputError(
             f"{spec.name} has no deep supervision: drop --deep-supervision or choose one of mednext*, dynunet"
         )
+    if check_step_name(step) == "nnunet" and str(precision).lower() != Precision.FP16_MIXED.value:
+        raise InvalidInputError(
+            "nnU-Net's step trains with fp16 autocast and a GradScaler: add --precision fp16-mixed"
+        )
+    if check_step_name(step) == "nnunet":
+        optimizer = OptimizerName.SGD  # the step is nnU-Net's whole iteration, its SGD included
     return StepConfig(
         arch=spec.name,
         patch=validate_patch(patch, spec),

@@ -38,6 +38,7 @@ def training_step_option(function: F) -> F:
         default="memprobe",
         show_default=True,
         help="Training step: memprobe (Dice+CE, AdamW), monai (DiceCELoss(to_onehot_y, softmax)), "
+        "nnunet (nnU-Net v2's: SGD Nesterov 0.99, Dice+CE with deep supervision; --precision fp16-mixed), "
         "or package.module:function(model, optimizer, inputs, labels, scaler) doing one full step.",
     )(function)
 
