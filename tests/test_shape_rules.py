@@ -144,8 +144,10 @@ def test_calibrate_finds_the_rule_plans_valid_patches_and_probes_them(tmp_path: 
     for spacing, shape in (((3, 0.8, 0.8), (70, 199, 199)), ((1, 1, 1), (90, 101, 133))):
         planned = runner.invoke(
             cli,
-            ["suggest", "--arch", ANISO, "--batch", "2", "--gpu-mem", "3GiB", "--device", "trace", "--db", db]
-            + ["--spacing", *map(str, spacing), "--median-shape", *map(str, shape), "--json"],
+            [
+                *("suggest", "--arch", ANISO, "--batch", "2", "--gpu-mem", "3GiB", "--device", "trace"),
+                *("--db", db, "--spacing", *map(str, spacing), "--median-shape", *map(str, shape), "--json"),
+            ],
         )
         assert planned.exit_code == 0, planned.output
         patch = json.loads(planned.stdout)["patch"]

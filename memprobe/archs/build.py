@@ -92,6 +92,8 @@ def build_model(
         kwargs["deep_supervision"] = deep_supervision
     if not spec.custom or _accepts(factory, "patch"):
         kwargs["patch"] = tuple(patch) if patch is not None else None
+    if not spec.custom and _accepts(factory, "spec"):  # a factory serving several topologies (nnU-Net's)
+        kwargs["spec"] = spec
     own_switch = checkpointing and _accepts(factory, "checkpointing")
     if own_switch:
         kwargs["checkpointing"] = True

@@ -167,6 +167,12 @@ def _alias_table() -> dict[str, str]:
 def get_arch(name: str) -> ArchSpec:
     """Look up a registered architecture by name or alias (case-insensitive)."""
     canonical = _alias_table().get(name.strip().lower())
+    if canonical is None and name.strip().lower().startswith("nnunet"):
+        from memprobe.nnunet.specs import nnunet_spec
+
+        found = nnunet_spec(name)
+        if found is not None:
+            return found
     if canonical is None:
         raise InvalidInputError(
             f"unknown architecture {name!r}: choose one of {', '.join(known_arch_names())}, "
