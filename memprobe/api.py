@@ -294,6 +294,31 @@ def max_patch_size(
     safety = check_fraction(safety, "safety")
     spacing = check_spacing(spacing)
     median_shape = check_shape(median_shape)
+    from memprobe.nnunet.patch_plan import is_preset, plan_over_topologies
+
+    if is_preset(arch):  # nnU-Net's network changes with the patch: one calibration per topology
+        return plan_over_topologies(
+            arch,
+            spacing,
+            median_shape,
+            lambda topology_arch: max_patch_size(
+                topology_arch,
+                batch,
+                gpu_mem,
+                precision,
+                safety=safety,
+                spacing=spacing,
+                median_shape=median_shape,
+                optimizer=optimizer,
+                in_channels=in_channels,
+                out_channels=out_channels,
+                deep_supervision=deep_supervision,
+                step=step,
+                checkpointing=checkpointing,
+                db=db,
+                device=device,
+            ),
+        )
     spec = resolve_arch(arch)
     config = make_step_config(
         arch,
