@@ -131,6 +131,26 @@ def custom_arch_with_rule(
     return name
 
 
+def geometry_from_fingerprint(
+    path: str, spacing: tuple[float, ...] | None, median_shape: tuple[int, ...] | None
+) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """Spacing and median shape from nnU-Net's fingerprint; typed ones may not be given too."""
+    from memprobe.errors import InvalidInputError
+    from memprobe.nnunet.fingerprint import read_fingerprint
+
+    if spacing or median_shape:
+        raise InvalidInputError(
+            "--nnunet-fingerprint gives the spacing and median shape: drop --spacing/--median-shape"
+        )
+    found_spacing, found_shape = read_fingerprint(path)
+    click.echo(
+        f"{path}: spacing {' '.join(f'{s:g}' for s in found_spacing)} mm, median shape "
+        f"{' '.join(map(str, found_shape))} (nnU-Net's 3d_fullres target)",
+        err=True,
+    )
+    return found_spacing, found_shape
+
+
 def db_option(function: F) -> F:
     return click.option(
         "--db",

@@ -35,6 +35,14 @@ from memprobe.reporters import Report
 @click.option(
     "--median-shape", nargs=3, type=SHAPE_SIZE, default=None, metavar="D H W", help="Median image shape."
 )
+@click.option(
+    "--nnunet-fingerprint",
+    "nnunet_fingerprint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="nnU-Net's dataset_fingerprint.json: spacing and median shape as its planner derives them.",
+)
 @click.option("--effective-batch", type=BATCH, default=None, help="Batch to reach by accumulation.")
 @click.option(
     "--safety",
@@ -75,6 +83,7 @@ def plan(
     lr: float | None,
     spacing: tuple[float, ...] | None,
     median_shape: tuple[int, ...] | None,
+    nnunet_fingerprint: str | None,
     effective_batch: int | None,
     safety: float,
     num_gpus: int,
@@ -108,6 +117,10 @@ def plan(
     from memprobe.full_plan import make_plan
 
     budget_bytes, gpu = resolve_budget(gpu_mem)
+    if nnunet_fingerprint is not None:
+        from memprobe.commands.options import geometry_from_fingerprint
+
+        spacing, median_shape = geometry_from_fingerprint(nnunet_fingerprint, spacing, median_shape)
     result = make_plan(
         arch,
         budget_bytes,
