@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from memprobe.archs.registry import resolve_arch
+from memprobe.archs.registry import resolve_arch, smallest_patch
 from memprobe.arguments import (
     check_bool,
     check_db,
@@ -176,6 +176,7 @@ def estimate(
         InvalidInputError: an argument of the wrong type or without meaning.
     """
     db, device = _checked_source(db, device)
+    arch = _with_stored_rule(arch, db)
     config = make_step_config(
         arch,
         patch,
@@ -237,6 +238,7 @@ def max_batch_size(
         InvalidInputError: an argument of the wrong type or without meaning.
     """
     db, device = _checked_source(db, device)
+    arch = _with_stored_rule(arch, db)
     safety = check_fraction(safety, "safety")
     effective_batch = check_optional_count(effective_batch, "effective_batch")
     config = make_step_config(
@@ -291,13 +293,39 @@ def max_patch_size(
         InvalidInputError: an argument of the wrong type or without meaning.
     """
     db, device = _checked_source(db, device)
+    arch = _with_stored_rule(arch, db)
     safety = check_fraction(safety, "safety")
     spacing = check_spacing(spacing)
     median_shape = check_shape(median_shape)
+    from memprobe.nnunet.patch_plan import is_preset, plan_over_topologies
+
+    if is_preset(arch):  # nnU-Net's network changes with the patch: one calibration per topology
+        return plan_over_topologies(
+            arch,
+            spacing,
+            median_shape,
+            lambda topology_arch: max_patch_size(
+                topology_arch,
+                batch,
+                gpu_mem,
+                precision,
+                safety=safety,
+                spacing=spacing,
+                median_shape=median_shape,
+                optimizer=optimizer,
+                in_channels=in_channels,
+                out_channels=out_channels,
+                deep_supervision=deep_supervision,
+                step=step,
+                checkpointing=checkpointing,
+                db=db,
+                device=device,
+            ),
+        )
     spec = resolve_arch(arch)
     config = make_step_config(
         arch,
-        (2 * spec.divisor,) * 3,
+        smallest_patch(spec),
         batch,
         precision=precision,
         optimizer=optimizer,
@@ -321,6 +349,15 @@ def max_patch_size(
         gpu=target_gpu(device),
     )
     return _with_warning(plan, choice.warning)
+
+
+def _with_stored_rule(arch: str, db: str | Path | None) -> str:
+    """A custom model named without its shape rule: the name it was calibrated under, with the rule."""
+    if not isinstance(arch, str) or ":" not in arch or "[" in arch:
+        return arch
+    from memprobe.sources import with_stored_shape_rule
+
+    return with_stored_shape_rule(arch, load_calibrations(db))
 
 
 def _checked_source(db: object, device: object) -> tuple[str | Path | None, str | None]:
@@ -396,10 +433,14 @@ def calibrate(
 
     db, device = _checked_source(db, device)
     isolate = check_bool(isolate, "isolate")
+    if isinstance(arch, str) and ":" in arch:
+        from memprobe.archs.shape_probe import shape_rule_arch
+
+        arch = shape_rule_arch(arch)[0]
     spec = resolve_arch(arch)
     base = make_step_config(
         arch,
-        (2 * spec.divisor,) * 3,
+        smallest_patch(spec),
         1,
         precision=precision,
         optimizer=optimizer,

@@ -6,10 +6,10 @@ import math
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from memprobe.archs.registry import ArchSpec, resolve_arch, smallest_patch_size
+from memprobe.archs.registry import ArchSpec, axis_divisors, resolve_arch, smallest_patch
 from memprobe.calibration import Calibration
 from memprobe.config import StepConfig
-from memprobe.errors import InvalidInputError
+from memprobe.errors import InvalidInputError, ModelError
 from memprobe.fit import (
     RESERVED,
     fit_parameter_model,
@@ -33,34 +33,65 @@ class DesignPoints:
     heldout: tuple[StepConfig, ...]
 
 
+MIN_DESIGN_POINTS = 6  # fewer fitted points than this after shape failures: the calibration stops
+
+
 def patch_unit(spec: ArchSpec) -> int:
     """The step between calibration patch sizes: the divisor; 16 for a user model, whose divisor is unknown."""
     return max(spec.divisor, 16) if spec.custom else spec.divisor
 
 
+def patch_units(spec: ArchSpec) -> tuple[int, int, int]:
+    """The per-axis step between calibration patch sizes: the divisors, scaled so the largest is at least 16.
+
+    A network that pools anisotropically gets anisotropic design patches in the same ratio.
+    """
+    divisors = axis_divisors(spec)
+    scale = max(1, -(-16 // max(divisors))) if spec.custom else 1
+    depth, height, width = (d * scale for d in divisors)
+    return depth, height, width
+
+
+def design_patch(spec: ArchSpec, multiples: tuple[int, int, int]) -> tuple[int, int, int]:
+    """``multiples`` of the per-axis units, never below the smallest patch the network takes."""
+    sizes = []
+    for k, unit, least in zip(multiples, patch_units(spec), smallest_patch(spec), strict=True):
+        sizes.append(max(k * unit, -(-least // unit) * unit))
+    depth, height, width = sizes
+    return depth, height, width
+
+
 def design_points(base: StepConfig, spec: ArchSpec) -> DesignPoints:
-    """Isotropic patches of 2, 4, 6 and 8 divisors at batch 1 and 2, plus two channel variants
+    """Patches of 2, 4, 6 and 8 units per axis at batch 1 and 2, plus two channel variants
     to fit. Held out, sharing no patch with those and chosen before any result was seen: an
-    anisotropic patch (32x160x160 for a divisor of 16), a 5-divisor cube at batch 3, a
-    3x5x7-divisor patch with other channel counts, and a patch beyond the fitted range."""
-    unit = patch_unit(spec)
-    cube = lambda k: (unit * k,) * 3
+    anisotropic patch (2x10x10 units), a 5-unit patch at batch 3, a 3x5x7-unit patch with
+    other channel counts, and a patch beyond the fitted range (12x8x8 units)."""
+    cube = lambda k: design_patch(spec, (k, k, k))
+    ci, co = base.in_channels, base.out_channels  # 1 and 2 unless calibrated for other channels
     fit = [
-        replace(base, patch=cube(k), batch=b, in_channels=1, out_channels=2)
+        replace(base, patch=cube(k), batch=b, in_channels=ci, out_channels=co)
         for k in (2, 4, 6, 8)
         for b in (1, 2)
     ]
     fit += [
-        replace(base, patch=cube(4), batch=1, in_channels=4, out_channels=2),
-        replace(base, patch=cube(4), batch=1, in_channels=1, out_channels=8),
+        replace(base, patch=cube(4), batch=1, in_channels=ci + 3, out_channels=co),
+        replace(base, patch=cube(4), batch=1, in_channels=ci, out_channels=co + 6),
     ]
     heldout = (
-        replace(base, patch=(unit * 2, unit * 10, unit * 10), batch=2, in_channels=1, out_channels=2),
-        replace(base, patch=cube(5), batch=3, in_channels=1, out_channels=2),
-        replace(base, patch=(unit * 3, unit * 5, unit * 7), batch=2, in_channels=2, out_channels=3),
-        replace(base, patch=(unit * 12, unit * 8, unit * 8), batch=1, in_channels=1, out_channels=2),
+        replace(base, patch=design_patch(spec, (2, 10, 10)), batch=2, in_channels=ci, out_channels=co),
+        replace(base, patch=cube(5), batch=3, in_channels=ci, out_channels=co),
+        replace(base, patch=design_patch(spec, (3, 5, 7)), batch=2, in_channels=ci + 1, out_channels=co + 1),
+        replace(base, patch=design_patch(spec, (12, 8, 8)), batch=1, in_channels=ci, out_channels=co),
     )
     return DesignPoints(tuple(fit), heldout)
+
+
+def measure_or_record(log: MeasurementLog, config: StepConfig) -> Measurement:
+    """Measure ``config``; a model that fails on it is recorded as a failed point, not fatal."""
+    try:
+        return log.measure(config)
+    except ModelError as error:
+        return Measurement(config, log.backend.environment(), None, error=str(error))
 
 
 @dataclass(frozen=True)
@@ -167,11 +198,13 @@ def search_largest_patch(
     aspect: tuple[int, int, int] = (1, 1, 1),
     max_voxels: int = 1024**3,
 ) -> SearchResult:
-    """Largest patch ``n * aspect * divisor`` for ``base.batch`` within the budget (n is returned)."""
-    unit = patch_unit(spec)
-    smallest = -(-smallest_patch_size(spec) // (unit * min(aspect)))
-    patch_of = lambda n: tuple(n * a * unit for a in aspect)
-    upper = int((max_voxels / math.prod(aspect)) ** (1 / 3) / unit)
+    """Largest patch ``n * aspect * units`` for ``base.batch`` within the budget (n is returned)."""
+    units = patch_units(spec)
+    smallest = max(
+        -(-least // (unit * a)) for least, unit, a in zip(smallest_patch(spec), units, aspect, strict=True)
+    )
+    patch_of = lambda n: tuple(n * a * unit for a, unit in zip(aspect, units, strict=True))
+    upper = max(smallest, int((max_voxels / math.prod(patch_of(1))) ** (1 / 3)))
     predict = None
     if calibration is not None:
         predict = lambda n: calibration.predict_peak_bytes(
@@ -194,30 +227,30 @@ def search_largest_patch(
 def calibrate(
     log: MeasurementLog, base: StepConfig, budget_bytes: int, *, search: bool = True
 ) -> CalibrationReport:
-    """Measure the design points, fit, then search the largest batch and patch with the fit.
+    """Measure the design points, fit, then (with ``search``) the largest batch and patch with the fit.
 
-    ``base`` fixes precision, optimizer and deep supervision; its patch and batch are ignored.
+    ``base`` fixes precision, optimizer, deep supervision, step and channels; its patch and
+    batch are ignored. A design point the model fails on is recorded and skipped while at
+    least ``MIN_DESIGN_POINTS`` remain.
     """
     spec = resolve_arch(base.arch)
     points = design_points(base, spec)
     environment = log.backend.environment()
-    fitted = [log.measure(config) for config in points.fit]
-    heldout = [log.measure(config) for config in points.heldout]
+    fitted = [measure_or_record(log, config) for config in points.fit]
+    failed = [m for m in fitted if m.error is not None]
+    if len(fitted) - len(failed) < MIN_DESIGN_POINTS and failed:
+        raise ModelError(
+            f"{len(failed)} of {len(fitted)} calibration patches failed on their shape, e.g. "
+            f"{failed[0].error} (patch {'x'.join(map(str, failed[0].config.patch))}, divisors assumed "
+            f"{'x'.join(map(str, axis_divisors(spec)))}): declare the network's rule with --divisor and --min-patch"
+        )
+    heldout = [measure_or_record(log, config) for config in points.heldout]
     calibration = fit_calibration(
         spec, base, environment.calibration_device, fitted, heldout, environment.to_dict()
     )
     if log.db is not None:  # stored before the searches: a search that fails must not lose the fit
         log.db.add_calibration(calibration, environment)
-    searches: list[LimitSearch] = []
-    if search:
-        unit = patch_unit(spec)
-        for size in (unit * 4, unit * 8):
-            config = replace(base, patch=(size,) * 3, batch=1)
-            result = search_largest_batch(log, config, budget_bytes, calibration, spec)
-            searches.append(LimitSearch("batch", "x".join([str(size)] * 3), result, str(result.largest)))
-        result = search_largest_patch(log, replace(base, batch=2), spec, budget_bytes, calibration)
-        answer = "x".join([str(result.largest * patch_unit(spec))] * 3) if result.largest else "none"
-        searches.append(LimitSearch("patch", "batch 2", result, answer))
+    searches = _limit_searches(log, base, spec, budget_bytes, calibration) if search else []
     return CalibrationReport(
         calibration,
         tuple(fitted),
@@ -226,3 +259,30 @@ def calibrate(
         measured=len(log.taken),
         reused=log.reused,
     )
+
+
+def _limit_searches(
+    log: MeasurementLog, base: StepConfig, spec: ArchSpec, budget_bytes: int, calibration: Calibration
+) -> list[LimitSearch]:
+    """The largest batch at 4 and 8 units, and the largest patch at batch 2; a failed one is reported."""
+    searches: list[LimitSearch] = []
+    for k in (4, 8):
+        patch = design_patch(spec, (k, k, k))
+        fixed = "x".join(map(str, patch))
+        try:
+            result = search_largest_batch(
+                log, replace(base, patch=patch, batch=1), budget_bytes, calibration, spec
+            )
+        except ModelError as error:
+            searches.append(LimitSearch("batch", fixed, SearchResult(0), f"failed: {error}"))
+            continue
+        searches.append(LimitSearch("batch", fixed, result, str(result.largest)))
+    try:
+        result = search_largest_patch(log, replace(base, batch=2), spec, budget_bytes, calibration)
+    except ModelError as error:
+        searches.append(LimitSearch("patch", "batch 2", SearchResult(0), f"failed: {error}"))
+        return searches
+    units = patch_units(spec)
+    answer = "x".join(str(result.largest * u) for u in units) if result.largest else "none"
+    searches.append(LimitSearch("patch", "batch 2", result, answer))
+    return searches

@@ -7,7 +7,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from memprobe.archs.registry import ArchSpec, resolve_arch, smallest_patch_size
+from memprobe.archs.registry import ArchSpec, axis_divisors, resolve_arch, smallest_patch
 from memprobe.arguments import MAX_BATCH_SIZE, check_bool, check_triple
 from memprobe.enums import OptimizerName, Precision, parse_enum
 from memprobe.errors import InvalidInputError
@@ -113,17 +113,23 @@ def validate_patch(patch: Sequence[object], spec: ArchSpec) -> tuple[int, int, i
             f"patch {'x'.join(map(str, sizes))} has more than 1024^3 voxels: no single GPU trains "
             "on it; choose a smaller patch"
         )
-    for size in sizes:
-        if size % spec.divisor:
-            below, above = nearest_valid_sizes(size, spec.divisor)
-            raise InvalidInputError(
-                f"{spec.name} needs every patch size divisible by {spec.divisor}: {size} is not "
-                f"(nearest valid: {below} or {above})"
+    divisors = axis_divisors(spec)
+    for size, divisor in zip(sizes, divisors, strict=True):
+        if size % divisor:
+            below, above = nearest_valid_sizes(size, divisor)
+            rule = (
+                f"every patch size divisible by {divisor}"
+                if len(set(divisors)) == 1
+                else (f"patch sizes divisible by {'x'.join(map(str, divisors))}")
             )
-    smallest = smallest_patch_size(spec)
-    if min(sizes) < smallest:
+            raise InvalidInputError(
+                f"{spec.name} needs {rule}: {size} is not (nearest valid: {below} or {above})"
+            )
+    smallest = smallest_patch(spec)
+    if any(size < least for size, least in zip(sizes, smallest, strict=True)):
+        least_text = str(smallest[0]) if len(set(smallest)) == 1 else "x".join(map(str, smallest))
         raise InvalidInputError(
-            f"{spec.name} needs every patch size to be at least {smallest} "
+            f"{spec.name} needs every patch size to be at least {least_text} "
             "(its bottleneck needs more than one voxel)"
         )
     return sizes  # type: ignore[return-value]
@@ -148,6 +154,12 @@ def make_step_config(
         raise InvalidInputError(
             f"{spec.name} has no deep supervision: drop --deep-supervision or choose one of mednext*, dynunet"
         )
+    if check_step_name(step) == "nnunet" and str(precision).lower() != Precision.FP16_MIXED.value:
+        raise InvalidInputError(
+            "nnU-Net's step trains with fp16 autocast and a GradScaler: add --precision fp16-mixed"
+        )
+    if check_step_name(step) == "nnunet":
+        optimizer = OptimizerName.SGD  # the step is nnU-Net's whole iteration, its SGD included
     return StepConfig(
         arch=spec.name,
         patch=validate_patch(patch, spec),

@@ -32,9 +32,16 @@ TERMS = (
 PARAMETER_TERMS = ("constant", "in_channels", "out_channels", "tokens")
 
 
-def stage_voxels(patch: Sequence[int], stages: int) -> list[int]:
-    """Voxels of each resolution stage, halving every dimension per stage."""
-    return [math.prod(max(1, size >> stage) for size in patch) for stage in range(stages)]
+def stage_voxels(patch: Sequence[int], stages: int, strides: Sequence[Sequence[int]] = ()) -> list[int]:
+    """Voxels of each resolution stage: per-axis ``strides`` when given, else halving every dimension."""
+    if not strides:
+        return [math.prod(max(1, size >> stage) for size in patch) for stage in range(stages)]
+    voxels, sizes = [], list(patch)
+    for stage in range(stages):
+        stride = strides[stage] if stage < len(strides) else (2, 2, 2)
+        sizes = [max(1, size // s) for size, s in zip(sizes, stride, strict=True)]
+        voxels.append(math.prod(sizes))
+    return voxels
 
 
 def active_terms(spec: ArchSpec) -> list[str]:
@@ -97,7 +104,9 @@ def term_values(
     window_features and window_attention follow Swin's padded window grids.
     """
     voxels = math.prod(patch)
-    stages = stage_voxels(patch, len(spec.stage_features)) if spec.stage_features else [voxels]
+    stages = (
+        stage_voxels(patch, len(spec.stage_features), spec.stage_strides) if spec.stage_features else [voxels]
+    )
     widths = spec.stage_features or (1,)
     heads = spec.deep_supervision_heads if deep_supervision else 0
     head_voxels = sum(stages[: heads + 1]) if len(stages) > heads else voxels

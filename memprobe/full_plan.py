@@ -92,6 +92,7 @@ def make_plan(
     device: str | None = None,
     step: str = "memprobe",
     checkpointing: bool = False,
+    optimizer: str = "adamw",
 ) -> FullPlan:
     """Plan patch, batch, precision, accumulation, workers and learning rate; given values win."""
     spec = resolve_arch(arch)
@@ -103,6 +104,7 @@ def make_plan(
         else choose_precision(gpu)
     )
     common: dict[str, Any] = dict(
+        optimizer=optimizer,
         in_channels=in_channels,
         out_channels=out_channels,
         deep_supervision=deep_supervision,

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from memprobe.archs.registry import ArchSpec, smallest_patch_size
+from memprobe.archs.registry import ArchSpec, axis_divisors, smallest_patch
 from memprobe.calibration import Calibration
 from memprobe.errors import InvalidInputError, NothingFitsError
 from memprobe.gpu_info import GpuInfo
@@ -195,17 +195,25 @@ def plan_patch(
     _check_budget(budget_bytes, safety)
     _check_geometry(spacing, median_shape)
     usable = budget_bytes * safety
-    unit, smallest = spec.divisor, smallest_patch_size(spec)
-    start = [max(smallest, int(size // unit) * unit) for size in initial_patch(spec, spacing, median_shape)]
-    limit = [max(smallest, (s // unit) * unit) for s in median_shape] if median_shape else list(start)
+    units, smallest = axis_divisors(spec), smallest_patch(spec)
+    start = [
+        max(least, int(size // unit) * unit)
+        for size, unit, least in zip(initial_patch(spec, spacing, median_shape), units, smallest, strict=True)
+    ]
+    limit = (
+        [max(least, (s // unit) * unit) for s, unit, least in zip(median_shape, units, smallest, strict=True)]
+        if median_shape
+        else list(start)
+    )
     patch = [min(lim, size) for size, lim in zip(start, limit, strict=True)]
     need = lambda p: memory_need(calibration, spec, p, batch, in_channels, out_channels, gpu)
     _check_fixed_overheads(need(patch), usable)
     cap = "capped by the median shape" if median_shape else "no median shape: never beyond this start"
-    reasons = [f"start: {'x'.join(map(str, patch))} (isotropic in mm, {cap}, multiples of {unit})"]
+    multiples = str(units[0]) if len(set(units)) == 1 else "x".join(map(str, units))
+    reasons = [f"start: {'x'.join(map(str, patch))} (isotropic in mm, {cap}, multiples of {multiples})"]
     reference = list(median_shape) if median_shape else list(limit)
     while need(patch).total_bytes > usable:
-        shrinkable = [axis for axis in range(3) if patch[axis] - unit >= smallest]
+        shrinkable = [axis for axis in range(3) if patch[axis] - units[axis] >= smallest[axis]]
         if not shrinkable:
             raise NothingFitsError(
                 f"nothing fits: even {'x'.join(map(str, patch))} at batch {batch} needs "
@@ -213,13 +221,13 @@ def plan_patch(
                 "choose a smaller batch, bf16-mixed, or a larger GPU"
             )
         axis = max(shrinkable, key=lambda a: patch[a] / reference[a])
-        patch[axis] -= unit
+        patch[axis] -= units[axis]
     grown = True
     while grown:
         grown = False
         for axis in sorted(range(3), key=lambda a: patch[a] / reference[a]):
             candidate = list(patch)
-            candidate[axis] += unit
+            candidate[axis] += units[axis]
             if candidate[axis] <= limit[axis] and need(candidate).total_bytes <= usable:
                 patch, grown = candidate, True
                 break

@@ -58,6 +58,12 @@ def all_calibrations(db_path: str | Path | None = None) -> list[Calibration]:
     return own + [c for c in shipped_calibrations() if c.key not in keys]
 
 
+def with_stored_shape_rule(arch: str, calibrations: list[Calibration]) -> str:
+    """``package.module:factory`` as the newest calibration of it names it, shape rule attached."""
+    prefix = arch.strip() + "["
+    return next((c.arch for c in calibrations if c.arch.startswith(prefix)), arch)
+
+
 @dataclass(frozen=True)
 class Choice:
     """The calibration that answers a question, and a warning when it is a stand-in."""

@@ -1,4 +1,7 @@
-"""Training steps by name: memprobe's own, MONAI's, or a user's ``package.module:function``.
+"""Training steps by name: memprobe's own, MONAI's, nnU-Net's, or a user's ``package.module:function``.
+
+``nnunet`` is nnU-Net v2's step (``memprobe/nnunet/step.py``): SGD with Nesterov momentum
+0.99, Dice+CE with its deep-supervision weights, fp16 autocast with a GradScaler.
 
 A user's step follows one protocol::
 
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
     StepRunner = Callable[[TrainingState, PhaseCallback], None]
 
 DEFAULT_STEP = "memprobe"
-BUILTIN_STEPS = ("memprobe", "monai")
+BUILTIN_STEPS = ("memprobe", "monai", "nnunet")
 PROTOCOL = "def step(model, optimizer, inputs, labels, scaler) -> None (one full optimisation step)"
 _PROTOCOL_PARAMETERS = 5
 
@@ -71,6 +74,10 @@ def load_step(name: str) -> StepRunner:
         return train_step
     if name == "monai":
         return _monai_step
+    if name == "nnunet":
+        from memprobe.nnunet.step import nnunet_step
+
+        return nnunet_step
     return _custom_runner(name, _load_user_step(name))
 
 

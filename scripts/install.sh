@@ -35,3 +35,16 @@ else
   fi
 fi
 pip install -q -e ".[dev]" -c <("$VENV/bin/python" -c 'import torch; print(f"torch=={torch.__version__}")')
+
+# The nnunet extra (MEMPROBE_NNUNET=1): dynamic-network-architectures pulls timm and torchvision,
+# which would replace a CPU torch with a CUDA build; the constraint pins the installed torch, and
+# where no matching torchvision exists only the network library is installed (its U-Nets need no more).
+if [ "${MEMPROBE_NNUNET:-0}" = "1" ]; then
+  constraint=$(mktemp)
+  "$VENV/bin/python" -c 'import torch; print(f"torch=={torch.__version__}")' > "$constraint"
+  if ! pip install -q -c "$constraint" -e ".[nnunet]"; then
+    echo "memprobe install: nnunetv2 cannot be installed beside this torch; installing its network library only"
+    pip install -q -c "$constraint" --no-deps dynamic-network-architectures
+  fi
+  rm -f "$constraint"
+fi

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from memprobe.config import StepConfig
 
 
-def _load_factory(path: str) -> Callable[..., object]:
+def load_factory(path: str) -> Callable[..., object]:
     module_name, _, attribute = path.partition(":")
     if os.getcwd() not in sys.path:  # as `python -m` would: a model module beside the user is found
         sys.path.insert(0, os.getcwd())
@@ -86,12 +86,14 @@ def build_model(
         InvalidInputError: the factory cannot be imported, or does not return an nn.Module.
         ModelError: the factory itself raised.
     """
-    factory = _load_factory(spec.factory)
+    factory = load_factory(spec.factory)
     kwargs: dict[str, object] = {}
     if not spec.custom or _accepts(factory, "deep_supervision"):
         kwargs["deep_supervision"] = deep_supervision
     if not spec.custom or _accepts(factory, "patch"):
         kwargs["patch"] = tuple(patch) if patch is not None else None
+    if not spec.custom and _accepts(factory, "spec"):  # a factory serving several topologies (nnU-Net's)
+        kwargs["spec"] = spec
     own_switch = checkpointing and _accepts(factory, "checkpointing")
     if own_switch:
         kwargs["checkpointing"] = True

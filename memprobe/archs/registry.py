@@ -32,6 +32,12 @@ class ArchSpec:
         factory: ``module:function`` that builds the network (``memprobe.archs.factories``).
         default_lr, scheduler: training defaults used by `memprobe plan` (from the planner we replace).
         custom: True for a user model given as ``package.module:factory``.
+        divisors: per-axis divisors (depth, height, width) where the network pools
+            anisotropically; None means ``divisor`` on every axis (see ``axis_divisors``).
+        min_patch: the smallest patch per axis the network takes; None means two voxels at
+            the bottleneck (see ``smallest_patch``).
+        stage_strides: per-axis pooling of each stage relative to the one before, full
+            resolution first (``(1, 1, 1)``); empty means halving every axis per stage.
     """
 
     name: str
@@ -49,6 +55,9 @@ class ArchSpec:
     scheduler: str = "cosine annealing with warmup"
     custom: bool = False
     aliases: tuple[str, ...] = field(default=())
+    divisors: tuple[int, int, int] | None = None
+    min_patch: tuple[int, int, int] | None = None
+    stage_strides: tuple[tuple[int, int, int], ...] = field(default=())
 
 
 _MEDNEXT_FEATURES = (32, 64, 128, 256, 512)
@@ -158,6 +167,12 @@ def _alias_table() -> dict[str, str]:
 def get_arch(name: str) -> ArchSpec:
     """Look up a registered architecture by name or alias (case-insensitive)."""
     canonical = _alias_table().get(name.strip().lower())
+    if canonical is None and name.strip().lower().startswith("nnunet"):
+        from memprobe.nnunet.specs import nnunet_spec
+
+        found = nnunet_spec(name)
+        if found is not None:
+            return found
     if canonical is None:
         raise InvalidInputError(
             f"unknown architecture {name!r}: choose one of {', '.join(known_arch_names())}, "
@@ -171,7 +186,25 @@ def smallest_patch_size(spec: ArchSpec) -> int:
 
     Instance and group norm in training mode need more than one value per channel.
     """
-    return spec.divisor if spec.custom else 2 * spec.divisor
+    return min(smallest_patch(spec))
+
+
+def axis_divisors(spec: ArchSpec) -> tuple[int, int, int]:
+    """The divisor of each patch axis (depth, height, width)."""
+    return spec.divisors if spec.divisors is not None else (spec.divisor,) * 3
+
+
+def smallest_patch(spec: ArchSpec) -> tuple[int, int, int]:
+    """The smallest patch the network takes, per axis: declared, else two voxels at the bottleneck.
+
+    A custom model without a shape rule is assumed to take one divisor (of 1).
+    """
+    if spec.min_patch is not None:
+        return spec.min_patch
+    if spec.custom and spec.divisors is None:
+        return (spec.divisor,) * 3
+    depth, height, width = (2 * d for d in axis_divisors(spec))
+    return depth, height, width
 
 
 def resolve_arch(name: str) -> ArchSpec:
@@ -186,12 +219,17 @@ def resolve_arch(name: str) -> ArchSpec:
         module, _, function = name.partition(":")
         if not module or not function:
             raise InvalidInputError(f"custom model {name!r} must be written package.module:factory")
+        from memprobe.archs.shape_rules import parse_rule_suffix
+
+        factory, divisors, min_patch = parse_rule_suffix(name)
         return ArchSpec(
             name=name,
-            description=f"user model built by {name}",
-            divisor=1,
+            description=f"user model built by {factory}",
+            divisor=min(divisors) if divisors else 1,
             stage_features=(),
-            factory=name,
+            factory=factory,
             custom=True,
+            divisors=divisors,
+            min_patch=min_patch,
         )
     return get_arch(name)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import copy
 import gc
+import logging
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -66,6 +68,41 @@ def _run_tracked(
 
         state_bytes.update(sharded_state_bytes(model, state.optimizer))
     return seconds, parameter_count(model)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _assumed_rule(config: StepConfig) -> str:
+    """For a custom model, the divisors and smallest patch memprobe assumed: the likely cause."""
+    from memprobe.archs.registry import axis_divisors, resolve_arch, smallest_patch
+
+    spec = resolve_arch(config.arch)
+    if not spec.custom:
+        return ""
+    divisors, least = axis_divisors(spec), smallest_patch(spec)
+    return (
+        f" (patch {'x'.join(map(str, config.patch))}; divisors assumed {'x'.join(map(str, divisors))}, "
+        f"smallest patch {'x'.join(map(str, least))}: declare the network's with --divisor and --min-patch)"
+    )
+
+
+@contextmanager
+def quiet_fake_tensors() -> Iterator[None]:
+    """Silence the logging and warnings fake tensors emit when a model fails on a shape."""
+    loggers = [logging.getLogger(name) for name in ("torch._subclasses.fake_tensor", "torch")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def fake_copy(model: nn.Module) -> tuple[nn.Module, Any]:
@@ -150,6 +187,7 @@ class _TrackedBackend:
                     stack.enter_context(fake_process_group(self.distributed.world_size))
                 if self.fake:
                     model, fake_mode = fake_copy(model)
+                    stack.enter_context(quiet_fake_tensors())
                     stack.enter_context(fake_mode)
                 stack.enter_context(tracker)
                 if self.distributed is not None:
@@ -165,7 +203,8 @@ class _TrackedBackend:
             raise  # a step that cannot be loaded, or a user's step that raised: already one line
         except Exception as error:
             raise ModelError(
-                f"the training step of {config.label()} failed: {type(error).__name__}: {error}"
+                f"the training step of {config.label()} failed: {type(error).__name__}: {_first_line(error)}"
+                f"{_assumed_rule(config)}"
             ) from error
         except BaseException as error:
             if not raised_by_user_code(error):

@@ -8,11 +8,14 @@ import click
 
 from memprobe.commands.inference import calibrate_view, inference_mode
 from memprobe.commands.options import (
+    CHANNELS,
     arch_option,
     checkpointing_option,
+    custom_arch_with_rule,
     db_option,
     emit,
     json_option,
+    shape_rule_options,
     training_step_option,
 )
 from memprobe.measurement import Measurement
@@ -40,8 +43,12 @@ def _progress_bar(label: str) -> Any:
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")
 @click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
 @click.option("--deep-supervision", is_flag=True, help="Calibrate with deep-supervision heads.")
+@click.option("--in-channels", default=1, show_default=True, type=CHANNELS, help="Input channels.")
+@click.option("--out-channels", default=2, show_default=True, type=CHANNELS, help="Output classes.")
 @training_step_option
 @checkpointing_option
+@shape_rule_options
+@click.option("--no-search", is_flag=True, help="Fit and store the formula; skip the limit searches.")
 @click.option(
     "--budget",
     default=None,
@@ -58,8 +65,13 @@ def calibrate(
     precision: str,
     optimizer: str,
     deep_supervision: bool,
+    in_channels: int,
+    out_channels: int,
     training_step: str,
     checkpointing: bool,
+    divisors: tuple[int, int, int] | None,
+    min_patch: tuple[int, int, int] | None,
+    no_search: bool,
     budget: str | None,
     isolate: bool,
     db_path: str | None,
@@ -76,9 +88,15 @@ def calibrate(
     memprobe calibrate --arch mednext
     memprobe calibrate --arch basicunet --device trace --precision bf16-mixed
     memprobe calibrate --arch mednext --device cuda --budget 24GiB --isolate
+    memprobe calibrate --arch mynet:build --device trace --divisor 4 32 32 --min-patch 8 64 64
+
+    A custom model's patches follow its shape rule: --divisor/--min-patch, else its factory's
+    memprobe_divisors/memprobe_min_patch, else the rule found by trying patches on fake tensors.
+    Design patches are multiples of the per-axis divisors (anisotropic where the network pools
+    anisotropically); a design patch the model fails on is recorded and skipped.
     """
     from memprobe.api import default_budget_bytes
-    from memprobe.archs.registry import resolve_arch
+    from memprobe.archs.registry import resolve_arch, smallest_patch
     from memprobe.backends.base import get_backend
     from memprobe.calibrator import calibrate as run_calibration
     from memprobe.config import make_step_config
@@ -86,11 +104,14 @@ def calibrate(
     from memprobe.measuring import MeasurementLog
     from memprobe.steps import load_step
 
+    arch = custom_arch_with_rule(arch, divisors, min_patch, in_channels, out_channels, find=not isolate)
     spec = resolve_arch(arch)
     base = make_step_config(
         arch,
-        (2 * spec.divisor,) * 3,
+        smallest_patch(spec),
         1,
+        in_channels=in_channels,
+        out_channels=out_channels,
         precision=precision,
         optimizer=optimizer,
         deep_supervision=deep_supervision,
@@ -110,7 +131,7 @@ def calibrate(
                 bar.update(1, f"{measurement.config.label()}{' (stored)' if reused else ''}")
 
             log = MeasurementLog(backend, database, budget_bytes, on_measurement=advance)
-            report = run_calibration(log, base, budget_bytes)
+            report = run_calibration(log, base, budget_bytes, search=not no_search)
         emit(_report(report, budget_bytes, database.path or database.location), as_json)
 
 

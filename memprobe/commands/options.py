@@ -38,6 +38,7 @@ def training_step_option(function: F) -> F:
         default="memprobe",
         show_default=True,
         help="Training step: memprobe (Dice+CE, AdamW), monai (DiceCELoss(to_onehot_y, softmax)), "
+        "nnunet (nnU-Net v2's: SGD Nesterov 0.99, Dice+CE with deep supervision; --precision fp16-mixed), "
         "or package.module:function(model, optimizer, inputs, labels, scaler) doing one full step.",
     )(function)
 
@@ -69,6 +70,85 @@ def step_options(function: F) -> F:
     ):
         function = option(function)
     return function
+
+
+def shape_rule_options(function: F) -> F:
+    """``--divisor`` and ``--min-patch``: the patches a custom model takes."""
+    function = click.option(
+        "--min-patch",
+        nargs=3,
+        type=DIVISOR,
+        default=None,
+        metavar="D H W",
+        help="Custom model: the smallest patch it takes (default twice the divisors).",
+    )(function)
+    return click.option(
+        "--divisor",
+        "divisors",
+        nargs=3,
+        type=DIVISOR,
+        default=None,
+        metavar="D H W",
+        help="Custom model: what each patch axis must be divisible by; default its factory's "
+        "memprobe_divisors, else found by trying patches on fake tensors.",
+    )(function)
+
+
+def custom_arch_with_rule(
+    arch: str,
+    divisors: tuple[int, ...] | None,
+    min_patch: tuple[int, ...] | None,
+    in_channels: object = 1,
+    out_channels: object = 2,
+    find: bool = True,
+) -> str:
+    """The architecture name with a custom model's shape rule attached; says on stderr which rule.
+
+    Without ``find`` (an isolated calibration, whose model may crash the process), a rule that is
+    neither given nor declared is assumed, not found.
+    """
+    if ":" not in arch and divisors is None and min_patch is None:
+        return arch
+    if not find and divisors is None:
+        from memprobe.archs.build import load_factory
+        from memprobe.archs.registry import resolve_arch
+        from memprobe.archs.shape_rules import declared_rule
+
+        if declared_rule(load_factory(resolve_arch(arch).factory)) is None:
+            return arch
+    from memprobe.archs.shape_probe import shape_rule_arch
+    from memprobe.config import _positive_int
+
+    name, rule = shape_rule_arch(
+        arch,
+        divisors=divisors,
+        min_patch=min_patch,
+        in_channels=_positive_int(in_channels, "in_channels", 100_000),
+        out_channels=_positive_int(out_channels, "out_channels", 100_000),
+    )
+    if rule is not None:
+        click.echo(f"{arch}: {rule.describe()}", err=True)
+    return name
+
+
+def geometry_from_fingerprint(
+    path: str, spacing: tuple[float, ...] | None, median_shape: tuple[int, ...] | None
+) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """Spacing and median shape from nnU-Net's fingerprint; typed ones may not be given too."""
+    from memprobe.errors import InvalidInputError
+    from memprobe.nnunet.fingerprint import read_fingerprint
+
+    if spacing or median_shape:
+        raise InvalidInputError(
+            "--nnunet-fingerprint gives the spacing and median shape: drop --spacing/--median-shape"
+        )
+    found_spacing, found_shape = read_fingerprint(path)
+    click.echo(
+        f"{path}: spacing {' '.join(f'{s:g}' for s in found_spacing)} mm, median shape "
+        f"{' '.join(map(str, found_shape))} (nnU-Net's 3d_fullres target)",
+        err=True,
+    )
+    return found_spacing, found_shape
 
 
 def db_option(function: F) -> F:
@@ -139,3 +219,4 @@ LEARNING_RATE = _PositiveNumber(1e3)
 SHAPE_SIZE = _Count(2**20)
 BATCH = _Count(MAX_BATCH_SIZE)
 CHANNELS = _Count(100_000)
+DIVISOR = _Count(1024)

@@ -27,12 +27,21 @@ from memprobe.reporters import Report
     "--patch", nargs=3, type=SHAPE_SIZE, default=None, metavar="D H W", help="Override the patch size."
 )
 @click.option("--batch", type=BATCH, default=None, help="Override the batch size.")
+@click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
 @click.option("--lr", type=LEARNING_RATE, default=None, help="Override the learning rate.")
 @click.option(
     "--spacing", nargs=3, type=SPACING_MM, default=None, metavar="Z Y X", help="Voxel spacing in mm."
 )
 @click.option(
     "--median-shape", nargs=3, type=SHAPE_SIZE, default=None, metavar="D H W", help="Median image shape."
+)
+@click.option(
+    "--nnunet-fingerprint",
+    "nnunet_fingerprint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="nnU-Net's dataset_fingerprint.json: spacing and median shape as its planner derives them.",
 )
 @click.option("--effective-batch", type=BATCH, default=None, help="Batch to reach by accumulation.")
 @click.option(
@@ -70,9 +79,11 @@ def plan(
     precision: str | None,
     patch: tuple[int, ...] | None,
     batch: int | None,
+    optimizer: str,
     lr: float | None,
     spacing: tuple[float, ...] | None,
     median_shape: tuple[int, ...] | None,
+    nnunet_fingerprint: str | None,
     effective_batch: int | None,
     safety: float,
     num_gpus: int,
@@ -106,6 +117,10 @@ def plan(
     from memprobe.full_plan import make_plan
 
     budget_bytes, gpu = resolve_budget(gpu_mem)
+    if nnunet_fingerprint is not None:
+        from memprobe.commands.options import geometry_from_fingerprint
+
+        spacing, median_shape = geometry_from_fingerprint(nnunet_fingerprint, spacing, median_shape)
     result = make_plan(
         arch,
         budget_bytes,
@@ -126,6 +141,7 @@ def plan(
         device=device,
         step=training_step,
         checkpointing=checkpointing,
+        optimizer=optimizer,
     )
     check_prediction(result.need.total_bytes, result.arch)
     rows = [

@@ -7,7 +7,15 @@ from typing import Any
 import click
 
 from memprobe.commands.inference import inference_mode, probe_view
-from memprobe.commands.options import arch_option, emit, json_option, patch_option, step_options
+from memprobe.commands.options import (
+    arch_option,
+    custom_arch_with_rule,
+    emit,
+    json_option,
+    patch_option,
+    shape_rule_options,
+    step_options,
+)
 from memprobe.measurement import Measurement
 from memprobe.reporters import Report
 from memprobe.units import format_bytes, parse_bytes
@@ -31,6 +39,7 @@ def measurement_row(m: Measurement) -> dict[str, object]:
 @patch_option(required=True)
 @click.option("--batch", default="2", show_default=True, help="Batch size.")
 @step_options
+@shape_rule_options
 @click.option(
     "--device",
     default=None,
@@ -59,6 +68,8 @@ def probe(
     deep_supervision: bool,
     training_step: str,
     checkpointing: bool,
+    divisors: tuple[int, int, int] | None,
+    min_patch: tuple[int, int, int] | None,
     device: str | None,
     budget: str | None,
     isolate: bool,
@@ -84,6 +95,7 @@ def probe(
     from memprobe.config import make_step_config
     from memprobe.steps import load_step
 
+    arch = custom_arch_with_rule(arch, divisors, min_patch, in_channels, out_channels, find=False)
     config = make_step_config(
         arch,
         patch,

@@ -87,6 +87,14 @@ from memprobe.units import format_bytes
     metavar="D H W",
     help="Median image shape (caps the patch).",
 )
+@click.option(
+    "--nnunet-fingerprint",
+    "nnunet_fingerprint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="nnU-Net's dataset_fingerprint.json: spacing and median shape as its planner derives them.",
+)
 @click.option("--all-archs", is_flag=True, help="Compare every calibrated architecture.")
 @click.option(
     "--device",
@@ -115,6 +123,7 @@ def suggest(
     effective_batch: int | None,
     spacing: tuple[float, ...] | None,
     median_shape: tuple[int, ...] | None,
+    nnunet_fingerprint: str | None,
     all_archs: bool,
     device: str | None,
     db_path: str | None,
@@ -140,6 +149,10 @@ def suggest(
     from memprobe.errors import InvalidInputError, NothingFitsError
 
     budget_bytes, gpu = resolve_budget(gpu_mem)
+    if nnunet_fingerprint is not None:
+        from memprobe.commands.options import geometry_from_fingerprint
+
+        spacing, median_shape = geometry_from_fingerprint(nnunet_fingerprint, spacing, median_shape)
     if patch is None and batch is None:
         raise InvalidInputError("give --patch D H W (to plan the batch) or --batch N (to plan the patch)")
     archs = [arch]
@@ -289,10 +302,14 @@ def _batch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Repo
 
 
 def _patch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Report:
+    from memprobe.enums import Precision
+    from memprobe.exports import nnunet_plans, pytc_config
+
     rows, data, notes = [], [], []
     tables: list[tuple[str, list[dict[str, Any]]]] = []
     for p in plans:
         check_prediction(p.need.total_bytes, p.arch)
+        precision = Precision(p.calibration.precision)
         rows.append(
             {
                 "arch": p.arch,
@@ -316,6 +333,8 @@ def _patch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Repo
                 "reasons": list(p.reasons),
                 "warnings": list(p.warnings),
                 "calibration": calibration_data(p.calibration),
+                "pytorch_connectomics": pytc_config(p.patch, p.batch, precision.lightning_name, 1),
+                "nnunet_plans": nnunet_plans(p.patch, p.batch),
             }
         )
         if len(plans) <= 3:

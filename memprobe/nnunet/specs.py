@@ -1,0 +1,53 @@
+"""nnU-Net's networks as memprobe architectures, one per topology (no torch, no nnunetv2).
+
+``nnunet[...]`` is PlainConvUNet and ``nnunet-resenc[...]`` ResidualEncoderUNet as nnU-Net v2
+builds them; ``nnunet-resenc-m``, ``-l`` and ``-xl`` name the same network (the presets differ
+only in the memory nnU-Net plans them for), so one calibration serves all three. A name
+without strides is the topology of an isotropic 128^3 patch.
+"""
+
+from __future__ import annotations
+
+from memprobe.archs.registry import ArchSpec
+from memprobe.nnunet.topology import Topology, arch_name, parse_arch_name, topology_for
+
+PLAIN, RESENC = "nnunet", "nnunet-resenc"
+_CANONICAL = {"nnunet": PLAIN, "nnunet-resenc": RESENC, "nnunet-resenc-m": RESENC}
+_CANONICAL |= {"nnunet-resenc-l": RESENC, "nnunet-resenc-xl": RESENC}
+_DESCRIPTIONS = {
+    PLAIN: "nnU-Net v2 PlainConvUNet (2 convs a stage, features 32-320), strides",
+    RESENC: "nnU-Net v2 ResidualEncoderUNet (ResEnc M/L/XL: 1-3-4-6-6-6 blocks), strides",
+}
+DEFAULT_TOPOLOGY = topology_for((1.0, 1.0, 1.0), (128, 128, 128))
+
+
+def nnunet_spec(name: str) -> ArchSpec | None:
+    """The spec of an nnU-Net network name (with or without strides); None for other names."""
+    key = name.strip().lower()
+    if key in _CANONICAL:
+        return spec_for(_CANONICAL[key], DEFAULT_TOPOLOGY)
+    parsed = parse_arch_name(key)
+    if parsed is None:
+        return None
+    preset, topology = parsed
+    return spec_for(_CANONICAL[preset], topology)
+
+
+def spec_for(preset: str, topology: Topology) -> ArchSpec:
+    """The spec of ``preset`` (``nnunet`` or ``nnunet-resenc``) built with ``topology``."""
+    divisors = topology.divisors
+    strides = ".".join("".join(map(str, s)) for s in topology.strides[1:])
+    return ArchSpec(
+        name=arch_name(preset, topology),
+        description=f"{_DESCRIPTIONS[preset]} {strides}",
+        divisor=min(divisors),
+        stage_features=topology.features,
+        supports_deep_supervision=True,
+        deep_supervision_heads=max(0, topology.stages - 2),
+        factory=f"memprobe.nnunet.networks:{'plain_unet' if preset == PLAIN else 'resenc_unet'}",
+        default_lr=1e-2,
+        scheduler="polynomial decay (nnU-Net)",
+        divisors=divisors,
+        min_patch=(2 * divisors[0], 2 * divisors[1], 2 * divisors[2]),
+        stage_strides=topology.strides,
+    )

@@ -1,0 +1,72 @@
+"""Reading nnU-Net's dataset fingerprint (#12): spacing and median shape as its planner derives them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memprobe.errors import InvalidInputError
+from memprobe.nnunet.fingerprint import read_fingerprint
+
+
+def _write(path: Path, spacings: list[list[float]], shapes: list[list[int]]) -> Path:
+    path.write_text(json.dumps({"spacings": spacings, "shapes_after_crop": shapes}))
+    return path
+
+
+def test_isotropic_data_takes_the_median(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "f.json",
+        [[1, 1, 1], [1, 1, 1], [2, 2, 2]],
+        [[100, 200, 200], [120, 220, 220], [60, 100, 100]],
+    )
+    spacing, shape = read_fingerprint(path)
+    assert spacing == (1.0, 1.0, 1.0) and shape == (120, 200, 200)
+
+
+def test_thick_slices_take_the_tenth_percentile(tmp_path: Path) -> None:
+    spacings = [[5.0, 0.8, 0.8]] * 9 + [[2.5, 0.8, 0.8]]
+    path = _write(tmp_path / "f.json", spacings, [[40, 512, 512]] * 10)
+    spacing, shape = read_fingerprint(path)
+    assert spacing[0] == pytest.approx(4.75) and spacing[1:] == (0.8, 0.8)
+    assert shape == (42, 512, 512)
+
+
+def test_a_missing_fingerprint_names_the_nnunet_command(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="nnUNetv2_extract_fingerprint"):
+        read_fingerprint(tmp_path / "absent.json")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(InvalidInputError, match="nnUNetv2_extract_fingerprint"):
+        read_fingerprint(tmp_path / "bad.json")
+
+
+def test_suggest_plans_from_a_fingerprint(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from memprobe.cli import cli
+    from memprobe.db import Database
+    from tests.factories import make_calibration
+
+    db = tmp_path / "db.sqlite"
+    with Database.open(db) as database:
+        database.add_calibration(make_calibration())
+    fingerprint = _write(tmp_path / "f.json", [[5.0, 0.8, 0.8]] * 4, [[40, 512, 512]] * 4)
+    arguments = ["suggest", "--batch", "2", "--gpu-mem", "24GiB", "--db", str(db), "--json"]
+    result = CliRunner().invoke(cli, [*arguments, "--nnunet-fingerprint", str(fingerprint)])
+    assert result.exit_code == 0, result.output
+    assert "spacing 5 0.8 0.8 mm, median shape 40 512 512" in result.stderr
+    typed = CliRunner().invoke(
+        cli, [*arguments, "--spacing", "5", "0.8", "0.8", "--median-shape", "40", "512", "512"]
+    )
+    assert json.loads(result.stdout)["patch"] == json.loads(typed.stdout)["patch"]
+
+
+def test_suggest_without_a_fingerprint_exits_2(tmp_path: Path) -> None:
+    from tests.robustness_helpers import run_cli
+
+    result = run_cli(
+        "suggest", "--batch", "2", "--gpu-mem", "24GiB", "--nnunet-fingerprint", str(tmp_path / "no.json")
+    )
+    assert result.code == 2 and "nnUNetv2_extract_fingerprint" in result.err
