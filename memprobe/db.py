@@ -635,26 +635,6 @@ def _row_json(row: sqlite3.Row) -> str:
 
     # A LightningModule's own step ---------------------------------------------------------
 
-    def add_module_peak(
-        self, module_key: str, device_kind: str, batch: int, peak_allocated_bytes: int
-    ) -> None:
-        """Store the measured peak of a LightningModule's training step at ``batch``."""
-        with self._write() as connection:
-            connection.execute(
-                "INSERT INTO module_peaks (module_key, device_kind, batch, peak_allocated_bytes, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (module_key, device_kind, batch, peak_allocated_bytes, _now()),
-            )
-
-    def module_peaks(self, module_key: str, device_kind: str) -> dict[int, int]:
-        """The newest stored peak of each batch measured for ``module_key`` on ``device_kind``."""
-        rows = self._rows(
-            "SELECT batch, peak_allocated_bytes FROM module_peaks WHERE module_key = ? AND device_kind = ? "
-            "ORDER BY id",
-            (module_key, device_kind),
-        )
-        return {int(row["batch"]): int(row["peak_allocated_bytes"]) for row in rows}
-
 
 def _json_or_null(value: Any) -> str | None:
     return None if value is None else json.dumps(value)

@@ -99,6 +99,13 @@ def memory_need(
     """Every term of the memory ``batch`` x ``patch`` needs, as ``calibration`` predicts it on ``gpu``."""
     allocated = calibration.predict_peak_bytes(spec, patch, batch, in_channels, out_channels)
     reserved = calibration.predict_reserved_bytes(spec, patch, batch, in_channels, out_channels)
+    return need_from_peaks(calibration, allocated, reserved, gpu)
+
+
+def need_from_peaks(
+    calibration: Calibration, allocated: float, reserved: float | None, gpu: GpuInfo | None = None
+) -> MemoryNeed:
+    """The whole need around predicted peaks: reserve (or its named allowance), overheads, margin."""
     if reserved is None:
         reserved = allocated * (1 + UNCALIBRATED_RESERVE_ALLOWANCE)
     fraction, margin_source = margin_fraction(calibration)

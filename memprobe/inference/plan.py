@@ -15,13 +15,7 @@ from memprobe.errors import NothingFitsError
 from memprobe.gpu_info import GpuInfo
 from memprobe.inference.calibration import InferenceCalibration
 from memprobe.inference.config import InferenceConfig, StitchDevice
-from memprobe.memory_need import EXTRAPOLATION_FACTOR, MemoryNeed, reserve_source
-from memprobe.overheads import (
-    UNCALIBRATED_RESERVE_ALLOWANCE,
-    context_overhead,
-    margin_fraction,
-    workspace_overheads,
-)
+from memprobe.memory_need import EXTRAPOLATION_FACTOR, MemoryNeed, need_from_peaks
 from memprobe.planner import _check_budget, _check_fixed_overheads, describe_need
 from memprobe.search import largest_at_most
 from memprobe.units import format_bytes
@@ -33,17 +27,7 @@ def inference_need(
     """Every term of the GPU memory ``config`` needs, as ``calibration`` predicts it on ``gpu``."""
     allocated = calibration.inference_peak_bytes(spec, config)
     reserved = calibration.inference_reserved_bytes(spec, config)
-    if reserved is None:
-        reserved = allocated * (1 + UNCALIBRATED_RESERVE_ALLOWANCE)
-    fraction, margin_source = margin_fraction(calibration)
-    return MemoryNeed(
-        allocated_bytes=allocated,
-        reserve_overhead_bytes=max(0.0, reserved - allocated),
-        reserve_source=reserve_source(calibration),
-        overheads=(context_overhead(calibration, gpu), *workspace_overheads(calibration, gpu)),
-        margin_bytes=reserved * fraction,
-        margin_source=margin_source,
-    )
+    return need_from_peaks(calibration, allocated, reserved, gpu)
 
 
 @dataclass(frozen=True)
