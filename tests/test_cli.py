@@ -471,3 +471,20 @@ def test_short_precision_names_are_understood(typed: str, precision: str) -> Non
     from memprobe.enums import Precision, parse_enum
 
     assert parse_enum(Precision, typed, "precision") is Precision(precision)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--patch", "128", "128", "128", "--batch", "2"], "not both"),
+        (["--patch", "128", "128", "128", "--json", "--yaml"], "--json and --yaml"),
+    ],
+)
+def test_flags_that_contradict_each_other_are_refused(
+    calibrated_db: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Options that would be silently ignored or combined end in one line and exit 2."""
+    code, out, err = _run_main(
+        ["suggest", *arguments, "--gpu-mem", "24GiB", "--db", str(calibrated_db)], capsys
+    )
+    assert code == 2 and message in err and err.count("\n") == 1 and not out

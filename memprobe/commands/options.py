@@ -19,6 +19,10 @@ def json_option(function: F) -> F:
 
 def emit(report: Report, as_json: bool = False, fmt: str | None = None) -> None:
     """Print ``report`` with the chosen reporter (JSON when ``as_json``)."""
+    if as_json and fmt is not None:
+        from memprobe.errors import InvalidInputError
+
+        raise InvalidInputError(f"--json and --{fmt} both ask for the output format: choose one")
     click.echo(get_reporter("json" if as_json else fmt or "table").render(report))
 
 

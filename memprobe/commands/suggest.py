@@ -155,6 +155,11 @@ def suggest(
         spacing, median_shape = geometry_from_fingerprint(nnunet_fingerprint, spacing, median_shape)
     if patch is None and batch is None:
         raise InvalidInputError("give --patch D H W (to plan the batch) or --batch N (to plan the patch)")
+    if patch is not None and batch is not None:
+        raise InvalidInputError(
+            "give --patch (to plan the batch) or --batch (to plan the patch), not both; "
+            "`memprobe plan --patch D H W --batch N` checks one configuration"
+        )
     archs = [arch]
     if all_archs:
         from memprobe.enums import Precision, parse_enum
