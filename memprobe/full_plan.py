@@ -166,7 +166,12 @@ def make_plan(
         accumulation = PlanValue(1, "batch above 1: no accumulation needed")
     values["accumulate_grad_batches"] = accumulation
     cpus = cpu_count or os.cpu_count() or 1
-    values["num_workers"] = PlanValue(min(4 * num_gpus, cpus), f"4 workers per GPU, capped at {cpus} CPUs")
+    values["num_workers"] = PlanValue(
+        min(4 * num_gpus, cpus),
+        f"4 workers per GPU, capped at the training machine's {cpus} CPUs"
+        if cpu_count
+        else f"placeholder: 4 workers per GPU, capped at this machine's {cpus} CPUs (the training machine's are unknown)",
+    )
     values["lr"] = (
         PlanValue(lr, "manual override")
         if lr is not None
