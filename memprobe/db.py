@@ -787,15 +787,23 @@ def _check_schema(where: object, version: int, tables: set[str]) -> None:
         raise DatabaseError(f"{where} is an SQLite database of something else: pass another --db")
 
 
+def apply_migrations(connection: Any, current: int, translate: Callable[[str], str] = str) -> None:
+    """Run every migration after ``current`` inside the caller's transaction, recording each.
+
+    ``translate`` turns a migration's SQLite DDL into another server's (PostgreSQL's).
+    """
+    for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        for statement in translate(script).split(";"):
+            if statement.strip():
+                connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {number}")
+
+
 def _migrate(connection: sqlite3.Connection) -> None:
     connection.execute("BEGIN IMMEDIATE")
     try:
         current = connection.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated
-        for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
-            for statement in script.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {number}")
+        apply_migrations(connection, current)
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")

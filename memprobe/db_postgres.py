@@ -211,7 +211,7 @@ def _without_password(text: str, url: str) -> str:
 
 def _migrate(connection: PostgresConnection) -> None:
     """Apply the migrations this server lacks, under the writers' lock (another node may be at it)."""
-    from memprobe.db import MIGRATIONS, SCHEMA_VERSION
+    from memprobe.db import SCHEMA_VERSION, apply_migrations
 
     connection.execute("BEGIN IMMEDIATE")
     try:
@@ -226,11 +226,7 @@ def _migrate(connection: PostgresConnection) -> None:
                 f"database {connection.location} has schema version {version}, newer than this "
                 f"memprobe understands ({SCHEMA_VERSION}): upgrade memprobe"
             )
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in ddl(script).split(";"):
-                if statement.strip():
-                    connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {number}")
+        apply_migrations(connection, version, ddl)
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
