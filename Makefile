@@ -6,8 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test unit bench lint shipped clean
 
+# The nnunet extra is part of the development install: its tests run in CI (MEMPROBE_NNUNET=0 skips it).
+MEMPROBE_NNUNET ?= 1
+
 $(STAMP): pyproject.toml scripts/install.sh
-	bash scripts/install.sh
+	MEMPROBE_NNUNET=$(MEMPROBE_NNUNET) bash scripts/install.sh
 	touch $(STAMP)
 
 install: $(STAMP)

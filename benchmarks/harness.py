@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from memprobe.archs.registry import ARCHS, get_arch, smallest_patch_size
-from memprobe.calibration import Calibration
+from memprobe.calibrated_formula import Calibration
 from memprobe.config import StepConfig, make_step_config
 from memprobe.enums import DeviceKind
 from memprobe.measurement import Environment, Measurement
@@ -58,7 +58,7 @@ class SessionMeasurements:
     kind = DeviceKind.TRACE
 
     def __init__(self) -> None:
-        from memprobe.backends.tracked import TraceBackend
+        from memprobe.backends.trace_backend import TraceBackend
 
         self.backend = TraceBackend()
         self.taken: dict[StepConfig, TimedMeasurement] = {}
@@ -110,9 +110,9 @@ class Calibrations:
         return SourcedCalibration(self.made[arch], "calibrated in this run")
 
     def _calibrate(self, arch: str) -> Calibration:
-        from memprobe.calibrator import calibrate
+        from memprobe.calibration_run import calibrate
         from memprobe.db import Database
-        from memprobe.measuring import MeasurementLog
+        from memprobe.measurement_log import MeasurementLog
 
         with Database.open(":memory:") as db:
             log = MeasurementLog(self.measurements, db, BUDGET_BYTES)  # type: ignore[arg-type]

@@ -105,10 +105,10 @@ class _Calibrations:
     def _calibrate(self, arch: str) -> None:
         from memprobe.archs.registry import resolve_arch, smallest_patch
         from memprobe.backends.base import get_backend
-        from memprobe.calibrator import calibrate
+        from memprobe.calibration_run import calibrate
         from memprobe.config import make_step_config
         from memprobe.db import Database
-        from memprobe.measuring import MeasurementLog
+        from memprobe.measurement_log import MeasurementLog
 
         print(f"calibrating {arch} on trace ...", file=sys.stderr, flush=True)
         base = make_step_config(

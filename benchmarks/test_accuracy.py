@@ -39,8 +39,8 @@ from benchmarks.harness import (
     write_results,
 )
 from memprobe.archs.registry import ArchSpec, get_arch
-from memprobe.calibration import Calibration
-from memprobe.calibrator import design_points
+from memprobe.calibrated_formula import Calibration
+from memprobe.calibration_run import design_points
 from memprobe.config import StepConfig, make_step_config
 from memprobe.measurement import Measurement
 
@@ -311,7 +311,7 @@ def test_accuracy_table(measurements: SessionMeasurements, calibrations: Calibra
         "freshly traced in this run: the fit against the backend it was fitted on, not against a GPU."
     )
     notes += [
-        "Held-out configurations (memprobe.calibrator.design_points): an anisotropic patch, a cube "
+        "Held-out configurations (memprobe.calibration_run.design_points): an anisotropic patch, a cube "
         "between design sizes at batch 3, a 3x5x7-unit patch with other channel counts, and a patch "
         "beyond the fitted range; chosen before any result was seen.",
         f"Asserted: memprobe's median <= {MEDIAN_BOUND:.0%} and worst <= {WORST_BOUND:.0%}; its median "

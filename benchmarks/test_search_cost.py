@@ -31,11 +31,10 @@ from benchmarks.harness import (
     write_results,
 )
 from memprobe.archs.registry import get_arch
-from memprobe.calibration import Calibration
-from memprobe.calibrator import MAX_BATCH, design_points, patch_unit
+from memprobe.calibrated_formula import Calibration
+from memprobe.calibration_run import MAX_BATCH, design_points, patch_unit
 from memprobe.config import StepConfig, make_step_config
 from memprobe.errors import NothingFitsError
-from memprobe.planner import plan_batch
 from memprobe.search import (
     Outcome,
     SearchResult,
@@ -44,6 +43,7 @@ from memprobe.search import (
     guided_search,
     largest_at_most,
 )
+from memprobe.size_planner import plan_batch
 
 Patch = tuple[int, int, int]
 # (architecture, patch): an odd-unit cube and an anisotropic patch each, none of them a design or

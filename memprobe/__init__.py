@@ -23,12 +23,12 @@ _EXPORTS = {
     "suggest_batch_size": "memprobe.compat",
     # Results.
     "Estimate": "memprobe.api",
-    "BatchPlan": "memprobe.planner",
-    "PatchPlan": "memprobe.planner",
+    "BatchPlan": "memprobe.size_planner",
+    "PatchPlan": "memprobe.size_planner",
     "MemoryNeed": "memprobe.memory_need",
     "Measurement": "memprobe.measurement",
-    "Calibration": "memprobe.calibration",
-    "CalibrationReport": "memprobe.calibrator",
+    "Calibration": "memprobe.calibrated_formula",
+    "CalibrationReport": "memprobe.calibration_run",
     "Alternative": "memprobe.alternatives",
     # Errors.
     "MemprobeError": "memprobe.errors",

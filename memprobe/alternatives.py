@@ -14,7 +14,7 @@ from typing import Any
 
 from memprobe.enums import OptimizerName, Precision, parse_enum
 from memprobe.errors import NoCalibrationError, NothingFitsError
-from memprobe.planner import BatchPlan, PatchPlan
+from memprobe.size_planner import BatchPlan, PatchPlan
 
 ALTERNATIVE_PATCH_BATCH = 2
 

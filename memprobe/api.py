@@ -20,16 +20,16 @@ from memprobe.arguments import (
     check_spacing,
     check_text,
 )
-from memprobe.calibration import Calibration
+from memprobe.calibrated_formula import Calibration
 from memprobe.config import StepConfig, make_step_config
 from memprobe.errors import StandInCalibrationWarning
 from memprobe.memory_need import MemoryNeed, memory_need
-from memprobe.planner import BatchPlan, PatchPlan, plan_batch, plan_patch
+from memprobe.size_planner import BatchPlan, PatchPlan, plan_batch, plan_patch
 from memprobe.sources import NO_SHIPPED_VARIABLE, Choice, all_calibrations, choose_calibration
 from memprobe.units import parse_bytes
 
 if TYPE_CHECKING:
-    from memprobe.calibrator import CalibrationReport
+    from memprobe.calibration_run import CalibrationReport
     from memprobe.gpu_info import GpuInfo
     from memprobe.measurement import Environment, Measurement
 
@@ -427,9 +427,9 @@ def calibrate(
 ) -> CalibrationReport:
     """Measure ``arch``, fit its formula and store measurements and calibration in ``db``."""
     from memprobe.backends.base import get_backend
-    from memprobe.calibrator import calibrate as run_calibration
+    from memprobe.calibration_run import calibrate as run_calibration
     from memprobe.db import Database
-    from memprobe.measuring import MeasurementLog
+    from memprobe.measurement_log import MeasurementLog
 
     db, device = _checked_source(db, device)
     isolate = check_bool(isolate, "isolate")

@@ -11,7 +11,7 @@ from memprobe.archs.registry import ArchSpec, axis_divisors, resolve_arch, small
 from memprobe.arguments import MAX_BATCH_SIZE, check_bool, check_triple
 from memprobe.enums import OptimizerName, Precision, parse_enum
 from memprobe.errors import InvalidInputError
-from memprobe.steps import DEFAULT_STEP, check_step_name
+from memprobe.step_registry import DEFAULT_STEP, check_step_name
 
 # A patch larger than this many voxels is refused before anything is built: 1024^3 voxels of
 # float32 are 4 GiB for the input alone, beyond what any training step on one card can hold.

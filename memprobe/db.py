@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from memprobe.calibration import Calibration
+from memprobe.calibrated_formula import Calibration
 from memprobe.config import StepConfig
 from memprobe.errors import DatabaseError
 from memprobe.measurement import Environment, Measurement, ReuseKey

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from memprobe.archs.registry import ArchSpec
-from memprobe.calibration import FitQuality
+from memprobe.calibrated_formula import FitQuality
 from memprobe.errors import InvalidInputError
 from memprobe.formula import (
     ABOVE_ALLOCATED,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from memprobe.archs.registry import ArchSpec
-from memprobe.calibration import Calibration
+from memprobe.calibrated_formula import Calibration
 from memprobe.gpu_info import GpuInfo
 from memprobe.overheads import (
     UNCALIBRATED_RESERVE_ALLOWANCE,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from memprobe.calibration import Calibration
+from memprobe.calibrated_formula import Calibration
 from memprobe.gpu_info import GpuInfo
 
 MIB = 2**20

@@ -18,11 +18,11 @@ from memprobe.archs.registry import ArchSpec, get_arch, resolve_arch
 from memprobe.arguments import check_gigabytes
 from memprobe.enums import Precision
 from memprobe.errors import InvalidInputError
-from memprobe.full_plan import PlanValue, choose_precision, make_plan
 from memprobe.gpu_info import detect_gpus
 from memprobe.pytc_gpu import gpu_info_dict
 from memprobe.pytc_result import AutoPlanResult, describe_calibration, format_plan
 from memprobe.pytc_values import check_value, precision_from_lightning
+from memprobe.training_plan import PlanValue, choose_precision, make_plan
 
 _GB = 1024**3
 DEFAULT_ARCHITECTURE = "mednext"  # the planner's default network

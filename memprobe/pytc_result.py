@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from memprobe.calibration import Calibration
+from memprobe.calibrated_formula import Calibration
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, Protocol
 
-from memprobe.calibration import Calibration, FitQuality
+from memprobe.calibrated_formula import Calibration, FitQuality
 from memprobe.config import StepConfig
 from memprobe.enums import OptimizerName, Precision
 from memprobe.measurement import Environment, Measurement
-from memprobe.steps import DEFAULT_STEP
+from memprobe.step_registry import DEFAULT_STEP
 
 MAX_JSON_CHARS = 1_000_000  # the largest shipped calibration is ~10 kB of JSON
 MAX_TEXT_CHARS = 1_000

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from memprobe.calibration import Calibration
+from memprobe.calibrated_formula import Calibration
 from memprobe.db import Database, database_exists
 from memprobe.errors import NoCalibrationError
 from memprobe.row_checks import BadRowError, calibration_from_fields, warn_bad_row

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from memprobe.archs.registry import ARCHS, smallest_patch_size
 from memprobe.backends.base import get_backend
-from memprobe.calibrator import calibrate
+from memprobe.calibration_run import calibrate
 from memprobe.config import make_step_config
 from memprobe.db import Database
-from memprobe.measuring import MeasurementLog
+from memprobe.measurement_log import MeasurementLog
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")

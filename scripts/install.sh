@@ -36,15 +36,26 @@ else
 fi
 pip install -q -e ".[dev]" -c <("$VENV/bin/python" -c 'import torch; print(f"torch=={torch.__version__}")')
 
-# The nnunet extra (MEMPROBE_NNUNET=1): dynamic-network-architectures pulls timm and torchvision,
-# which would replace a CPU torch with a CUDA build; the constraint pins the installed torch, and
-# where no matching torchvision exists only the network library is installed (its U-Nets need no more).
+# The nnunet extra (MEMPROBE_NNUNET=1, which `make install` sets): nnunetv2 pulls timm and
+# torchvision, whose PyPI builds target CUDA torch. The constraint keeps the installed torch; a
+# torchvision that then cannot load beside it (a CUDA build next to a CPU torch) is removed with
+# timm, since nnU-Net's planners, networks and predictor import neither.
 if [ "${MEMPROBE_NNUNET:-0}" = "1" ]; then
   constraint=$(mktemp)
   "$VENV/bin/python" -c 'import torch; print(f"torch=={torch.__version__}")' > "$constraint"
+  torch_before=$(cat "$constraint")
   if ! pip install -q -c "$constraint" -e ".[nnunet]"; then
     echo "memprobe install: nnunetv2 cannot be installed beside this torch; installing its network library only"
     pip install -q -c "$constraint" --no-deps dynamic-network-architectures
+  fi
+  if ! "$VENV/bin/python" -c "import torchvision" >/dev/null 2>&1 && pip show -q torchvision >/dev/null 2>&1; then
+    echo "memprobe install: the torchvision build does not match $torch_before; removing torchvision and timm (nnU-Net does not need them)"
+    pip uninstall -q -y torchvision timm
+  fi
+  torch_after=$("$VENV/bin/python" -c 'import torch; print(f"torch=={torch.__version__}")')
+  if [ "$torch_after" != "$torch_before" ]; then
+    echo "memprobe install: the nnunet extra changed $torch_before to $torch_after" >&2
+    exit 1
   fi
   rm -f "$constraint"
 fi

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memprobe.calibration import Calibration, FitQuality
+from memprobe.calibrated_formula import Calibration, FitQuality
 
 
 def make_calibration(

@@ -128,7 +128,7 @@ def shipped_calibration(key: tuple[str, str, str, str, bool]) -> object:
     from dataclasses import replace
     from importlib import resources
 
-    from memprobe.calibration import Calibration
+    from memprobe.calibrated_formula import Calibration
 
     text = resources.files("memprobe.data").joinpath("calibrations.json").read_text()
     found = next(c for c in map(Calibration.from_dict, json.loads(text)) if c.key[:5] == key)

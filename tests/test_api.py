@@ -14,10 +14,10 @@ import pytest
 
 import memprobe
 from memprobe.archs.registry import resolve_arch
-from memprobe.calibration import Calibration
+from memprobe.calibrated_formula import Calibration
 from memprobe.db import Database
 from memprobe.errors import InvalidInputError, NoCalibrationError, NothingFitsError
-from memprobe.planner import plan_batch, plan_patch
+from memprobe.size_planner import plan_batch, plan_patch
 from tests.factories import make_calibration
 
 GIB = 2**30

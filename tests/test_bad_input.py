@@ -371,7 +371,7 @@ def test_the_api_raises_one_line_memprobe_errors(name: str, tmp_path: Path) -> N
 
 def test_memprobe_calibrate_stays_the_api_function() -> None:
     """Importing the calibration machinery (as the CLI does) must not replace ``memprobe.calibrate``."""
-    import memprobe.calibrator
+    import memprobe.calibration_run
 
     assert memprobe.calibrate is memprobe.api.calibrate
     assert callable(memprobe.calibrate)

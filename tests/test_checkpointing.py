@@ -6,7 +6,7 @@ import pytest
 
 from memprobe.archs.build import build_model
 from memprobe.archs.registry import resolve_arch
-from memprobe.backends.tracked import CpuBackend, TraceBackend
+from memprobe.backends.trace_backend import CpuBackend, TraceBackend
 from memprobe.checkpointing import CheckpointedStage
 from memprobe.config import make_step_config
 from tests.robustness_helpers import TINY

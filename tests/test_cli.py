@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from memprobe.archs.registry import ARCHS, get_arch
 from memprobe.cli import cli, main
 from memprobe.db import Database
-from memprobe.planner import plan_batch
+from memprobe.size_planner import plan_batch
 from tests.factories import make_calibration
 
 GIB = 2**30

@@ -14,7 +14,7 @@ import pytest
 from memprobe import pytc_gpu
 from memprobe.api import max_patch_size
 from memprobe.archs.registry import get_arch
-from memprobe.calibration import Calibration
+from memprobe.calibrated_formula import Calibration
 from memprobe.compat import (
     AutoConfigPlanner,
     estimate_gpu_memory_required,
@@ -25,7 +25,7 @@ from memprobe.compat import (
 from memprobe.db import Database
 from memprobe.errors import InvalidInputError, NoCalibrationError
 from memprobe.gpu_info import GpuInfo
-from memprobe.planner import plan_batch
+from memprobe.size_planner import plan_batch
 from tests.factories import make_calibration
 
 GB = 1024**3

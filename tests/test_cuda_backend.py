@@ -17,7 +17,7 @@ from memprobe.backends import cuda
 from memprobe.backends.cuda import CudaBackend
 from memprobe.config import StepConfig, make_step_config
 from memprobe.errors import ModelError
-from memprobe.measuring import MeasurementLog
+from memprobe.measurement_log import MeasurementLog
 from memprobe.search import doubling_search, guided_search
 
 GIB = 2**30

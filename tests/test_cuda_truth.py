@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from memprobe.backends.cuda import CudaBackend
-from memprobe.backends.tracked import TraceBackend
+from memprobe.backends.trace_backend import TraceBackend
 from memprobe.config import make_step_config
 
 TOLERANCE = 0.05  # placeholder: to be tightened by the GPU truth run

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import memprobe.db as db_module
-from memprobe.calibration import Calibration, FitQuality
+from memprobe.calibrated_formula import Calibration, FitQuality
 from memprobe.config import StepConfig
 from memprobe.db import SCHEMA_VERSION, Database
 from memprobe.enums import OptimizerName, Precision

@@ -6,14 +6,14 @@ import pytest
 import torch.distributed as dist
 
 from memprobe.api import make_step_config
+from memprobe.backends.allocation_tracker import cuda_block_size
 from memprobe.backends.distributed import (
     DistributedOptions,
     Strategy,
     gradient_bucket_bytes,
     measure_per_rank,
 )
-from memprobe.backends.tracked import CpuBackend, TraceBackend
-from memprobe.backends.tracking import cuda_block_size
+from memprobe.backends.trace_backend import CpuBackend, TraceBackend
 from tests.tiny_models import tiny_net
 
 TINY = "tests.tiny_models:tiny_net"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from memprobe.archs.registry import resolve_arch
-from memprobe.inference.calibrate import InferenceCalibrationReport
+from memprobe.inference.calibration_run import InferenceCalibrationReport
 
 GIB = 2**30
 CT = (600, 512, 512)  # an abdominal CT, 16 classes

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from memprobe.calibration import FitQuality
+from memprobe.calibrated_formula import FitQuality
 from memprobe.cli import main
 from memprobe.db import Database
 from memprobe.inference.calibration import INFERENCE, InferenceCalibration

@@ -54,7 +54,7 @@ def test_bad_strides_are_refused(name: str) -> None:
 
 def test_the_planner_settles_on_the_topology_nnunet_builds_for_its_patch() -> None:
     from memprobe.nnunet.patch_plan import plan_over_topologies
-    from memprobe.planner import PatchPlan
+    from memprobe.size_planner import PatchPlan
 
     asked: list[str] = []
 

@@ -9,7 +9,7 @@ import pytest
 from memprobe.archs.registry import ARCHS, get_arch, smallest_patch_size
 from memprobe.cli import main
 from memprobe.errors import NothingFitsError
-from memprobe.planner import plan_batch, plan_patch
+from memprobe.size_planner import plan_batch, plan_patch
 from memprobe.sources import shipped_calibrations
 
 GIB = 2**30

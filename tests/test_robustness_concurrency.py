@@ -62,7 +62,7 @@ def test_concurrent_calibrations_keep_every_measurement(db_path: Path) -> None:
 
 _WRITER = textwrap.dedent("""
     import os, sys, time
-    from memprobe.calibration import Calibration, FitQuality
+    from memprobe.calibrated_formula import Calibration, FitQuality
     from memprobe.config import StepConfig
     from memprobe.db import Database
     from memprobe.measurement import Environment, Measurement

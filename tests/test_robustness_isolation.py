@@ -21,7 +21,7 @@ SEGFAULTS_ABOVE_BATCH_2 = "tests.crashy_models:segfaults_above_batch_2"
 
 def _isolated_trace() -> object:
     from memprobe.backends.isolated import IsolatedBackend
-    from memprobe.backends.tracked import TraceBackend
+    from memprobe.backends.trace_backend import TraceBackend
 
     return IsolatedBackend(TraceBackend())
 
@@ -62,7 +62,7 @@ def test_a_model_that_raises_is_reported_as_without_isolation(
 
 def test_an_isolated_measurement_equals_one_in_process() -> None:
     """The child's report survives a model that prints to stdout without a newline."""
-    from memprobe.backends.tracked import TraceBackend
+    from memprobe.backends.trace_backend import TraceBackend
 
     config = _config("tests.crashy_models:chatty_net", batch=2)
     isolated = _isolated_trace().measure(config)  # type: ignore[attr-defined]
@@ -110,12 +110,12 @@ def _seed_what_does_not_crash(db_path: Path, arch: str) -> int:
     crash, so that the isolated run pays a child process (seconds each) only for those."""
     from memprobe.api import default_budget_bytes
     from memprobe.archs.registry import resolve_arch
-    from memprobe.backends.tracked import TraceBackend
-    from memprobe.calibrator import calibrate
+    from memprobe.backends.trace_backend import TraceBackend
+    from memprobe.calibration_run import calibrate
     from memprobe.config import make_step_config
     from memprobe.db import Database
     from memprobe.measurement import Measurement
-    from memprobe.measuring import MeasurementLog
+    from memprobe.measurement_log import MeasurementLog
     from tests.crashy_models import LARGEST_SAFE_BATCH
 
     class LogSkippingCrashes(MeasurementLog):

@@ -21,7 +21,7 @@ import torch
 from memprobe.backends.cuda import CudaBackend
 from memprobe.config import StepConfig
 from memprobe.errors import ModelError
-from memprobe.measuring import MeasurementLog
+from memprobe.measurement_log import MeasurementLog
 from memprobe.search import doubling_search
 
 MIB = 2**20

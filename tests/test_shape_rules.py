@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from memprobe.archs.registry import axis_divisors, resolve_arch, smallest_patch
 from memprobe.archs.shape_rules import arch_with_rule, find_rule, parse_rule_suffix
-from memprobe.calibrator import design_points, measure_or_record
+from memprobe.calibration_run import design_points, measure_or_record
 from memprobe.cli import cli
 from memprobe.config import make_step_config, validate_patch
 from memprobe.errors import InvalidInputError, ModelError

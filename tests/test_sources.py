@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import memprobe
-from memprobe.calibration import Calibration, FitQuality
+from memprobe.calibrated_formula import Calibration, FitQuality
 from memprobe.db import Database
 from memprobe.errors import DatabaseError, NoCalibrationError
 from memprobe.sources import all_calibrations, choose_calibration, shipped_calibrations, user_calibrations

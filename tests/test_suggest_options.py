@@ -10,7 +10,7 @@ import pytest
 from memprobe.alternatives import alternatives
 from memprobe.api import estimate
 from memprobe.archs.registry import resolve_arch
-from memprobe.backends.tracked import TraceBackend
+from memprobe.backends.trace_backend import TraceBackend
 from memprobe.config import make_step_config
 from tests.robustness_helpers import TINY, invoke
 
@@ -22,9 +22,9 @@ VARIANTS = {"fp32": {}, "bf16": {"precision": "bf16-mixed"}, "checkpointing": {"
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The tiny network calibrated on trace in fp32, bf16-mixed and fp32 with checkpointing."""
-    from memprobe.calibrator import calibrate
+    from memprobe.calibration_run import calibrate
     from memprobe.db import Database
-    from memprobe.measuring import MeasurementLog
+    from memprobe.measurement_log import MeasurementLog
 
     path = tmp_path_factory.mktemp("options") / "db.sqlite"
     backend = TraceBackend()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from memprobe.backends import get_backend
-from memprobe.backends.tracking import CUDA_BLOCK_BYTES, AllocationTracker, cuda_block_size
+from memprobe.backends.allocation_tracker import CUDA_BLOCK_BYTES, AllocationTracker, cuda_block_size
 from memprobe.config import make_step_config
 from memprobe.enums import DeviceKind
 

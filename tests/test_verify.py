@@ -458,7 +458,7 @@ def test_a_workspace_is_named_by_its_library_frame_else_by_native_code() -> None
 
 def test_trace_allocations_cover_the_traced_peak() -> None:
     """Every storage the trace backend charges is listed, parameters and aten ops alike."""
-    from memprobe.backends.tracked import TraceBackend
+    from memprobe.backends.trace_backend import TraceBackend
 
     config = make_step_config(TINY, (16, 16, 16), 2)
     allocations = trace_allocations(config)

@@ -15,7 +15,7 @@ from memprobe.errors import InvalidInputError, ModelError
 
 def runs_on_fakes(model: nn.Module, patch: Sequence[int], in_channels: int) -> str | None:
     """Run a training-mode forward of ``model`` on a fake batch; the error in one line, or None."""
-    from memprobe.backends.tracked import fake_copy, quiet_fake_tensors
+    from memprobe.backends.trace_backend import fake_copy, quiet_fake_tensors
 
     fake_model, fake_mode = fake_copy(model)
     fake_model.train()

@@ -57,6 +57,6 @@ def get_backend(
         from memprobe.backends.cuda import CudaBackend
 
         return CudaBackend(budget_bytes=budget_bytes)
-    from memprobe.backends.tracked import CpuBackend, TraceBackend
+    from memprobe.backends.trace_backend import CpuBackend, TraceBackend
 
     return TraceBackend() if kind is DeviceKind.TRACE else CpuBackend()

@@ -20,7 +20,7 @@ from memprobe.environment import software_environment
 from memprobe.errors import MemprobeError, ModelError
 from memprobe.measurement import Environment, Measurement
 from memprobe.step import TrainingState, parameter_count, prepare_training, train_step
-from memprobe.steps import load_step
+from memprobe.step_registry import load_step
 from memprobe.user_code import model_exited, raised_by_user_code
 
 

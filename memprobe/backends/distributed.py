@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from memprobe.backends.tracking import cuda_block_size
+from memprobe.backends.allocation_tracker import cuda_block_size
 from memprobe.errors import InvalidInputError
 
 DEFAULT_BUCKET_CAP_MB = 25  # DistributedDataParallel's defaults
@@ -212,7 +212,7 @@ def measure_per_rank(config: Any, options: DistributedOptions, device: str = "tr
 
     Not stored: the database keys measurements by configuration, which has no strategy yet.
     """
-    from memprobe.backends.tracked import CpuBackend, TraceBackend
+    from memprobe.backends.trace_backend import CpuBackend, TraceBackend
 
     if device not in ("trace", "cpu"):
         raise InvalidInputError(

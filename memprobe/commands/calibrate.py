@@ -98,11 +98,11 @@ def calibrate(
     from memprobe.api import default_budget_bytes
     from memprobe.archs.registry import resolve_arch, smallest_patch
     from memprobe.backends.base import get_backend
-    from memprobe.calibrator import calibrate as run_calibration
+    from memprobe.calibration_run import calibrate as run_calibration
     from memprobe.config import make_step_config
     from memprobe.db import Database
-    from memprobe.measuring import MeasurementLog
-    from memprobe.steps import load_step
+    from memprobe.measurement_log import MeasurementLog
+    from memprobe.step_registry import load_step
 
     arch = custom_arch_with_rule(arch, divisors, min_patch, in_channels, out_channels, find=not isolate)
     spec = resolve_arch(arch)

@@ -187,7 +187,7 @@ def calibrate_view(
     from memprobe.archs.registry import resolve_arch
     from memprobe.commands.options import emit
     from memprobe.db import Database
-    from memprobe.inference.calibrate import calibrate_inference
+    from memprobe.inference.calibration_run import calibrate_inference
     from memprobe.inference.config import make_inference_config
     from memprobe.inference.run import InferenceRunner
 

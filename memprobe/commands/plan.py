@@ -114,7 +114,7 @@ def plan(
         return plan_config_view(config_path, out_path, gpu_mem, safety, num_gpus, db_path, device, as_json)
     from memprobe.commands.budget import budget_note, resolve_budget
     from memprobe.commands.plan_output import calibration_data, calibration_text, check_prediction, need_rows
-    from memprobe.full_plan import make_plan
+    from memprobe.training_plan import make_plan
 
     budget_bytes, gpu = resolve_budget(gpu_mem)
     if nnunet_fingerprint is not None:

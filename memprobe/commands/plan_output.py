@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from memprobe.calibration import Calibration
+from memprobe.calibrated_formula import Calibration
 from memprobe.memory_need import MemoryNeed
 from memprobe.units import format_bytes
 

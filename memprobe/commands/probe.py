@@ -93,7 +93,7 @@ def probe(
     """
     from memprobe.backends.base import get_backend
     from memprobe.config import make_step_config
-    from memprobe.steps import load_step
+    from memprobe.step_registry import load_step
 
     arch = custom_arch_with_rule(arch, divisors, min_patch, in_channels, out_channels, find=False)
     config = make_step_config(

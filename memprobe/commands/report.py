@@ -63,14 +63,14 @@ def report(
     """
     from memprobe.archs.registry import resolve_arch, smallest_patch_size
     from memprobe.backends.base import get_backend
-    from memprobe.backends.tracked import TraceBackend
+    from memprobe.backends.trace_backend import TraceBackend
     from memprobe.config import make_step_config, validate_patch
     from memprobe.db import Database
     from memprobe.errors import InvalidInputError
     from memprobe.measurement import Measurement
-    from memprobe.measuring import MeasurementLog
+    from memprobe.measurement_log import MeasurementLog
+    from memprobe.memory_figure import default_patches, draw_report, find_or_calibrate, memory_report
     from memprobe.output_paths import IMAGE_SUFFIXES, check_output_path, database_files
-    from memprobe.report_figure import default_patches, draw_report, find_or_calibrate, memory_report
 
     if not 0 < safety <= 1:
         raise InvalidInputError(f"--safety must be in (0, 1], got {safety}")

@@ -16,7 +16,7 @@ from memprobe.inference.plan import InferencePlan, plan_inference
 from memprobe.units import parse_bytes
 
 if TYPE_CHECKING:
-    from memprobe.inference.calibrate import InferenceCalibrationReport
+    from memprobe.inference.calibration_run import InferenceCalibrationReport
     from memprobe.inference.measurement import InferenceMeasurement
 
 
@@ -139,7 +139,7 @@ def calibrate_inference(
 ) -> InferenceCalibrationReport:
     """Measure ``arch``'s inference across windows, batches, images and classes; fit and store it in ``db``."""
     from memprobe.db import Database
-    from memprobe.inference.calibrate import calibrate_inference as run_calibration
+    from memprobe.inference.calibration_run import calibrate_inference as run_calibration
     from memprobe.inference.run import InferenceRunner
 
     spec = resolve_arch(arch)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memprobe.archs.registry import ArchSpec
-from memprobe.calibration import Calibration, FitQuality
+from memprobe.calibrated_formula import Calibration, FitQuality
 from memprobe.formula import evaluate, evaluate_reserved, predict_parameter_count
 from memprobe.inference.config import InferenceConfig
 from memprobe.inference.formula import inference_term_values

@@ -16,8 +16,8 @@ from memprobe.gpu_info import GpuInfo
 from memprobe.inference.calibration import InferenceCalibration
 from memprobe.inference.config import InferenceConfig, StitchDevice
 from memprobe.memory_need import EXTRAPOLATION_FACTOR, MemoryNeed, need_from_peaks
-from memprobe.planner import _check_budget, _check_fixed_overheads, describe_need
 from memprobe.search import largest_at_most
+from memprobe.size_planner import _check_budget, _check_fixed_overheads, describe_need
 from memprobe.units import format_bytes
 
 

@@ -11,7 +11,7 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-from memprobe.calibration import FitQuality
+from memprobe.calibrated_formula import FitQuality
 from memprobe.db import Database
 from memprobe.enums import Precision
 from memprobe.inference.calibration import INFERENCE, InferenceCalibration

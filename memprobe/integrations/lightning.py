@@ -245,7 +245,7 @@ class MemprobeBatchSizeFinder(BatchSizeFinder):
     def _trace(
         self, database: Any, key: str, module: LightningModule, sample: Any, precision: Precision, batch: int
     ) -> int:
-        from memprobe.backends.tracked import traced_peak_bytes
+        from memprobe.backends.trace_backend import traced_peak_bytes
 
         def make_step(fake_module: nn.Module) -> Callable[[], None]:
             assert isinstance(fake_module, LightningModule)

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from memprobe.nnunet.specs import PLAIN, RESENC
 from memprobe.nnunet.topology import Topology, arch_name, topology_for
-from memprobe.planner import PatchPlan, initial_patch
+from memprobe.size_planner import PatchPlan, initial_patch
 
 PRESET_NETWORKS = {"nnunet": PLAIN, "nnunet-resenc": RESENC, "nnunet-resenc-m": RESENC}
 PRESET_NETWORKS |= {"nnunet-resenc-l": RESENC, "nnunet-resenc-xl": RESENC}

@@ -16,8 +16,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
 
 from memprobe.archs.build import build_for_config
+from memprobe.backends.allocation_tracker import AllocationTracker, cuda_block_size
 from memprobe.backends.caching_allocator import FREE
-from memprobe.backends.tracking import AllocationTracker, cuda_block_size
 from memprobe.config import StepConfig
 from memprobe.step import prepare_training, train_step
 from memprobe.verify.results import UnseenAllocation

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+from memprobe.backends.allocation_tracker import AllocationTracker, cuda_block_size
 from memprobe.backends.caching_allocator import FREE
-from memprobe.backends.tracked import CpuBackend, TraceBackend
-from memprobe.backends.tracking import AllocationTracker, cuda_block_size
+from memprobe.backends.trace_backend import CpuBackend, TraceBackend
 from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
 from memprobe.measurement import Environment, Measurement

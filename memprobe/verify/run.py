@@ -50,7 +50,7 @@ class VerifyTools:
 def cuda_tools(db: Any = None) -> VerifyTools:
     """The real collaborators on the current CUDA device."""
     from memprobe.backends.cuda import CudaBackend, run_real_step
-    from memprobe.backends.tracked import TraceBackend
+    from memprobe.backends.trace_backend import TraceBackend
     from memprobe.gpu_info import detect_gpu
     from memprobe.verify.extras import TorchCudaExtras
     from memprobe.verify.history import trace_allocations

@@ -74,7 +74,7 @@ def suggest_from_calibrations(case: SafetyCase, budget_bytes: int, db: Any = Non
 
 
 def _suggest_from_two_probes(case: SafetyCase, budget_bytes: int) -> int:
-    from memprobe.backends.tracked import TraceBackend
+    from memprobe.backends.trace_backend import TraceBackend
     from memprobe.config import make_step_config
 
     backend = TraceBackend()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from memprobe.archs.registry import ArchSpec, axis_divisors, resolve_arch, smallest_patch
-from memprobe.calibration import Calibration
+from memprobe.calibrated_formula import Calibration
 from memprobe.config import StepConfig
 from memprobe.errors import InvalidInputError, ModelError
 from memprobe.fit import (
@@ -19,7 +19,7 @@ from memprobe.fit import (
     has_reserved,
 )
 from memprobe.measurement import Measurement
-from memprobe.measuring import MeasurementLog
+from memprobe.measurement_log import MeasurementLog
 from memprobe.search import SearchResult, guided_search
 
 MAX_BATCH = 512

@@ -1,4 +1,4 @@
-"""Tests of memprobe.planner: batch and patch plans from a hand-made calibration."""
+"""Tests of memprobe.size_planner: batch and patch plans from a hand-made calibration."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import math
 import pytest
 
 from memprobe.archs.registry import get_arch, smallest_patch_size
-from memprobe.calibration import Calibration, FitQuality
+from memprobe.calibrated_formula import Calibration, FitQuality
 from memprobe.errors import InvalidInputError, NothingFitsError
 from memprobe.memory_need import memory_need
-from memprobe.planner import MAX_BATCH, initial_patch, is_anisotropic, plan_batch, plan_patch
+from memprobe.size_planner import MAX_BATCH, initial_patch, is_anisotropic, plan_batch, plan_patch
 
 GIB = 2**30
 SPEC = get_arch("mednext")

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from memprobe.archs.registry import ArchSpec
-from memprobe.calibration import Calibration
-from memprobe.calibrator import patch_unit
+from memprobe.calibrated_formula import Calibration
+from memprobe.calibration_run import patch_unit
 from memprobe.config import StepConfig
 from memprobe.errors import InvalidInputError, NoCalibrationError
 from memprobe.measurement import Measurement
-from memprobe.measuring import MeasurementLog
+from memprobe.measurement_log import MeasurementLog
 from memprobe.output_paths import write_atomically
-from memprobe.planner import MAX_BATCH
 from memprobe.search import largest_at_most
+from memprobe.size_planner import MAX_BATCH
 
 GIB = 2**30
 MIB = 2**20
@@ -76,7 +76,7 @@ def default_patches(spec: ArchSpec) -> list[tuple[int, int, int]]:
 
 def find_or_calibrate(log: MeasurementLog, base: StepConfig, budget_bytes: int) -> Calibration:
     """The calibration for ``base`` on the log's device (the database's, else shipped), else a new one."""
-    from memprobe.calibrator import calibrate
+    from memprobe.calibration_run import calibrate
     from memprobe.sources import choose_calibration, shipped_calibrations
 
     device = log.backend.environment().calibration_device

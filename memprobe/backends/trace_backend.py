@@ -19,16 +19,16 @@ import torch
 from torch import nn
 
 from memprobe.archs.build import build_for_config
+from memprobe.backends.allocation_tracker import AllocationTracker
 from memprobe.backends.caching_allocator import replay
 from memprobe.backends.distributed import DistributedOptions, fake_process_group, wrap
-from memprobe.backends.tracking import AllocationTracker
 from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
 from memprobe.environment import software_environment
 from memprobe.errors import MemprobeError, ModelError
 from memprobe.measurement import Environment, Measurement
 from memprobe.step import TrainingState, parameter_count, prepare_training
-from memprobe.steps import load_step
+from memprobe.step_registry import load_step
 from memprobe.user_code import model_exited, raised_by_user_code
 
 _CPU = torch.device("cpu")

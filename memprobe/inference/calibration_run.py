@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from memprobe.archs.registry import ArchSpec, resolve_arch
-from memprobe.calibrator import patch_unit
+from memprobe.calibration_run import patch_unit
 from memprobe.errors import InvalidInputError
 from memprobe.fit import (
     RESERVED,

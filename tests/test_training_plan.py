@@ -1,4 +1,4 @@
-"""Tests of memprobe.full_plan: the whole training plan, each value with its reason."""
+"""Tests of memprobe.training_plan: the whole training plan, each value with its reason."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from memprobe.archs.registry import get_arch
 from memprobe.db import Database
 from memprobe.errors import InvalidInputError
-from memprobe.full_plan import choose_precision, make_plan
 from memprobe.gpu_info import GpuInfo
+from memprobe.training_plan import choose_precision, make_plan
 from tests.factories import make_calibration
 
 GIB = 2**30

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from memprobe.archs.registry import ArchSpec, axis_divisors, smallest_patch
-from memprobe.calibration import Calibration
+from memprobe.calibrated_formula import Calibration
 from memprobe.errors import InvalidInputError, NothingFitsError
 from memprobe.gpu_info import GpuInfo
 from memprobe.memory_need import MemoryNeed, extrapolation_warnings, memory_need

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from memprobe.backends.tracked import CpuBackend, TraceBackend
-from memprobe.calibration import Calibration, FitQuality
+from memprobe.backends.trace_backend import CpuBackend, TraceBackend
+from memprobe.calibrated_formula import Calibration, FitQuality
 from memprobe.config import make_step_config
 from memprobe.db import Database
 from memprobe.errors import InvalidInputError, NoCalibrationError
 from memprobe.measurement import Environment, Measurement
-from memprobe.measuring import MeasurementLog
+from memprobe.measurement_log import MeasurementLog
 from memprobe.sources import choose_calibration
-from memprobe.steps import check_step_name
+from memprobe.step_registry import check_step_name
 from tests.custom_steps import EXTRA_BYTES
 from tests.robustness_helpers import TINY, invoke
 
@@ -91,7 +91,7 @@ def test_an_edited_custom_step_is_measured_afresh(
     log.measure(config)
     log.measure(config)
     assert log.reused == 1
-    monkeypatch.setattr("memprobe.steps.step_source_hash", lambda name: "edited source")
+    monkeypatch.setattr("memprobe.step_registry.step_source_hash", lambda name: "edited source")
     log.measure(config)
     assert log.reused == 1 and len(log.taken) == 2
 

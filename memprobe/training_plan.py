@@ -14,12 +14,12 @@ from typing import Any
 
 from memprobe.api import estimate, max_batch_size, max_patch_size
 from memprobe.archs.registry import resolve_arch
-from memprobe.calibration import Calibration
+from memprobe.calibrated_formula import Calibration
 from memprobe.enums import Precision, parse_enum
 from memprobe.exports import nnunet_plans, pytc_config
 from memprobe.gpu_info import GpuInfo
 from memprobe.memory_need import MemoryNeed
-from memprobe.planner import describe_need
+from memprobe.size_planner import describe_need
 from memprobe.units import format_bytes
 
 

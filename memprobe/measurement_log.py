@@ -58,7 +58,7 @@ class MeasurementLog:
 
 def _reuse_key(config: StepConfig) -> ReuseKey:
     """A registered network and a built-in step are pinned by the environment; custom ones also by their source files."""
-    from memprobe.steps import step_source_hash
+    from memprobe.step_registry import step_source_hash
 
     step_hash = step_source_hash(config.step)
     if ":" not in config.arch:
