@@ -9,7 +9,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ CALIBRATIONS_VARIABLE = "MEMPROBE_BENCH_CALIBRATIONS"
 # ignored folder, so a test run leaves the checkout as it found it.
 RESULTS_DIR = Path(os.environ.get("MEMPROBE_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+STORED_TRACE_DB = REPO_ROOT / "calibration" / "trace.sqlite"
 BUDGET_BYTES = 24 * 2**30
 GIB = 2**30
 
@@ -48,20 +49,55 @@ class TimedMeasurement:
     wall_seconds: float  # the whole probe: building the network, warm-up and measured step
 
 
+class StoredTraceSteps:
+    """Calibration steps that ``make shipped`` traced into ``calibration/trace.sqlite``.
+
+    The shipped calibrations were fitted on exactly these steps, so the baselines fitted on the
+    same design points can read them instead of tracing them again (minutes on 2 cores). They
+    are used only when this run's torch, MONAI, memprobe and measurement code are those that
+    took them (the host is not compared: a trace step reads the same on any machine); otherwise
+    every step is traced here.
+    """
+
+    def __init__(self, current: Environment, path: Path = STORED_TRACE_DB) -> None:
+        from memprobe.db import Database
+
+        self.database: Database | None = None
+        self.environment: Environment | None = None
+        if not path.is_file():
+            return
+        database = Database.open(path, create=False, readonly=True)
+        matching = [e for e in database.environments() if replace(e, host=current.host) == current]
+        if matching:
+            self.database, self.environment = database, matching[-1]
+        else:
+            database.close()
+
+    def find(self, config: StepConfig) -> Measurement | None:
+        from memprobe.measurement_log import reuse_key_for
+
+        if self.database is None or self.environment is None:
+            return None
+        return self.database.find_measurement(config, self.environment, None, reuse_key_for(config))
+
+
 class SessionMeasurements:
     """Trace steps taken during the benchmark session, each configuration measured once.
 
     Implements the Backend protocol, so a calibration made here fills the same record the
-    tables read from.
+    tables read from. :meth:`calibration_step` may answer from :class:`StoredTraceSteps`;
+    :meth:`measure` always traces in this run.
     """
 
     kind = DeviceKind.TRACE
 
-    def __init__(self) -> None:
+    def __init__(self, stored: bool = True) -> None:
         from memprobe.backends.trace_backend import TraceBackend
 
         self.backend = TraceBackend()
         self.taken: dict[StepConfig, TimedMeasurement] = {}
+        self.stored = StoredTraceSteps(self.backend.environment()) if stored else None
+        self.read_from_store: set[StepConfig] = set()
 
     def environment(self) -> Environment:
         return self.backend.environment()
@@ -75,6 +111,26 @@ class SessionMeasurements:
 
     def measure(self, config: StepConfig) -> Measurement:
         return self.timed(config).measurement
+
+    def calibration_step(self, config: StepConfig) -> Measurement:
+        """A design point of the shipped calibration: the stored step when there is one, else traced now."""
+        if config not in self.taken and self.stored is not None:
+            found = self.stored.find(config)
+            if found is not None:
+                self.read_from_store.add(config)
+                return found
+        return self.measure(config)
+
+    def store_note(self) -> str:
+        """Where the design points came from, for the tables' notes."""
+        if not self.read_from_store:
+            return "Every step was traced in this run."
+        return (
+            f"{len(self.read_from_store)} design-point steps were read from "
+            f"{STORED_TRACE_DB.relative_to(REPO_ROOT)} (traced by `make shipped` with this run's torch, "
+            "MONAI, memprobe and measurement code; the shipped calibrations were fitted on them); "
+            "every held-out and searched step was traced in this run."
+        )
 
 
 @dataclass(frozen=True)

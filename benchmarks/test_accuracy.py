@@ -131,8 +131,8 @@ def trace_rows(measurements: SessionMeasurements, calibrations: Calibrations) ->
         spec = get_arch(arch)
         sourced = calibrations.get(arch)
         points = design_points(base_config(arch), spec)
-        fair = _fair_model(spec, [measurements.measure(config) for config in points.fit])
-        reference = measurements.measure(make_step_config(arch, REFERENCE_PATCH, 1))
+        fair = _fair_model(spec, [measurements.calibration_step(config) for config in points.fit])
+        reference = measurements.calibration_step(make_step_config(arch, REFERENCE_PATCH, 1))
         for config in points.heldout:
             measured = measurements.measure(config)
             if measured.ok:
@@ -325,6 +325,7 @@ def test_accuracy_table(measurements: SessionMeasurements, calibrations: Calibra
             "benchmarks/cuda_measurements/)."
         ),
         *_fitted_here_note(rows),
+        measurements.store_note(),
     ]
     title = "Accuracy, fit vs trace: peak allocated memory of held-out configurations"
     write_results(

@@ -503,6 +503,10 @@ class Database:
             warn_bad_row(self._where, "measurements", row["id"], str(error))
             return None
 
+    def environments(self) -> list[Environment]:
+        """Every environment measurements were taken on, oldest first."""
+        return [self._environment(row["id"]) for row in self._rows("SELECT id FROM environments ORDER BY id")]
+
     def _environment(self, environment_id: object) -> Environment:
         rows = self._rows("SELECT * FROM environments WHERE id = ?", (environment_id,))
         if not rows:

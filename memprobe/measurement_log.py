@@ -35,7 +35,7 @@ class MeasurementLog:
 
     def measure(self, config: StepConfig) -> Measurement:
         environment = self.backend.environment()
-        reuse_key = _reuse_key(config)
+        reuse_key = reuse_key_for(config)
         stored = (
             self.db.find_measurement(config, environment, self.budget_bytes, reuse_key) if self.db else None
         )
@@ -56,7 +56,7 @@ class MeasurementLog:
         return Outcome(measurement.fits(self.budget_bytes), measurement.peak_allocated_bytes)
 
 
-def _reuse_key(config: StepConfig) -> ReuseKey:
+def reuse_key_for(config: StepConfig) -> ReuseKey:
     """A registered network and a built-in step are pinned by the environment; custom ones also by their source files."""
     from memprobe.step_registry import step_source_hash
 
