@@ -27,13 +27,18 @@ BENCH_STORAGE := --benchmark-storage=.bench-results/pytest-benchmark
 # tables; `make test TEST_BENCH_ARCHS=` runs all ten too.
 TEST_BENCH_ARCHS ?= mednext,segresnet,swinunetr
 
-# Unit tests, then the benchmarks (tables printed, written to the ignored .bench-results/;
-# `make bench` refreshes the committed ones in benchmarks/results/). Leaves `git status` clean.
+# TEST_WORKERS: pytest-xdist processes for the unit tests (one per core on CI's 2-core machine).
+TEST_WORKERS ?= 2
+
+# Unit tests (in TEST_WORKERS processes), then the benchmarks in one process, so their timings
+# do not share the cores (tables printed, written to the ignored .bench-results/; `make bench`
+# refreshes the committed ones in benchmarks/results/). Leaves `git status` clean.
 test: install
-	MEMPROBE_BENCH_ARCHS=$(TEST_BENCH_ARCHS) MEMPROBE_RESULTS_DIR=.bench-results $(PY) -m pytest tests benchmarks -p no:cacheprovider $(BENCH_STORAGE)
+	$(PY) -m pytest tests -p no:cacheprovider -p no:benchmark -n $(TEST_WORKERS)
+	MEMPROBE_BENCH_ARCHS=$(TEST_BENCH_ARCHS) MEMPROBE_RESULTS_DIR=.bench-results $(PY) -m pytest benchmarks -p no:cacheprovider $(BENCH_STORAGE)
 
 unit: install
-	$(PY) -m pytest tests -p no:cacheprovider $(BENCH_STORAGE)
+	$(PY) -m pytest tests -p no:cacheprovider -p no:benchmark -n $(TEST_WORKERS)
 
 bench: install
 	$(PY) -m pytest benchmarks -p no:cacheprovider $(BENCH_STORAGE)

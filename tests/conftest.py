@@ -14,6 +14,15 @@ TINY = "tests.tiny_models:tiny_net"
 pytest_plugins = ["tests.postgres_server"]  # a real PostgreSQL server, started on demand
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist the workers share the cores: one intra-op thread each, children included."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never touch the user's database, use shipped calibrations or detect a GPU; children find tests/.
