@@ -117,11 +117,13 @@ def predict_sliding_window(
     results: torch.device,
     mirror_axes: Sequence[int] = (),
     check_values: bool = True,
+    on_finish: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """``_internal_predict_sliding_window_return_logits`` with ``data`` already on ``results``.
 
     ``gaussian`` None is ``use_gaussian`` False (each window weighs 1). ``check_values`` False
-    skips reading the infinity check's answer (fake and meta tensors have none).
+    skips reading the infinity check's answer (fake and meta tensors have none). ``on_finish``
+    is called after the last window, before the division and the check.
     """
     predicted_logits = n_predictions = prediction = workon = None
     queue = WindowQueue(data, slicers, compute)
@@ -140,6 +142,8 @@ def predict_sliding_window(
         predicted_logits[sl] += prediction
         n_predictions[sl[1:]] += weight
         queue.task_done()
+    if on_finish is not None:
+        on_finish()
     torch.div(predicted_logits, n_predictions, out=predicted_logits)
     infinite = torch.any(torch.isinf(predicted_logits))
     if check_values and infinite:

@@ -46,6 +46,7 @@ from memprobe.inference.measurement import InferenceMeasurement
 from memprobe.measurement import Environment
 
 FORWARD, STITCH = "forward", "stitch"  # the two segments of an inference the formula fits
+FINISH = "finish"  # nnU-Net's division and infinity check after the last window: its own segment
 SIGMA_SCALE = 0.125  # MONAI's default for gaussian blending
 _HOST = torch.device("meta")  # stands in for the CPU when stitching there: allocates nothing
 
@@ -172,6 +173,7 @@ def _nnunet_sliding_window(
             results=results,
             mirror_axes=config.mirror_axes,
             check_values=results.type != "meta" and not _is_fake(data),
+            on_finish=lambda: on_phase(FINISH),
         )
         on_phase(None)
 
