@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -30,6 +31,7 @@ class Predictor(StrEnum):
     NNUNET = "nnunet"  # nnunetv2's nnUNetPredictor.predict_sliding_window_return_logits
 
 
+NNUNET_INSTALL = "pip install 'memprobe[nnunet]'"
 NNUNET_AXES = (0, 1, 2)  # nnU-Net's allowed mirroring axes of a 3D model, its default test-time augmentation
 
 
@@ -254,8 +256,16 @@ def make_inference_config(
         check_nnunet_config(config)
         return replace(config, mirror_axes=_mirror_axes(NNUNET_AXES if mirror_axes is None else mirror_axes))
     if mirror_axes:
-        raise InvalidInputError("mirroring is nnU-Net's test-time augmentation: give it with --predictor nnunet")
+        raise InvalidInputError(
+            "mirroring is nnU-Net's test-time augmentation: give it with --predictor nnunet"
+        )
     return config
+
+
+def require_nnunet() -> None:
+    """Ensure nnunetv2 is installed: its predictor's steps and gaussian are nnU-Net's own code."""
+    if importlib.util.find_spec("nnunetv2") is None:
+        raise InvalidInputError(f"--predictor nnunet needs nnU-Net v2: {NNUNET_INSTALL}")
 
 
 def check_nnunet_config(config: InferenceConfig) -> None:
@@ -275,7 +285,9 @@ def _mirror_axes(axes: Sequence[object]) -> tuple[int, ...]:
     try:
         parsed = tuple(sorted({int(str(axis)) for axis in axes}))
     except ValueError:
-        raise InvalidInputError(f"mirror axes are 0, 1 and 2 (depth, height, width), got {list(axes)}") from None
+        raise InvalidInputError(
+            f"mirror axes are 0, 1 and 2 (depth, height, width), got {list(axes)}"
+        ) from None
     if any(axis not in NNUNET_AXES for axis in parsed):
         raise InvalidInputError(f"mirror axes are 0, 1 and 2 (depth, height, width), got {list(axes)}")
     return parsed

@@ -25,7 +25,6 @@ says whether that fallback would be needed (``perform_everything_on_device`` Fal
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -34,26 +33,21 @@ from typing import Any
 
 import torch
 
-from memprobe.errors import InvalidInputError
-
-NNUNET_INSTALL = "pip install 'memprobe[nnunet]'"
 QUEUED = 2  # nnU-Net's Queue(maxsize=2)
 WINDOWS_AHEAD = QUEUED + 1  # and the window the blocked producer holds
 _END = "end"
 
 
-def require_nnunet() -> None:
-    """Ensure nnunetv2 is installed (the nnU-Net predictor reads its steps and gaussian)."""
-    if importlib.util.find_spec("nnunetv2") is None:
-        raise InvalidInputError(f"--predictor nnunet needs nnU-Net v2: {NNUNET_INSTALL}")
-
-
-def sliding_window_slicers(roi: Sequence[int], image_shape: Sequence[int], tile_step_size: float) -> list[Any]:
+def sliding_window_slicers(
+    roi: Sequence[int], image_shape: Sequence[int], tile_step_size: float
+) -> list[Any]:
     """nnU-Net's own ``_internal_get_sliding_window_slicers`` on a minimally configured predictor."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     predictor = SimpleNamespace(
-        configuration_manager=SimpleNamespace(patch_size=list(roi)), tile_step_size=tile_step_size, verbose=False
+        configuration_manager=SimpleNamespace(patch_size=list(roi)),
+        tile_step_size=tile_step_size,
+        verbose=False,
     )
     return nnUNetPredictor._internal_get_sliding_window_slicers(predictor, tuple(image_shape))  # type: ignore[arg-type]
 

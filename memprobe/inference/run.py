@@ -205,6 +205,9 @@ def _monai_sliding_window(
         on_phase(STITCH)
         return output  # type: ignore[no-any-return]
 
+    buffer: dict[str, Any] = (
+        {"buffer_steps": config.buffer_steps, "buffer_dim": -1} if config.buffer_steps else {}
+    )
     host = compute if config.stitch is StitchDevice.GPU else (_HOST if compute.type != "cuda" else "cpu")
     with ExitStack() as stack:
         stack.enter_context(torch.inference_mode())
@@ -222,7 +225,7 @@ def _monai_sliding_window(
             sw_device=compute,
             device=host,
             roi_weight_map=importance,
-            **({"buffer_steps": config.buffer_steps, "buffer_dim": -1} if config.buffer_steps else {}),
+            **buffer,
         )
         on_phase(None)
 

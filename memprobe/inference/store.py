@@ -60,7 +60,8 @@ def _settings_text(settings: dict[str, object]) -> str:
 
 
 def _settings_of(row: sqlite3.Row) -> dict[str, Any]:
-    return json.loads(row[SETTINGS]) if SETTINGS in row.keys() else {}
+    columns = row.keys()  # sqlite3.Row's `in` looks at values, not names
+    return json.loads(row[SETTINGS]) if SETTINGS in columns else {}
 
 
 def _now() -> str:
@@ -203,7 +204,9 @@ def add_inference_calibration(
     db: Database, calibration: InferenceCalibration, environment: Environment | None = None
 ) -> int:
     """Store an inference calibration; the newest per (arch, device, precision, predictor) answers plans."""
-    settings = {"predictor": calibration.predictor.value} if calibration.predictor is Predictor.NNUNET else {}
+    settings: dict[str, object] = {}
+    if calibration.predictor is Predictor.NNUNET:
+        settings["predictor"] = calibration.predictor.value
     if settings:
         _ensure_settings(db)
     values: dict[str, object] = {SETTINGS: _settings_text(settings)} if _has_settings(db) else {}
