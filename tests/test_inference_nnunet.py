@@ -317,3 +317,20 @@ def test_buffer_steps_adds_its_slabs_to_the_gpu_and_is_passed_through() -> None:
     assert peaks[1] - peaks[0] == slab and peaks[2] - peaks[0] == 2 * slab
     assert config(2).sliding_window_kwargs()["buffer_steps"] == 2
     assert runner.measure(config(2)).to_dict()["buffer_steps"] == 2
+
+
+def test_db_merge_carries_the_settings_column(tmp_path: Path) -> None:
+    """A database with nnU-Net rows merged with one without the column: both kinds kept, apart."""
+    from memprobe.db import Database
+    from memprobe.db_merge import merge_databases
+    from memprobe.inference.store import add_inference_measurement, inference_measurements
+
+    runner = InferenceRunner("trace")
+    nnunet = _nnunet(mirror_axes=(), overlap=0.0, image=(32, 32, 32))
+    monai = make_inference_config(TINY, (16, 16, 16), (32, 32, 32), 1, overlap=0.0, out_channels=3)
+    for name, config in (("monai", monai), ("nnunet", nnunet)):
+        with Database.open(tmp_path / f"{name}.sqlite") as db:
+            add_inference_measurement(db, runner.measure(config))
+    merge_databases([tmp_path / "monai.sqlite", tmp_path / "nnunet.sqlite"], tmp_path / "out.sqlite")
+    with Database.open(tmp_path / "out.sqlite") as db:
+        assert {m.config for m in inference_measurements(db)} == {monai, nnunet}

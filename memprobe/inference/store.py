@@ -42,8 +42,8 @@ def _has_settings(db: Database) -> bool:
     return db._reader() is not None
 
 
-def _ensure_settings(db: Database) -> None:
-    """Add the settings column to the inference tables, once per database."""
+def ensure_settings_column(db: Database) -> None:
+    """Add the settings column to the inference tables, once per database (``db merge`` too, for rows that have it)."""
     if _has_settings(db):
         return
     with db._write() as connection:
@@ -98,7 +98,7 @@ def _config_values(c: InferenceConfig) -> dict[str, object]:
 def _settings_values(db: Database, config: InferenceConfig) -> dict[str, object]:
     """The settings column's value, making the column when a row needs it."""
     if config.settings():
-        _ensure_settings(db)
+        ensure_settings_column(db)
     return {SETTINGS: _settings_text(config.settings())} if _has_settings(db) else {}
 
 
@@ -208,7 +208,7 @@ def add_inference_calibration(
     if calibration.predictor is Predictor.NNUNET:
         settings["predictor"] = calibration.predictor.value
     if settings:
-        _ensure_settings(db)
+        ensure_settings_column(db)
     values: dict[str, object] = {SETTINGS: _settings_text(settings)} if _has_settings(db) else {}
     values |= {
         "arch": calibration.arch,
