@@ -162,6 +162,7 @@ def nnunet_design_points(base: InferenceConfig, spec: ArchSpec) -> InferenceDesi
         point(2, (4, 4, 4), GPU, c_in=3),
         point(2, (6, 4, 4), GPU, c_in=2, c_out=6, mirror=(2,), blend=BlendMode.CONSTANT),
         point(3, (6, 9, 6), GPU, c_out=5, mirror=(1, 2)),
+        point(2, (8, 6, 6), GPU, c_out=16),
         point(2, (4, 4, 4), CPU),
         point(3, (6, 6, 6), CPU, c_out=8, mirror=(2,)),
         point(2, (4, 6, 4), CPU, c_in=3, c_out=4),
