@@ -3,6 +3,7 @@ against real CPU execution, its calibration and plan; MONAI's buffer_steps."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import statistics
@@ -14,20 +15,32 @@ from typing import Any
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from memprobe.archs.registry import resolve_arch
 from memprobe.backends.allocation_tracker import AllocationTracker
-from memprobe.cli import cli
+from memprobe.cli import main
 from memprobe.inference.calibration_run import InferenceCalibrationReport
 from memprobe.inference.config import make_inference_config
 from memprobe.inference.run import InferenceRunner
 from tests.tiny_models import tiny_net
 
-nnunet_predict = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
+needs_nnunet = pytest.mark.skipif(
+    importlib.util.find_spec("nnunetv2") is None, reason="nnunetv2 is not installed"
+)
 
 TINY = "tests.tiny_models:tiny_net"
 GIB = 2**30
+
+
+def _main(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the console entry point; its exit code, stdout and stderr."""
+    try:
+        main(arguments)
+        code = 0
+    except SystemExit as exited:
+        code = int(exited.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def _nnunet(**kwargs: Any) -> Any:
@@ -35,6 +48,7 @@ def _nnunet(**kwargs: Any) -> Any:
                                  precision="fp16-mixed", out_channels=3, **kwargs)  # fmt: skip
 
 
+@needs_nnunet
 @pytest.mark.parametrize(
     ("image", "step", "gaussian", "mirror_axes"),
     [((32, 32, 40), 0.5, True, (0, 1, 2)), ((24, 40, 16), 0.75, False, ()), ((10, 20, 20), 1.0, True, (2,))],
@@ -47,6 +61,8 @@ def test_the_reproduction_is_nnunets_sliding_window_on_real_cpu_tensors(
     mirror_axes: tuple[int, ...],
 ) -> None:
     """Same logits and same tracked peak as nnunetv2's own function (its producer thread made synchronous)."""
+    import nnunetv2.inference.predict_from_raw_data as nnunet_predict
+
     from memprobe.inference import nnunet_predictor as ours
 
     torch.manual_seed(0)
@@ -136,6 +152,7 @@ def _tracked(
     return output, tracker.peak_bytes
 
 
+@needs_nnunet
 def test_window_count_is_nnunets() -> None:
     from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 
@@ -146,6 +163,7 @@ def test_window_count_is_nnunets() -> None:
         assert config.windows() == math.prod(len(s) for s in steps)
 
 
+@needs_nnunet
 @pytest.mark.parametrize(
     "options",
     [
@@ -164,6 +182,7 @@ def test_trace_peak_equals_real_cpu_execution_for_nnunets_predictor(options: dic
     assert trace.peak_reserved_bytes == cpu.peak_reserved_bytes
 
 
+@needs_nnunet
 def test_results_off_the_device_leave_nnunets_half_precision_buffers_on_the_host() -> None:
     """perform_everything_on_device=False: no logits (2 bytes a class-voxel), count map or input on the GPU."""
     on_gpu, on_cpu = (
@@ -176,6 +195,7 @@ def test_results_off_the_device_leave_nnunets_half_precision_buffers_on_the_host
     assert voxels * (3 * 2 + 2 + 4) <= difference <= voxels * (3 * 3 + 2 + 4)
 
 
+@needs_nnunet
 def test_nnunet_settings_are_stored_and_keep_measurements_apart(tmp_path: Path) -> None:
     from memprobe.db import Database
     from memprobe.inference.store import add_inference_measurement, find_inference_measurement
@@ -203,6 +223,7 @@ def nnunet_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Inference
     return db, calibrate_inference(TINY, device="trace", db=db, predictor="nnunet")
 
 
+@needs_nnunet
 def test_nnunet_held_out_images_within_3_and_5_percent(
     nnunet_db: tuple[Path, InferenceCalibrationReport],
 ) -> None:
@@ -221,23 +242,24 @@ def test_nnunet_held_out_images_within_3_and_5_percent(
     assert report.calibration.predictor.value == "nnunet"
 
 
-def _suggest(db: Path, *extra: str) -> dict[str, Any]:
-    result = CliRunner().invoke(
-        cli,
+def _suggest(db: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
+    code, out, err = _main(
         ["suggest", "--mode", "inference", "--predictor", "nnunet", "--arch", TINY, "--patch", "64", "64", "64",
          "--max-image-shape", "600", "512", "512", "--out-channels", "16", "--device", "trace", "--db", str(db),
          "--json", *extra],
+        capsys,
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)  # type: ignore[no-any-return]
+    assert code == 0, err
+    return json.loads(out)  # type: ignore[no-any-return]
 
 
+@needs_nnunet
 def test_suggest_says_whether_perform_everything_on_device_fits(
-    nnunet_db: tuple[Path, InferenceCalibrationReport],
+    nnunet_db: tuple[Path, InferenceCalibrationReport], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """16 classes of 600x512x512: half-precision logits are 4.7 GiB; on 24 GiB on the device, on 4 GiB not."""
     db = nnunet_db[0]
-    roomy, tight = _suggest(db, "--gpu-mem", "24GiB"), _suggest(db, "--gpu-mem", "4GiB")
+    roomy, tight = _suggest(db, capsys, "--gpu-mem", "24GiB"), _suggest(db, capsys, "--gpu-mem", "4GiB")
     assert roomy["nnunet_predictor"] == {
         "tile_step_size": 0.5,
         "use_gaussian": True,
@@ -251,6 +273,7 @@ def test_suggest_says_whether_perform_everything_on_device_fits(
     assert roomy["sw_batch_size"] == tight["sw_batch_size"] == 1
 
 
+@needs_nnunet
 def test_a_trace_probe_of_the_planned_configuration_fits(
     nnunet_db: tuple[Path, InferenceCalibrationReport],
 ) -> None:
@@ -267,7 +290,7 @@ def test_a_trace_probe_of_the_planned_configuration_fits(
 
 
 def test_without_nnunetv2_the_nnunet_predictor_is_exit_2_naming_the_extra(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "nnunetv2", None)  # what find_spec reports for a package that is absent
     for command in (
@@ -276,34 +299,32 @@ def test_without_nnunetv2_the_nnunet_predictor_is_exit_2_naming_the_extra(
         ["suggest", "--mode", "inference", "--arch", TINY, "--patch", "16", "16", "16", "--max-image-shape", "32",
          "32", "32", "--gpu-mem", "8GiB"],
     ):  # fmt: skip
-        result = CliRunner().invoke(cli, [*command, "--predictor", "nnunet", "--device", "trace"])
-        assert result.exit_code == 2, result.output
-        assert "pip install 'memprobe[nnunet]'" in result.output
+        code, _, err = _main([*command, "--predictor", "nnunet", "--device", "trace"], capsys)
+        assert code == 2 and "pip install 'memprobe[nnunet]'" in err, err
+
+
+_PROBE = ["probe", "--mode", "inference", "--arch", TINY, "--patch", "16", "16", "16", "--image-shape", "32", "32",
+          "32", "--device", "trace"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("option", "flag"),
     [(["--checkpointing"], "--checkpointing"), (["--step", "monai"], "--step"), (["--gpus", "2"], "--gpus")],
 )
-def test_training_only_options_are_refused_with_inference_mode(option: list[str], flag: str) -> None:
-    result = CliRunner().invoke(
-        cli, ["probe", "--mode", "inference", "--arch", TINY, "--patch", "16", "16", "16", "--image-shape", "32",
-              "32", "32", "--device", "trace", *option],
-    )  # fmt: skip
-    assert result.exit_code == 2 and f"{flag} is a training option" in result.output
+def test_training_only_options_are_refused_with_inference_mode(
+    option: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _main([*_PROBE, *option], capsys)
+    assert code == 2 and f"{flag} is a training option" in err
 
 
-def test_nnunet_only_options_need_the_nnunet_predictor() -> None:
-    result = CliRunner().invoke(
-        cli, ["probe", "--mode", "inference", "--arch", TINY, "--patch", "16", "16", "16", "--image-shape", "32",
-              "32", "32", "--device", "trace", "--mirror-axes", "012"],
-    )  # fmt: skip
-    assert result.exit_code == 2 and "--predictor nnunet" in result.output
-    result = CliRunner().invoke(
-        cli, ["probe", "--mode", "inference", "--predictor", "nnunet", "--arch", TINY, "--patch", "16", "16", "16",
-              "--image-shape", "32", "32", "32", "--device", "trace", "--sw-batch-size", "2"],
-    )  # fmt: skip
-    assert result.exit_code == 2 and "one window at a time" in result.output
+def test_nnunet_only_options_need_the_nnunet_predictor(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _main([*_PROBE, "--mirror-axes", "012"], capsys)
+    assert code == 2 and "--predictor nnunet" in err
+    code, _, err = _main([*_PROBE, "--predictor", "nnunet", "--sw-batch-size", "2"], capsys)
+    assert code == 2 and "one window at a time" in err
+    code, _, err = _main([*_PROBE, "--predictor", "nnunet", "--precision", "bf16-mixed"], capsys)
+    assert code == 2 and "fp16" in err
 
 
 def test_buffer_steps_adds_its_slabs_to_the_gpu_and_is_passed_through() -> None:
@@ -319,6 +340,7 @@ def test_buffer_steps_adds_its_slabs_to_the_gpu_and_is_passed_through() -> None:
     assert runner.measure(config(2)).to_dict()["buffer_steps"] == 2
 
 
+@needs_nnunet
 def test_db_merge_carries_the_settings_column(tmp_path: Path) -> None:
     """A database with nnU-Net rows merged with one without the column: both kinds kept, apart."""
     from memprobe.db import Database

@@ -1,4 +1,9 @@
-"""Run MONAI's ``sliding_window_inference`` over a whole image and measure its GPU memory.
+"""Run MONAI's ``sliding_window_inference`` (or nnU-Net's predictor) over a whole image and measure its GPU memory.
+
+nnU-Net's predictor (``--predictor nnunet``) runs its reproduction in ``nnunet_predictor.py``
+the same way: its results device (``perform_everything_on_device``) is the stitch device, the
+input is made at the padded shape (nnU-Net pads on the host), and the division and infinity
+check after the last window are a segment of their own (``finish``).
 
 The network is built in eval mode and called by MONAI's own function under
 ``torch.inference_mode()`` (and CUDA's autocast lists for bf16/fp16), so the window loop,
