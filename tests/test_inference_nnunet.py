@@ -356,3 +356,20 @@ def test_db_merge_carries_the_settings_column(tmp_path: Path) -> None:
     merge_databases([tmp_path / "monai.sqlite", tmp_path / "nnunet.sqlite"], tmp_path / "out.sqlite")
     with Database.open(tmp_path / "out.sqlite") as db:
         assert {m.config for m in inference_measurements(db)} == {monai, nnunet}
+
+
+@needs_nnunet
+def test_settings_round_trip_on_postgresql(postgres_url: str) -> None:
+    """The settings column is added and read the same way on a PostgreSQL server."""
+    from memprobe.db import Database
+    from memprobe.inference.store import add_inference_measurement, find_inference_measurement
+
+    runner = InferenceRunner("trace")
+    monai = make_inference_config(TINY, (16, 16, 16), (32, 32, 32), 1, overlap=0.0, out_channels=3)
+    nnunet = _nnunet(mirror_axes=(), overlap=0.0, image=(32, 32, 32))
+    with Database.open(postgres_url) as db:
+        add_inference_measurement(db, runner.measure(monai))
+        assert find_inference_measurement(db, nnunet, runner.environment()) is None
+        add_inference_measurement(db, runner.measure(nnunet))
+        for config in (monai, nnunet):
+            assert find_inference_measurement(db, config, runner.environment()).config == config  # type: ignore[union-attr]
