@@ -164,6 +164,11 @@ def _copy(source: Database, target: Database, copied: dict[str, int], duplicates
                 skipped += 1
                 continue
             usable.append(row)
+        columns = usable[0].keys() if usable else []  # sqlite3.Row's `in` looks at values, not names
+        if table.startswith("inference_") and "settings_json" in columns:
+            from memprobe.inference.store import ensure_settings_column
+
+            ensure_settings_column(target)  # the inference store adds it when a row first needs it
         new, known = _insert_new(target, table, usable, environments)
         copied[table] = copied.get(table, 0) + new
         duplicates[table] = duplicates.get(table, 0) + known

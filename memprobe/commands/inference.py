@@ -19,13 +19,68 @@ from memprobe.units import format_bytes
 
 F = Callable[..., Any]
 
+
+class MirrorAxes(click.ParamType):
+    """nnU-Net's mirroring axes: ``012``, ``0,1,2``, ``12``, or ``none``."""
+
+    name = "axes"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip().lower().replace(",", "").replace(" ", "")
+        if text in ("none", "off"):
+            return ()
+        if not text or any(axis not in "012" for axis in text) or len(set(text)) != len(text):
+            self.fail(f"{value!r}: give distinct axes 0, 1, 2 (e.g. 012 or 1,2), or none", param, ctx)
+        return tuple(sorted(int(axis) for axis in text))
+
+
+# Options of the training commands that mean nothing to an inference: refused with --mode
+# inference wherever a command has them, beside the ones each command names.
+_TRAINING_ONLY = (
+    "training_step",
+    "checkpointing",
+    "gpus",
+    "strategy",
+    "bucket_cap_mb",
+    "gradient_as_bucket_view",
+    "show_options",
+    "nnunet_fingerprint",
+    "min_patch",
+    "divisor",
+    "no_search",
+)
+
 _INFERENCE_OPTIONS = (
     click.option(
         "--mode",
         type=click.Choice(["training", "inference"]),
         default="training",
         show_default=True,
-        help="training: one training step; inference: MONAI sliding_window_inference over a whole image.",
+        help="training: one training step; inference: a sliding-window prediction over a whole image.",
+    ),
+    click.option(
+        "--predictor",
+        type=click.Choice(["monai", "nnunet"]),
+        default="monai",
+        show_default=True,
+        help="Inference: MONAI's sliding_window_inference, or nnU-Net v2's nnUNetPredictor "
+        "(one window at a time, fp16 autocast, --overlap is 1 - tile_step_size; needs nnunetv2).",
+    ),
+    click.option(
+        "--mirror-axes",
+        type=MirrorAxes(),
+        default=None,
+        help="Inference, nnU-Net: mirroring axes of its test-time augmentation (default 012; none: off).",
+    ),
+    click.option(
+        "--buffer-steps",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Inference, MONAI: sliding_window_inference's buffer_steps (buffer_dim -1); probe only.",
     ),
     click.option(
         "--image-shape",
@@ -69,7 +124,17 @@ _SUGGEST_OPTIONS = (
         help="Inference: nnU-Net dataset_fingerprint.json; its largest image is planned for.",
     ),
 )
-_NAMES = ("mode", "image_shape", "sw_batch_size", "overlap", "blend", "stitch")
+_NAMES = (
+    "mode",
+    "predictor",
+    "mirror_axes",
+    "buffer_steps",
+    "image_shape",
+    "sw_batch_size",
+    "overlap",
+    "blend",
+    "stitch",
+)
 _SUGGEST_NAMES = ("max_image_shape", "fingerprint")
 
 
@@ -80,9 +145,10 @@ def _given(context: click.Context, name: str) -> bool:
 def _refuse(context: click.Context, names: tuple[str, ...], why: str) -> None:
     from memprobe.errors import InvalidInputError
 
+    flags = {param.name: param.opts[0] for param in context.command.params}
     for name in names:
         if _given(context, name):
-            raise InvalidInputError(f"--{name.replace('_', '-')} {why}")
+            raise InvalidInputError(f"{flags.get(name, '--' + name.replace('_', '-'))} {why}")
 
 
 def inference_mode(view: F, training_only: tuple[str, ...], suggest: bool = False) -> Callable[[F], F]:
@@ -97,7 +163,8 @@ def inference_mode(view: F, training_only: tuple[str, ...], suggest: bool = Fals
             mode = kwargs.pop("mode")
             inference = {name: kwargs.pop(name) for name in names if name != "mode"}
             if mode == "inference":
-                _refuse(context, training_only, "is a training option: drop it with --mode inference")
+                also = tuple(name for name in _TRAINING_ONLY if name in kwargs and name not in training_only)
+                _refuse(context, training_only + also, "is a training option: drop it with --mode inference")
                 return view(**kwargs, **inference)
             _refuse(context, tuple(n for n in names if n != "mode"), "needs --mode inference")
             return command(**kwargs)
@@ -126,18 +193,41 @@ def _base(arch: str, patch: Any, image_shape: Any, sw_batch_size: Any, options: 
         patch,
         image_shape,
         sw_batch_size,
-        overlap=options["overlap"],
-        blend=options["blend"],
-        precision=options["precision"],
         in_channels=options["in_channels"],
         out_channels=options["out_channels"],
         stitch=options.get("stitch") or "gpu",
+        buffer_steps=options.get("buffer_steps"),
+        **predictor_options(options),
     )
+
+
+def predictor_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The predictor's settings, with nnU-Net's defaults where its options were left out.
+
+    nnU-Net's predictor: tile_step_size 0.5 (--overlap 0.5), gaussian weighting, mirroring on
+    all axes, fp16 autocast; MONAI's: the options as given. nnunetv2 must be installed.
+    """
+    predictor = options.get("predictor") or "monai"
+    chosen = {
+        "predictor": predictor,
+        "overlap": options["overlap"],
+        "blend": options["blend"],
+        "precision": options["precision"],
+        "mirror_axes": options.get("mirror_axes"),
+    }
+    if predictor == "nnunet":
+        from memprobe.inference.config import require_nnunet
+
+        require_nnunet()
+        context = click.get_current_context()
+        nnunet_defaults = {"overlap": "0.5", "blend": "gaussian", "precision": "fp16-mixed"}
+        chosen |= {name: value for name, value in nnunet_defaults.items() if not _given(context, name)}
+    return chosen
 
 
 COUNTED = {
     "gpu": "the network, importance map, window batches and activations, the input image, the whole-image "
-    "output and the count map",
+    "output and the count map (nnU-Net: predicted_logits and n_predictions, in half precision)",
     "cpu": "the network, importance map, window batches and activations (the input image, output and count map "
     "are on the CPU)",
 }
@@ -181,7 +271,14 @@ def probe_view(
 
 
 def calibrate_view(
-    *, arch: str, device: str | None, precision: str, db_path: str | None, as_json: bool, **_: Any
+    *,
+    arch: str,
+    device: str | None,
+    precision: str,
+    predictor: str,
+    db_path: str | None,
+    as_json: bool,
+    **_: Any,
 ) -> None:
     """``memprobe calibrate --mode inference``."""
     from memprobe.archs.registry import resolve_arch
@@ -193,11 +290,14 @@ def calibrate_view(
 
     _refuse(
         click.get_current_context(),
-        ("image_shape", "sw_batch_size", "overlap", "blend", "stitch"),
-        "is not for calibrate: it measures its own windows, images and batches",
+        ("image_shape", "sw_batch_size", "overlap", "blend", "stitch", "mirror_axes", "buffer_steps"),
+        "is not for calibrate: it measures its own windows, images, batches and mirroring",
     )
     spec = resolve_arch(arch)
-    base = make_inference_config(arch, (2 * spec.divisor,) * 3, (4 * spec.divisor,) * 3, precision=precision)
+    chosen = predictor_options(
+        {"predictor": predictor, "overlap": 0.0, "blend": "constant", "precision": precision}
+    )
+    base = make_inference_config(arch, (2 * spec.divisor,) * 3, (4 * spec.divisor,) * 3, **chosen)
     runner = InferenceRunner(device)
     with Database.open(db_path) as database:
         with click.progressbar(
@@ -281,6 +381,9 @@ def suggest_view(
     blend: str,
     stitch: str | None,
     sw_batch_size: str,
+    predictor: str,
+    mirror_axes: tuple[int, ...] | None,
+    buffer_steps: int | None,
     **_: Any,
 ) -> None:
     """``memprobe suggest --mode inference``."""
@@ -291,6 +394,19 @@ def suggest_view(
 
     if click.get_current_context().get_parameter_source("sw_batch_size") is not ParameterSource.DEFAULT:
         raise InvalidInputError("--sw-batch-size is what suggest plans: drop it")
+    if buffer_steps is not None:
+        raise InvalidInputError(
+            "--buffer-steps is not planned (the formula has no term for MONAI's buffer): measure it with probe"
+        )
+    chosen = predictor_options(
+        {
+            "predictor": predictor,
+            "overlap": overlap,
+            "blend": blend,
+            "precision": precision,
+            "mirror_axes": mirror_axes,
+        }
+    )
     shapes = [s for s in (_shape(image_shape), _shape(max_image_shape)) if s]
     if fingerprint:
         shapes.append(tuple(map(str, largest_image_shape(fingerprint))))
@@ -306,21 +422,20 @@ def suggest_view(
         patch,
         shapes[0],
         budget_bytes,
-        precision,
         in_channels=in_channels,
         out_channels=out_channels,
-        overlap=overlap,
-        blend=blend,
         stitch=stitch,
         safety=safety,
         db=db_path,
         device=device,
+        **chosen,
     )
     emit(_plan_report(plan, budget_note(budget_bytes, gpu, gpu_mem)), as_json, "yaml" if as_yaml else None)
 
 
 def _plan_report(plan: Any, budget_text: str) -> Report:
     from memprobe.commands.plan_output import calibration_data, calibration_text, need_rows
+    from memprobe.inference.config import StitchDevice
 
     c = plan.config
     row = {
@@ -352,11 +467,17 @@ def _plan_report(plan: Any, budget_text: str) -> Report:
         "reasons": list(plan.reasons),
         "warnings": list(plan.warnings),
         "calibration": calibration_data(plan.calibration),
-        "sliding_window_inference": plan.sliding_window_kwargs(),
+        "predictor": c.predictor.value,
+        "sliding_window_inference": None if c.nnunet else plan.sliding_window_kwargs(),
         "nnunet_predictor": plan.nnunet_predictor_kwargs(),
     }
+    if c.nnunet:
+        data["nnunet_allowed_mirroring_axes"] = list(c.mirror_axes)
     notes = [*plan.reasons, *(f"warning: {w}" for w in plan.warnings), budget_text]
     title = (
         f"What sw_batch_size {c.sw_batch_size} of {c.arch}, stitching on the {c.stitch.value.upper()}, needs"
+        if not c.nnunet
+        else f"What nnU-Net's predictor with {c.arch}, perform_everything_on_device="
+        f"{c.stitch is StitchDevice.GPU}, needs"
     )
     return Report(data, (("", [row]), (title, need_rows(plan.need, plan.usable_bytes))), tuple(notes))

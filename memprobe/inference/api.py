@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from memprobe.archs.registry import resolve_arch
 from memprobe.errors import InvalidInputError, NoCalibrationError
 from memprobe.inference.calibration import InferenceCalibration
-from memprobe.inference.config import InferenceConfig, StitchDevice, make_inference_config
+from memprobe.inference.config import InferenceConfig, Predictor, StitchDevice, make_inference_config
 from memprobe.inference.plan import InferencePlan, plan_inference
 from memprobe.units import parse_bytes
 
@@ -32,9 +32,13 @@ def inference_calibrations(db: str | Path | None = None) -> list[InferenceCalibr
 
 
 def choose_inference_calibration(
-    arch: str, precision: str, db: str | Path | None = None, device: str | None = None
+    arch: str,
+    precision: str,
+    db: str | Path | None = None,
+    device: str | None = None,
+    predictor: Predictor = Predictor.MONAI,
 ) -> InferenceCalibration:
-    """The inference calibration of ``arch`` at ``precision`` for ``device`` (default: the detected GPU, else trace).
+    """The inference calibration of ``arch``'s ``predictor`` at ``precision`` for ``device`` (default: the detected GPU, else trace).
 
     A GPU without its own calibration is answered by the trace one, with a warning.
 
@@ -44,21 +48,30 @@ def choose_inference_calibration(
     from memprobe.api import resolve_device
 
     wanted, fallback = resolve_device(device)
-    matching = [c for c in inference_calibrations(db) if c.arch == arch and c.precision == precision]
+    matching = [
+        c
+        for c in inference_calibrations(db)
+        if c.arch == arch and c.precision == precision and c.predictor is predictor
+    ]
     for name in (wanted, fallback):
         found = [c for c in matching if c.device == name]
         if found:
             if name != wanted:
                 warnings.warn(
                     f"no inference calibration of {arch} for {wanted}; using the {name} one: run "
-                    f"`memprobe calibrate --mode inference --arch {arch} --device cuda` on that GPU",
+                    f"`memprobe calibrate --mode inference --arch {arch}{_flag(predictor)} --device cuda` on that GPU",
                     stacklevel=3,
                 )
             return found[0]
     raise NoCalibrationError(
-        f"no inference calibration of {arch} ({precision}) for {wanted}: run `memprobe calibrate --mode "
-        f"inference --arch {arch} --precision {precision} --device {'trace' if wanted in ('trace', 'cpu') else 'cuda'}`"
+        f"no inference calibration of {arch}{_flag(predictor)} ({precision}) for {wanted}: run `memprobe calibrate "
+        f"--mode inference --arch {arch}{_flag(predictor)} --precision {precision} "
+        f"--device {'trace' if wanted in ('trace', 'cpu') else 'cuda'}`"
     )
+
+
+def _flag(predictor: Predictor) -> str:
+    return " --predictor nnunet" if predictor is Predictor.NNUNET else ""
 
 
 def largest_image_shape(fingerprint: str | Path) -> tuple[int, int, int]:
@@ -80,18 +93,25 @@ def max_sw_batch_size(
     roi: Sequence[Any],
     image_shape: Sequence[Any],
     gpu_mem: str | int | float,
-    precision: str = "fp32",
+    precision: str | None = None,
     *,
     in_channels: int = 1,
     out_channels: int = 2,
-    overlap: float | str = 0.25,
-    blend: str = "constant",
+    overlap: float | str | None = None,
+    blend: str | None = None,
     stitch: str | None = None,
     safety: float = 1.0,
     db: str | Path | None = None,
     device: str | None = None,
+    predictor: str = "monai",
+    mirror_axes: Sequence[int] | None = None,
 ) -> InferencePlan:
     """The largest ``sw_batch_size`` (and whether stitching fits on the GPU) for the largest image.
+
+    With ``predictor="nnunet"`` (nnU-Net's defaults: ``overlap=0.5``, ``blend="gaussian"``,
+    ``precision="fp16-mixed"``, ``mirror_axes`` 0, 1, 2 when None) one window at a time, and
+    whether ``perform_everything_on_device`` fits; ``plan.nnunet_predictor_kwargs()`` are the
+    arguments of ``nnUNetPredictor``.
 
     Args:
         roi: the window (``roi_size``), three sizes the network's divisor divides.
@@ -104,18 +124,25 @@ def max_sw_batch_size(
     """
     from memprobe.api import target_gpu
 
+    nnunet = predictor == Predictor.NNUNET.value
     base = make_inference_config(
         arch,
         roi,
         image_shape,
         1,
-        overlap=overlap,
-        blend=blend,
-        precision=precision,
+        overlap=(0.5 if nnunet else 0.25) if overlap is None else overlap,
+        blend=blend or ("gaussian" if nnunet else "constant"),
+        precision=precision or ("fp16-mixed" if nnunet else "fp32"),
         in_channels=in_channels,
         out_channels=out_channels,
+        predictor=predictor,
+        mirror_axes=mirror_axes,
     )
-    calibration = choose_inference_calibration(base.arch, base.precision.value, db, device)
+    if base.nnunet:
+        from memprobe.inference.config import require_nnunet
+
+        require_nnunet()
+    calibration = choose_inference_calibration(base.arch, base.precision.value, db, device, base.predictor)
     return plan_inference(
         calibration,
         resolve_arch(base.arch),
@@ -135,15 +162,34 @@ def probe_inference(config: InferenceConfig, device: str | None = None) -> Infer
 
 
 def calibrate_inference(
-    arch: str, precision: str = "fp32", *, device: str | None = None, db: str | Path | None = None
+    arch: str,
+    precision: str | None = None,
+    *,
+    device: str | None = None,
+    db: str | Path | None = None,
+    predictor: str = "monai",
 ) -> InferenceCalibrationReport:
-    """Measure ``arch``'s inference across windows, batches, images and classes; fit and store it in ``db``."""
+    """Measure ``arch``'s inference across windows, batches, images and classes; fit and store it in ``db``.
+
+    ``precision`` defaults to fp32 for MONAI and fp16-mixed (its autocast) for nnU-Net's predictor.
+    """
     from memprobe.db import Database
     from memprobe.inference.calibration_run import calibrate_inference as run_calibration
     from memprobe.inference.run import InferenceRunner
 
     spec = resolve_arch(arch)
-    base = make_inference_config(arch, (2 * spec.divisor,) * 3, (4 * spec.divisor,) * 3, precision=precision)
+    nnunet = predictor == Predictor.NNUNET.value
+    if nnunet:
+        from memprobe.inference.config import require_nnunet
+
+        require_nnunet()
+    base = make_inference_config(
+        arch,
+        (2 * spec.divisor,) * 3,
+        (4 * spec.divisor,) * 3,
+        precision=precision or ("fp16-mixed" if nnunet else "fp32"),
+        predictor=predictor,
+    )
     runner = InferenceRunner(device)
     with Database.open(db) as database:
         return run_calibration(runner, base, database)

@@ -8,7 +8,7 @@ from typing import Any
 from memprobe.archs.registry import ArchSpec
 from memprobe.calibrated_formula import Calibration, FitQuality
 from memprobe.formula import evaluate, evaluate_reserved, predict_parameter_count
-from memprobe.inference.config import InferenceConfig
+from memprobe.inference.config import InferenceConfig, Predictor
 from memprobe.inference.formula import inference_term_values
 
 INFERENCE = "inference"  # what an inference calibration has in place of a training optimizer
@@ -20,8 +20,13 @@ class InferenceCalibration(Calibration):
 
     A Calibration with ``optimizer`` set to ``inference`` and no deep supervision, so a plan's
     overheads and margin (``memprobe.overheads``) are charged exactly as for training; predict
-    with the ``inference_*`` methods, never the training ones.
+    with the ``inference_*`` methods, never the training ones. ``step`` names the predictor
+    measured (``monai`` or ``nnunet``: their aggregation differs), read as ``predictor``.
     """
+
+    @property
+    def predictor(self) -> Predictor:
+        return Predictor.NNUNET if self.step == Predictor.NNUNET.value else Predictor.MONAI
 
     def _inference_terms(self, spec: ArchSpec, config: InferenceConfig) -> dict[str, float]:
         parameters = predict_parameter_count(

@@ -22,7 +22,7 @@ from memprobe.fit import (
     has_reserved,
 )
 from memprobe.inference.calibration import INFERENCE, InferenceCalibration
-from memprobe.inference.config import InferenceConfig, StitchDevice
+from memprobe.inference.config import BlendMode, InferenceConfig, StitchDevice
 from memprobe.inference.formula import inference_terms
 from memprobe.inference.measurement import InferenceMeasurement
 from memprobe.inference.run import InferenceRunner
@@ -118,6 +118,65 @@ def inference_design_points(base: InferenceConfig, spec: ArchSpec) -> InferenceD
     return InferenceDesign(fit, heldout)
 
 
+def nnunet_design_points(base: InferenceConfig, spec: ArchSpec) -> InferenceDesign:
+    """nnU-Net's predictor: one window at a time over images of 8 to 16 windows (more than its
+    queue of windows holds), with and without mirroring and gaussian weighting, up to 16 classes,
+    results on the GPU and on the CPU. A mirrored pass costs the same whatever the axis, so
+    the fit mirrors along one or two axes (fewer passes to trace); held out, chosen before any
+    result was seen: all three axes on an anisotropic window at tile step 0.75, a long image with 8 classes,
+    a 3-unit window on the CPU at tile step 0.5 with 2 input channels, and 12 classes mirrored
+    on all axes.
+    """
+    u = 2 * patch_unit(spec)
+    cube = lambda k: (u * k,) * 3
+
+    def point(
+        roi: int,
+        image: tuple[int, int, int],
+        stitch: StitchDevice,
+        c_in: int = 1,
+        c_out: int = 2,
+        mirror: tuple[int, ...] = (),
+        blend: BlendMode = BlendMode.GAUSSIAN,
+        overlap: float = 0.0,
+        roi_shape: tuple[int, int, int] | None = None,
+    ) -> InferenceConfig:
+        return replace(
+            base,
+            roi=roi_shape or cube(roi),
+            image_shape=(u * image[0], u * image[1], u * image[2]),
+            sw_batch_size=1,
+            stitch=stitch,
+            in_channels=c_in,
+            out_channels=c_out,
+            mirror_axes=mirror,
+            blend=blend,
+            overlap=overlap,
+        )
+
+    fit = (
+        point(2, (4, 4, 4), GPU),
+        point(2, (4, 4, 6), GPU, c_out=3, mirror=(2,)),
+        point(3, (6, 6, 6), GPU),
+        point(2, (4, 4, 4), GPU, c_out=16, mirror=(2,)),
+        point(2, (4, 4, 4), GPU, c_in=3),
+        point(2, (6, 4, 4), GPU, c_in=2, c_out=6, mirror=(2,), blend=BlendMode.CONSTANT),
+        point(3, (6, 9, 6), GPU, c_out=5, mirror=(1, 2)),
+        point(2, (8, 6, 6), GPU, c_out=16),
+        point(2, (4, 4, 4), CPU),
+        point(3, (6, 6, 6), CPU, c_out=8, mirror=(2,)),
+        point(2, (4, 6, 4), CPU, c_in=3, c_out=4),
+        point(2, (4, 4, 8), CPU, c_out=12, mirror=(2,), blend=BlendMode.CONSTANT),
+    )
+    heldout = (
+        point(0, (5, 7, 9), GPU, c_out=3, mirror=(0, 1, 2), overlap=0.25, roi_shape=(2 * u, 3 * u, 3 * u)),
+        point(2, (10, 6, 6), GPU, c_out=8),
+        point(3, (7, 7, 7), CPU, c_in=2, c_out=4, mirror=(0,), overlap=0.5),
+        point(2, (5, 5, 5), GPU, c_out=12, mirror=(0, 1, 2)),
+    )
+    return InferenceDesign(fit, heldout)
+
+
 @dataclass(frozen=True)
 class InferenceCalibrationReport:
     calibration: InferenceCalibration
@@ -158,7 +217,7 @@ def fit_inference_calibration(
         raise InvalidInputError(
             f"only {len(usable)} of {len(fitted)} inference points of {spec.name} ran: calibrate on a larger GPU"
         )
-    model = inference_terms(spec)
+    model = inference_terms(spec, base.predictor)
     parameters = fit_parameter_model(spec, usable)
     coefficients = fit_phase_coefficients(spec, usable, model=model)
     reserved = reserved_quality = None
@@ -183,6 +242,7 @@ def fit_inference_calibration(
         reserved_quality=reserved_quality,
         fit_range=inference_range(usable),
         context_bytes=contexts[len(contexts) // 2] if contexts else None,
+        step=base.predictor.value,
     )
 
 
@@ -221,7 +281,7 @@ def calibrate_inference(
             on_measurement(stored, reused)
         return stored
 
-    design = inference_design_points(base, spec)
+    design = (nnunet_design_points if base.nnunet else inference_design_points)(base, spec)
     fitted = [measure(config) for config in design.fit]
     heldout = [measure(config) for config in design.heldout]
     calibration = fit_inference_calibration(

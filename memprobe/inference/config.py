@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -21,6 +22,17 @@ class BlendMode(StrEnum):
 
     CONSTANT = "constant"
     GAUSSIAN = "gaussian"
+
+
+class Predictor(StrEnum):
+    """Whose sliding-window loop runs the network over the image."""
+
+    MONAI = "monai"  # monai.inferers.sliding_window_inference
+    NNUNET = "nnunet"  # nnunetv2's nnUNetPredictor.predict_sliding_window_return_logits
+
+
+NNUNET_INSTALL = "pip install 'memprobe[nnunet]'"
+NNUNET_AXES = (0, 1, 2)  # nnU-Net's allowed mirroring axes of a 3D model, its default test-time augmentation
 
 
 class StitchDevice(StrEnum):
@@ -44,6 +56,18 @@ class InferenceConfig:
     in_channels: int = 1
     out_channels: int = 2
     stitch: StitchDevice = StitchDevice.GPU
+    predictor: Predictor = Predictor.MONAI
+    mirror_axes: tuple[int, ...] = ()  # nnU-Net's mirroring: each window predicted 2^len times
+    buffer_steps: int | None = None  # MONAI's buffer_steps (buffer_dim -1)
+
+    @property
+    def nnunet(self) -> bool:
+        return self.predictor is Predictor.NNUNET
+
+    @property
+    def tile_step_size(self) -> float:
+        """nnU-Net's ``tile_step_size``: the step between windows as a share of the window."""
+        return round(1 - self.overlap, 6)
 
     @property
     def patch(self) -> tuple[int, int, int]:
@@ -65,10 +89,9 @@ class InferenceConfig:
         return self.padded_shape != self.image_shape
 
     def windows(self) -> int:
-        """How many windows MONAI's ``dense_patch_slices`` cuts the padded image into."""
-        return math.prod(
-            _windows_along(i, r, self.overlap) for i, r in zip(self.padded_shape, self.roi, strict=True)
-        )
+        """How many windows MONAI's ``dense_patch_slices`` (or nnU-Net's steps) cut the padded image into."""
+        along = _nnunet_windows_along if self.nnunet else _windows_along
+        return math.prod(along(i, r, self.overlap) for i, r in zip(self.padded_shape, self.roi, strict=True))
 
     @property
     def window_batch(self) -> int:
@@ -82,11 +105,12 @@ class InferenceConfig:
         return replace(self, stitch=stitch)
 
     def padding_note(self) -> str | None:
-        """What MONAI does when the window is larger than the image, in words; None when it is not."""
+        """What MONAI (or nnU-Net) does when the window is larger than the image, in words; None when it is not."""
         if not self.padded:
             return None
+        who = "nnU-Net (pad_nd_image)" if self.nnunet else "MONAI"
         return (
-            f"the window {_x(self.roi)} is larger than the image {_x(self.image_shape)}: MONAI pads the "
+            f"the window {_x(self.roi)} is larger than the image {_x(self.image_shape)}: {who} pads the "
             f"image to {_x(self.padded_shape)} (constant 0), infers on that and crops the output back"
         )
 
@@ -99,7 +123,31 @@ class InferenceConfig:
             "mode": self.blend.value,
             "sw_device": compute_device,
             "device": compute_device if self.stitch is StitchDevice.GPU else "cpu",
+            **({"buffer_steps": self.buffer_steps, "buffer_dim": -1} if self.buffer_steps else {}),
         }
+
+    def nnunet_predictor_kwargs(self, compute_device: str = "cuda") -> dict[str, object]:
+        """The arguments to pass to ``nnunetv2``'s ``nnUNetPredictor(...)`` for this configuration.
+
+        Its mirroring axes come from the trained model (``inference_allowed_mirroring_axes``);
+        ``use_mirroring`` False is the same as no axes.
+        """
+        return {
+            "tile_step_size": self.tile_step_size,
+            "use_gaussian": self.blend is BlendMode.GAUSSIAN,
+            "use_mirroring": bool(self.mirror_axes),
+            "perform_everything_on_device": self.stitch is StitchDevice.GPU,
+            "device": compute_device,
+        }
+
+    def settings(self) -> dict[str, object]:
+        """What this configuration sets beyond MONAI's defaults (the predictor, mirroring, buffer_steps)."""
+        settings: dict[str, object] = {}
+        if self.nnunet:
+            settings.update(predictor=self.predictor.value, mirror_axes=list(self.mirror_axes))
+        if self.buffer_steps:
+            settings["buffer_steps"] = self.buffer_steps
+        return settings
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -109,15 +157,20 @@ class InferenceConfig:
             blend=self.blend.value,
             precision=self.precision.value,
             stitch=self.stitch.value,
+            predictor=self.predictor.value,
+            mirror_axes=list(self.mirror_axes),
         )
         return data
 
     def label(self) -> str:
         """Short human-readable form: ``unet roi 96x96x96 image 600x512x512 sw4 fp32 c1->16 stitch gpu``."""
+        extra = f" buffer_steps {self.buffer_steps}" if self.buffer_steps else ""
+        if self.nnunet:
+            extra = f" nnunet mirror {''.join(map(str, self.mirror_axes)) or 'off'}"
         return (
             f"{self.arch} roi {_x(self.roi)} image {_x(self.image_shape)} sw{self.sw_batch_size} "
             f"{self.precision.value} c{self.in_channels}->{self.out_channels} {self.blend.value} "
-            f"stitch {self.stitch.value}"
+            f"stitch {self.stitch.value}{extra}"
         )
 
 
@@ -131,6 +184,14 @@ def _windows_along(image: int, roi: int, overlap: float) -> int:
         return 1
     interval = max(1, int(roi * (1 - overlap)))
     return next(d for d in range(image) if d * interval + roi >= image) + 1
+
+
+def _nnunet_windows_along(image: int, roi: int, overlap: float) -> int:
+    """nnU-Net's ``compute_steps_for_sliding_window`` (nnunetv2 2.8.1) along one axis: the step is
+    at most ``tile_step_size`` windows, the steps spread evenly over the image."""
+    if roi >= image:
+        return 1
+    return math.ceil((image - roi) / (roi * round(1 - overlap, 6))) + 1
 
 
 def validate_image_shape(shape: Sequence[object]) -> tuple[int, int, int]:
@@ -167,10 +228,17 @@ def make_inference_config(
     in_channels: object = 1,
     out_channels: object = 2,
     stitch: str | StitchDevice = StitchDevice.GPU,
+    predictor: str | Predictor = Predictor.MONAI,
+    mirror_axes: Sequence[object] | None = None,
+    buffer_steps: object = None,
 ) -> InferenceConfig:
-    """Validate user input into an InferenceConfig, raising one-line InvalidInputErrors."""
+    """Validate user input into an InferenceConfig, raising one-line InvalidInputErrors.
+
+    With the nnU-Net predictor: one window at a time, fp16 autocast (nnU-Net's on CUDA), and
+    mirroring along ``mirror_axes`` (default nnU-Net's 0, 1, 2; empty: none).
+    """
     spec = resolve_arch(arch)
-    return InferenceConfig(
+    config = InferenceConfig(
         arch=spec.name,
         roi=validate_patch(roi, spec),
         image_shape=validate_image_shape(image_shape),
@@ -181,4 +249,45 @@ def make_inference_config(
         in_channels=_positive_int(in_channels, "in_channels"),
         out_channels=_positive_int(out_channels, "out_channels"),
         stitch=parse_enum(StitchDevice, str(stitch), "stitch device"),
+        predictor=parse_enum(Predictor, str(predictor), "predictor"),
+        buffer_steps=None if buffer_steps is None else _positive_int(buffer_steps, "buffer_steps"),
     )
+    if config.nnunet:
+        check_nnunet_config(config)
+        return replace(config, mirror_axes=_mirror_axes(NNUNET_AXES if mirror_axes is None else mirror_axes))
+    if mirror_axes:
+        raise InvalidInputError(
+            "mirroring is nnU-Net's test-time augmentation: give it with --predictor nnunet"
+        )
+    return config
+
+
+def require_nnunet() -> None:
+    """Ensure nnunetv2 is installed: its predictor's steps and gaussian are nnU-Net's own code."""
+    if importlib.util.find_spec("nnunetv2") is None:
+        raise InvalidInputError(f"--predictor nnunet needs nnU-Net v2: {NNUNET_INSTALL}")
+
+
+def check_nnunet_config(config: InferenceConfig) -> None:
+    """Ensure an nnU-Net predictor configuration is one nnU-Net runs: a window at a time, in fp16 autocast."""
+    if config.sw_batch_size != 1:
+        raise InvalidInputError("nnU-Net's predictor runs one window at a time: drop --sw-batch-size")
+    if config.precision is not Precision.FP16_MIXED:
+        raise InvalidInputError(
+            "nnU-Net's predictor always autocasts to fp16 on CUDA: use --precision fp16-mixed (or leave it out)"
+        )
+    if config.buffer_steps:
+        raise InvalidInputError("buffer_steps is MONAI's: drop it with --predictor nnunet")
+
+
+def _mirror_axes(axes: Sequence[object]) -> tuple[int, ...]:
+    """Ensure mirroring axes are distinct spatial axes 0, 1, 2 (nnU-Net's ``allowed_mirroring_axes``)."""
+    try:
+        parsed = tuple(sorted({int(str(axis)) for axis in axes}))
+    except ValueError:
+        raise InvalidInputError(
+            f"mirror axes are 0, 1 and 2 (depth, height, width), got {list(axes)}"
+        ) from None
+    if any(axis not in NNUNET_AXES for axis in parsed):
+        raise InvalidInputError(f"mirror axes are 0, 1 and 2 (depth, height, width), got {list(axes)}")
+    return parsed

@@ -14,6 +14,14 @@ GPU, and zero when it stitches on the CPU:
   image). Both are in the input's dtype, so one coefficient serves them; kept apart, they are
   collinear wherever in_channels is 1 and the fit splits them arbitrarily.
 
+nnU-Net's predictor (one window at a time) has its own image terms, since its buffers differ
+in dtype: ``image_output`` (``predicted_logits``, half precision, and the boolean of its
+infinity check at the end), ``image_voxels`` (``n_predictions``, half) and ``image_input`` (the
+padded input, in_channels x voxels, float32), each zero when its results are on the CPU; and
+three window terms: ``mirror_input`` and ``mirror_output`` (a flipped window and the running
+sum while each mirrored pass runs; zero without mirroring) and ``held_output`` (the previous
+window's prediction, still bound while the next one runs when the results are on the GPU).
+
 Pure arithmetic: no torch, no numpy.
 """
 
@@ -24,17 +32,18 @@ from typing import TYPE_CHECKING, Any
 
 from memprobe.archs.registry import ArchSpec
 from memprobe.formula import active_terms, term_values
-from memprobe.inference.config import InferenceConfig, StitchDevice
+from memprobe.inference.config import InferenceConfig, Predictor, StitchDevice
 
 if TYPE_CHECKING:
     from memprobe.fit import TermModel
 
 IMAGE_TERMS = ("image_output", "image_voxels")
+NNUNET_TERMS = ("mirror_input", "mirror_output", "held_output", "image_output", "image_voxels", "image_input")
 
 
-def inference_term_names(spec: ArchSpec) -> tuple[str, ...]:
-    """The terms fitted for ``spec``: its active window terms, then the image terms."""
-    return (*active_terms(spec), *IMAGE_TERMS)
+def inference_term_names(spec: ArchSpec, predictor: Predictor = Predictor.MONAI) -> tuple[str, ...]:
+    """The terms fitted for ``spec``: its active window terms, then the predictor's own."""
+    return (*active_terms(spec), *(NNUNET_TERMS if predictor is Predictor.NNUNET else IMAGE_TERMS))
 
 
 def inference_term_values(
@@ -45,6 +54,8 @@ def inference_term_values(
         spec, config.roi, config.window_batch, config.in_channels, config.out_channels, parameter_count
     )
     on_gpu = config.stitch is StitchDevice.GPU
+    if config.nnunet:
+        return {**window, **_nnunet_terms(config, window, on_gpu)}
     if not on_gpu:
         return {**window, "image_output": 0.0, "image_voxels": 0.0}
     voxels = config.image_voxels
@@ -56,7 +67,20 @@ def inference_term_values(
     }
 
 
-def inference_terms(spec: ArchSpec) -> TermModel:
+def _nnunet_terms(config: InferenceConfig, window: dict[str, float], on_gpu: bool) -> dict[str, float]:
+    mirrored = 1.0 if config.mirror_axes else 0.0
+    voxels = config.image_voxels if on_gpu else 0
+    return {
+        "mirror_input": mirrored * window["input_voxels"],
+        "mirror_output": mirrored * window["output_voxels"],
+        "held_output": window["output_voxels"] if on_gpu else 0.0,
+        "image_output": float(voxels * config.out_channels),
+        "image_voxels": float(voxels),
+        "image_input": float(voxels * config.in_channels),
+    }
+
+
+def inference_terms(spec: ArchSpec, predictor: Predictor = Predictor.MONAI) -> TermModel:
     """The inference terms as the fit takes them (``memprobe.fit.TermModel``)."""
     from memprobe.fit import TermModel
     from memprobe.formula import predict_parameter_count
@@ -68,7 +92,7 @@ def inference_terms(spec: ArchSpec) -> TermModel:
         )
 
     return TermModel(
-        inference_term_names(spec),
+        inference_term_names(spec, predictor),
         lambda m: inference_term_values(spec, m.config, float(m.parameter_count or 0)),
         predicted,
     )

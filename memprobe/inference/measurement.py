@@ -59,6 +59,7 @@ class InferenceMeasurement:
             "reserved_source": self.reserved_source,
             "simulated_allocated_bytes": self.simulated_allocated_bytes,
             "context_bytes": self.context_bytes,
-            "sliding_window_inference": self.config.sliding_window_kwargs(),
+            "sliding_window_inference": None if self.config.nnunet else self.config.sliding_window_kwargs(),
+            "nnunet_predictor": self.config.nnunet_predictor_kwargs() if self.config.nnunet else None,
             "environment": self.environment.to_dict(),
         }

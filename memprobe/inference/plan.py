@@ -59,12 +59,8 @@ class InferencePlan:
         return self.config.sliding_window_kwargs()
 
     def nnunet_predictor_kwargs(self) -> dict[str, object]:
-        """The matching nnU-Net ``nnUNetPredictor`` settings (stitching on the GPU = everything on the device)."""
-        return {
-            "tile_step_size": round(1 - self.config.overlap, 4),
-            "use_gaussian": self.config.blend.value == "gaussian",
-            "perform_everything_on_device": self.config.stitch is StitchDevice.GPU,
-        }
+        """The arguments of nnU-Net's ``nnUNetPredictor(...)`` (stitching on the GPU: everything on the device)."""
+        return self.config.nnunet_predictor_kwargs()
 
 
 def plan_inference(
@@ -98,14 +94,7 @@ def plan_inference(
     if stitch is None:
         fits_on_gpu = on_gpu.total_bytes <= usable
         chosen = StitchDevice.GPU if fits_on_gpu else StitchDevice.CPU
-        reasons.append(
-            f"stitching on the GPU: one window at a time needs {format_bytes(on_gpu.total_bytes)} with the "
-            f"whole-image output and count map, within {format_bytes(usable)}"
-            if fits_on_gpu
-            else f"stitching must move to the CPU (sw_device GPU, device CPU): with the output of "
-            f"{base.out_channels} classes x {base.image_voxels} voxels and the count map on the GPU, even one "
-            f"window at a time needs {format_bytes(on_gpu.total_bytes)}, more than {format_bytes(usable)}"
-        )
+        reasons.append((_nnunet_reason if base.nnunet else _monai_reason)(base, on_gpu, usable, fits_on_gpu))
     else:
         chosen = stitch
         reasons.append(f"stitching on the {chosen.value.upper()}, as asked")
@@ -115,14 +104,23 @@ def plan_inference(
         raise NothingFitsError(
             f"nothing fits: one {'x'.join(map(str, base.roi))} window of {base.arch} stitching on the "
             f"{chosen.value.upper()} needs {describe_need(first)}, more than the {format_bytes(usable)} usable: "
-            "choose a smaller roi, bf16-mixed, stitching on the CPU, or a larger GPU"
+            + (
+                "choose a smaller patch, perform_everything_on_device=False, or a larger GPU"
+                if base.nnunet
+                else "choose a smaller roi, bf16-mixed, stitching on the CPU, or a larger GPU"
+            )
         )
-    windows = base.windows()
+    windows = 1 if base.nnunet else base.windows()  # nnU-Net predicts one window at a time
     batch = largest_at_most(lambda b: need(at(b)).total_bytes, usable, 1, windows)
-    reasons.append(
-        f"largest sw_batch_size within {format_bytes(usable)}: {batch}"
-        + (f" (the image has {windows} windows: a larger batch holds no more)" if batch == windows else "")
-    )
+    if not base.nnunet:
+        reasons.append(
+            f"largest sw_batch_size within {format_bytes(usable)}: {batch}"
+            + (
+                f" (the image has {windows} windows: a larger batch holds no more)"
+                if batch == windows
+                else ""
+            )
+        )
     planned = at(batch)
     return InferencePlan(
         planned,
@@ -134,6 +132,36 @@ def plan_inference(
         calibration,
         tuple(r for r in reasons if r),
         tuple(_extrapolation_warnings(calibration, planned)),
+    )
+
+
+def _monai_reason(base: InferenceConfig, on_gpu: MemoryNeed, usable: float, fits: bool) -> str:
+    """Whether MONAI's stitching fits on the GPU, in words."""
+    if fits:
+        return (
+            f"stitching on the GPU: one window at a time needs {format_bytes(on_gpu.total_bytes)} with the "
+            f"whole-image output and count map, within {format_bytes(usable)}"
+        )
+    return (
+        f"stitching must move to the CPU (sw_device GPU, device CPU): with the output of "
+        f"{base.out_channels} classes x {base.image_voxels} voxels and the count map on the GPU, even one "
+        f"window at a time needs {format_bytes(on_gpu.total_bytes)}, more than {format_bytes(usable)}"
+    )
+
+
+def _nnunet_reason(base: InferenceConfig, on_gpu: MemoryNeed, usable: float, fits: bool) -> str:
+    """Whether nnU-Net's ``perform_everything_on_device`` fits, in words."""
+    if fits:
+        return (
+            f"perform_everything_on_device=True fits: with predicted_logits ({base.out_channels} classes x "
+            f"{base.image_voxels} voxels, half precision), n_predictions and the input on the GPU, nnU-Net's "
+            f"predictor needs {format_bytes(on_gpu.total_bytes)}, within {format_bytes(usable)}"
+        )
+    return (
+        f"perform_everything_on_device must be False: with predicted_logits ({base.out_channels} classes x "
+        f"{base.image_voxels} voxels, half precision), n_predictions and the input on the GPU it needs "
+        f"{format_bytes(on_gpu.total_bytes)}, more than {format_bytes(usable)}; left True, nnU-Net would run "
+        "out of memory on the device, then start again with its results on the CPU"
     )
 
 

@@ -1,4 +1,9 @@
-"""Run MONAI's ``sliding_window_inference`` over a whole image and measure its GPU memory.
+"""Run MONAI's ``sliding_window_inference`` (or nnU-Net's predictor) over a whole image and measure its GPU memory.
+
+nnU-Net's predictor (``--predictor nnunet``) runs its reproduction in ``nnunet_predictor.py``
+the same way: its results device (``perform_everything_on_device``) is the stitch device, the
+input is made at the padded shape (nnU-Net pads on the host), and the division and infinity
+check after the last window are a segment of their own (``finish``).
 
 The network is built in eval mode and called by MONAI's own function under
 ``torch.inference_mode()`` (and CUDA's autocast lists for bf16/fp16), so the window loop,
@@ -41,11 +46,12 @@ from memprobe.backends.caching_allocator import replay
 from memprobe.enums import DeviceKind, Precision, parse_enum
 from memprobe.environment import software_environment
 from memprobe.errors import DeviceUnavailableError, MemprobeError, ModelError
-from memprobe.inference.config import InferenceConfig, StitchDevice
+from memprobe.inference.config import BlendMode, InferenceConfig, StitchDevice
 from memprobe.inference.measurement import InferenceMeasurement
 from memprobe.measurement import Environment
 
 FORWARD, STITCH = "forward", "stitch"  # the two segments of an inference the formula fits
+FINISH = "finish"  # nnU-Net's division and infinity check after the last window: its own segment
 SIGMA_SCALE = 0.125  # MONAI's default for gaussian blending
 _HOST = torch.device("meta")  # stands in for the CPU when stitching there: allocates nothing
 
@@ -89,7 +95,12 @@ def build_eval_network(config: InferenceConfig) -> nn.Module:
     return build_model(spec, config.in_channels, config.out_channels, patch=config.roi).eval()
 
 
-def _importance_map(config: InferenceConfig) -> torch.Tensor:
+def _importance_map(config: InferenceConfig) -> torch.Tensor | None:
+    """MONAI's importance map, or nnU-Net's gaussian (None without ``use_gaussian``), made on the CPU."""
+    if config.nnunet:
+        from memprobe.inference.nnunet_predictor import gaussian_map
+
+        return gaussian_map(config.roi, torch.device("cpu")) if config.blend is BlendMode.GAUSSIAN else None
     from monai.data.utils import compute_importance_map
 
     return compute_importance_map(
@@ -109,11 +120,80 @@ def _autocast(precision: Precision, device_type: str) -> Any:
     return CudaAutocastEmulation(dtype)
 
 
+def _image(config: InferenceConfig, device: torch.device | str | None = None) -> torch.Tensor:
+    """The input as each predictor takes it: MONAI's (1, C, D, H, W), nnU-Net's (C, D, H, W) padded on the host."""
+    if config.nnunet:
+        return torch.zeros((config.in_channels, *config.padded_shape), device=device)
+    return torch.zeros((1, config.in_channels, *config.image_shape), device=device)
+
+
 def _sliding_window(
     config: InferenceConfig,
     model: nn.Module,
     image: torch.Tensor,
-    importance: torch.Tensor,
+    importance: torch.Tensor | None,
+    compute: torch.device,
+    on_phase: Any,
+) -> None:
+    """Run the configured predictor's sliding window over ``image``."""
+    if config.nnunet:
+        _nnunet_sliding_window(config, model, image, importance, compute, on_phase)
+    else:
+        _monai_sliding_window(config, model, image, importance, compute, on_phase)
+
+
+def _nnunet_sliding_window(
+    config: InferenceConfig,
+    model: nn.Module,
+    data: torch.Tensor,
+    gaussian: torch.Tensor | None,
+    compute: torch.device,
+    on_phase: Any,
+) -> None:
+    """nnU-Net's sliding window (``nnunet_predictor.py``), with ``data`` and ``gaussian`` on its results device."""
+    from memprobe.inference.nnunet_predictor import predict_sliding_window, sliding_window_slicers
+
+    def network(window: torch.Tensor) -> torch.Tensor:
+        on_phase(FORWARD)
+        output = model(window)
+        on_phase(STITCH)
+        return output  # type: ignore[no-any-return]
+
+    on_gpu = config.stitch is StitchDevice.GPU
+    results = compute if on_gpu else (_HOST if compute.type != "cuda" else torch.device("cpu"))
+    slicers = sliding_window_slicers(config.roi, config.padded_shape, config.tile_step_size)
+    with ExitStack() as stack:
+        stack.enter_context(torch.inference_mode())
+        autocast = _autocast(config.precision, compute.type)
+        if autocast is not None:
+            stack.enter_context(autocast)
+        on_phase(STITCH)
+        predict_sliding_window(
+            network,
+            data.to(results) if compute.type == "cuda" else data,
+            slicers,
+            classes=config.out_channels,
+            gaussian=gaussian,
+            compute=compute,
+            results=results,
+            mirror_axes=config.mirror_axes,
+            check_values=results.type != "meta" and not _is_fake(data),
+            on_finish=lambda: on_phase(FINISH),
+        )
+        on_phase(None)
+
+
+def _is_fake(tensor: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(tensor, FakeTensor)
+
+
+def _monai_sliding_window(
+    config: InferenceConfig,
+    model: nn.Module,
+    image: torch.Tensor,
+    importance: torch.Tensor | None,
     compute: torch.device,
     on_phase: Any,
 ) -> None:
@@ -130,6 +210,9 @@ def _sliding_window(
         on_phase(STITCH)
         return output  # type: ignore[no-any-return]
 
+    buffer: dict[str, Any] = (
+        {"buffer_steps": config.buffer_steps, "buffer_dim": -1} if config.buffer_steps else {}
+    )
     host = compute if config.stitch is StitchDevice.GPU else (_HOST if compute.type != "cuda" else "cpu")
     with ExitStack() as stack:
         stack.enter_context(torch.inference_mode())
@@ -147,6 +230,7 @@ def _sliding_window(
             sw_device=compute,
             device=host,
             roi_weight_map=importance,
+            **buffer,
         )
         on_phase(None)
 
@@ -217,11 +301,14 @@ class InferenceRunner:
                 fake_mode = FakeTensorMode()
                 with FakeCopyMode(fake_mode):
                     model = copy.deepcopy(model)
-                importance = fake_mode.from_tensor(importance)
+                importance = None if importance is None else fake_mode.from_tensor(importance)
                 stack.enter_context(fake_mode)
-            image = torch.zeros((1, config.in_channels, *config.image_shape))
+            if config.nnunet and config.stitch is StitchDevice.CPU and importance is not None:
+                importance = importance.to(_HOST)  # nnU-Net's gaussian lives on its results device
+            image = _image(config)
             tracker.track_module(model)
-            tracker.track(importance)
+            if importance is not None:
+                tracker.track(importance)
             if config.stitch is StitchDevice.GPU:
                 tracker.track(image)
             else:
@@ -273,9 +360,12 @@ class InferenceRunner:
         runtime.empty_cache()
         model = build_eval_network(config).to(compute)
         parameters = sum(p.numel() for p in model.parameters())
-        importance = _importance_map(config).to(compute)
-        image_device = compute if config.stitch is StitchDevice.GPU else torch.device("cpu")
-        image = torch.zeros((1, config.in_channels, *config.image_shape), device=image_device)
+        importance = _importance_map(config)
+        on_gpu = config.stitch is StitchDevice.GPU
+        if importance is not None:
+            importance = importance.to(compute if on_gpu or not config.nnunet else torch.device("cpu"))
+        # nnU-Net's input comes from the host and is moved inside its sliding window
+        image = _image(config, compute if on_gpu and not config.nnunet else torch.device("cpu"))
         started = time.perf_counter()
         try:
             runtime.reset_peak_memory_stats()

@@ -2,25 +2,66 @@
 
 Each measurement is committed the moment it is taken (an interrupted calibration resumes),
 and one taken by the same measuring code on the same environment is reused.
+
+What a configuration sets beyond MONAI's defaults (the nnU-Net predictor and its mirroring,
+MONAI's ``buffer_steps``: ``InferenceConfig.settings``) is one JSON column of both inference
+tables, ``settings_json``, added here the first time such a row is written (schema 5 does not
+have it; a database without it holds MONAI's default rows only, and reads as such).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from memprobe.calibrated_formula import FitQuality
 from memprobe.db import Database
 from memprobe.enums import Precision
+from memprobe.errors import DatabaseError
 from memprobe.inference.calibration import INFERENCE, InferenceCalibration
-from memprobe.inference.config import BlendMode, InferenceConfig, StitchDevice
+from memprobe.inference.config import BlendMode, InferenceConfig, Predictor, StitchDevice
 from memprobe.inference.measurement import InferenceMeasurement
 from memprobe.measurement import Environment
 
 # Bump when a change to the inference measuring code changes what a measurement would read.
 INFERENCE_CODE_VERSION = 1
+SETTINGS = "settings_json"
+_TABLES = ("inference_measurements", "inference_calibrations")
+
+
+def _has_settings(db: Database) -> bool:
+    """Whether both inference tables have the settings column (a database not created yet has none)."""
+    try:
+        for table in _TABLES:
+            db._rows(f"SELECT {SETTINGS} FROM {table} LIMIT 0")
+    except DatabaseError:
+        return False
+    return db._reader() is not None
+
+
+def ensure_settings_column(db: Database) -> None:
+    """Add the settings column to the inference tables, once per database (``db merge`` too, for rows that have it)."""
+    if _has_settings(db):
+        return
+    with db._write() as connection:
+        for table in _TABLES:
+            try:
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN {SETTINGS} TEXT NOT NULL DEFAULT '{{}}'")
+            except sqlite3.OperationalError as error:  # another writer added it meanwhile
+                if "duplicate column" not in str(error):
+                    raise
+
+
+def _settings_text(settings: dict[str, object]) -> str:
+    return json.dumps(settings, sort_keys=True)
+
+
+def _settings_of(row: sqlite3.Row) -> dict[str, Any]:
+    columns = row.keys()  # sqlite3.Row's `in` looks at values, not names
+    return json.loads(row[SETTINGS]) if SETTINGS in columns else {}
 
 
 def _now() -> str:
@@ -54,11 +95,19 @@ def _config_values(c: InferenceConfig) -> dict[str, object]:
     }
 
 
+def _settings_values(db: Database, config: InferenceConfig) -> dict[str, object]:
+    """The settings column's value, making the column when a row needs it."""
+    if config.settings():
+        ensure_settings_column(db)
+    return {SETTINGS: _settings_text(config.settings())} if _has_settings(db) else {}
+
+
 def add_inference_measurement(db: Database, m: InferenceMeasurement, model_hash: str | None = None) -> int:
     """Store one inference measurement, committed at once."""
     values = {
         "environment_id": db.environment_id(m.environment),
         **_config_values(m.config),
+        **_settings_values(db, m.config),
         "peak_allocated_bytes": m.peak_allocated_bytes,
         "peak_reserved_bytes": m.peak_reserved_bytes,
         "phase_peaks_json": json.dumps(m.phase_peaks_bytes),
@@ -90,6 +139,10 @@ def find_inference_measurement(
     if environment_id is None:
         return None
     values = _config_values(config)
+    if _has_settings(db):
+        values[SETTINGS] = _settings_text(config.settings())
+    elif config.settings():
+        return None
     where = " AND ".join(f"{name} = ?" for name in values)
     rows = db._rows(
         f"SELECT * FROM inference_measurements WHERE environment_id = ? AND {where} AND oom = 0 "
@@ -120,6 +173,7 @@ def _measurement_from_row(row: sqlite3.Row, environment: Environment) -> Inferen
         row["out_channels"],
         StitchDevice(row["stitch"]),
     )
+    config = _with_settings(config, _settings_of(row))
     return InferenceMeasurement(
         config,
         environment,
@@ -137,11 +191,26 @@ def _measurement_from_row(row: sqlite3.Row, environment: Environment) -> Inferen
     )
 
 
+def _with_settings(config: InferenceConfig, settings: dict[str, Any]) -> InferenceConfig:
+    return replace(
+        config,
+        predictor=Predictor(settings.get("predictor", Predictor.MONAI.value)),
+        mirror_axes=tuple(int(axis) for axis in settings.get("mirror_axes", ())),
+        buffer_steps=settings.get("buffer_steps"),
+    )
+
+
 def add_inference_calibration(
     db: Database, calibration: InferenceCalibration, environment: Environment | None = None
 ) -> int:
-    """Store an inference calibration; the newest per (arch, device, precision) answers plans."""
-    values = {
+    """Store an inference calibration; the newest per (arch, device, precision, predictor) answers plans."""
+    settings: dict[str, object] = {}
+    if calibration.predictor is Predictor.NNUNET:
+        settings["predictor"] = calibration.predictor.value
+    if settings:
+        ensure_settings_column(db)
+    values: dict[str, object] = {SETTINGS: _settings_text(settings)} if _has_settings(db) else {}
+    values |= {
         "arch": calibration.arch,
         "device": calibration.device,
         "precision": calibration.precision,
@@ -166,10 +235,11 @@ def add_inference_calibration(
 
 
 def inference_calibrations(db: Database) -> list[InferenceCalibration]:
-    """The newest inference calibration for each (arch, device, precision)."""
+    """The newest inference calibration for each (arch, device, precision, predictor)."""
+    settings = f", {SETTINGS}" if _has_settings(db) else ""
     rows = db._rows(
         "SELECT * FROM inference_calibrations WHERE id IN (SELECT MAX(id) FROM inference_calibrations "
-        "GROUP BY arch, device, precision) ORDER BY arch, device, precision"
+        f"GROUP BY arch, device, precision{settings}) ORDER BY arch, device, precision{settings}"
     )
     return [_calibration_from_row(db, row) for row in rows]
 
@@ -193,4 +263,5 @@ def _calibration_from_row(db: Database, row: sqlite3.Row) -> InferenceCalibratio
         reserved_quality=FitQuality(**reserved_quality) if reserved_quality else None,
         fit_range=_loads(row["fit_range_json"]),
         context_bytes=row["context_bytes"],
+        step=_settings_of(row).get("predictor", Predictor.MONAI.value),
     )
