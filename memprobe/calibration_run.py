@@ -106,12 +106,25 @@ class LimitSearch:
 
 @dataclass(frozen=True)
 class CalibrationReport:
+    """What a calibration run measured, fitted and found; ``stored_in`` names its database."""
+
     calibration: Calibration
     fitted: tuple[Measurement, ...]
     heldout: tuple[Measurement, ...]
     searches: tuple[LimitSearch, ...] = field(default=())
     measured: int = 0
     reused: int = 0
+    budget_bytes: int | None = None
+    stored_in: str | None = None
+
+    def __repr__(self) -> str:
+        quality = self.calibration.quality
+        return (
+            f"CalibrationReport({self.calibration.arch} {self.calibration.precision} on "
+            f"{self.calibration.device}: {len(self.fitted)} fitted, {len(self.heldout)} held out, "
+            f"median error {100 * quality.median_relative_error:.2f}%, {len(self.searches)} searches, "
+            f"{self.measured} measured, {self.reused} reused)"
+        )
 
 
 def fit_calibration(
@@ -258,6 +271,7 @@ def calibrate(
         tuple(searches),
         measured=len(log.taken),
         reused=log.reused,
+        budget_bytes=budget_bytes,
     )
 
 

@@ -156,7 +156,7 @@ def _cases() -> list[Any]:
 
 @pytest.fixture(autouse=True)
 def _no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("memprobe.backends.base.cuda_available", lambda: False)
+    monkeypatch.setattr("memprobe.backends.cuda_available", lambda: False)
 
 
 @pytest.fixture

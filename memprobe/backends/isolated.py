@@ -156,7 +156,7 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 def run_child() -> int:
     """Measure the configuration read from stdin and print the measurement as JSON."""
-    from memprobe.backends.base import get_backend
+    from memprobe.backends import get_backend
     from memprobe.enums import OptimizerName, Precision
 
     # Ctrl-C reaches the whole process group: the parent stops, and ends this process itself,

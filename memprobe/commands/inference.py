@@ -186,6 +186,7 @@ def calibrate_view(
     """``memprobe calibrate --mode inference``."""
     from memprobe.archs.registry import resolve_arch
     from memprobe.commands.options import emit
+    from memprobe.commands.progress import Progress
     from memprobe.db import Database
     from memprobe.inference.calibration_run import calibrate_inference
     from memprobe.inference.config import make_inference_config
@@ -200,18 +201,13 @@ def calibrate_view(
     base = make_inference_config(arch, (2 * spec.divisor,) * 3, (4 * spec.divisor,) * 3, precision=precision)
     runner = InferenceRunner(device)
     with Database.open(db_path) as database:
-        with click.progressbar(
-            length=17,
-            label=f"calibrating inference of {spec.name} on {runner.kind.value}",
-            file=click.get_text_stream("stderr"),
-            show_pos=True,
-            item_show_func=lambda text: text,
-        ) as bar:
+        label = f"calibrating inference of {spec.name} on {runner.kind.value}"
+        with Progress(label, 17) as progress:
             report = calibrate_inference(
                 runner,
                 base,
                 database,
-                lambda m, reused: bar.update(1, m.config.label() + (" (stored)" if reused else "")),
+                lambda m, reused: progress.advance(m.config.label() + (" (stored)" if reused else "")),
             )
         emit(_calibration_report(report, spec, database.path or database.location), as_json)
 

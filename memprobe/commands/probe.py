@@ -91,7 +91,7 @@ def probe(
     memprobe probe --arch basicunet --patch 96 96 96 --step mytrain:step --device trace
     memprobe probe --arch basicunet --patch 96 96 96 --batch 2 --gpus 4 --strategy fsdp --device trace
     """
-    from memprobe.backends.base import get_backend
+    from memprobe.backends import get_backend
     from memprobe.config import make_step_config
     from memprobe.step_registry import load_step
 

@@ -62,8 +62,9 @@ def report(
     memprobe report --arch mednext --patch 64 64 64 --patch 32 160 160 --json
     """
     from memprobe.archs.registry import resolve_arch, smallest_patch_size
-    from memprobe.backends.base import get_backend
+    from memprobe.backends import get_backend
     from memprobe.backends.trace_backend import TraceBackend
+    from memprobe.commands.progress import Progress
     from memprobe.config import make_step_config, validate_patch
     from memprobe.db import Database
     from memprobe.errors import InvalidInputError
@@ -81,16 +82,16 @@ def report(
     budget_bytes = parse_bytes(budget)
     backend = get_backend(device, budget_bytes=budget_bytes)
     breakdown = TraceBackend(breakdown=True)
-    with Database.open(db_path) as database, _progress_bar(spec.name, len(chosen)) as bar:
+    progress = Progress(f"measuring {spec.name}", 3 * len(chosen) + 1)
+    with Database.open(db_path) as database, progress:
 
         def advance(measurement: Measurement, reused: bool) -> None:
-            bar.length = max(bar.length or 0, bar.pos + 2)
-            bar.update(1, f"{measurement.config.label()}{' (stored)' if reused else ''}")
+            progress.advance(f"{measurement.config.label()}{' (stored)' if reused else ''}")
 
         def measure_breakdown(config: Any) -> Measurement:
-            bar.update(0, f"{config.label()} (breakdown)")
+            progress.advance(f"{config.label()} (breakdown)", 0)
             measured = breakdown.measure(config)
-            bar.update(1, config.label())
+            progress.advance(f"{config.label()} (breakdown)")
             return measured
 
         log = MeasurementLog(backend, database, budget_bytes, on_measurement=advance)
@@ -98,16 +99,6 @@ def report(
         result = memory_report(log, calibration, spec, base, chosen, budget_bytes, safety, measure_breakdown)
     figure = draw_report(result, out)
     emit(_report(result, figure, log.taken, log.reused), as_json)
-
-
-def _progress_bar(arch: str, patches: int) -> Any:
-    return click.progressbar(
-        length=3 * patches + 1,
-        label=f"measuring {arch}",
-        show_pos=True,
-        file=click.get_text_stream("stderr"),
-        item_show_func=lambda text: text,
-    )
 
 
 def _report(result: Any, figure: Path, taken: list[Any], reused: int) -> Report:

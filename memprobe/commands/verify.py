@@ -99,7 +99,7 @@ def verify(
     from memprobe.verify.run import run_verify
 
     if not rehearse:
-        from memprobe.backends.base import cuda_available
+        from memprobe.backends import cuda_available
 
         if not cuda_available():  # before anything is written
             raise DeviceUnavailableError(NEEDS_CUDA)
