@@ -120,20 +120,7 @@ class Measurement:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
         """Inverse of :meth:`to_dict` (how an isolated probe's child process reports back)."""
-        from memprobe.enums import OptimizerName, Precision
-
-        config = StepConfig(
-            arch=data["arch"],
-            patch=tuple(data["patch"]),
-            batch=data["batch"],  # type: ignore[arg-type]
-            precision=Precision(data["precision"]),
-            optimizer=OptimizerName(data["optimizer"]),
-            in_channels=data["in_channels"],
-            out_channels=data["out_channels"],
-            deep_supervision=data["deep_supervision"],
-            step=data.get("step", "memprobe"),
-            checkpointing=data.get("checkpointing", False),
-        )
+        config = StepConfig.from_dict(data)
         return cls(
             config=config,
             environment=Environment(**data["environment"]),
