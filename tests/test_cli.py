@@ -213,6 +213,8 @@ def test_suggest_all_archs(calibrated_db: Path) -> None:
             "--gpu-mem",
             "24GiB",
             "--all-archs",
+            "--precision",
+            "fp32",
             "--db",
             str(calibrated_db),
             "--json",
@@ -488,3 +490,34 @@ def test_flags_that_contradict_each_other_are_refused(
         ["suggest", *arguments, "--gpu-mem", "24GiB", "--db", str(calibrated_db)], capsys
     )
     assert code == 2 and message in err and err.count("\n") == 1 and not out
+
+
+def test_suggest_and_plan_default_to_one_precision_and_show_it(calibrated_db: Path) -> None:
+    """Without --precision both plan at bf16-mixed (plan's rule for a GPU with bf16, or none) and say so."""
+    patch = ["--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--db", str(calibrated_db)]
+    table = CliRunner().invoke(cli, ["suggest", *patch])
+    assert table.exit_code == 0, table.output
+    assert "| precision" in table.stdout and "precision bf16-mixed (the default;" in table.stdout
+    suggested = CliRunner().invoke(cli, ["suggest", *patch, "--json"])
+    assert json.loads(suggested.stdout)["precision"] == "bf16-mixed"
+    batch = ["--batch", "2", "--gpu-mem", "24GiB", "--db", str(calibrated_db), "--json"]
+    assert json.loads(CliRunner().invoke(cli, ["suggest", *batch]).stdout)["precision"] == "bf16-mixed"
+    planned = CliRunner().invoke(cli, ["plan", "--gpu-mem", "24GiB", "--db", str(calibrated_db), "--json"])
+    assert planned.exit_code == 0, planned.output
+    assert json.loads(planned.stdout)["precision"] == "bf16-mixed"
+
+
+def test_all_archs_with_deep_supervision_skips_networks_without_it(db_path: Path) -> None:
+    """--all-archs --deep-supervision names the networks without heads once and plans the others."""
+    from dataclasses import replace
+
+    with Database.open(db_path) as db:
+        db.add_calibration(replace(make_calibration(), deep_supervision=True))
+        db.add_calibration(make_calibration(arch="basicunet"))
+    arguments = ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--precision", "fp32"]
+    result = CliRunner().invoke(
+        cli, [*arguments, "--all-archs", "--deep-supervision", "--db", str(db_path), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == ["skipped basicunet: no deep supervision"]
+    assert json.loads(result.stdout)["arch"] == "mednext"

@@ -262,7 +262,7 @@ def suggest_view(
     arch: str,
     patch: Any,
     gpu_mem: str | None,
-    precision: str,
+    precision: str | None,
     in_channels: int,
     out_channels: int,
     safety: float,
@@ -302,7 +302,7 @@ def suggest_view(
         patch,
         shapes[0],
         budget_bytes,
-        precision,
+        precision or "fp32",  # inference is calibrated at fp32 unless asked: training's default is not its
         in_channels=in_channels,
         out_channels=out_channels,
         overlap=overlap,
