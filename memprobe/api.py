@@ -24,7 +24,7 @@ from memprobe.calibrated_formula import Calibration
 from memprobe.config import StepConfig, make_step_config
 from memprobe.errors import StandInCalibrationWarning
 from memprobe.memory_need import MemoryNeed, memory_need
-from memprobe.size_planner import BatchPlan, PatchPlan, plan_batch, plan_patch
+from memprobe.size_planner import DEFAULT_SAFETY, BatchPlan, PatchPlan, plan_batch, plan_patch
 from memprobe.sources import NO_SHIPPED_VARIABLE, Choice, all_calibrations, choose_calibration
 from memprobe.units import parse_bytes
 
@@ -218,7 +218,7 @@ def max_batch_size(
     gpu_mem: str | int | float,
     precision: str = "fp32",
     *,
-    safety: float = 1.0,
+    safety: float = DEFAULT_SAFETY,
     optimizer: str = "adamw",
     in_channels: int = 1,
     out_channels: int = 2,
@@ -266,7 +266,7 @@ def max_patch_size(
     gpu_mem: str | int | float,
     precision: str = "fp32",
     *,
-    safety: float = 1.0,
+    safety: float = DEFAULT_SAFETY,
     spacing: Sequence[float] | None = None,
     median_shape: Sequence[int] | None = None,
     optimizer: str = "adamw",

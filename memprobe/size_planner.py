@@ -15,6 +15,9 @@ from memprobe.search import largest_at_most
 from memprobe.units import format_bytes
 
 MAX_BATCH = 4096
+# The one rule for "the largest batch" in suggest, plan, report and calibrate's searches: the
+# whole need (allocated, allocator reserve, CUDA context, workspaces, margin) within budget x safety.
+DEFAULT_SAFETY = 1.0
 ANISOTROPY_THRESHOLD = 3.0  # spacing ratio beyond which data counts as anisotropic (the seed's rule)
 
 
@@ -76,6 +79,12 @@ class PatchPlan:
         return self.need.total_bytes / self.budget_bytes
 
 
+def largest_batch_rule(budget_bytes: float, safety: float = DEFAULT_SAFETY) -> str:
+    """The rule every command's largest batch follows, in words, e.g. for a table's title."""
+    within = format_bytes(budget_bytes) if safety == 1 else f"{safety:.0%} of {format_bytes(budget_bytes)}"
+    return f"largest batch whose whole need fits {within} (allocated, allocator reserve, CUDA context, workspaces and margin)"
+
+
 def _check_budget(budget_bytes: int, safety: float) -> None:
     if budget_bytes <= 0:
         raise InvalidInputError("the memory budget must be greater than zero, e.g. --gpu-mem 24GiB")
@@ -105,7 +114,7 @@ def plan_batch(
     patch: Sequence[int],
     budget_bytes: int,
     *,
-    safety: float = 1.0,
+    safety: float = DEFAULT_SAFETY,
     in_channels: int = 1,
     out_channels: int = 2,
     effective_batch: int | None = None,
@@ -173,7 +182,7 @@ def plan_patch(
     batch: int,
     budget_bytes: int,
     *,
-    safety: float = 1.0,
+    safety: float = DEFAULT_SAFETY,
     spacing: Sequence[float] | None = None,
     median_shape: Sequence[int] | None = None,
     in_channels: int = 1,

@@ -24,6 +24,7 @@ from memprobe.reporters import Report
 
 if TYPE_CHECKING:
     from memprobe.calibration_run import CalibrationReport
+from memprobe.size_planner import largest_batch_rule
 from memprobe.units import format_bytes
 
 # Design points plus held-out points plus a few search steps: the progress's first length.
@@ -173,6 +174,7 @@ def _report(report: CalibrationReport) -> Report:
     data = {
         "calibration": calibration.to_dict(),
         "budget_bytes": budget_bytes,
+        "largest_batch_rule": largest_batch_rule(budget_bytes),
         "measurements": [dict(m.to_dict(), role=role) for m, role in measured],
         "searches": [
             {
@@ -196,7 +198,10 @@ def _report(report: CalibrationReport) -> Report:
                 f"{len(calibration.phase_coefficients)} segments fitted, all in --json",
                 coefficients,
             ),
-            ("Limits found (model-guided search)", searches),
+            (
+                f"Limits found (model-guided search, measured): the {largest_batch_rule(budget_bytes)}",
+                searches,
+            ),
         ),
         notes,
     )

@@ -17,6 +17,7 @@ from memprobe.commands.options import (
     training_step_option,
 )
 from memprobe.reporters import Report
+from memprobe.size_planner import DEFAULT_SAFETY
 
 
 @click.command()
@@ -46,7 +47,7 @@ from memprobe.reporters import Report
 @click.option("--effective-batch", type=BATCH, default=None, help="Batch to reach by accumulation.")
 @click.option(
     "--safety",
-    default=1.0,
+    default=DEFAULT_SAFETY,
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True),
     help="Share of the budget the whole need may use, on top of the calibrated margin.",

@@ -9,6 +9,7 @@ import click
 
 from memprobe.commands.options import arch_option, db_option, emit, json_option
 from memprobe.reporters import Report
+from memprobe.size_planner import DEFAULT_SAFETY, largest_batch_rule
 from memprobe.units import format_bytes, parse_bytes
 
 
@@ -23,7 +24,11 @@ from memprobe.units import format_bytes, parse_bytes
 )
 @click.option("--budget", default="24GiB", show_default=True, help="Memory budget drawn and planned for.")
 @click.option(
-    "--safety", default=0.9, show_default=True, type=float, help="Share of the budget a batch may use."
+    "--safety",
+    default=DEFAULT_SAFETY,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Share of the budget the whole need may use, as in suggest.",
 )
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")
 @click.option(
@@ -67,14 +72,11 @@ def report(
     from memprobe.commands.progress import Progress
     from memprobe.config import make_step_config, validate_patch
     from memprobe.db import Database
-    from memprobe.errors import InvalidInputError
     from memprobe.measurement import Measurement
     from memprobe.measurement_log import MeasurementLog
     from memprobe.memory_figure import default_patches, draw_report, find_or_calibrate, memory_report
     from memprobe.output_paths import IMAGE_SUFFIXES, check_output_path, database_files
 
-    if not 0 < safety <= 1:
-        raise InvalidInputError(f"--safety must be in (0, 1], got {safety}")
     out = check_output_path(out_path, reading=database_files(db_path), suffixes=IMAGE_SUFFIXES)
     spec = resolve_arch(arch)
     base = make_step_config(arch, (smallest_patch_size(spec),) * 3, 1, precision=precision)
@@ -126,13 +128,14 @@ def _report(result: Any, figure: Path, taken: list[Any], reused: int) -> Report:
     ]
     tables: list[tuple[str, list[dict[str, Any]]]] = [
         ("Measured points", rows),
-        (f"Largest batch within {result.safety:.0%} of {format_bytes(result.budget_bytes)}", largest),
+        (_capitalised(largest_batch_rule(result.budget_bytes, result.safety)), largest),
     ]
     data: dict[str, Any] = {
         "arch": result.spec.name,
         "figure": str(figure),
         "budget_bytes": result.budget_bytes,
         "safety": result.safety,
+        "largest_batch_rule": largest_batch_rule(result.budget_bytes, result.safety),
         "calibration": {
             "device": calibration.device,
             "source": calibration.source,
@@ -168,6 +171,10 @@ def _report(result: Any, figure: Path, taken: list[Any], reused: int) -> Report:
         f"{', 1 traced for the breakdown' if result.breakdown is not None else ''}",
     )
     return Report(data, tuple(tables), notes)
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _point(m: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from memprobe.commands.options import (
 )
 from memprobe.commands.plan_output import calibration_data, calibration_text, check_prediction, need_rows
 from memprobe.reporters import Report
+from memprobe.size_planner import DEFAULT_SAFETY, largest_batch_rule
 from memprobe.units import format_bytes
 
 
@@ -65,7 +66,7 @@ from memprobe.units import format_bytes
 )
 @click.option(
     "--safety",
-    default=1.0,
+    default=DEFAULT_SAFETY,
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True),
     help="Share of the budget the whole need may use, on top of the calibrated margin.",
@@ -312,6 +313,7 @@ def _batch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, .
                 "next_batch_total_bytes": round(p.next_need.total_bytes),
                 "budget_bytes": p.budget_bytes,
                 "safety": p.safety,
+                "largest_batch_rule": largest_batch_rule(p.budget_bytes, p.safety),
                 "utilisation": round(p.utilisation, 4),
                 "accumulate_grad_batches": p.accumulate_grad_batches,
                 "effective_batch": p.effective_batch,
@@ -331,6 +333,8 @@ def _batch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, .
         *budget_text[:-1],
         budget_text[-1] + (f" x safety {plans[0].safety}" if plans and plans[0].safety != 1 else ""),
     ]
+    if plans:
+        notes.append(f"the {largest_batch_rule(budget_bytes, plans[0].safety)}")
     if len(plans) > 3:
         notes.append("each plan's term-by-term need is in --json")
     return Report(data if len(data) != 1 else data[0], (("", rows), *tables), tuple(notes))
@@ -385,4 +389,8 @@ def _patch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, .
         notes += [f"{p.arch}: {reason}" for reason in p.reasons]
         notes += [f"warning: {w}" for w in p.warnings]
     notes += budget_text
+    if plans:
+        notes.append(
+            f"the largest patch whose whole need fits {format_bytes(plans[0].budget_bytes * plans[0].safety)}"
+        )
     return Report(data if len(data) != 1 else data[0], (("", rows), *tables), tuple(notes))
