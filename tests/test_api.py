@@ -230,7 +230,7 @@ def test_bad_input_is_an_input_error(mednext_db: Path, call: object, fragment: s
 def test_calibrate_a_custom_model_then_estimate(db_path: Path) -> None:
     """A package.module:factory model calibrates on trace, and its estimates match a probe."""
     tiny = "tests.tiny_models:tiny_net"
-    report = memprobe.calibrate(tiny, device="trace", budget="1GiB", db=db_path)
+    report = memprobe.calibrate(tiny, device="trace", budget="2GiB", db=db_path)  # 1.5 GiB of it overheads
     assert report.calibration.arch == tiny and report.calibration.device == "trace"
     assert report.searches and all(search.result.largest >= 1 for search in report.searches)
     estimate = memprobe.estimate(tiny, (48, 48, 48), 2, db=db_path)
