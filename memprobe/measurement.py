@@ -85,6 +85,13 @@ class Measurement:
     context_bytes: int | None = None
     warmup_steps: int | None = None
 
+    def __repr__(self) -> str:
+        if self.ok:
+            outcome = f"allocated {(self.peak_allocated_bytes or 0) / 2**30:.3f} GiB"
+        else:
+            outcome = "OOM" if self.oom else f"failed: {self.error}"
+        return f"Measurement({self.config.label()} on {self.environment.device_name}: {outcome})"
+
     @property
     def ok(self) -> bool:
         return not self.oom and self.error is None and self.peak_allocated_bytes is not None

@@ -55,6 +55,16 @@ class BatchPlan:
         """The whole need as a share of the budget."""
         return self.need.total_bytes / self.budget_bytes
 
+    def __repr__(self) -> str:
+        accumulate = (
+            f" x{self.accumulate_grad_batches} accumulated" if self.accumulate_grad_batches > 1 else ""
+        )
+        return (
+            f"BatchPlan({self.arch} {_size(self.patch)}: batch {self.batch}{accumulate}, "
+            f"need {format_bytes(self.need.total_bytes)} of {format_bytes(self.budget_bytes)}, "
+            f"{self.calibration.precision} calibration {self.calibration.device})"
+        )
+
 
 @dataclass(frozen=True)
 class PatchPlan:
@@ -77,6 +87,17 @@ class PatchPlan:
     @property
     def utilisation(self) -> float:
         return self.need.total_bytes / self.budget_bytes
+
+    def __repr__(self) -> str:
+        return (
+            f"PatchPlan({self.arch} batch {self.batch}: patch {_size(self.patch)}, "
+            f"need {format_bytes(self.need.total_bytes)} of {format_bytes(self.budget_bytes)}, "
+            f"{self.calibration.precision} calibration {self.calibration.device})"
+        )
+
+
+def _size(patch: Sequence[int]) -> str:
+    return "x".join(map(str, patch))
 
 
 def largest_batch_rule(budget_bytes: float, safety: float = DEFAULT_SAFETY) -> str:

@@ -8,6 +8,7 @@ import click
 
 from memprobe.commands.inference import calibrate_view, inference_mode
 from memprobe.commands.options import (
+    BYTES,
     CHANNELS,
     arch_option,
     checkpointing_option,
@@ -47,6 +48,7 @@ _EXPECTED_STEPS = 10 + 4 + 6
 @click.option(
     "--budget",
     default=None,
+    type=BYTES,
     help="Memory budget for the searches (default: the GPU's memory; 24GiB on trace).",
 )
 @click.option(
@@ -67,7 +69,7 @@ def calibrate(
     divisors: tuple[int, int, int] | None,
     min_patch: tuple[int, int, int] | None,
     no_search: bool,
-    budget: str | None,
+    budget: int | None,
     isolate: bool,
     db_path: str | None,
     as_json: bool,

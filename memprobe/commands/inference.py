@@ -14,6 +14,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from memprobe.commands.options import BATCH
 from memprobe.reporters import Report
 from memprobe.units import format_bytes
 
@@ -35,10 +36,18 @@ _INFERENCE_OPTIONS = (
         help="Inference: the whole image in voxels (--patch is the window, roi_size).",
     ),
     click.option(
-        "--sw-batch-size", default="1", show_default=True, help="Inference: windows the network sees at once."
+        "--sw-batch-size",
+        default=1,
+        show_default=True,
+        type=BATCH,
+        help="Inference: windows the network sees at once.",
     ),
     click.option(
-        "--overlap", default="0.25", show_default=True, help="Inference: overlap of windows, in [0, 1)."
+        "--overlap",
+        default=0.25,
+        show_default=True,
+        type=click.FloatRange(0, 1, max_open=True),
+        help="Inference: overlap of windows, in [0, 1).",
     ),
     click.option(
         "--blend",
@@ -261,7 +270,7 @@ def suggest_view(
     *,
     arch: str,
     patch: Any,
-    gpu_mem: str | None,
+    gpu_mem: int | None,
     precision: str | None,
     in_channels: int,
     out_channels: int,

@@ -6,6 +6,7 @@ import click
 
 from memprobe.commands.options import (
     BATCH,
+    BYTES,
     CHANNELS,
     LEARNING_RATE,
     SHAPE_SIZE,
@@ -22,7 +23,9 @@ from memprobe.size_planner import DEFAULT_SAFETY
 
 @click.command()
 @arch_option
-@click.option("--gpu-mem", default=None, help="Memory to plan for, e.g. 24GiB; default the detected GPU's.")
+@click.option(
+    "--gpu-mem", default=None, type=BYTES, help="Memory to plan for, e.g. 24GiB; default the detected GPU's."
+)
 @click.option("--precision", default=None, help="Override: fp32, fp16-mixed or bf16-mixed (default: by GPU).")
 @click.option(
     "--patch", nargs=3, type=SHAPE_SIZE, default=None, metavar="D H W", help="Override the patch size."
@@ -76,7 +79,7 @@ from memprobe.size_planner import DEFAULT_SAFETY
 )
 def plan(
     arch: str,
-    gpu_mem: str | None,
+    gpu_mem: int | None,
     precision: str | None,
     patch: tuple[int, ...] | None,
     batch: int | None,

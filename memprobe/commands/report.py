@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from memprobe.commands.options import arch_option, db_option, emit, json_option
+from memprobe.commands.options import BYTES, PATCH_SIZE, arch_option, db_option, emit, json_option
 from memprobe.reporters import Report
 from memprobe.size_planner import DEFAULT_SAFETY, largest_batch_rule
-from memprobe.units import format_bytes, parse_bytes
+from memprobe.units import format_bytes
 
 
 @click.command()
@@ -22,7 +22,9 @@ from memprobe.units import format_bytes, parse_bytes
     show_default=True,
     help="Image to write (.png, .pdf, .svg, ...).",
 )
-@click.option("--budget", default="24GiB", show_default=True, help="Memory budget drawn and planned for.")
+@click.option(
+    "--budget", default="24GiB", show_default=True, type=BYTES, help="Memory budget drawn and planned for."
+)
 @click.option(
     "--safety",
     default=DEFAULT_SAFETY,
@@ -36,6 +38,7 @@ from memprobe.units import format_bytes, parse_bytes
     "patches",
     multiple=True,
     nargs=3,
+    type=PATCH_SIZE,
     metavar="D H W",
     help="A patch to plot (repeatable); default cubes of 4, 6 and 8 times half the smallest patch.",
 )
@@ -45,7 +48,7 @@ from memprobe.units import format_bytes, parse_bytes
 def report(
     arch: str,
     out_path: str,
-    budget: str,
+    budget: int,
     safety: float,
     precision: str,
     patches: tuple[Any, ...],
@@ -81,7 +84,7 @@ def report(
     spec = resolve_arch(arch)
     base = make_step_config(arch, (smallest_patch_size(spec),) * 3, 1, precision=precision)
     chosen = [validate_patch(p, spec) for p in patches] or default_patches(spec)
-    budget_bytes = parse_bytes(budget)
+    budget_bytes = budget
     backend = get_backend(device, budget_bytes=budget_bytes)
     breakdown = TraceBackend(breakdown=True)
     progress = Progress(f"measuring {spec.name}", 3 * len(chosen) + 1)

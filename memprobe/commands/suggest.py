@@ -10,6 +10,7 @@ from memprobe.commands.budget import budget_note
 from memprobe.commands.inference import inference_mode, suggest_view
 from memprobe.commands.options import (
     BATCH,
+    BYTES,
     CHANNELS,
     SHAPE_SIZE,
     SPACING_MM,
@@ -43,6 +44,7 @@ from memprobe.units import format_bytes
 @click.option(
     "--gpu-mem",
     default=None,
+    type=BYTES,
     help="Memory to plan for, e.g. 24GiB, 24GB, 24000MiB or 24; default the detected GPU's free memory.",
 )
 @click.option(
@@ -116,7 +118,7 @@ def suggest(
     arch: str,
     patch: tuple[str, ...] | None,
     batch: int | None,
-    gpu_mem: str | None,
+    gpu_mem: int | None,
     precision: str | None,
     optimizer: str,
     in_channels: int,
