@@ -280,3 +280,11 @@ def test_the_pytorch_connectomics_drop_ins_live_in_compat() -> None:
 
     assert memprobe.estimate_gpu_memory_required is memprobe.compat.estimate_gpu_memory_required
     assert memprobe.suggest_batch_size is memprobe.compat.suggest_batch_size
+
+
+def test_the_api_builds_every_step_configuration_through_one_helper() -> None:
+    import inspect
+
+    import memprobe.api
+
+    assert inspect.getsource(memprobe.api).count("make_step_config(") == 1

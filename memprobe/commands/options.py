@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from memprobe.arguments import MAX_BATCH_SIZE
+from memprobe.arguments import MAX_BATCH_SIZE, MAX_LEARNING_RATE
 from memprobe.reporters import Report, get_reporter
 
 F = Callable[..., Any]
@@ -247,7 +247,7 @@ class ByteSize(click.ParamType):
 
 
 SPACING_MM = _PositiveNumber(1e6)
-LEARNING_RATE = _PositiveNumber(1e3)
+LEARNING_RATE = _PositiveNumber(MAX_LEARNING_RATE)
 SHAPE_SIZE = _Count(2**20)
 BATCH = _Count(MAX_BATCH_SIZE)
 CHANNELS = _Count(100_000)
