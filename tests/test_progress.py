@@ -64,3 +64,11 @@ def test_calibrate_runs_the_library_function_with_a_callback(
     lines = [line for line in result.stderr.splitlines() if line.startswith("[")]
     assert lines[0].startswith("[1/20] calibrating tests.tiny_models:tiny_net on trace: ")
     assert len(lines) >= 14  # ten design points and four held out, each on its own line
+
+
+def test_nothing_is_drawn_before_the_first_step() -> None:
+    """Input refused before anything runs leaves only its one error line on the terminal."""
+    stream = _Terminal()
+    with pytest.raises(ValueError), Progress("calibrating mednext", 4, stream):
+        raise ValueError("refused")
+    assert stream.getvalue() == ""

@@ -28,20 +28,10 @@ class Progress:
         self.length = max(1, length)
         self.position = 0
         self.stream = stream if stream is not None else sys.stderr
+        self._terminal = _is_terminal(self.stream)
         self._bar: ProgressBar[str] | None = None
-        if _is_terminal(self.stream):
-            self._bar = click.progressbar(
-                None,
-                length=self.length,
-                label=label,
-                file=self.stream,
-                show_pos=True,
-                item_show_func=_shown,
-            )
 
     def __enter__(self) -> Progress:
-        if self._bar is not None:
-            self._bar.__enter__()
         return self
 
     def __exit__(
@@ -57,11 +47,26 @@ class Progress:
         """Count ``steps`` done, the last being ``item``; with 0, say what is running now."""
         self.position += steps
         self.length = max(self.length, self.position)
-        if self._bar is not None:
-            self._bar.length = self.length
-            self._bar.update(steps, item)
+        if self._terminal:
+            bar = self._started_bar()
+            bar.length = self.length
+            bar.update(steps, item)
         elif steps:
             click.echo(f"[{self.position}/{self.length}] {self.label}: {item}", file=self.stream)
+
+    def _started_bar(self) -> ProgressBar[str]:
+        """The bar, drawn at the first step: input refused before it leaves the terminal clean."""
+        if self._bar is None:
+            self._bar = click.progressbar(
+                None,
+                length=self.length,
+                label=self.label,
+                file=self.stream,
+                show_pos=True,
+                item_show_func=_shown,
+            )
+            self._bar.__enter__()
+        return self._bar
 
 
 def _is_terminal(stream: TextIO) -> bool:
