@@ -136,7 +136,7 @@ def shipped_calibration(key: tuple[str, str, str, str, bool]) -> object:
 
 
 def make_calibrated_db(path: Path, measurements: int = 0) -> Path:
-    """A memprobe database with trace calibrations of MedNeXt (fp32 and bf16-mixed, AdamW) and some measurements."""
+    """A memprobe database with a trace calibration of MedNeXt (fp32, AdamW) and some measurements."""
     from memprobe.config import StepConfig
     from memprobe.db import Database
     from memprobe.measurement import Environment, Measurement
@@ -148,9 +148,8 @@ def make_calibrated_db(path: Path, measurements: int = 0) -> Path:
             database.add_measurement(
                 Measurement(config, environment, 2**20 * batch, phase_peaks_bytes={"forward": 1})
             )
-        for precision in ("fp32", "bf16-mixed"):  # bf16-mixed: suggest's and plan's default
-            database.add_calibration(
-                shipped_calibration(("mednext", "trace", precision, "adamw", False)),  # type: ignore[arg-type]
-                environment,
-            )
+        database.add_calibration(
+            shipped_calibration(("mednext", "trace", "fp32", "adamw", False)),  # type: ignore[arg-type]
+            environment,
+        )
     return path

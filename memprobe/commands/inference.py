@@ -157,7 +157,7 @@ def probe_view(
     arch: str,
     patch: Any,
     image_shape: Any,
-    sw_batch_size: str,
+    sw_batch_size: int,
     device: str | None,
     as_json: bool,
     **options: Any,
@@ -282,10 +282,10 @@ def suggest_view(
     image_shape: Any,
     max_image_shape: Any,
     fingerprint: str | None,
-    overlap: str,
+    overlap: float,
     blend: str,
     stitch: str | None,
-    sw_batch_size: str,
+    sw_batch_size: int,
     **_: Any,
 ) -> None:
     """``memprobe suggest --mode inference``."""

@@ -64,12 +64,12 @@ def measurement_row(m: Measurement) -> dict[str, object]:
 @json_option
 def probe(
     arch: str,
-    patch: tuple[str, str, str],
-    batch: str,
+    patch: tuple[int, int, int],
+    batch: int,
     precision: str,
     optimizer: str,
-    in_channels: str,
-    out_channels: str,
+    in_channels: int,
+    out_channels: int,
     deep_supervision: bool,
     training_step: str,
     checkpointing: bool,

@@ -116,7 +116,7 @@ from memprobe.units import format_bytes
 )
 def suggest(
     arch: str,
-    patch: tuple[str, ...] | None,
+    patch: tuple[int, ...] | None,
     batch: int | None,
     gpu_mem: int | None,
     precision: str | None,
@@ -194,7 +194,7 @@ def suggest(
             "--options plans the batch of one architecture: give --patch, not --all-archs"
         )
     if patch is not None:
-        sizes: Any = patch  # text; validated (one-line errors) by the library
+        sizes: Any = patch  # whole numbers (click); the library checks them against the network
         note = budget_note(budget_bytes, gpu, gpu_mem)
         notes = (precision_text, note)
         try:
