@@ -104,7 +104,7 @@ class _Calibrations:
 
     def _calibrate(self, arch: str) -> None:
         from memprobe.archs.registry import resolve_arch, smallest_patch
-        from memprobe.backends.base import get_backend
+        from memprobe.backends import get_backend
         from memprobe.calibration_run import calibrate
         from memprobe.config import make_step_config
         from memprobe.db import Database

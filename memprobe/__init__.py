@@ -38,6 +38,7 @@ _EXPORTS = {
     "NoCalibrationError": "memprobe.errors",
     "DeviceUnavailableError": "memprobe.errors",
     "NothingFitsError": "memprobe.errors",
+    "StandInCalibrationWarning": "memprobe.errors",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -24,7 +24,7 @@ from memprobe.calibrated_formula import Calibration
 from memprobe.config import StepConfig, make_step_config
 from memprobe.errors import StandInCalibrationWarning
 from memprobe.memory_need import MemoryNeed, memory_need
-from memprobe.size_planner import BatchPlan, PatchPlan, plan_batch, plan_patch
+from memprobe.size_planner import DEFAULT_SAFETY, BatchPlan, PatchPlan, plan_batch, plan_patch
 from memprobe.sources import NO_SHIPPED_VARIABLE, Choice, all_calibrations, choose_calibration
 from memprobe.units import parse_bytes
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from memprobe.calibration_run import CalibrationReport
     from memprobe.gpu_info import GpuInfo
     from memprobe.measurement import Environment, Measurement
+    from memprobe.measurement_log import ProgressCallback
 
 DEFAULT_TRACE_BUDGET_BYTES = 24 * 2**30
 
@@ -177,17 +178,17 @@ def estimate(
     """
     db, device = _checked_source(db, device)
     arch = _with_stored_rule(arch, db)
-    config = make_step_config(
+    config = _step_config(
         arch,
         patch,
         batch,
-        precision=precision,
-        optimizer=optimizer,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        deep_supervision=deep_supervision,
-        step=step,
-        checkpointing=checkpointing,
+        precision,
+        optimizer,
+        in_channels,
+        out_channels,
+        deep_supervision,
+        step,
+        checkpointing,
     )
     choice = _choose(config, db, device)
     need = memory_need(
@@ -217,7 +218,7 @@ def max_batch_size(
     gpu_mem: str | int | float,
     precision: str = "fp32",
     *,
-    safety: float = 1.0,
+    safety: float = DEFAULT_SAFETY,
     optimizer: str = "adamw",
     in_channels: int = 1,
     out_channels: int = 2,
@@ -241,17 +242,8 @@ def max_batch_size(
     arch = _with_stored_rule(arch, db)
     safety = check_fraction(safety, "safety")
     effective_batch = check_optional_count(effective_batch, "effective_batch")
-    config = make_step_config(
-        arch,
-        patch,
-        1,
-        precision=precision,
-        optimizer=optimizer,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        deep_supervision=deep_supervision,
-        step=step,
-        checkpointing=checkpointing,
+    config = _step_config(
+        arch, patch, 1, precision, optimizer, in_channels, out_channels, deep_supervision, step, checkpointing
     )
     choice = _choose(config, db, device)
     plan = plan_batch(
@@ -274,7 +266,7 @@ def max_patch_size(
     gpu_mem: str | int | float,
     precision: str = "fp32",
     *,
-    safety: float = 1.0,
+    safety: float = DEFAULT_SAFETY,
     spacing: Sequence[float] | None = None,
     median_shape: Sequence[int] | None = None,
     optimizer: str = "adamw",
@@ -323,17 +315,17 @@ def max_patch_size(
             ),
         )
     spec = resolve_arch(arch)
-    config = make_step_config(
+    config = _step_config(
         arch,
         smallest_patch(spec),
         batch,
-        precision=precision,
-        optimizer=optimizer,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        deep_supervision=deep_supervision,
-        step=step,
-        checkpointing=checkpointing,
+        precision,
+        optimizer,
+        in_channels,
+        out_channels,
+        deep_supervision,
+        step,
+        checkpointing,
     )
     choice = _choose(config, db, device)
     plan = plan_patch(
@@ -367,8 +359,6 @@ def _checked_source(db: object, device: object) -> tuple[str | Path | None, str 
 def _with_warning(plan: P, warning: str | None) -> P:
     if warning is None:
         return plan
-    from dataclasses import replace
-
     return replace(plan, warnings=(warning, *plan.warnings))  # type: ignore[call-arg,unused-ignore]
 
 
@@ -392,21 +382,21 @@ def probe(
 
     ``device`` is ``cuda``, ``trace`` or ``cpu`` (default: cuda if available, else trace).
     """
-    from memprobe.backends.base import get_backend
+    from memprobe.backends import get_backend
 
     device = check_text(device, "device")
     isolate = check_bool(isolate, "isolate")
-    config = make_step_config(
+    config = _step_config(
         arch,
         patch,
         batch,
-        precision=precision,
-        optimizer=optimizer,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        deep_supervision=deep_supervision,
-        step=step,
-        checkpointing=checkpointing,
+        precision,
+        optimizer,
+        in_channels,
+        out_channels,
+        deep_supervision,
+        step,
+        checkpointing,
     )
     budget_bytes = parse_bytes(budget) if budget is not None else None
     return get_backend(device, budget_bytes=budget_bytes, isolate=isolate).measure(config)
@@ -418,42 +408,107 @@ def calibrate(
     *,
     device: str | None = None,
     optimizer: str = "adamw",
+    in_channels: int = 1,
+    out_channels: int = 2,
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
     budget: str | int | None = None,
     db: str | Path | None = None,
     isolate: bool = False,
+    search: bool = True,
+    on_measurement: ProgressCallback | None = None,
 ) -> CalibrationReport:
-    """Measure ``arch``, fit its formula and store measurements and calibration in ``db``."""
-    from memprobe.backends.base import get_backend
+    """Measure ``arch``, fit its formula and store measurements and calibration in ``db``.
+
+    Args:
+        arch: a registered architecture or ``package.module:factory`` (its shape rule attached).
+        device: ``cuda``, ``trace`` or ``cpu`` (default: cuda if available, else trace).
+        budget: memory for the limit searches (default: the GPU's memory; 24 GiB on trace).
+        isolate: run every probe in a child process; a crash is recorded and skipped.
+        search: after the fit, search the largest batch and patch within the budget.
+        on_measurement: called with each measurement and whether it was reused from ``db``;
+            the CLI draws its progress from it (the library prints nothing).
+
+    Returns:
+        The CalibrationReport: the calibration, the measured points and the searches.
+    """
+    from memprobe.backends import get_backend
     from memprobe.calibration_run import calibrate as run_calibration
     from memprobe.db import Database
     from memprobe.measurement_log import MeasurementLog
+    from memprobe.step_registry import load_step
 
     db, device = _checked_source(db, device)
     isolate = check_bool(isolate, "isolate")
-    if isinstance(arch, str) and ":" in arch:
-        from memprobe.archs.shape_probe import shape_rule_arch
-
-        arch = shape_rule_arch(arch)[0]
+    arch = _calibration_arch(arch, in_channels, out_channels, find=not isolate)
     spec = resolve_arch(arch)
-    base = make_step_config(
+    base = _step_config(
         arch,
         smallest_patch(spec),
         1,
-        precision=precision,
-        optimizer=optimizer,
-        deep_supervision=deep_supervision,
-        step=step,
-        checkpointing=checkpointing,
+        precision,
+        optimizer,
+        in_channels,
+        out_channels,
+        deep_supervision,
+        step,
+        checkpointing,
     )
+    load_step(base.step)  # a wrong reference is refused before anything runs
+    # Every input is checked before the database is opened: a mistake must leave it untouched.
     backend = get_backend(
         device, budget_bytes=parse_bytes(budget) if budget is not None else None, isolate=isolate
     )
     budget_bytes = default_budget_bytes(backend.environment(), budget)
     with Database.open(db) as database:
-        return run_calibration(MeasurementLog(backend, database, budget_bytes), base, budget_bytes)
+        log = MeasurementLog(backend, database, budget_bytes)
+        if on_measurement is not None:
+            log.on_measurement = on_measurement
+        report = run_calibration(log, base, budget_bytes, search=search)
+        return replace(report, stored_in=str(database.path or database.location))
+
+
+def _calibration_arch(arch: str, in_channels: int, out_channels: int, *, find: bool) -> str:
+    """A custom model's name with its shape rule attached; without ``find``, only a declared rule."""
+    if not isinstance(arch, str) or ":" not in arch or "[" in arch:
+        return arch
+    from memprobe.archs.shape_probe import shape_rule_arch
+
+    if not find:
+        from memprobe.archs.build import load_factory
+        from memprobe.archs.shape_rules import declared_rule
+
+        if declared_rule(load_factory(resolve_arch(arch).factory)) is None:
+            return arch  # an isolated run must not try the model in this process
+    return shape_rule_arch(arch, in_channels=in_channels, out_channels=out_channels)[0]
+
+
+def _step_config(
+    arch: str,
+    patch: Sequence[object],
+    batch: object,
+    precision: str,
+    optimizer: str,
+    in_channels: object,
+    out_channels: object,
+    deep_supervision: bool,
+    step: str,
+    checkpointing: bool,
+) -> StepConfig:
+    """The validated step configuration every public function starts from."""
+    return make_step_config(
+        arch,
+        patch,
+        batch,
+        precision=precision,
+        optimizer=optimizer,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        deep_supervision=deep_supervision,
+        step=step,
+        checkpointing=checkpointing,
+    )
 
 
 def default_budget_bytes(environment: Environment, budget: str | int | None) -> int:

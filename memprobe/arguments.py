@@ -88,10 +88,6 @@ def check_shape(value: object, name: str = "median_shape") -> list[int] | None:
     return [check_count(v, f"each {name} size", 2**20) for v in check_triple(value, name)]
 
 
-def check_learning_rate(value: object) -> float | None:
-    return None if value is None else check_positive(value, "lr", MAX_LEARNING_RATE)
-
-
 def check_text(value: object, name: str, optional: bool = True) -> str | None:
     if value is None and optional:
         return None

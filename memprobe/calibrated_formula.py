@@ -48,6 +48,17 @@ class Calibration:
     step: str = "memprobe"  # the training step measured (shipped calibrations have none: memprobe's)
     checkpointing: bool = False  # measured with activation checkpointing
 
+    def __repr__(self) -> str:
+        modes = [self.precision, self.optimizer]
+        modes += ["ds"] if self.deep_supervision else []
+        modes += ["checkpointing"] if self.checkpointing else []
+        modes += [] if self.step == "memprobe" else [f"step {self.step}"]
+        return (
+            f"Calibration({self.arch} {' '.join(modes)} on {self.device}, {self.source}: "
+            f"{len(self.phase_coefficients)} segments, held-out median error "
+            f"{100 * (self.quality.heldout_median_relative_error or 0):.2f}%)"
+        )
+
     @property
     def measured_on_gpu(self) -> bool:
         return self.device not in ("trace", "cpu")

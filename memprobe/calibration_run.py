@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -20,7 +21,9 @@ from memprobe.fit import (
 )
 from memprobe.measurement import Measurement
 from memprobe.measurement_log import MeasurementLog
-from memprobe.search import SearchResult, guided_search
+from memprobe.memory_need import memory_need, need_from_peaks
+from memprobe.search import Outcome, SearchResult, guided_search
+from memprobe.size_planner import DEFAULT_SAFETY
 
 MAX_BATCH = 512
 
@@ -106,12 +109,25 @@ class LimitSearch:
 
 @dataclass(frozen=True)
 class CalibrationReport:
+    """What a calibration run measured, fitted and found; ``stored_in`` names its database."""
+
     calibration: Calibration
     fitted: tuple[Measurement, ...]
     heldout: tuple[Measurement, ...]
     searches: tuple[LimitSearch, ...] = field(default=())
     measured: int = 0
     reused: int = 0
+    budget_bytes: int | None = None
+    stored_in: str | None = None
+
+    def __repr__(self) -> str:
+        quality = self.calibration.quality
+        return (
+            f"CalibrationReport({self.calibration.arch} {self.calibration.precision} on "
+            f"{self.calibration.device}: {len(self.fitted)} fitted, {len(self.heldout)} held out, "
+            f"median error {100 * quality.median_relative_error:.2f}%, {len(self.searches)} searches, "
+            f"{self.measured} measured, {self.reused} reused)"
+        )
 
 
 def fit_calibration(
@@ -174,19 +190,36 @@ def search_largest_batch(
     calibration: Calibration | None = None,
     spec: ArchSpec | None = None,
 ) -> SearchResult:
-    """Largest batch for ``base.patch`` within the budget, guided by the calibration when given."""
+    """Largest batch for ``base.patch`` within the budget.
+
+    With a calibration the search is guided by it and judges each measured step by its whole
+    need, the rule ``suggest`` plans by (``largest_batch_rule``); without one, by the measured
+    allocated peak alone.
+    """
+    probe = lambda b: log.outcome(replace(base, batch=b))
     predict = None
     if calibration is not None and spec is not None:
-        predict = lambda b: calibration.predict_peak_bytes(
-            spec,
-            base.patch,
-            b,
-            base.in_channels,
-            base.out_channels,
+        judge = _judged_by_need(log, calibration, budget_bytes * DEFAULT_SAFETY)
+        probe = lambda b: judge(replace(base, batch=b))
+        predict = lambda b: (
+            memory_need(calibration, spec, base.patch, b, base.in_channels, base.out_channels).total_bytes
         )
-    return guided_search(
-        lambda b: log.outcome(replace(base, batch=b)), budget_bytes, predict=predict, upper=MAX_BATCH
-    )
+    return guided_search(probe, budget_bytes * DEFAULT_SAFETY, predict=predict, upper=MAX_BATCH)
+
+
+def _judged_by_need(
+    log: MeasurementLog, calibration: Calibration, budget: float
+) -> Callable[[StepConfig], Outcome]:
+    """Measure a step and judge its whole need (measured peaks, the calibration's overheads and margin)."""
+
+    def judge(config: StepConfig) -> Outcome:
+        measured = log.measure(config)
+        if not measured.ok or measured.peak_allocated_bytes is None:
+            return Outcome(False, None)
+        need = need_from_peaks(calibration, measured.peak_allocated_bytes, measured.peak_reserved_bytes)
+        return Outcome(need.total_bytes <= budget, round(need.total_bytes))
+
+    return judge
 
 
 def search_largest_patch(
@@ -198,25 +231,29 @@ def search_largest_patch(
     aspect: tuple[int, int, int] = (1, 1, 1),
     max_voxels: int = 1024**3,
 ) -> SearchResult:
-    """Largest patch ``n * aspect * units`` for ``base.batch`` within the budget (n is returned)."""
+    """Largest patch ``n * aspect * units`` for ``base.batch`` within the budget (n is returned).
+
+    Judged as :func:`search_largest_batch` judges: by the whole need when calibrated.
+    """
     units = patch_units(spec)
     smallest = max(
         -(-least // (unit * a)) for least, unit, a in zip(smallest_patch(spec), units, aspect, strict=True)
     )
     patch_of = lambda n: tuple(n * a * unit for a, unit in zip(aspect, units, strict=True))
     upper = max(smallest, int((max_voxels / math.prod(patch_of(1))) ** (1 / 3)))
+    probe = lambda n: log.outcome(replace(base, patch=patch_of(n)))
     predict = None
     if calibration is not None:
-        predict = lambda n: calibration.predict_peak_bytes(
-            spec,
-            patch_of(n),
-            base.batch,
-            base.in_channels,
-            base.out_channels,
+        judge = _judged_by_need(log, calibration, budget_bytes * DEFAULT_SAFETY)
+        probe = lambda n: judge(replace(base, patch=patch_of(n)))
+        predict = lambda n: (
+            memory_need(
+                calibration, spec, patch_of(n), base.batch, base.in_channels, base.out_channels
+            ).total_bytes
         )
     return guided_search(
-        lambda n: log.outcome(replace(base, patch=patch_of(n))),
-        budget_bytes,
+        probe,
+        budget_bytes * DEFAULT_SAFETY,
         size_of=lambda n: float(math.prod(patch_of(n))),
         predict=predict,
         start=smallest,
@@ -258,6 +295,7 @@ def calibrate(
         tuple(searches),
         measured=len(log.taken),
         reused=log.reused,
+        budget_bytes=budget_bytes,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import traceback
 import warnings
 from typing import Any
 
@@ -102,8 +103,8 @@ def _run(arguments: list[str], debug: bool) -> None:
     except click.UsageError as error:
         _fail(f"{error.format_message()} (see `{_command_path(error, arguments)} --help`)", error.exit_code)
     except MemprobeError as error:
-        if debug:
-            raise
+        if debug:  # the traceback, then the same line and exit code as without --debug
+            traceback.print_exc()
         _fail(str(error).splitlines()[0] if str(error) else type(error).__name__, error.exit_code)
     except (KeyboardInterrupt, TerminatedError):
         _fail(_INTERRUPTED, INTERRUPTED_EXIT_CODE)

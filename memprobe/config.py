@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from memprobe.archs.registry import ArchSpec, axis_divisors, resolve_arch, smallest_patch
 from memprobe.arguments import MAX_BATCH_SIZE, check_bool, check_triple
@@ -50,6 +51,23 @@ class StepConfig:
         data["precision"] = self.precision.value
         data["optimizer"] = self.optimizer.value
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StepConfig:
+        """Inverse of :meth:`to_dict`; records older than ``step`` and ``checkpointing`` get their defaults."""
+        depth, height, width = (int(size) for size in data["patch"])
+        return cls(
+            arch=str(data["arch"]),
+            patch=(depth, height, width),
+            batch=int(data["batch"]),
+            precision=Precision(data["precision"]),
+            optimizer=OptimizerName(data["optimizer"]),
+            in_channels=int(data["in_channels"]),
+            out_channels=int(data["out_channels"]),
+            deep_supervision=bool(data["deep_supervision"]),
+            step=str(data.get("step", DEFAULT_STEP)),
+            checkpointing=bool(data.get("checkpointing", False)),
+        )
 
     def label(self) -> str:
         """Short human-readable form: ``mednext 128x128x128 b2 fp32``."""

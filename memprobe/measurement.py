@@ -85,6 +85,13 @@ class Measurement:
     context_bytes: int | None = None
     warmup_steps: int | None = None
 
+    def __repr__(self) -> str:
+        if self.ok:
+            outcome = f"allocated {(self.peak_allocated_bytes or 0) / 2**30:.3f} GiB"
+        else:
+            outcome = "OOM" if self.oom else f"failed: {self.error}"
+        return f"Measurement({self.config.label()} on {self.environment.device_name}: {outcome})"
+
     @property
     def ok(self) -> bool:
         return not self.oom and self.error is None and self.peak_allocated_bytes is not None
@@ -120,20 +127,7 @@ class Measurement:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
         """Inverse of :meth:`to_dict` (how an isolated probe's child process reports back)."""
-        from memprobe.enums import OptimizerName, Precision
-
-        config = StepConfig(
-            arch=data["arch"],
-            patch=tuple(data["patch"]),
-            batch=data["batch"],  # type: ignore[arg-type]
-            precision=Precision(data["precision"]),
-            optimizer=OptimizerName(data["optimizer"]),
-            in_channels=data["in_channels"],
-            out_channels=data["out_channels"],
-            deep_supervision=data["deep_supervision"],
-            step=data.get("step", "memprobe"),
-            checkpointing=data.get("checkpointing", False),
-        )
+        config = StepConfig.from_dict(data)
         return cls(
             config=config,
             environment=Environment(**data["environment"]),

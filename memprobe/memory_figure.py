@@ -21,9 +21,10 @@ from memprobe.config import StepConfig
 from memprobe.errors import InvalidInputError, NoCalibrationError
 from memprobe.measurement import Measurement
 from memprobe.measurement_log import MeasurementLog
+from memprobe.memory_need import memory_need
 from memprobe.output_paths import write_atomically
 from memprobe.search import largest_at_most
-from memprobe.size_planner import MAX_BATCH
+from memprobe.size_planner import DEFAULT_SAFETY, MAX_BATCH, largest_batch_rule
 
 GIB = 2**30
 MIB = 2**20
@@ -98,17 +99,17 @@ def find_or_calibrate(log: MeasurementLog, base: StepConfig, budget_bytes: int) 
 
 
 def largest_batch(calibration: Calibration, spec: ArchSpec, config: StepConfig, usable_bytes: float) -> int:
-    """The largest batch whose predicted *allocated* peak is within ``usable_bytes`` (0 if none).
+    """The largest batch whose whole need is within ``usable_bytes`` (0 if none): the rule of ``suggest``.
 
-    The figure compares the formula with measured tensor peaks, so its line is the allocated
-    peak alone; a plan (`memprobe suggest`) also charges reserve, context, workspaces and margin.
+    The figure's lines are the allocated peak the formula predicts (what is measured); the star
+    sits on the line at the batch whose need (reserve, context, workspaces, margin added) fits.
     """
-    predict = lambda b: calibration.predict_peak_bytes(
-        spec, config.patch, b, config.in_channels, config.out_channels
+    need = lambda b: (
+        memory_need(calibration, spec, config.patch, b, config.in_channels, config.out_channels).total_bytes
     )
-    if predict(1) > usable_bytes:
+    if need(1) > usable_bytes:
         return 0
-    return largest_at_most(predict, usable_bytes, 1, MAX_BATCH)
+    return largest_at_most(need, usable_bytes, 1, MAX_BATCH)
 
 
 def patch_curve(
@@ -145,7 +146,7 @@ def memory_report(
     base: StepConfig,
     patches: Sequence[tuple[int, int, int]],
     budget_bytes: int,
-    safety: float = 0.9,
+    safety: float = DEFAULT_SAFETY,
     breakdown_measure: Callable[[StepConfig], Measurement] | None = None,
 ) -> MemoryReport:
     """Measure and predict each patch's curve; break the peak down at one configuration.
@@ -207,7 +208,7 @@ def _caption(report: MemoryReport) -> str:
         "Peak allocated memory of a full training step (forward, Dice+CE loss, backward, optimizer "
         "step); the breakdown is traced on fake tensors.\n"
         f"Lines: the calibrated formula ({c.device} calibration {origin}{held_out}); dots: measured "
-        f"steps; stars: the largest batch whose predicted allocated peak (tensors only) is within {report.safety:.0%} of the budget."
+        f"steps; stars: the {largest_batch_rule(report.budget_bytes, report.safety)}."
     )
 
 

@@ -51,6 +51,13 @@ class MemoryNeed:
     def total_bytes(self) -> float:
         return self.reserved_bytes + self.fixed_bytes + self.margin_bytes
 
+    def __repr__(self) -> str:
+        return (
+            f"MemoryNeed(total {self.total_bytes / 2**30:.2f} GiB: allocated {self.allocated_bytes / 2**30:.2f}, "
+            f"reserve {self.reserve_overhead_bytes / 2**30:.2f}, fixed {self.fixed_bytes / 2**30:.2f}, "
+            f"margin {self.margin_bytes / 2**30:.2f} GiB)"
+        )
+
     def terms(self) -> list[tuple[str, float, str]]:
         """(name, bytes, source) of every term, in the order they add up to the total."""
         return [

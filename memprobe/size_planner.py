@@ -15,6 +15,9 @@ from memprobe.search import largest_at_most
 from memprobe.units import format_bytes
 
 MAX_BATCH = 4096
+# The one rule for "the largest batch" in suggest, plan, report and calibrate's searches: the
+# whole need (allocated, allocator reserve, CUDA context, workspaces, margin) within budget x safety.
+DEFAULT_SAFETY = 1.0
 ANISOTROPY_THRESHOLD = 3.0  # spacing ratio beyond which data counts as anisotropic (the seed's rule)
 
 
@@ -52,6 +55,16 @@ class BatchPlan:
         """The whole need as a share of the budget."""
         return self.need.total_bytes / self.budget_bytes
 
+    def __repr__(self) -> str:
+        accumulate = (
+            f" x{self.accumulate_grad_batches} accumulated" if self.accumulate_grad_batches > 1 else ""
+        )
+        return (
+            f"BatchPlan({self.arch} {_size(self.patch)}: batch {self.batch}{accumulate}, "
+            f"need {format_bytes(self.need.total_bytes)} of {format_bytes(self.budget_bytes)}, "
+            f"{self.calibration.precision} calibration {self.calibration.device})"
+        )
+
 
 @dataclass(frozen=True)
 class PatchPlan:
@@ -74,6 +87,23 @@ class PatchPlan:
     @property
     def utilisation(self) -> float:
         return self.need.total_bytes / self.budget_bytes
+
+    def __repr__(self) -> str:
+        return (
+            f"PatchPlan({self.arch} batch {self.batch}: patch {_size(self.patch)}, "
+            f"need {format_bytes(self.need.total_bytes)} of {format_bytes(self.budget_bytes)}, "
+            f"{self.calibration.precision} calibration {self.calibration.device})"
+        )
+
+
+def _size(patch: Sequence[int]) -> str:
+    return "x".join(map(str, patch))
+
+
+def largest_batch_rule(budget_bytes: float, safety: float = DEFAULT_SAFETY) -> str:
+    """The rule every command's largest batch follows, in words, e.g. for a table's title."""
+    within = format_bytes(budget_bytes) if safety == 1 else f"{safety:.0%} of {format_bytes(budget_bytes)}"
+    return f"largest batch whose whole need fits {within} (allocated, allocator reserve, CUDA context, workspaces and margin)"
 
 
 def _check_budget(budget_bytes: int, safety: float) -> None:
@@ -105,7 +135,7 @@ def plan_batch(
     patch: Sequence[int],
     budget_bytes: int,
     *,
-    safety: float = 1.0,
+    safety: float = DEFAULT_SAFETY,
     in_channels: int = 1,
     out_channels: int = 2,
     effective_batch: int | None = None,
@@ -173,7 +203,7 @@ def plan_patch(
     batch: int,
     budget_bytes: int,
     *,
-    safety: float = 1.0,
+    safety: float = DEFAULT_SAFETY,
     spacing: Sequence[float] | None = None,
     median_shape: Sequence[int] | None = None,
     in_channels: int = 1,

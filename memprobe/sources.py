@@ -40,12 +40,15 @@ def shipped_calibrations() -> list[Calibration]:
 
 
 def user_calibrations(db_path: str | Path | None = None) -> list[Calibration]:
-    """Calibrations in the user's database; a missing default database holds none.
+    """Calibrations in the user's database; one that does not exist yet holds none.
+
+    The same whether it is named by ``db_path`` (``--db``), by ``$MEMPROBE_DB`` or is the
+    default: plans then come from the shipped calibrations, and say so in their source.
 
     Raises:
-        DatabaseError: an explicitly named database does not exist or cannot be read.
+        DatabaseError: the database exists but cannot be read.
     """
-    if db_path is None and not database_exists():
+    if not database_exists(db_path):
         return []
     with Database.open(db_path, create=False, readonly=True) as db:
         return db.calibrations()

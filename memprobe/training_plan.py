@@ -19,7 +19,7 @@ from memprobe.enums import Precision, parse_enum
 from memprobe.exports import nnunet_plans, pytc_config
 from memprobe.gpu_info import GpuInfo
 from memprobe.memory_need import MemoryNeed
-from memprobe.size_planner import describe_need
+from memprobe.size_planner import DEFAULT_SAFETY, describe_need, largest_batch_rule
 from memprobe.units import format_bytes
 
 
@@ -81,7 +81,7 @@ def make_plan(
     spacing: Sequence[float] | None = None,
     median_shape: Sequence[int] | None = None,
     effective_batch: int | None = None,
-    safety: float = 1.0,
+    safety: float = DEFAULT_SAFETY,
     num_gpus: int = 1,
     cpu_count: int | None = None,
     lr: float | None = None,
@@ -153,7 +153,7 @@ def make_plan(
         need, calibration = batch_plan.need, batch_plan.calibration
         values["batch_size"] = PlanValue(
             batch_plan.batch,
-            f"largest batch whose need fits {format_bytes(gpu_mem * safety)}: {describe_need(need)}",
+            f"the {largest_batch_rule(gpu_mem, safety)}: {describe_need(need)}",
         )
     chosen_batch = max(1, values["batch_size"].value)
     if effective_batch:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from memprobe.archs.registry import ARCHS, smallest_patch_size
-from memprobe.backends.base import get_backend
+from memprobe.backends import get_backend
 from memprobe.calibration_run import calibrate
 from memprobe.config import make_step_config
 from memprobe.db import Database

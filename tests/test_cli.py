@@ -213,6 +213,8 @@ def test_suggest_all_archs(calibrated_db: Path) -> None:
             "--gpu-mem",
             "24GiB",
             "--all-archs",
+            "--precision",
+            "fp32",
             "--db",
             str(calibrated_db),
             "--json",
@@ -314,7 +316,7 @@ BAD_INPUT = [
     pytest.param(["suggest", "--patch", "128", "128", "128"], "--gpu-mem", id="no-budget-no-gpu"),
     pytest.param(
         ["probe", "--patch", "16", "16", "16", "--arch", TINY, "--batch", "0", "--device", "trace"],
-        "batch size",
+        "'--batch': '0' is not a positive whole number",
         id="probe-batch-0",
     ),
     pytest.param(
@@ -348,13 +350,26 @@ def test_unknown_device_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     )
 
 
-def test_missing_db_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A --db that does not exist is reported in one line with exit code 2, and not created."""
+def test_a_missing_database_is_read_the_same_named_by_db_or_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--db and $MEMPROBE_DB naming a file that does not exist: the same answer, nothing created."""
+    monkeypatch.delenv("MEMPROBE_NO_SHIPPED")
     missing = tmp_path / "missing.sqlite"
-    for arguments in (["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB"], ["db", "list"]):
-        code, _, err = _run_main([*arguments, "--db", str(missing)], capsys)
-        assert code == 2 and err.startswith("memprobe: error:") and len(err.strip().splitlines()) == 1
-        assert str(missing) in err and "Traceback" not in err
+    suggest = ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--json"]
+    by_option = _run_main([*suggest, "--db", str(missing)], capsys)
+    monkeypatch.setenv("MEMPROBE_DB", str(missing))
+    by_environment = _run_main(suggest, capsys)
+    assert by_option[0] == by_environment[0] == 0, by_option[2]
+    assert json.loads(by_option[1])["calibration"] == json.loads(by_environment[1])["calibration"]
+    assert json.loads(by_option[1])["calibration"]["source"] == "shipped"
+    listed = [_run_main(["db", "list", "--json", *db], capsys) for db in (["--db", str(missing)], [])]
+    assert listed[0] == listed[1] and listed[0][0] == 0
+    for db in (["--db", str(missing)], []):  # measurements live only in that file: there are none to show
+        code, _, err = _run_main(["db", "measurements", *db], capsys)
+        assert code == 2 and err.strip() == (
+            f"memprobe: error: no database at {missing}: run `memprobe calibrate` first or pass --db"
+        )
     assert not missing.exists()
 
 
@@ -436,7 +451,8 @@ def test_console_script_reports_errors_in_one_line(tmp_path: Path) -> None:
     )
     assert completed.returncode == 2
     assert completed.stderr.strip().splitlines() == [
-        "memprobe: error: cannot read memory size '24XB': write e.g. 24GiB, 24GB, 24000MiB or 24 (GiB)"
+        "memprobe: error: Invalid value for '--gpu-mem': cannot read memory size '24XB': write e.g. "
+        "24GiB, 24GB, 24000MiB or 24 (GiB) (see `memprobe suggest --help`)"
     ]
     assert completed.stdout == ""
 
@@ -488,3 +504,72 @@ def test_flags_that_contradict_each_other_are_refused(
         ["suggest", *arguments, "--gpu-mem", "24GiB", "--db", str(calibrated_db)], capsys
     )
     assert code == 2 and message in err and err.count("\n") == 1 and not out
+
+
+def test_suggest_and_plan_default_to_one_precision_and_show_it(calibrated_db: Path) -> None:
+    """Without --precision both plan at bf16-mixed (plan's rule for a GPU with bf16, or none) and say so."""
+    patch = ["--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--db", str(calibrated_db)]
+    table = CliRunner().invoke(cli, ["suggest", *patch])
+    assert table.exit_code == 0, table.output
+    assert "| precision" in table.stdout and "precision bf16-mixed (the default;" in table.stdout
+    suggested = CliRunner().invoke(cli, ["suggest", *patch, "--json"])
+    assert json.loads(suggested.stdout)["precision"] == "bf16-mixed"
+    batch = ["--batch", "2", "--gpu-mem", "24GiB", "--db", str(calibrated_db), "--json"]
+    assert json.loads(CliRunner().invoke(cli, ["suggest", *batch]).stdout)["precision"] == "bf16-mixed"
+    planned = CliRunner().invoke(cli, ["plan", "--gpu-mem", "24GiB", "--db", str(calibrated_db), "--json"])
+    assert planned.exit_code == 0, planned.output
+    assert json.loads(planned.stdout)["precision"] == "bf16-mixed"
+
+
+def test_all_archs_with_deep_supervision_skips_networks_without_it(db_path: Path) -> None:
+    """--all-archs --deep-supervision names the networks without heads once and plans the others."""
+    from dataclasses import replace
+
+    with Database.open(db_path) as db:
+        db.add_calibration(replace(make_calibration(), deep_supervision=True))
+        db.add_calibration(make_calibration(arch="basicunet"))
+    arguments = ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--precision", "fp32"]
+    result = CliRunner().invoke(
+        cli, [*arguments, "--all-archs", "--deep-supervision", "--db", str(db_path), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == ["skipped basicunet: no deep supervision"]
+    assert json.loads(result.stdout)["arch"] == "mednext"
+
+
+NUMERIC_OPTIONS = {
+    "--batch",
+    "--budget",
+    "--gpu-mem",
+    "--safety",
+    "--in-channels",
+    "--out-channels",
+    "--patch",
+    "--effective-batch",
+    "--sw-batch-size",
+    "--overlap",
+    "--lr",
+    "--num-gpus",
+    "--gpus",
+    "--spacing",
+    "--median-shape",
+}
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=[" ".join(p) or "memprobe" for p in COMMAND_PATHS])
+def test_every_numeric_option_is_read_by_a_click_type(path: tuple[str, ...]) -> None:
+    """Numbers and sizes are checked where the option is declared, never as text in the command body."""
+    for parameter in dict(_walk(cli))[path].params:
+        if isinstance(parameter, click.Option) and NUMERIC_OPTIONS & set(parameter.opts):
+            assert parameter.type is not click.STRING, f"{' '.join(path)} {parameter.opts}"
+
+
+def test_a_memory_size_is_read_into_bytes_by_its_type() -> None:
+    from memprobe.commands.options import BYTES
+
+    assert BYTES.convert("24GiB", None, None) == 24 * GIB
+    assert BYTES.convert("24GB", None, None) == 24 * 10**9
+    with pytest.raises(click.BadParameter, match="less than 1 MiB"):
+        BYTES.convert("512KiB", None, None)
+    with pytest.raises(click.BadParameter, match="cannot read memory size 'abc'"):
+        BYTES.convert("abc", None, None)

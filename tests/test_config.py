@@ -136,3 +136,14 @@ def test_config_helpers_keep_other_fields() -> None:
         data["patch"] == [64, 64, 64] and data["precision"] == "fp16-mixed" and data["optimizer"] == "adamw"
     )
     assert config.label() == "mednext 64x64x64 b1 fp16-mixed c4->2"
+
+
+def test_step_config_from_dict_inverts_to_dict() -> None:
+    config = StepConfig(
+        "mednext", (64, 96, 128), 3, Precision.BF16_MIXED, OptimizerName.SGD, 4, 5, True, "monai", True
+    )
+    assert StepConfig.from_dict(config.to_dict()) == config
+    older = {k: v for k, v in config.to_dict().items() if k not in ("step", "checkpointing")}
+    assert StepConfig.from_dict(older) == StepConfig(
+        "mednext", (64, 96, 128), 3, Precision.BF16_MIXED, OptimizerName.SGD, 4, 5, True
+    )

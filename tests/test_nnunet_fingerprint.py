@@ -53,7 +53,18 @@ def test_suggest_plans_from_a_fingerprint(tmp_path: Path) -> None:
     with Database.open(db) as database:
         database.add_calibration(make_calibration())
     fingerprint = _write(tmp_path / "f.json", [[5.0, 0.8, 0.8]] * 4, [[40, 512, 512]] * 4)
-    arguments = ["suggest", "--batch", "2", "--gpu-mem", "24GiB", "--db", str(db), "--json"]
+    arguments = [
+        "suggest",
+        "--batch",
+        "2",
+        "--gpu-mem",
+        "24GiB",
+        "--precision",
+        "fp32",
+        "--db",
+        str(db),
+        "--json",
+    ]
     result = CliRunner().invoke(cli, [*arguments, "--nnunet-fingerprint", str(fingerprint)])
     assert result.exit_code == 0, result.output
     assert "spacing 5 0.8 0.8 mm, median shape 40 512 512" in result.stderr

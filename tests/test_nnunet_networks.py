@@ -71,6 +71,8 @@ def test_a_users_nnunet_factory_calibrates_and_its_plans_probe(tmp_path) -> None
                 "4GiB",
                 "--device",
                 "trace",
+                "--precision",
+                "fp32",
                 "--db",
                 db,
             ),

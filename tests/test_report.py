@@ -9,11 +9,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from memprobe.archs.registry import resolve_arch
 from memprobe.commands.report import report
+from memprobe.memory_need import memory_need
+from memprobe.size_planner import largest_batch_rule
 from tests.conftest import TINY
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PATCHES = ("--patch", "16", "16", "16", "--patch", "32", "32", "32")
+BUDGET = "1700MiB"  # the fixed overheads a plan charges on trace (context, workspaces) are about 1.5 GiB
 
 
 def _run(tmp_path: Path) -> dict[str, Any]:
@@ -22,7 +26,7 @@ def _run(tmp_path: Path) -> dict[str, Any]:
         TINY,
         *PATCHES,
         "--budget",
-        "64MiB",
+        BUDGET,
         "--out",
         str(tmp_path / "report.png"),
         "--db",
@@ -41,16 +45,29 @@ def test_report_writes_the_figure_and_its_points_then_reuses_them(tmp_path: Path
     points = {(tuple(p["patch"]), p["batch"]): p for p in data["points"]}
     assert {((16, 16, 16), 1), ((16, 16, 16), 2), ((32, 32, 32), 1), ((32, 32, 32), 2)} <= set(points)
     assert all(p["peak_allocated_bytes"] > 0 and p["predicted_bytes"] > 0 for p in points.values())
+    calibration = _calibration(tmp_path)
     for largest in data["largest"]:
         assert largest["batch"] >= 1
-        assert largest["predicted_peak_bytes"] <= 0.9 * data["budget_bytes"]
         assert (tuple(largest["patch"]), largest["batch"]) in points  # the predicted largest is measured
+        # suggest's rule: the whole need of the largest batch fits the budget, the next one's does not
+        patch, batch = largest["patch"], largest["batch"]
+        need = [
+            memory_need(calibration, resolve_arch(TINY), patch, b).total_bytes for b in (batch, batch + 1)
+        ]
+        assert need[0] <= data["budget_bytes"] < need[1]
+    assert data["largest_batch_rule"] == largest_batch_rule(data["budget_bytes"])
     breakdown = data["breakdown"]
     assert set(breakdown["bytes"]) >= {"parameters", "gradients", "optimizer_state", "activations"}
     assert sum(breakdown["bytes"].values()) == pytest.approx(breakdown["peak_allocated_bytes"], rel=0.01)
     again = _run(tmp_path)  # every point is now stored: nothing is measured twice
     assert data["measured"] > 0 and again["measured"] == 0
     assert again["reused"] == len(again["points"])
+
+
+def _calibration(tmp_path: Path) -> Any:
+    from memprobe.api import load_calibrations
+
+    return next(c for c in load_calibrations(tmp_path / "report.sqlite") if c.arch == TINY)
 
 
 def test_report_refuses_a_safety_outside_0_1(tmp_path: Path) -> None:

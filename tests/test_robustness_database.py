@@ -94,10 +94,12 @@ COMMANDS = {
         "128",
         "--gpu-mem",
         "24GiB",
+        "--precision",
+        "fp32",
         "--db",
         "{db}",
     ),
-    "plan": ("plan", "--arch", "mednext", "--gpu-mem", "24GiB", "--db", "{db}"),
+    "plan": ("plan", "--arch", "mednext", "--gpu-mem", "24GiB", "--precision", "fp32", "--db", "{db}"),
     "db list": ("db", "list", "--db", "{db}"),
     "db measurements": ("db", "measurements", "--db", "{db}"),
     "db export": ("db", "export", "--db", "{db}", "--out", "{out}"),
@@ -140,7 +142,20 @@ def test_the_default_database_is_checked_too(
     monkeypatch.setenv("MEMPROBE_DB", str(path))
     before = file_state(path)
     _assert_refused(
-        invoke(capsys, "suggest", "--arch", "mednext", "--patch", "128", "128", "128", "--gpu-mem", "24GiB"),
+        invoke(
+            capsys,
+            "suggest",
+            "--arch",
+            "mednext",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24GiB",
+            "--precision",
+            "fp32",
+        ),
         message,
     )
     assert file_state(path) == before

@@ -69,7 +69,18 @@ def good_db(tmp_path: Path) -> Path:
 
 def _suggest(db_path: Path) -> object:
     return run_cli(
-        "suggest", "--db", str(db_path), "--patch", "64", "64", "64", "--gpu-mem", "24GiB", "--json"
+        "suggest",
+        "--db",
+        str(db_path),
+        "--patch",
+        "64",
+        "64",
+        "64",
+        "--gpu-mem",
+        "24GiB",
+        "--precision",
+        "fp32",
+        "--json",
     )
 
 
@@ -121,7 +132,19 @@ def test_negative_coefficients_never_yield_a_plan(good_db: Path) -> None:
     )
     connection.commit()
     connection.close()
-    planned = run_cli("suggest", "--db", str(good_db), "--patch", "64", "64", "64", "--gpu-mem", "24GiB")
+    planned = run_cli(
+        "suggest",
+        "--db",
+        str(good_db),
+        "--patch",
+        "64",
+        "64",
+        "64",
+        "--gpu-mem",
+        "24GiB",
+        "--precision",
+        "fp32",
+    )
     assert planned.code == 2 and "4096" not in planned.out and "-1.50" not in planned.out
     assert "no calibration of mednext" in planned.err and "Traceback" not in planned.err
 

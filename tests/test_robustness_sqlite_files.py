@@ -65,7 +65,19 @@ READS: dict[str, tuple[str, ...]] = {
     "db list": ("db", "list", "--no-shipped", "--json"),
     "db measurements": ("db", "measurements", "--json"),
     "db check": ("db", "check"),
-    "suggest": ("suggest", "--patch", "64", "64", "64", "--gpu-mem", "24GiB", "--arch", "basicunet"),
+    "suggest": (
+        "suggest",
+        "--patch",
+        "64",
+        "64",
+        "64",
+        "--gpu-mem",
+        "24GiB",
+        "--arch",
+        "basicunet",
+        "--precision",
+        "fp32",
+    ),
 }
 
 
@@ -208,7 +220,7 @@ def test_memprobe_db_pointing_nowhere_is_reported_not_replaced(
     monkeypatch.setenv("MEMPROBE_DB", str(make(tmp_path)))
     monkeypatch.delenv("MEMPROBE_NO_SHIPPED")  # the shipped calibrations would answer if it were ignored
     before = _listing(tmp_path)
-    result = run_cli("suggest", "--patch", "64", "64", "64", "--gpu-mem", "24GiB")
+    result = run_cli("suggest", "--patch", "64", "64", "64", "--gpu-mem", "24GiB", "--precision", "fp32")
     assert result.code == 2, result.out
     assert len(result.error_lines) == 1 and message in result.error_lines[0]
     assert "Traceback" not in result.err and result.out == ""

@@ -12,9 +12,9 @@ import memprobe
 from memprobe.errors import InvalidInputError, MemprobeError
 from tests.robustness_helpers import make_calibrated_db, run_cli
 
-SUGGEST_PATCH = ("suggest", "--gpu-mem", "24GiB", "--batch", "2")
-SUGGEST_BATCH = ("suggest", "--gpu-mem", "24GiB", "--patch", "64", "64", "64")
-PLAN = ("plan", "--gpu-mem", "24GiB")
+SUGGEST_PATCH = ("suggest", "--gpu-mem", "24GiB", "--precision", "fp32", "--batch", "2")
+SUGGEST_BATCH = ("suggest", "--gpu-mem", "24GiB", "--precision", "fp32", "--patch", "64", "64", "64")
+PLAN = ("plan", "--gpu-mem", "24GiB", "--precision", "fp32")
 
 CLI_CASES: dict[str, tuple[str, ...]] = {
     "nan spacing": (*SUGGEST_PATCH, "--spacing", "nan", "1", "1"),

@@ -146,6 +146,7 @@ def test_calibrate_finds_the_rule_plans_valid_patches_and_probes_them(tmp_path: 
             cli,
             [
                 *("suggest", "--arch", ANISO, "--batch", "2", "--gpu-mem", "3GiB", "--device", "trace"),
+                *("--precision", "fp32"),  # as calibrated above; suggest's default is bf16-mixed
                 *("--db", db, "--spacing", *map(str, spacing), "--median-shape", *map(str, shape), "--json"),
             ],
         )

@@ -50,7 +50,19 @@ def test_when_fp32_does_not_fit_the_alternatives_that_do_are_listed_and_confirme
     calibrated: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     budget = _budget_where_only_fp32_fails(calibrated)
-    args = ("suggest", "--arch", TINY, "--patch", *map(str, PATCH), "--device", "trace", "--db", calibrated)
+    args = (
+        "suggest",
+        "--arch",
+        TINY,
+        "--patch",
+        *map(str, PATCH),
+        "--device",
+        "trace",
+        "--precision",
+        "fp32",
+        "--db",
+        calibrated,
+    )
     result = invoke(capsys, *args, "--gpu-mem", f"{budget}B", "--json")
     assert result.code == 3, result.err
     assert "nothing fits" in result.err and "batch 1" in result.err  # the smallest need, one line
@@ -83,7 +95,19 @@ def test_when_fp32_does_not_fit_the_alternatives_that_do_are_listed_and_confirme
 def test_options_also_list_alternatives_when_the_configuration_fits(
     calibrated: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ("suggest", "--arch", TINY, "--patch", *map(str, PATCH), "--device", "trace", "--db", calibrated)
+    args = (
+        "suggest",
+        "--arch",
+        TINY,
+        "--patch",
+        *map(str, PATCH),
+        "--device",
+        "trace",
+        "--precision",
+        "fp32",
+        "--db",
+        calibrated,
+    )
     result = invoke(capsys, *args, "--gpu-mem", "8GiB", "--options", "--effective-batch", "64")
     assert result.code == 0, result.err
     assert "Alternatives (same patch and budget, one change each)" in result.out

@@ -167,7 +167,7 @@ def test_without_cuda_verify_is_one_line_exit_2_and_creates_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No GPU: exit 2, one line saying what to run instead, and no output folder."""
-    monkeypatch.setattr("memprobe.backends.base.cuda_available", lambda: False)
+    monkeypatch.setattr("memprobe.backends.cuda_available", lambda: False)
     out = tmp_path / "truth"
     with pytest.raises(SystemExit) as exited:
         main(["verify", "--quick", "--out", str(out)])

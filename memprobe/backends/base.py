@@ -1,12 +1,11 @@
-"""The Backend protocol and how a backend is chosen by name."""
+"""The Backend protocol every measuring backend follows (a leaf: it imports no backend)."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
 from memprobe.config import StepConfig
-from memprobe.enums import DeviceKind, parse_enum
-from memprobe.errors import DeviceUnavailableError
+from memprobe.enums import DeviceKind
 from memprobe.measurement import Environment, Measurement
 
 
@@ -22,41 +21,3 @@ class Backend(Protocol):
     def measure(self, config: StepConfig) -> Measurement:
         """Run the step and return its measurement; running out of memory is a result."""
         ...
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def default_device_kind() -> DeviceKind:
-    """CUDA when a GPU is present, else the trace backend."""
-    return DeviceKind.CUDA if cuda_available() else DeviceKind.TRACE
-
-
-def get_backend(
-    device: str | DeviceKind | None = None, *, budget_bytes: int | None = None, isolate: bool = False
-) -> Backend:
-    """Create the backend named ``device`` (default: cuda if available, else trace).
-
-    ``budget_bytes`` caps the memory a CUDA step may use; trace and cpu steps report their
-    peak, and callers compare it with the budget. ``isolate`` runs each probe in a child
-    process, so a crash of the step becomes a failed measurement instead of ending the run.
-    """
-    kind = default_device_kind() if device is None else parse_enum(DeviceKind, str(device), "device")
-    if isolate:
-        from memprobe.backends.isolated import IsolatedBackend
-
-        return IsolatedBackend(get_backend(kind, budget_bytes=budget_bytes), budget_bytes=budget_bytes)
-    if kind is DeviceKind.CUDA:
-        if not cuda_available():
-            raise DeviceUnavailableError(
-                "no CUDA GPU is available here: use --device trace to measure without a GPU"
-            )
-        from memprobe.backends.cuda import CudaBackend
-
-        return CudaBackend(budget_bytes=budget_bytes)
-    from memprobe.backends.trace_backend import CpuBackend, TraceBackend
-
-    return TraceBackend() if kind is DeviceKind.TRACE else CpuBackend()

@@ -156,8 +156,7 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 def run_child() -> int:
     """Measure the configuration read from stdin and print the measurement as JSON."""
-    from memprobe.backends.base import get_backend
-    from memprobe.enums import OptimizerName, Precision
+    from memprobe.backends import get_backend
 
     # Ctrl-C reaches the whole process group: the parent stops, and ends this process itself,
     # so an interrupted probe is never recorded as a crashed one.
@@ -167,19 +166,7 @@ def run_child() -> int:
     if request.get("environment"):
         _report(get_backend(request["device"], budget_bytes=request["budget_bytes"]).environment().to_dict())
         return 0
-    data = request["config"]
-    config = StepConfig(
-        data["arch"],
-        tuple(data["patch"]),
-        data["batch"],
-        Precision(data["precision"]),  # type: ignore[arg-type]
-        OptimizerName(data["optimizer"]),
-        data["in_channels"],
-        data["out_channels"],
-        data["deep_supervision"],
-        data.get("step", "memprobe"),
-        data.get("checkpointing", False),
-    )
+    config = StepConfig.from_dict(request["config"])
     try:
         measurement = get_backend(request["device"], budget_bytes=request["budget_bytes"]).measure(config)
     except errors.MemprobeError as error:

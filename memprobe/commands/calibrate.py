@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from memprobe.commands.inference import calibrate_view, inference_mode
 from memprobe.commands.options import (
+    BYTES,
     CHANNELS,
     arch_option,
     checkpointing_option,
@@ -18,22 +19,17 @@ from memprobe.commands.options import (
     shape_rule_options,
     training_step_option,
 )
+from memprobe.commands.progress import Progress
 from memprobe.measurement import Measurement
 from memprobe.reporters import Report
-from memprobe.units import format_bytes, parse_bytes
 
-# Design points plus held-out points plus a few search steps: the progress bar's first length.
+if TYPE_CHECKING:
+    from memprobe.calibration_run import CalibrationReport
+from memprobe.size_planner import largest_batch_rule
+from memprobe.units import format_bytes
+
+# Design points plus held-out points plus a few search steps: the progress's first length.
 _EXPECTED_STEPS = 10 + 4 + 6
-
-
-def _progress_bar(label: str) -> Any:
-    return click.progressbar(
-        length=_EXPECTED_STEPS,
-        label=label,
-        file=click.get_text_stream("stderr"),
-        show_pos=True,
-        item_show_func=lambda text: text,
-    )
 
 
 @click.command()
@@ -52,6 +48,7 @@ def _progress_bar(label: str) -> Any:
 @click.option(
     "--budget",
     default=None,
+    type=BYTES,
     help="Memory budget for the searches (default: the GPU's memory; 24GiB on trace).",
 )
 @click.option(
@@ -72,7 +69,7 @@ def calibrate(
     divisors: tuple[int, int, int] | None,
     min_patch: tuple[int, int, int] | None,
     no_search: bool,
-    budget: str | None,
+    budget: int | None,
     isolate: bool,
     db_path: str | None,
     as_json: bool,
@@ -95,48 +92,39 @@ def calibrate(
     Design patches are multiples of the per-axis divisors (anisotropic where the network pools
     anisotropically); a design patch the model fails on is recorded and skipped.
     """
-    from memprobe.api import default_budget_bytes
-    from memprobe.archs.registry import resolve_arch, smallest_patch
-    from memprobe.backends.base import get_backend
-    from memprobe.calibration_run import calibrate as run_calibration
-    from memprobe.config import make_step_config
-    from memprobe.db import Database
-    from memprobe.measurement_log import MeasurementLog
-    from memprobe.step_registry import load_step
+    from memprobe.api import calibrate as run_calibration
+    from memprobe.archs.registry import resolve_arch
+    from memprobe.backends import default_device_kind
 
     arch = custom_arch_with_rule(arch, divisors, min_patch, in_channels, out_channels, find=not isolate)
-    spec = resolve_arch(arch)
-    base = make_step_config(
-        arch,
-        smallest_patch(spec),
-        1,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        precision=precision,
-        optimizer=optimizer,
-        deep_supervision=deep_supervision,
-        step=training_step,
-        checkpointing=checkpointing,
-    )
-    load_step(base.step)  # a wrong reference is refused before anything runs
-    cap = parse_bytes(budget) if budget is not None else None
-    # Every input is checked before the database is opened: a mistake must leave it untouched.
-    backend = get_backend(device, budget_bytes=cap, isolate=isolate)
-    budget_bytes = default_budget_bytes(backend.environment(), budget)
-    with Database.open(db_path) as database:
-        with _progress_bar(f"calibrating {spec.name} on {backend.kind.value}") as bar:
+    label = f"calibrating {resolve_arch(arch).name} on {device or default_device_kind().value}"
+    with Progress(label, _EXPECTED_STEPS) as progress:
 
-            def advance(measurement: Measurement, reused: bool) -> None:
-                bar.length = max(bar.length or 0, bar.pos + 2)
-                bar.update(1, f"{measurement.config.label()}{' (stored)' if reused else ''}")
+        def advance(measurement: Measurement, reused: bool) -> None:
+            progress.advance(f"{measurement.config.label()}{' (stored)' if reused else ''}")
 
-            log = MeasurementLog(backend, database, budget_bytes, on_measurement=advance)
-            report = run_calibration(log, base, budget_bytes, search=not no_search)
-        emit(_report(report, budget_bytes, database.path or database.location), as_json)
+        report = run_calibration(
+            arch,
+            precision,
+            device=device,
+            optimizer=optimizer,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            deep_supervision=deep_supervision,
+            step=training_step,
+            checkpointing=checkpointing,
+            budget=budget,
+            db=db_path,
+            isolate=isolate,
+            search=not no_search,
+            on_measurement=advance,
+        )
+    emit(_report(report), as_json)
 
 
-def _report(report: Any, budget_bytes: int, db_path: object) -> Report:
+def _report(report: CalibrationReport) -> Report:
     calibration = report.calibration
+    budget_bytes = report.budget_bytes or 0
     quality = calibration.quality
     measured = [(m, "fit") for m in report.fitted] + [(m, "held out") for m in report.heldout]
     predict = lambda m: calibration.predict_peak_bytes(
@@ -160,7 +148,7 @@ def _report(report: Any, budget_bytes: int, db_path: object) -> Report:
     ]
     # Every segment's coefficients are in --json; the table shows the one holding the peak of
     # the largest measured step, the segment that decides the plans.
-    largest = max((m for m, _ in measured if m.ok), key=lambda m: m.peak_allocated_bytes)
+    largest = max((m for m, _ in measured if m.ok), key=lambda m: m.peak_allocated_bytes or 0)
     c = largest.config
     segment = calibration.peak_segment(
         _spec(calibration.arch), c.patch, c.batch, c.in_channels, c.out_channels
@@ -183,11 +171,12 @@ def _report(report: Any, budget_bytes: int, db_path: object) -> Report:
         f"worst {100 * (quality.heldout_max_relative_error or 0):.2f}%",
         _reserved_note(calibration),
         f"searches within {format_bytes(budget_bytes)}; {report.measured} steps measured, {report.reused} reused "
-        f"from {db_path or 'memory'}",
+        f"from {report.stored_in or 'memory'}",
     )
     data = {
         "calibration": calibration.to_dict(),
         "budget_bytes": budget_bytes,
+        "largest_batch_rule": largest_batch_rule(budget_bytes),
         "measurements": [dict(m.to_dict(), role=role) for m, role in measured],
         "searches": [
             {
@@ -211,7 +200,10 @@ def _report(report: Any, budget_bytes: int, db_path: object) -> Report:
                 f"{len(calibration.phase_coefficients)} segments fitted, all in --json",
                 coefficients,
             ),
-            ("Limits found (model-guided search)", searches),
+            (
+                f"Limits found (model-guided search, measured): the {largest_batch_rule(budget_bytes)}",
+                searches,
+            ),
         ),
         notes,
     )

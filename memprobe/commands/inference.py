@@ -14,6 +14,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from memprobe.commands.options import BATCH
 from memprobe.reporters import Report
 from memprobe.units import format_bytes
 
@@ -90,10 +91,18 @@ _INFERENCE_OPTIONS = (
         help="Inference: the whole image in voxels (--patch is the window, roi_size).",
     ),
     click.option(
-        "--sw-batch-size", default="1", show_default=True, help="Inference: windows the network sees at once."
+        "--sw-batch-size",
+        default=1,
+        show_default=True,
+        type=BATCH,
+        help="Inference: windows the network sees at once.",
     ),
     click.option(
-        "--overlap", default="0.25", show_default=True, help="Inference: overlap of windows, in [0, 1)."
+        "--overlap",
+        default=0.25,
+        show_default=True,
+        type=click.FloatRange(0, 1, max_open=True),
+        help="Inference: overlap of windows, in [0, 1).",
     ),
     click.option(
         "--blend",
@@ -238,7 +247,7 @@ def probe_view(
     arch: str,
     patch: Any,
     image_shape: Any,
-    sw_batch_size: str,
+    sw_batch_size: int,
     device: str | None,
     as_json: bool,
     **options: Any,
@@ -283,6 +292,7 @@ def calibrate_view(
     """``memprobe calibrate --mode inference``."""
     from memprobe.archs.registry import resolve_arch
     from memprobe.commands.options import emit
+    from memprobe.commands.progress import Progress
     from memprobe.db import Database
     from memprobe.inference.calibration_run import calibrate_inference
     from memprobe.inference.config import make_inference_config
@@ -300,18 +310,13 @@ def calibrate_view(
     base = make_inference_config(arch, (2 * spec.divisor,) * 3, (4 * spec.divisor,) * 3, **chosen)
     runner = InferenceRunner(device)
     with Database.open(db_path) as database:
-        with click.progressbar(
-            length=17,
-            label=f"calibrating inference of {spec.name} on {runner.kind.value}",
-            file=click.get_text_stream("stderr"),
-            show_pos=True,
-            item_show_func=lambda text: text,
-        ) as bar:
+        label = f"calibrating inference of {spec.name} on {runner.kind.value}"
+        with Progress(label, 17) as progress:
             report = calibrate_inference(
                 runner,
                 base,
                 database,
-                lambda m, reused: bar.update(1, m.config.label() + (" (stored)" if reused else "")),
+                lambda m, reused: progress.advance(m.config.label() + (" (stored)" if reused else "")),
             )
         emit(_calibration_report(report, spec, database.path or database.location), as_json)
 
@@ -365,8 +370,8 @@ def suggest_view(
     *,
     arch: str,
     patch: Any,
-    gpu_mem: str | None,
-    precision: str,
+    gpu_mem: int | None,
+    precision: str | None,
     in_channels: int,
     out_channels: int,
     safety: float,
@@ -377,10 +382,10 @@ def suggest_view(
     image_shape: Any,
     max_image_shape: Any,
     fingerprint: str | None,
-    overlap: str,
+    overlap: float,
     blend: str,
     stitch: str | None,
-    sw_batch_size: str,
+    sw_batch_size: int,
     predictor: str,
     mirror_axes: tuple[int, ...] | None,
     buffer_steps: int | None,

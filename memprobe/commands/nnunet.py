@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from memprobe.commands.options import db_option, emit, json_option
+from memprobe.commands.options import BYTES, db_option, emit, json_option
 from memprobe.reporters import Report
 from memprobe.units import format_bytes
 
@@ -30,7 +30,7 @@ def nnunet() -> None:
     show_default=True,
     help="Configuration planned with measurements.",
 )
-@click.option("--gpu-mem", required=True, help="Memory to plan for, e.g. 24GiB.")
+@click.option("--gpu-mem", required=True, type=BYTES, help="Memory to plan for, e.g. 24GiB.")
 @click.option(
     "--preset",
     type=click.Choice(["default", "resenc-m", "resenc-l", "resenc-xl"]),
@@ -44,7 +44,7 @@ def nnunet() -> None:
 def plan(
     dataset: str,
     configuration: str,
-    gpu_mem: str,
+    gpu_mem: int,
     preset: str,
     device: str | None,
     db_path: str | None,
@@ -63,9 +63,8 @@ def plan(
     nnUNetv2_train 4 3d_fullres 0 -p nnUNetResEncUNetLPlans_memprobe
     """
     from memprobe.nnunet.planner import memprobe_plans_name
-    from memprobe.units import parse_bytes
 
-    budget_bytes = parse_bytes(gpu_mem)
+    budget_bytes = gpu_mem
     planner = _planner(preset, dataset, budget_bytes, configuration, db_path, device)
     with contextlib.redirect_stdout(sys.stderr):  # nnU-Net's planner prints its progress
         plans = planner.plan_experiment()

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from memprobe.arguments import MAX_BATCH_SIZE
+from memprobe.arguments import MAX_BATCH_SIZE, MAX_LEARNING_RATE
 from memprobe.reporters import Report, get_reporter
 
 F = Callable[..., Any]
@@ -67,8 +67,12 @@ def step_options(function: F) -> F:
             click.option(
                 "--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's)."
             ),
-            click.option("--in-channels", default="1", show_default=True, help="Input channels."),
-            click.option("--out-channels", default="2", show_default=True, help="Output classes."),
+            click.option(
+                "--in-channels", default=1, show_default=True, type=CHANNELS, help="Input channels."
+            ),
+            click.option(
+                "--out-channels", default=2, show_default=True, type=CHANNELS, help="Output classes."
+            ),
             click.option("--deep-supervision", is_flag=True, help="Train with deep-supervision heads."),
         )
     ):
@@ -161,15 +165,9 @@ def db_option(function: F) -> F:
         "db_path",
         default=None,
         metavar="FILE",
-        help="Benchmark database (default: $MEMPROBE_DB, else the user data directory).",
+        help="Benchmark database (default: $MEMPROBE_DB, else the user data directory). One that "
+        "does not exist yet holds no calibrations, named either way: plans come from the shipped ones.",
     )(function)
-
-
-def _three_sizes(context: click.Context, parameter: click.Parameter, value: Any) -> Any:
-    """Refuse a patch that took the next option as a size (``--patch 128 128 --gpu-mem 24GiB``)."""
-    if value is not None and any(str(size).startswith("-") and not str(size)[1:].isdigit() for size in value):
-        raise click.BadParameter("--patch needs 3 values (depth height width), e.g. --patch 128 128 128")
-    return value
 
 
 def patch_option(required: bool) -> Callable[[F], F]:
@@ -179,7 +177,7 @@ def patch_option(required: bool) -> Callable[[F], F]:
         default=None,
         required=required,
         metavar="D H W",
-        callback=_three_sizes,
+        type=PATCH_SIZE,
         help="Patch size in voxels (depth height width).",
     )
 
@@ -218,9 +216,41 @@ class _Count(click.ParamType):
         return int(text)
 
 
+class _PatchSize(_Count):
+    """One patch size; an option name in its place means the patch was given fewer than 3 sizes."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = str(value)
+        if text.startswith("-") and not text[1:].isdigit():  # ``--patch 128 128 --gpu-mem 24GiB``
+            self.fail("--patch needs 3 values (depth height width), e.g. --patch 128 128 128", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class ByteSize(click.ParamType):
+    """A memory size such as 24GiB, 24GB, 24000MiB or 24 (GiB), converted to bytes (at least 1 MiB)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from memprobe.errors import InvalidInputError
+        from memprobe.units import MIB, parse_bytes
+
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value  # already converted (a default given in bytes)
+        try:
+            size = parse_bytes(str(value))
+        except InvalidInputError as error:
+            self.fail(str(error), param, ctx)
+        if size < MIB:
+            self.fail(f"memory size {value!r} is less than 1 MiB: no GPU is that small", param, ctx)
+        return size
+
+
 SPACING_MM = _PositiveNumber(1e6)
-LEARNING_RATE = _PositiveNumber(1e3)
+LEARNING_RATE = _PositiveNumber(MAX_LEARNING_RATE)
 SHAPE_SIZE = _Count(2**20)
 BATCH = _Count(MAX_BATCH_SIZE)
 CHANNELS = _Count(100_000)
 DIVISOR = _Count(1024)
+PATCH_SIZE = _PatchSize(2**20)
+BYTES = ByteSize()

@@ -6,6 +6,7 @@ import click
 
 from memprobe.commands.options import (
     BATCH,
+    BYTES,
     CHANNELS,
     LEARNING_RATE,
     SHAPE_SIZE,
@@ -17,11 +18,14 @@ from memprobe.commands.options import (
     training_step_option,
 )
 from memprobe.reporters import Report
+from memprobe.size_planner import DEFAULT_SAFETY
 
 
 @click.command()
 @arch_option
-@click.option("--gpu-mem", default=None, help="Memory to plan for, e.g. 24GiB; default the detected GPU's.")
+@click.option(
+    "--gpu-mem", default=None, type=BYTES, help="Memory to plan for, e.g. 24GiB; default the detected GPU's."
+)
 @click.option("--precision", default=None, help="Override: fp32, fp16-mixed or bf16-mixed (default: by GPU).")
 @click.option(
     "--patch", nargs=3, type=SHAPE_SIZE, default=None, metavar="D H W", help="Override the patch size."
@@ -46,7 +50,7 @@ from memprobe.reporters import Report
 @click.option("--effective-batch", type=BATCH, default=None, help="Batch to reach by accumulation.")
 @click.option(
     "--safety",
-    default=1.0,
+    default=DEFAULT_SAFETY,
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True),
     help="Share of the budget the whole need may use, on top of the calibrated margin.",
@@ -75,7 +79,7 @@ from memprobe.reporters import Report
 )
 def plan(
     arch: str,
-    gpu_mem: str | None,
+    gpu_mem: int | None,
     precision: str | None,
     patch: tuple[int, ...] | None,
     batch: int | None,

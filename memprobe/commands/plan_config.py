@@ -40,7 +40,7 @@ def _check_options(context: click.Context, config_path: str | None) -> None:
 def plan_config_view(
     config_path: str | None,
     out_path: str | None,
-    gpu_mem: str | None,
+    gpu_mem: int | None,
     safety: float,
     num_gpus: int,
     db_path: str | None,

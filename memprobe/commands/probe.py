@@ -8,6 +8,8 @@ import click
 
 from memprobe.commands.inference import inference_mode, probe_view
 from memprobe.commands.options import (
+    BATCH,
+    BYTES,
     arch_option,
     custom_arch_with_rule,
     emit,
@@ -18,7 +20,7 @@ from memprobe.commands.options import (
 )
 from memprobe.measurement import Measurement
 from memprobe.reporters import Report
-from memprobe.units import format_bytes, parse_bytes
+from memprobe.units import format_bytes
 
 
 def measurement_row(m: Measurement) -> dict[str, object]:
@@ -37,7 +39,7 @@ def measurement_row(m: Measurement) -> dict[str, object]:
 @inference_mode(probe_view, ("batch", "optimizer", "deep_supervision", "budget", "isolate"))
 @arch_option
 @patch_option(required=True)
-@click.option("--batch", default="2", show_default=True, help="Batch size.")
+@click.option("--batch", default=2, show_default=True, type=BATCH, help="Batch size.")
 @step_options
 @shape_rule_options
 @click.option(
@@ -46,7 +48,10 @@ def measurement_row(m: Measurement) -> dict[str, object]:
     help="cuda, trace (fake tensors, no GPU) or cpu; default cuda if present, else trace.",
 )
 @click.option(
-    "--budget", default=None, help="Cap CUDA memory at this size, e.g. 24GiB (emulates a smaller GPU)."
+    "--budget",
+    default=None,
+    type=BYTES,
+    help="Cap CUDA memory at this size, e.g. 24GiB (emulates a smaller GPU).",
 )
 @click.option("--isolate", is_flag=True, help="Run the step in a child process (a crash becomes a result).")
 @click.option("--gpus", type=click.IntRange(1, 1024), default=1, show_default=True,
@@ -59,19 +64,19 @@ def measurement_row(m: Measurement) -> dict[str, object]:
 @json_option
 def probe(
     arch: str,
-    patch: tuple[str, str, str],
-    batch: str,
+    patch: tuple[int, int, int],
+    batch: int,
     precision: str,
     optimizer: str,
-    in_channels: str,
-    out_channels: str,
+    in_channels: int,
+    out_channels: int,
     deep_supervision: bool,
     training_step: str,
     checkpointing: bool,
     divisors: tuple[int, int, int] | None,
     min_patch: tuple[int, int, int] | None,
     device: str | None,
-    budget: str | None,
+    budget: int | None,
     isolate: bool,
     gpus: int,
     strategy: str,
@@ -91,7 +96,7 @@ def probe(
     memprobe probe --arch basicunet --patch 96 96 96 --step mytrain:step --device trace
     memprobe probe --arch basicunet --patch 96 96 96 --batch 2 --gpus 4 --strategy fsdp --device trace
     """
-    from memprobe.backends.base import get_backend
+    from memprobe.backends import get_backend
     from memprobe.config import make_step_config
     from memprobe.step_registry import load_step
 
@@ -115,7 +120,7 @@ def probe(
         options = DistributedOptions(Strategy(strategy), gpus, bucket_cap_mb, gradient_as_bucket_view)
         _probe_per_rank(config, options, device or "trace", as_json)
         return
-    budget_bytes = parse_bytes(budget) if budget is not None else None
+    budget_bytes = budget
     backend = get_backend(device, budget_bytes=budget_bytes, isolate=isolate)  # refuses a bad device first
     click.echo(f"measuring {config.label()} on {backend.kind.value} ...", err=True)
     measurement = backend.measure(config)

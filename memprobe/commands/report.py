@@ -7,9 +7,10 @@ from typing import Any
 
 import click
 
-from memprobe.commands.options import arch_option, db_option, emit, json_option
+from memprobe.commands.options import BYTES, PATCH_SIZE, arch_option, db_option, emit, json_option
 from memprobe.reporters import Report
-from memprobe.units import format_bytes, parse_bytes
+from memprobe.size_planner import DEFAULT_SAFETY, largest_batch_rule
+from memprobe.units import format_bytes
 
 
 @click.command()
@@ -21,9 +22,15 @@ from memprobe.units import format_bytes, parse_bytes
     show_default=True,
     help="Image to write (.png, .pdf, .svg, ...).",
 )
-@click.option("--budget", default="24GiB", show_default=True, help="Memory budget drawn and planned for.")
 @click.option(
-    "--safety", default=0.9, show_default=True, type=float, help="Share of the budget a batch may use."
+    "--budget", default="24GiB", show_default=True, type=BYTES, help="Memory budget drawn and planned for."
+)
+@click.option(
+    "--safety",
+    default=DEFAULT_SAFETY,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Share of the budget the whole need may use, as in suggest.",
 )
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")
 @click.option(
@@ -31,6 +38,7 @@ from memprobe.units import format_bytes, parse_bytes
     "patches",
     multiple=True,
     nargs=3,
+    type=PATCH_SIZE,
     metavar="D H W",
     help="A patch to plot (repeatable); default cubes of 4, 6 and 8 times half the smallest patch.",
 )
@@ -40,7 +48,7 @@ from memprobe.units import format_bytes, parse_bytes
 def report(
     arch: str,
     out_path: str,
-    budget: str,
+    budget: int,
     safety: float,
     precision: str,
     patches: tuple[Any, ...],
@@ -62,35 +70,33 @@ def report(
     memprobe report --arch mednext --patch 64 64 64 --patch 32 160 160 --json
     """
     from memprobe.archs.registry import resolve_arch, smallest_patch_size
-    from memprobe.backends.base import get_backend
+    from memprobe.backends import get_backend
     from memprobe.backends.trace_backend import TraceBackend
+    from memprobe.commands.progress import Progress
     from memprobe.config import make_step_config, validate_patch
     from memprobe.db import Database
-    from memprobe.errors import InvalidInputError
     from memprobe.measurement import Measurement
     from memprobe.measurement_log import MeasurementLog
     from memprobe.memory_figure import default_patches, draw_report, find_or_calibrate, memory_report
     from memprobe.output_paths import IMAGE_SUFFIXES, check_output_path, database_files
 
-    if not 0 < safety <= 1:
-        raise InvalidInputError(f"--safety must be in (0, 1], got {safety}")
     out = check_output_path(out_path, reading=database_files(db_path), suffixes=IMAGE_SUFFIXES)
     spec = resolve_arch(arch)
     base = make_step_config(arch, (smallest_patch_size(spec),) * 3, 1, precision=precision)
     chosen = [validate_patch(p, spec) for p in patches] or default_patches(spec)
-    budget_bytes = parse_bytes(budget)
+    budget_bytes = budget
     backend = get_backend(device, budget_bytes=budget_bytes)
     breakdown = TraceBackend(breakdown=True)
-    with Database.open(db_path) as database, _progress_bar(spec.name, len(chosen)) as bar:
+    progress = Progress(f"measuring {spec.name}", 3 * len(chosen) + 1)
+    with Database.open(db_path) as database, progress:
 
         def advance(measurement: Measurement, reused: bool) -> None:
-            bar.length = max(bar.length or 0, bar.pos + 2)
-            bar.update(1, f"{measurement.config.label()}{' (stored)' if reused else ''}")
+            progress.advance(f"{measurement.config.label()}{' (stored)' if reused else ''}")
 
         def measure_breakdown(config: Any) -> Measurement:
-            bar.update(0, f"{config.label()} (breakdown)")
+            progress.advance(f"{config.label()} (breakdown)", 0)
             measured = breakdown.measure(config)
-            bar.update(1, config.label())
+            progress.advance(f"{config.label()} (breakdown)")
             return measured
 
         log = MeasurementLog(backend, database, budget_bytes, on_measurement=advance)
@@ -98,16 +104,6 @@ def report(
         result = memory_report(log, calibration, spec, base, chosen, budget_bytes, safety, measure_breakdown)
     figure = draw_report(result, out)
     emit(_report(result, figure, log.taken, log.reused), as_json)
-
-
-def _progress_bar(arch: str, patches: int) -> Any:
-    return click.progressbar(
-        length=3 * patches + 1,
-        label=f"measuring {arch}",
-        show_pos=True,
-        file=click.get_text_stream("stderr"),
-        item_show_func=lambda text: text,
-    )
 
 
 def _report(result: Any, figure: Path, taken: list[Any], reused: int) -> Report:
@@ -135,13 +131,14 @@ def _report(result: Any, figure: Path, taken: list[Any], reused: int) -> Report:
     ]
     tables: list[tuple[str, list[dict[str, Any]]]] = [
         ("Measured points", rows),
-        (f"Largest batch within {result.safety:.0%} of {format_bytes(result.budget_bytes)}", largest),
+        (_capitalised(largest_batch_rule(result.budget_bytes, result.safety)), largest),
     ]
     data: dict[str, Any] = {
         "arch": result.spec.name,
         "figure": str(figure),
         "budget_bytes": result.budget_bytes,
         "safety": result.safety,
+        "largest_batch_rule": largest_batch_rule(result.budget_bytes, result.safety),
         "calibration": {
             "device": calibration.device,
             "source": calibration.source,
@@ -177,6 +174,10 @@ def _report(result: Any, figure: Path, taken: list[Any], reused: int) -> Report:
         f"{', 1 traced for the breakdown' if result.breakdown is not None else ''}",
     )
     return Report(data, tuple(tables), notes)
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _point(m: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from memprobe.commands.budget import budget_note
 from memprobe.commands.inference import inference_mode, suggest_view
 from memprobe.commands.options import (
     BATCH,
+    BYTES,
     CHANNELS,
     SHAPE_SIZE,
     SPACING_MM,
@@ -22,6 +23,7 @@ from memprobe.commands.options import (
 )
 from memprobe.commands.plan_output import calibration_data, calibration_text, check_prediction, need_rows
 from memprobe.reporters import Report
+from memprobe.size_planner import DEFAULT_SAFETY, largest_batch_rule
 from memprobe.units import format_bytes
 
 
@@ -42,9 +44,15 @@ from memprobe.units import format_bytes
 @click.option(
     "--gpu-mem",
     default=None,
+    type=BYTES,
     help="Memory to plan for, e.g. 24GiB, 24GB, 24000MiB or 24; default the detected GPU's free memory.",
 )
-@click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")
+@click.option(
+    "--precision",
+    default=None,
+    help="fp32, fp16-mixed (fp16) or bf16-mixed (bf16); default as `plan`: bf16-mixed, "
+    "fp16-mixed on a GPU without bf16.",
+)
 @click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
 @click.option("--in-channels", default=1, show_default=True, type=CHANNELS, help="Input channels.")
 @click.option("--out-channels", default=2, show_default=True, type=CHANNELS, help="Output classes.")
@@ -60,7 +68,7 @@ from memprobe.units import format_bytes
 )
 @click.option(
     "--safety",
-    default=1.0,
+    default=DEFAULT_SAFETY,
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True),
     help="Share of the budget the whole need may use, on top of the calibrated margin.",
@@ -108,10 +116,10 @@ from memprobe.units import format_bytes
 )
 def suggest(
     arch: str,
-    patch: tuple[str, ...] | None,
+    patch: tuple[int, ...] | None,
     batch: int | None,
-    gpu_mem: str | None,
-    precision: str,
+    gpu_mem: int | None,
+    precision: str | None,
     optimizer: str,
     in_channels: int,
     out_channels: int,
@@ -149,6 +157,7 @@ def suggest(
     from memprobe.errors import InvalidInputError, NothingFitsError
 
     budget_bytes, gpu = resolve_budget(gpu_mem)
+    precision, precision_text = _precision(precision, gpu)
     if nnunet_fingerprint is not None:
         from memprobe.commands.options import geometry_from_fingerprint
 
@@ -167,6 +176,8 @@ def suggest(
         wanted_precision = parse_enum(Precision, precision, "precision").value
         calibrated = {c.arch for c in load_calibrations(db_path) if c.precision == wanted_precision}
         archs = [name for name in known_arch_names() if name in calibrated]
+        if deep_supervision:
+            archs = _with_deep_supervision(archs)
     common: dict[str, Any] = dict(
         safety=safety,
         optimizer=optimizer,
@@ -183,8 +194,9 @@ def suggest(
             "--options plans the batch of one architecture: give --patch, not --all-archs"
         )
     if patch is not None:
-        sizes: Any = patch  # text; validated (one-line errors) by the library
+        sizes: Any = patch  # whole numbers (click); the library checks them against the network
         note = budget_note(budget_bytes, gpu, gpu_mem)
+        notes = (precision_text, note)
         try:
             batch_plans = [
                 max_batch_size(a, sizes, budget_bytes, precision, effective_batch=effective_batch, **common)
@@ -194,14 +206,14 @@ def suggest(
             if all_archs:
                 raise
             emit(
-                _options_report(None, arch, sizes, budget_bytes, precision, effective_batch, common, note),
+                _options_report(None, arch, sizes, budget_bytes, precision, effective_batch, common, notes),
                 as_json,
             )
             raise  # exit 3, with the smallest need
-        report = _batch_report(batch_plans, budget_bytes, note)
+        report = _batch_report(batch_plans, budget_bytes, notes)
         if show_options:
             report = _options_report(
-                report, arch, sizes, budget_bytes, precision, effective_batch, common, note
+                report, arch, sizes, budget_bytes, precision, effective_batch, common, notes
             )
     else:
         assert batch is not None
@@ -217,7 +229,9 @@ def suggest(
             )
             for a in archs
         ]
-        report = _patch_report(patch_plans, budget_bytes, budget_note(budget_bytes, gpu, gpu_mem))
+        report = _patch_report(
+            patch_plans, budget_bytes, (precision_text, budget_note(budget_bytes, gpu, gpu_mem))
+        )
     emit(report, as_json, "yaml" if as_yaml else None)
 
 
@@ -229,7 +243,7 @@ def _options_report(
     precision: str,
     effective_batch: int | None,
     common: dict[str, Any],
-    budget_text: str,
+    budget_text: tuple[str, ...],
 ) -> Report:
     """``report`` (None: nothing fits as asked) with the alternatives' table and data added."""
     from memprobe.alternatives import alternatives
@@ -240,20 +254,35 @@ def _options_report(
     table = (f"{title} (same patch and budget, one change each)", options_rows(found))
     if report is None:
         data: dict[str, Any] = {"fits": False, "alternatives": options_data(found)}
-        return Report(data, (table,), ("nothing fits as asked", budget_text))
+        return Report(data, (table,), ("nothing fits as asked", *budget_text))
     data = {**report.data, "alternatives": options_data(found)}
     return Report(data, (*report.tables, table), report.notes)
 
 
-def _positive_batch(batch: str | None) -> int:
-    from memprobe.errors import InvalidInputError
+def _with_deep_supervision(archs: list[str]) -> list[str]:
+    """The networks that have deep-supervision heads; the others are named once on stderr and skipped."""
+    from memprobe.archs.registry import resolve_arch
 
-    if batch is None or not batch.isdigit() or int(batch) < 1:
-        raise InvalidInputError(f"--batch must be a positive whole number, got {batch!r}")
-    return int(batch)
+    kept = [a for a in archs if resolve_arch(a).supports_deep_supervision]
+    skipped = [a for a in archs if a not in kept]
+    if skipped:
+        click.echo(f"skipped {', '.join(skipped)}: no deep supervision", err=True)
+    return kept
 
 
-def _batch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Report:
+def _precision(given: str | None, gpu: Any) -> tuple[str, str]:
+    """The precision to plan with and where it came from: given, else `plan`'s default for the GPU."""
+    from memprobe.enums import Precision, parse_enum
+    from memprobe.training_plan import choose_precision
+
+    if given is not None:
+        value = parse_enum(Precision, given, "precision").value
+        return value, f"precision {value} (given)"
+    chosen = choose_precision(gpu)
+    return chosen.value, f"precision {chosen.value} (the default; {chosen.reason})"
+
+
+def _batch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, ...]) -> Report:
     from memprobe.enums import Precision
     from memprobe.exports import nnunet_plans, pytc_config
 
@@ -266,6 +295,7 @@ def _batch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Repo
                 "arch": p.arch,
                 "patch": "x".join(map(str, p.patch)),
                 "batch": p.batch,
+                "precision": p.calibration.precision,
                 "allocated": format_bytes(p.need.allocated_bytes),
                 "total need": format_bytes(p.need.total_bytes),
                 "of budget": f"{p.utilisation:.0%}",
@@ -285,6 +315,7 @@ def _batch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Repo
                 "next_batch_total_bytes": round(p.next_need.total_bytes),
                 "budget_bytes": p.budget_bytes,
                 "safety": p.safety,
+                "largest_batch_rule": largest_batch_rule(p.budget_bytes, p.safety),
                 "utilisation": round(p.utilisation, 4),
                 "accumulate_grad_batches": p.accumulate_grad_batches,
                 "effective_batch": p.effective_batch,
@@ -300,13 +331,18 @@ def _batch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Repo
         if len(plans) <= 3:
             tables.append((f"What batch {p.batch} of {p.arch} needs", need_rows(p.need, p.usable_bytes)))
         notes += [f"warning: {w}" for w in p.warnings]
-    notes.append(budget_text + (f" x safety {plans[0].safety}" if plans and plans[0].safety != 1 else ""))
+    notes += [
+        *budget_text[:-1],
+        budget_text[-1] + (f" x safety {plans[0].safety}" if plans and plans[0].safety != 1 else ""),
+    ]
+    if plans:
+        notes.append(f"the {largest_batch_rule(budget_bytes, plans[0].safety)}")
     if len(plans) > 3:
         notes.append("each plan's term-by-term need is in --json")
     return Report(data if len(data) != 1 else data[0], (("", rows), *tables), tuple(notes))
 
 
-def _patch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Report:
+def _patch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, ...]) -> Report:
     from memprobe.enums import Precision
     from memprobe.exports import nnunet_plans, pytc_config
 
@@ -320,6 +356,7 @@ def _patch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Repo
                 "arch": p.arch,
                 "batch": p.batch,
                 "patch": "x".join(map(str, p.patch)),
+                "precision": precision.value,
                 "allocated": format_bytes(p.need.allocated_bytes),
                 "total need": format_bytes(p.need.total_bytes),
                 "of budget": f"{p.utilisation:.0%}",
@@ -335,6 +372,7 @@ def _patch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Repo
                 "need": p.need.to_dict(),
                 "budget_bytes": p.budget_bytes,
                 "safety": p.safety,
+                "precision": precision.value,
                 "reasons": list(p.reasons),
                 "warnings": list(p.warnings),
                 "calibration": calibration_data(p.calibration),
@@ -352,5 +390,9 @@ def _patch_report(plans: list[Any], budget_bytes: int, budget_text: str) -> Repo
             )
         notes += [f"{p.arch}: {reason}" for reason in p.reasons]
         notes += [f"warning: {w}" for w in p.warnings]
-    notes.append(budget_text)
+    notes += budget_text
+    if plans:
+        notes.append(
+            f"the largest patch whose whole need fits {format_bytes(plans[0].budget_bytes * plans[0].safety)}"
+        )
     return Report(data if len(data) != 1 else data[0], (("", rows), *tables), tuple(notes))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from memprobe.commands.options import db_option, emit, json_option
+from memprobe.commands.options import BYTES, db_option, emit, json_option
 from memprobe.reporters import Report
 
 
@@ -15,7 +15,9 @@ from memprobe.reporters import Report
 @click.option("--card", "cards", multiple=True,
               help="Card type, one job each (on SLURM its --constraint); default any card.")  # fmt: skip
 @click.option("--device", default=None, help="cuda, trace or cpu on each node; default cuda if present.")
-@click.option("--budget", default=None, help="Memory budget of each calibration (default: the card's).")
+@click.option(
+    "--budget", default=None, type=BYTES, help="Memory budget of each calibration (default: the card's)."
+)
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
               help="local: processes on this machine; slurm: jobs on a SLURM cluster.")  # fmt: skip
 @click.option("--slurm-partition", default=None, help="SLURM partition.")
@@ -34,7 +36,7 @@ def sweep(
     precisions: tuple[str, ...],
     cards: tuple[str, ...],
     device: str | None,
-    budget: str | None,
+    budget: int | None,
     executor: str,
     slurm_partition: str | None,
     slurm_gres: str,
@@ -74,7 +76,7 @@ def sweep(
         Path(folder) if folder else default_folder(db),
         executor,
         device,
-        budget,
+        None if budget is None else f"{budget}B",  # the jobs read it as text
         {
             "partition": slurm_partition or "",
             "gres": slurm_gres,

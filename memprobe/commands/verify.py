@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from memprobe.commands.options import db_option, emit, json_option
+from memprobe.commands.options import BYTES, db_option, emit, json_option
 from memprobe.enums import Precision
 from memprobe.errors import DeviceUnavailableError
-from memprobe.units import parse_bytes
 
 if TYPE_CHECKING:
     from memprobe.verify.run import VerifyTools
@@ -22,10 +21,6 @@ NEEDS_CUDA = (
     "on a GPU machine, or measure here with `memprobe probe --device trace` "
     "(`memprobe verify --rehearse` rehearses the flow on the CPU, without GPU truth)"
 )
-
-
-def _budget(context: click.Context, parameter: click.Parameter, value: str) -> int:
-    return parse_bytes(value)
 
 
 @click.command()
@@ -43,7 +38,7 @@ def _budget(context: click.Context, parameter: click.Parameter, value: str) -> i
     "--budget",
     default="24GiB",
     show_default=True,
-    callback=_budget,
+    type=BYTES,
     help="Emulated GPU size for the suggestion checks (set_per_process_memory_fraction).",
 )
 @click.option(
@@ -99,7 +94,7 @@ def verify(
     from memprobe.verify.run import run_verify
 
     if not rehearse:
-        from memprobe.backends.base import cuda_available
+        from memprobe.backends import cuda_available
 
         if not cuda_available():  # before anything is written
             raise DeviceUnavailableError(NEEDS_CUDA)

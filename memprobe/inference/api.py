@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 
 
 def inference_calibrations(db: str | Path | None = None) -> list[InferenceCalibration]:
-    """The inference calibrations in the user's database (none when the default one does not exist)."""
+    """The inference calibrations in the user's database (none while it does not exist, however named)."""
     from memprobe.db import Database, database_exists
     from memprobe.inference.store import inference_calibrations as stored
 
-    if db is None and not database_exists():
+    if not database_exists(db):
         return []
     with Database.open(db, create=False, readonly=True) as database:
         return stored(database)

@@ -239,7 +239,7 @@ class InferenceRunner:
     """Measure sliding-window inference on ``trace``, ``cpu`` or ``cuda``; the network is built once per key."""
 
     def __init__(self, device: str | DeviceKind | None = None) -> None:
-        from memprobe.backends.base import default_device_kind
+        from memprobe.backends import default_device_kind
 
         self.kind = default_device_kind() if device is None else parse_enum(DeviceKind, str(device), "device")
         if self.kind is DeviceKind.CUDA and not torch.cuda.is_available():

@@ -1,4 +1,4 @@
-"""The Report every command produces and the Reporter protocol that renders it."""
+"""The Report every command produces and the Reporter protocol that renders it (a leaf module)."""
 
 from __future__ import annotations
 
@@ -17,17 +17,3 @@ class Report:
 
 class Reporter(Protocol):
     def render(self, report: Report) -> str: ...
-
-
-def get_reporter(name: str) -> Reporter:
-    from memprobe.reporters.json_reporter import JsonReporter
-    from memprobe.reporters.table import CsvReporter, TableReporter
-    from memprobe.reporters.yaml_reporter import YamlReporter
-
-    reporters: dict[str, type] = {
-        "table": TableReporter,
-        "json": JsonReporter,
-        "yaml": YamlReporter,
-        "csv": CsvReporter,
-    }
-    return reporters[name]()  # type: ignore[no-any-return]
