@@ -70,6 +70,21 @@ def choose_precision(gpu: GpuInfo | None) -> PlanValue:
     return PlanValue("fp16-mixed", f"{gpu.name} lacks bf16 tensor cores: fp16 autocast with loss scaling")
 
 
+def precision_with_reason(given: str | None, gpu: GpuInfo | None) -> tuple[str, str]:
+    """The precision to use and where it came from: given, else :func:`choose_precision`.
+
+    ``calibrate``, ``suggest``, ``plan`` and ``report`` share this rule, so that a calibration
+    made with the defaults is the one the plans read.
+    """
+    from memprobe.enums import Precision, parse_enum
+
+    if given is not None:
+        value = parse_enum(Precision, given, "precision").value
+        return value, f"precision {value} (given)"
+    chosen = choose_precision(gpu)
+    return chosen.value, f"precision {chosen.value} (the default; {chosen.reason})"
+
+
 def make_plan(
     arch: str,
     gpu_mem: int,

@@ -36,7 +36,12 @@ _EXPECTED_STEPS = 10 + 4 + 6
 @inference_mode(calibrate_view, ("optimizer", "deep_supervision", "budget", "isolate"))
 @arch_option
 @click.option("--device", default=None, help="cuda, trace or cpu; default cuda if present, else trace.")
-@click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")
+@click.option(
+    "--precision",
+    default=None,
+    help="fp32, fp16-mixed (fp16) or bf16-mixed (bf16); default as `suggest` and `plan`: bf16-mixed, "
+    "fp16-mixed on a GPU without bf16.",
+)
 @click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
 @click.option("--deep-supervision", is_flag=True, help="Calibrate with deep-supervision heads.")
 @click.option("--in-channels", default=1, show_default=True, type=CHANNELS, help="Input channels.")
@@ -59,7 +64,7 @@ _EXPECTED_STEPS = 10 + 4 + 6
 def calibrate(
     arch: str,
     device: str | None,
-    precision: str,
+    precision: str | None,
     optimizer: str,
     deep_supervision: bool,
     in_channels: int,
@@ -95,9 +100,13 @@ def calibrate(
     from memprobe.api import calibrate as run_calibration
     from memprobe.archs.registry import resolve_arch
     from memprobe.backends import default_device_kind
+    from memprobe.gpu_info import detect_gpu
+    from memprobe.training_plan import precision_with_reason
 
     arch = custom_arch_with_rule(arch, divisors, min_patch, in_channels, out_channels, find=not isolate)
-    label = f"calibrating {resolve_arch(arch).name} on {device or default_device_kind().value}"
+    kind = device or default_device_kind().value
+    precision, _ = precision_with_reason(precision, detect_gpu() if kind == "cuda" else None)
+    label = f"calibrating {resolve_arch(arch).name} ({precision}) on {kind}"
     with Progress(label, _EXPECTED_STEPS) as progress:
 
         def advance(measurement: Measurement, reused: bool) -> None:

@@ -32,7 +32,12 @@ from memprobe.units import format_bytes
     type=click.FloatRange(0, 1, min_open=True),
     help="Share of the budget the whole need may use, as in suggest.",
 )
-@click.option("--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed.")
+@click.option(
+    "--precision",
+    default=None,
+    help="fp32, fp16-mixed (fp16) or bf16-mixed (bf16); default as `calibrate` and `suggest`: bf16-mixed, "
+    "fp16-mixed on a GPU without bf16.",
+)
 @click.option(
     "--patch",
     "patches",
@@ -50,7 +55,7 @@ def report(
     out_path: str,
     budget: int,
     safety: float,
-    precision: str,
+    precision: str | None,
     patches: tuple[Any, ...],
     device: str,
     db_path: str | None,
@@ -75,13 +80,16 @@ def report(
     from memprobe.commands.progress import Progress
     from memprobe.config import make_step_config, validate_patch
     from memprobe.db import Database
+    from memprobe.gpu_info import detect_gpu
     from memprobe.measurement import Measurement
     from memprobe.measurement_log import MeasurementLog
     from memprobe.memory_figure import default_patches, draw_report, find_or_calibrate, memory_report
     from memprobe.output_paths import IMAGE_SUFFIXES, check_output_path, database_files
+    from memprobe.training_plan import precision_with_reason
 
     out = check_output_path(out_path, reading=database_files(db_path), suffixes=IMAGE_SUFFIXES)
     spec = resolve_arch(arch)
+    precision, _ = precision_with_reason(precision, detect_gpu() if device == "cuda" else None)
     base = make_step_config(arch, (smallest_patch_size(spec),) * 3, 1, precision=precision)
     chosen = [validate_patch(p, spec) for p in patches] or default_patches(spec)
     budget_bytes = budget

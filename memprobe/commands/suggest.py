@@ -155,9 +155,10 @@ def suggest(
     from memprobe.archs.registry import known_arch_names
     from memprobe.commands.budget import resolve_budget
     from memprobe.errors import InvalidInputError, NothingFitsError
+    from memprobe.training_plan import precision_with_reason
 
     budget_bytes, gpu = resolve_budget(gpu_mem)
-    precision, precision_text = _precision(precision, gpu)
+    precision, precision_text = precision_with_reason(precision, gpu)
     if nnunet_fingerprint is not None:
         from memprobe.commands.options import geometry_from_fingerprint
 
@@ -268,18 +269,6 @@ def _with_deep_supervision(archs: list[str]) -> list[str]:
     if skipped:
         click.echo(f"skipped {', '.join(skipped)}: no deep supervision", err=True)
     return kept
-
-
-def _precision(given: str | None, gpu: Any) -> tuple[str, str]:
-    """The precision to plan with and where it came from: given, else `plan`'s default for the GPU."""
-    from memprobe.enums import Precision, parse_enum
-    from memprobe.training_plan import choose_precision
-
-    if given is not None:
-        value = parse_enum(Precision, given, "precision").value
-        return value, f"precision {value} (given)"
-    chosen = choose_precision(gpu)
-    return chosen.value, f"precision {chosen.value} (the default; {chosen.reason})"
 
 
 def _batch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, ...]) -> Report:
