@@ -134,6 +134,8 @@ def _choose(config: StepConfig, db: str | Path | None, device: str | None) -> Ch
         fallback,
         config.step,
         config.checkpointing,
+        config.strategy.value,
+        config.world_size,
     )
     if choice.warning:
         warnings.warn(choice.warning, StandInCalibrationWarning, stacklevel=3)
@@ -152,6 +154,8 @@ def estimate(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
+    strategy: str = "single",
+    world_size: int = 1,
     db: str | Path | None = None,
     device: str | None = None,
 ) -> Estimate:
@@ -188,6 +192,8 @@ def estimate(
         deep_supervision=deep_supervision,
         step=step,
         checkpointing=checkpointing,
+        strategy=strategy,
+        world_size=world_size,
     )
     choice = _choose(config, db, device)
     need = memory_need(
@@ -224,6 +230,8 @@ def max_batch_size(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
+    strategy: str = "single",
+    world_size: int = 1,
     effective_batch: int | None = None,
     db: str | Path | None = None,
     device: str | None = None,
@@ -252,6 +260,8 @@ def max_batch_size(
         deep_supervision=deep_supervision,
         step=step,
         checkpointing=checkpointing,
+        strategy=strategy,
+        world_size=world_size,
     )
     choice = _choose(config, db, device)
     plan = plan_batch(
@@ -283,6 +293,8 @@ def max_patch_size(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
+    strategy: str = "single",
+    world_size: int = 1,
     db: str | Path | None = None,
     device: str | None = None,
 ) -> PatchPlan:
@@ -318,6 +330,8 @@ def max_patch_size(
                 deep_supervision=deep_supervision,
                 step=step,
                 checkpointing=checkpointing,
+                strategy=strategy,
+                world_size=world_size,
                 db=db,
                 device=device,
             ),
@@ -334,6 +348,8 @@ def max_patch_size(
         deep_supervision=deep_supervision,
         step=step,
         checkpointing=checkpointing,
+        strategy=strategy,
+        world_size=world_size,
     )
     choice = _choose(config, db, device)
     plan = plan_patch(
@@ -385,6 +401,8 @@ def probe(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
+    strategy: str = "single",
+    world_size: int = 1,
     budget: str | int | None = None,
     isolate: bool = False,
 ) -> Measurement:
@@ -407,6 +425,8 @@ def probe(
         deep_supervision=deep_supervision,
         step=step,
         checkpointing=checkpointing,
+        strategy=strategy,
+        world_size=world_size,
     )
     budget_bytes = parse_bytes(budget) if budget is not None else None
     return get_backend(device, budget_bytes=budget_bytes, isolate=isolate).measure(config)
@@ -421,6 +441,8 @@ def calibrate(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
+    strategy: str = "single",
+    world_size: int = 1,
     budget: str | int | None = None,
     db: str | Path | None = None,
     isolate: bool = False,
@@ -447,6 +469,8 @@ def calibrate(
         deep_supervision=deep_supervision,
         step=step,
         checkpointing=checkpointing,
+        strategy=strategy,
+        world_size=world_size,
     )
     backend = get_backend(
         device, budget_bytes=parse_bytes(budget) if budget is not None else None, isolate=isolate

@@ -188,6 +188,23 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX inference_calibrations_by_key ON inference_calibrations (arch, device, precision);
     """,
+    # 6 (#14): one rank of data parallelism: the strategy ('single', 'ddp', 'fsdp') and the
+    # ranks it spreads over, part of each measurement's configuration and calibration's key.
+    """
+    ALTER TABLE measurements ADD COLUMN strategy TEXT NOT NULL DEFAULT 'single';
+    ALTER TABLE measurements ADD COLUMN world_size INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE calibrations ADD COLUMN strategy TEXT NOT NULL DEFAULT 'single';
+    ALTER TABLE calibrations ADD COLUMN world_size INTEGER NOT NULL DEFAULT 1;
+    DROP INDEX measurements_by_config;
+    CREATE INDEX measurements_by_config ON measurements (
+        environment_id, arch, precision, optimizer, deep_supervision, batch, patch_d, patch_h, patch_w,
+        strategy, world_size
+    );
+    DROP INDEX calibrations_by_key;
+    CREATE INDEX calibrations_by_key ON calibrations (
+        arch, device, precision, optimizer, deep_supervision, strategy, world_size
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -415,6 +432,8 @@ class Database:
             "step": c.step,
             "step_hash": reuse_key.step_hash,
             "checkpointing": int(c.checkpointing),
+            "strategy": c.strategy.value,
+            "world_size": c.world_size,
         }
         with self._write() as connection:
             cursor = connection.execute(
@@ -443,7 +462,8 @@ class Database:
             "SELECT * FROM measurements WHERE environment_id = ? AND arch = ? AND patch_d = ? AND patch_h = ? "
             "AND patch_w = ? AND batch = ? AND precision = ? AND optimizer = ? AND in_channels = ? "
             "AND out_channels = ? AND deep_supervision = ? AND error IS NULL AND code_version = ? "
-            "AND model_hash IS ? AND step = ? AND step_hash IS ? AND checkpointing = ? ORDER BY id DESC",
+            "AND model_hash IS ? AND step = ? AND step_hash IS ? AND checkpointing = ? AND strategy = ? "
+            "AND world_size = ? ORDER BY id DESC",
             (
                 environment_id,
                 config.arch,
@@ -459,6 +479,8 @@ class Database:
                 config.step,
                 reuse_key.step_hash,
                 int(config.checkpointing),
+                config.strategy.value,
+                config.world_size,
             ),
         )
         for row in rows:
@@ -517,8 +539,8 @@ class Database:
             cursor = connection.execute(
                 "INSERT INTO calibrations (arch, device, precision, optimizer, deep_supervision, environment_id, "
                 "phase_coefficients_json, parameter_model_json, quality_json, created_at, "
-                "reserved_coefficients_json, reserved_quality_json, fit_range_json, context_bytes, step, checkpointing) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "reserved_coefficients_json, reserved_quality_json, fit_range_json, context_bytes, step, checkpointing, "
+                "strategy, world_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     calibration.arch,
                     calibration.device,
@@ -538,6 +560,8 @@ class Database:
                     calibration.context_bytes,
                     calibration.step,
                     int(calibration.checkpointing),
+                    calibration.strategy,
+                    calibration.world_size,
                 ),
             )
         return int(cursor.lastrowid or 0)

@@ -120,7 +120,7 @@ class Measurement:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
         """Inverse of :meth:`to_dict` (how an isolated probe's child process reports back)."""
-        from memprobe.enums import OptimizerName, Precision
+        from memprobe.enums import OptimizerName, Precision, Strategy
 
         config = StepConfig(
             arch=data["arch"],
@@ -133,6 +133,8 @@ class Measurement:
             deep_supervision=data["deep_supervision"],
             step=data.get("step", "memprobe"),
             checkpointing=data.get("checkpointing", False),
+            strategy=Strategy(data.get("strategy", "single")),
+            world_size=data.get("world_size", 1),
         )
         return cls(
             config=config,

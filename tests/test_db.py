@@ -278,7 +278,9 @@ def test_the_newest_calibration_of_each_key_is_returned(db_path: Path) -> None:
     assert len(newest) == 6
     assert len({c.key for c in newest}) == 6
     mednext = next(
-        c for c in newest if c.key == ("mednext", "trace", "fp32", "adamw", False, "memprobe", False)
+        c
+        for c in newest
+        if c.key == ("mednext", "trace", "fp32", "adamw", False, "memprobe", False, "single", 1)
     )
     assert mednext.created_at == "2026-02-01T00:00:00+00:00"
     assert mednext.environment == ENVIRONMENT.to_dict()

@@ -66,9 +66,12 @@ def test_user_calibration_takes_precedence_over_shipped(shipped: list[Calibratio
     calibrations = all_calibrations(db_path)
     by_key = {c.key: c for c in calibrations}
     assert len(calibrations) == len(by_key) == 3
-    mine = by_key[("mednext", "trace", "fp32", "adamw", False, "memprobe", False)]
+    mine = by_key[("mednext", "trace", "fp32", "adamw", False, "memprobe", False, "single", 1)]
     assert mine.phase_coefficients["forward"]["feature_maps"] == 99.0 and mine.source == str(db_path)
-    assert by_key[("basicunet", "trace", "fp32", "adamw", False, "memprobe", False)].source == "shipped"
+    assert (
+        by_key[("basicunet", "trace", "fp32", "adamw", False, "memprobe", False, "single", 1)].source
+        == "shipped"
+    )
     assert calibrations[0] is mine  # user calibrations come first
 
 
@@ -118,7 +121,9 @@ def test_shipped_calibrations_cover_every_architecture_and_precision(monkeypatch
     by_key = {c.key: c for c in shipped_calibrations()}
     for arch in ARCHS:
         for precision in ("fp32", "bf16-mixed", "fp16-mixed"):
-            quality = by_key[(arch, "trace", precision, "adamw", False, "memprobe", False)].quality
+            quality = by_key[
+                (arch, "trace", precision, "adamw", False, "memprobe", False, "single", 1)
+            ].quality
             assert quality.heldout_points == 4
             assert (quality.heldout_median_relative_error or 1) <= 0.03
             assert (quality.heldout_max_relative_error or 1) <= 0.05
