@@ -154,7 +154,7 @@ def estimate(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
-    strategy: str = "single",
+    strategy: str | None = None,
     world_size: int = 1,
     db: str | Path | None = None,
     device: str | None = None,
@@ -168,6 +168,9 @@ def estimate(
         precision: ``fp32``, ``fp16-mixed`` or ``bf16-mixed``.
         step: the training step calibrated: ``memprobe``, ``monai`` or ``package.module:function``;
             only a calibration of that step answers.
+        strategy: ``ddp`` or ``fsdp`` for one rank of data parallelism over ``world_size`` GPUs
+            (default: ddp when ``world_size`` is above 1); only a calibration of that layout
+            answers, and ``batch`` is per rank.
         db: the database to read (default: ``$MEMPROBE_DB`` or the user data directory),
             after which the calibrations shipped with memprobe are consulted.
         device: whose calibration to use: ``"trace"`` or a GPU name; default the detected GPU,
@@ -230,7 +233,7 @@ def max_batch_size(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
-    strategy: str = "single",
+    strategy: str | None = None,
     world_size: int = 1,
     effective_batch: int | None = None,
     db: str | Path | None = None,
@@ -293,7 +296,7 @@ def max_patch_size(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
-    strategy: str = "single",
+    strategy: str | None = None,
     world_size: int = 1,
     db: str | Path | None = None,
     device: str | None = None,
@@ -401,7 +404,7 @@ def probe(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
-    strategy: str = "single",
+    strategy: str | None = None,
     world_size: int = 1,
     budget: str | int | None = None,
     isolate: bool = False,
@@ -441,7 +444,7 @@ def calibrate(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
-    strategy: str = "single",
+    strategy: str | None = None,
     world_size: int = 1,
     budget: str | int | None = None,
     db: str | Path | None = None,

@@ -151,7 +151,7 @@ def make_step_config(
     deep_supervision: bool = False,
     step: str = DEFAULT_STEP,
     checkpointing: bool = False,
-    strategy: str | Strategy = Strategy.SINGLE,
+    strategy: str | Strategy | None = None,
     world_size: object = 1,
 ) -> StepConfig:
     """Validate user input into a StepConfig, raising one-line InvalidInputErrors."""

@@ -48,3 +48,13 @@ def data_parallel_note(per_rank_batch: int, strategy: str, world_size: int) -> s
         f"nnU-Net: batch_size {global_batch} in the plans (its DDP splits it across the "
         f"{world_size} GPUs); Lightning: batch_size={per_rank_batch} (per device), devices={world_size}"
     )
+
+
+def batch_exports(
+    patch: Sequence[int], per_rank_batch: int, strategy: str, world_size: int
+) -> dict[str, Any]:
+    """nnU-Net's plans (whose batch is the global one) and, on several GPUs, the batch in each convention."""
+    result: dict[str, Any] = {"nnunet_plans": nnunet_plans(patch, per_rank_batch * world_size)}
+    if strategy != "single":
+        result["data_parallel"] = data_parallel(per_rank_batch, strategy, world_size)
+    return result

@@ -162,9 +162,9 @@ def _other_layouts(calibrations: list[Calibration], strategy: str, world_size: i
     if not layouts:
         return ""
     named = ", ".join(
-        "one GPU" if s == "single" else f"{s} x{n} (--gpus {n} --strategy {s})" for s, n in layouts
+        "one GPU: no --gpus" if s == "single" else f"{s} x{n}: --gpus {n} --strategy {s}" for s, n in layouts
     )
-    return f" (it is calibrated for {named}: a calibration of another GPU layout never stands in)"
+    return f" (calibrated for {named}; another GPU layout never stands in)"
 
 
 def _other_steps(

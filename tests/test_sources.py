@@ -173,3 +173,22 @@ def test_no_fallback_when_none_allowed() -> None:
         choose_calibration(
             [make_calibration()], "mednext", "fp32", "adamw", False, GPU_NAME, fallback_device=None
         )
+
+
+def test_a_plan_for_ddp_x4_never_uses_a_single_gpu_calibration_nor_the_reverse() -> None:
+    single = make_calibration()
+    ddp4 = replace(make_calibration(per_voxel=50.0), strategy="ddp", world_size=4)
+    with pytest.raises(NoCalibrationError) as missing:
+        choose_calibration([single], "mednext", "fp32", "adamw", False, "trace", strategy="ddp", world_size=4)
+    assert "--gpus 4 --strategy ddp --device trace" in str(missing.value)
+    assert "calibrated for one GPU" in str(missing.value)
+    with pytest.raises(NoCalibrationError) as missing:
+        choose_calibration([ddp4], "mednext", "fp32", "adamw", False, "trace")
+    assert "ddp x4: --gpus 4 --strategy ddp" in str(missing.value)
+    chosen = choose_calibration(
+        [single, ddp4], "mednext", "fp32", "adamw", False, "trace", strategy="ddp", world_size=4
+    )
+    assert chosen.calibration is ddp4
+    assert (
+        choose_calibration([single, ddp4], "mednext", "fp32", "adamw", False, "trace").calibration is single
+    )

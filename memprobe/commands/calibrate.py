@@ -12,6 +12,7 @@ from memprobe.commands.options import (
     arch_option,
     checkpointing_option,
     custom_arch_with_rule,
+    data_parallel_options,
     db_option,
     emit,
     json_option,
@@ -48,6 +49,7 @@ def _progress_bar(label: str) -> Any:
 @training_step_option
 @checkpointing_option
 @shape_rule_options
+@data_parallel_options
 @click.option("--no-search", is_flag=True, help="Fit and store the formula; skip the limit searches.")
 @click.option(
     "--budget",
@@ -71,6 +73,8 @@ def calibrate(
     checkpointing: bool,
     divisors: tuple[int, int, int] | None,
     min_patch: tuple[int, int, int] | None,
+    gpus: int,
+    strategy: str | None,
     no_search: bool,
     budget: str | None,
     isolate: bool,
@@ -89,11 +93,16 @@ def calibrate(
     memprobe calibrate --arch basicunet --device trace --precision bf16-mixed
     memprobe calibrate --arch mednext --device cuda --budget 24GiB --isolate
     memprobe calibrate --arch mynet:build --device trace --divisor 4 32 32 --min-patch 8 64 64
+    memprobe calibrate --arch basicunet --device trace --gpus 4 --strategy ddp
 
     A custom model's patches follow its shape rule: --divisor/--min-patch, else its factory's
     memprobe_divisors/memprobe_min_patch, else the rule found by trying patches on fake tensors.
     Design patches are multiples of the per-axis divisors (anisotropic where the network pools
     anisotropically); a design patch the model fails on is recorded and skipped.
+
+    With --gpus N --strategy ddp|fsdp each point is one rank's step (its batch per rank): on
+    trace and cpu on a fake process group, on cuda with N ranks launched; the calibration is
+    stored under its own key, which plans for that layout use.
     """
     from memprobe.api import default_budget_bytes
     from memprobe.archs.registry import resolve_arch, smallest_patch
@@ -117,6 +126,8 @@ def calibrate(
         deep_supervision=deep_supervision,
         step=training_step,
         checkpointing=checkpointing,
+        strategy=strategy,
+        world_size=gpus,
     )
     load_step(base.step)  # a wrong reference is refused before anything runs
     cap = parse_bytes(budget) if budget is not None else None
