@@ -41,6 +41,9 @@ class LaunchSpec:
     runtime: Any = None  # a CudaRuntime for this rank's device; None: torch.cuda's
     budget_bytes: int | None = None
     port: int = 0
+    # CUDA cannot be initialised again in a forked child: spawn. On CPU "fork" starts the ranks
+    # without importing torch again (seconds saved; the tests use it for all but one launch).
+    start_method: str = "spawn"
 
     @property
     def options(self) -> DistributedOptions:
@@ -64,7 +67,7 @@ def launch_ranks(spec: LaunchSpec) -> list[Measurement]:
     with tempfile.TemporaryDirectory(prefix="memprobe-ranks-") as folder:
         try:
             mp.start_processes(
-                _run_rank, args=(spec, folder), nprocs=world_size, join=True, start_method="spawn"
+                _run_rank, args=(spec, folder), nprocs=world_size, join=True, start_method=spec.start_method
             )
         except ProcessException as error:
             failure = _first_line(error)
