@@ -207,6 +207,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# A schema at least this new is read as it is where a read may not migrate it (a PostgreSQL
+# server; SQLite reads a migrated in-memory copy): the later migrations only add columns with
+# defaults, which reading fills in (row_checks.column). Raise it with a migration that adds a
+# table reading uses, or a column without a default.
+READ_AS_IS_FROM = 5
 
 
 def database_url(db_path: str | Path | None = None) -> str | None:
@@ -245,6 +250,18 @@ def default_db_path() -> Path:
     from platformdirs import user_data_path
 
     return user_data_path("memprobe", appauthor=False) / "memprobe.sqlite"
+
+
+def migrate_database(path: str | Path | None = None) -> tuple[str, int]:
+    """Bring the existing database at ``path`` to this memprobe's schema (a read never does).
+
+    Returns where it is (password removed) and its schema version now.
+
+    Raises:
+        DatabaseError: there is no database at ``path``, or it cannot be migrated.
+    """
+    with Database.open(path, create=False) as database:
+        return database.location, database.schema_version()
 
 
 def _now() -> str:
@@ -315,6 +332,11 @@ class Database:
     def close(self) -> None:
         if self._opened is not None:
             self._opened.close()
+
+    def schema_version(self) -> int:
+        """The schema version of the rows (0 for a database not created yet)."""
+        rows = self._rows("PRAGMA user_version")
+        return int(rows[0][0]) if rows else 0
 
     def __enter__(self) -> Database:
         return self
