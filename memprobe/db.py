@@ -195,12 +195,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE measurements ADD COLUMN world_size INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE calibrations ADD COLUMN strategy TEXT NOT NULL DEFAULT 'single';
     ALTER TABLE calibrations ADD COLUMN world_size INTEGER NOT NULL DEFAULT 1;
-    DROP INDEX measurements_by_config;
+    DROP INDEX IF EXISTS measurements_by_config;
     CREATE INDEX measurements_by_config ON measurements (
         environment_id, arch, precision, optimizer, deep_supervision, batch, patch_d, patch_h, patch_w,
         strategy, world_size
     );
-    DROP INDEX calibrations_by_key;
+    DROP INDEX IF EXISTS calibrations_by_key;
     CREATE INDEX calibrations_by_key ON calibrations (
         arch, device, precision, optimizer, deep_supervision, strategy, world_size
     );

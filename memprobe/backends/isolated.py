@@ -157,7 +157,7 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 def run_child() -> int:
     """Measure the configuration read from stdin and print the measurement as JSON."""
     from memprobe.backends.base import get_backend
-    from memprobe.enums import OptimizerName, Precision
+    from memprobe.enums import OptimizerName, Precision, Strategy
 
     # Ctrl-C reaches the whole process group: the parent stops, and ends this process itself,
     # so an interrupted probe is never recorded as a crashed one.
@@ -179,6 +179,8 @@ def run_child() -> int:
         data["deep_supervision"],
         data.get("step", "memprobe"),
         data.get("checkpointing", False),
+        Strategy(data.get("strategy", "single")),
+        data.get("world_size", 1),
     )
     try:
         measurement = get_backend(request["device"], budget_bytes=request["budget_bytes"]).measure(config)
