@@ -171,10 +171,16 @@ def suggest(
         )
     archs = [arch]
     if all_archs:
+        from memprobe.config import data_parallel
         from memprobe.enums import Precision, parse_enum
 
         wanted_precision = parse_enum(Precision, precision, "precision").value
-        calibrated = {c.arch for c in load_calibrations(db_path) if c.precision == wanted_precision}
+        layout = data_parallel(strategy, gpus)
+        calibrated = {
+            c.arch
+            for c in load_calibrations(db_path)
+            if c.precision == wanted_precision and (c.strategy, c.world_size) == tuple(layout.values())
+        }
         archs = [name for name in known_arch_names() if name in calibrated]
     common: dict[str, Any] = dict(
         safety=safety,
