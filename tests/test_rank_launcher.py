@@ -30,17 +30,17 @@ def test_two_spawned_gloo_ranks_run_real_ddp_and_report_each_peak_and_the_worst(
     assert worst_rank(measurements).peak_allocated_bytes == 2**21
 
 
+@pytest.mark.slow
 def test_fsdp_ranks_launch_too() -> None:
     config = replace(DDP2, strategy=DDP2.strategy.FSDP)
-    measurements = launch_ranks(
-        LaunchSpec(config, device_type="cpu", runtime=RankRuntime(), start_method="fork")
-    )
+    measurements = launch_ranks(LaunchSpec(config, device_type="cpu", runtime=RankRuntime()))
     assert all(m.ok for m in measurements), [m.error for m in measurements]
 
 
+@pytest.mark.slow
 def test_a_rank_that_dies_without_a_result_fails_the_launch_without_hanging() -> None:
     config = replace(DDP2, arch="tests.tiny_models:exits_on_rank_1_net")
-    spec = LaunchSpec(config, device_type="cpu", runtime=RankRuntime(), start_method="fork")
+    spec = LaunchSpec(config, device_type="cpu", runtime=RankRuntime())
     measurements = launch_ranks(spec)
     assert not measurements[1].ok and "rank 1 ended without a result" in (measurements[1].error or "")
     assert not worst_rank(measurements).ok

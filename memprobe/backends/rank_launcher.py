@@ -41,9 +41,6 @@ class LaunchSpec:
     runtime: Any = None  # a CudaRuntime for this rank's device; None: torch.cuda's
     budget_bytes: int | None = None
     port: int = 0
-    # CUDA cannot be initialised again in a forked child: spawn. On CPU "fork" starts the ranks
-    # without importing torch again (seconds saved; the tests use it for all but one launch).
-    start_method: str = "spawn"
 
     @property
     def options(self) -> DistributedOptions:
@@ -54,6 +51,9 @@ class LaunchSpec:
 
 def launch_ranks(spec: LaunchSpec) -> list[Measurement]:
     """Run ``spec``'s step on every rank at once; return each rank's measurement, rank 0 first.
+
+    The ranks are spawned, never forked: CUDA cannot start again in a forked child, and a fork
+    of a process whose threads hold locks (gloo's, OpenMP's) can hang.
 
     A rank that ended without writing a result (killed, or stopped when another failed) is a
     measurement with ``error`` saying so.
@@ -67,7 +67,7 @@ def launch_ranks(spec: LaunchSpec) -> list[Measurement]:
     with tempfile.TemporaryDirectory(prefix="memprobe-ranks-") as folder:
         try:
             mp.start_processes(
-                _run_rank, args=(spec, folder), nprocs=world_size, join=True, start_method=spec.start_method
+                _run_rank, args=(spec, folder), nprocs=world_size, join=True, start_method="spawn"
             )
         except ProcessException as error:
             failure = _first_line(error)
