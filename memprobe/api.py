@@ -135,6 +135,8 @@ def _choose(config: StepConfig, db: str | Path | None, device: str | None) -> Ch
         fallback,
         config.step,
         config.checkpointing,
+        config.strategy.value,
+        config.world_size,
     )
     if choice.warning:
         warnings.warn(choice.warning, StandInCalibrationWarning, stacklevel=3)
@@ -153,6 +155,8 @@ def estimate(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
+    strategy: str | None = None,
+    world_size: int = 1,
     db: str | Path | None = None,
     device: str | None = None,
 ) -> Estimate:
@@ -165,6 +169,9 @@ def estimate(
         precision: ``fp32``, ``fp16-mixed`` or ``bf16-mixed``.
         step: the training step calibrated: ``memprobe``, ``monai`` or ``package.module:function``;
             only a calibration of that step answers.
+        strategy: ``ddp`` or ``fsdp`` for one rank of data parallelism over ``world_size`` GPUs
+            (default: ddp when ``world_size`` is above 1); only a calibration of that layout
+            answers, and ``batch`` is per rank.
         db: the database to read (default: ``$MEMPROBE_DB`` or the user data directory),
             after which the calibrations shipped with memprobe are consulted.
         device: whose calibration to use: ``"trace"`` or a GPU name; default the detected GPU,
@@ -189,6 +196,8 @@ def estimate(
         deep_supervision,
         step,
         checkpointing,
+        strategy=strategy,
+        world_size=world_size,
     )
     choice = _choose(config, db, device)
     need = memory_need(
@@ -225,6 +234,8 @@ def max_batch_size(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
+    strategy: str | None = None,
+    world_size: int = 1,
     effective_batch: int | None = None,
     db: str | Path | None = None,
     device: str | None = None,
@@ -243,7 +254,18 @@ def max_batch_size(
     safety = check_fraction(safety, "safety")
     effective_batch = check_optional_count(effective_batch, "effective_batch")
     config = _step_config(
-        arch, patch, 1, precision, optimizer, in_channels, out_channels, deep_supervision, step, checkpointing
+        arch,
+        patch,
+        1,
+        precision,
+        optimizer,
+        in_channels,
+        out_channels,
+        deep_supervision,
+        step,
+        checkpointing,
+        strategy=strategy,
+        world_size=world_size,
     )
     choice = _choose(config, db, device)
     plan = plan_batch(
@@ -275,6 +297,8 @@ def max_patch_size(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
+    strategy: str | None = None,
+    world_size: int = 1,
     db: str | Path | None = None,
     device: str | None = None,
 ) -> PatchPlan:
@@ -310,6 +334,8 @@ def max_patch_size(
                 deep_supervision=deep_supervision,
                 step=step,
                 checkpointing=checkpointing,
+                strategy=strategy,
+                world_size=world_size,
                 db=db,
                 device=device,
             ),
@@ -326,6 +352,8 @@ def max_patch_size(
         deep_supervision,
         step,
         checkpointing,
+        strategy=strategy,
+        world_size=world_size,
     )
     choice = _choose(config, db, device)
     plan = plan_patch(
@@ -375,6 +403,8 @@ def probe(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
+    strategy: str | None = None,
+    world_size: int = 1,
     budget: str | int | None = None,
     isolate: bool = False,
 ) -> Measurement:
@@ -397,6 +427,8 @@ def probe(
         deep_supervision,
         step,
         checkpointing,
+        strategy=strategy,
+        world_size=world_size,
     )
     budget_bytes = parse_bytes(budget) if budget is not None else None
     return get_backend(device, budget_bytes=budget_bytes, isolate=isolate).measure(config)
@@ -413,6 +445,8 @@ def calibrate(
     deep_supervision: bool = False,
     step: str = "memprobe",
     checkpointing: bool = False,
+    strategy: str | None = None,
+    world_size: int = 1,
     budget: str | int | None = None,
     db: str | Path | None = None,
     isolate: bool = False,
@@ -454,6 +488,8 @@ def calibrate(
         deep_supervision,
         step,
         checkpointing,
+        strategy=strategy,
+        world_size=world_size,
     )
     load_step(base.step)  # a wrong reference is refused before anything runs
     # Every input is checked before the database is opened: a mistake must leave it untouched.
@@ -495,6 +531,8 @@ def _step_config(
     deep_supervision: bool,
     step: str,
     checkpointing: bool,
+    strategy: str | None = None,
+    world_size: object = 1,
 ) -> StepConfig:
     """The validated step configuration every public function starts from."""
     return make_step_config(
@@ -508,6 +546,8 @@ def _step_config(
         deep_supervision=deep_supervision,
         step=step,
         checkpointing=checkpointing,
+        strategy=strategy,
+        world_size=world_size,
     )
 
 

@@ -47,6 +47,8 @@ class Calibration:
     context_bytes: int | None = None  # CUDA context measured with a CUDA calibration
     step: str = "memprobe"  # the training step measured (shipped calibrations have none: memprobe's)
     checkpointing: bool = False  # measured with activation checkpointing
+    strategy: str = "single"  # one GPU, or one rank of "ddp" or "fsdp" ...
+    world_size: int = 1  # ... out of this many: a plan's batch is per rank
 
     def __repr__(self) -> str:
         modes = [self.precision, self.optimizer]
@@ -98,7 +100,7 @@ class Calibration:
         )
 
     @property
-    def key(self) -> tuple[str, str, str, str, bool, str, bool]:
+    def key(self) -> tuple[str, str, str, str, bool, str, bool, str, int]:
         return (
             self.arch,
             self.device,
@@ -107,6 +109,8 @@ class Calibration:
             self.deep_supervision,
             self.step,
             self.checkpointing,
+            self.strategy,
+            self.world_size,
         )
 
     def to_dict(self) -> dict[str, Any]:

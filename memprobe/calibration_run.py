@@ -169,6 +169,8 @@ def fit_calibration(
         context_bytes=contexts[len(contexts) // 2] if contexts else None,
         step=base.step,
         checkpointing=base.checkpointing,
+        strategy=base.strategy.value,
+        world_size=base.world_size,
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from memprobe.archs.registry import ArchSpec, axis_divisors, resolve_arch, smallest_patch
 from memprobe.arguments import MAX_BATCH_SIZE, check_bool, check_triple
-from memprobe.enums import OptimizerName, Precision, parse_enum
+from memprobe.enums import OptimizerName, Precision, Strategy, parse_enum
 from memprobe.errors import InvalidInputError
 from memprobe.step_registry import DEFAULT_STEP, check_step_name
 
@@ -34,6 +34,8 @@ class StepConfig:
     deep_supervision: bool = False
     step: str = DEFAULT_STEP  # the training step: "memprobe", "monai" or a user's module:function
     checkpointing: bool = False  # activation checkpointing (the network's own, else per stage)
+    strategy: Strategy = Strategy.SINGLE  # one GPU, or one rank of DDP or FSDP2 ...
+    world_size: int = 1  # ... out of this many ranks (the batch is per rank)
 
     @property
     def voxels(self) -> int:
@@ -50,11 +52,12 @@ class StepConfig:
         data["patch"] = list(self.patch)
         data["precision"] = self.precision.value
         data["optimizer"] = self.optimizer.value
+        data["strategy"] = self.strategy.value
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StepConfig:
-        """Inverse of :meth:`to_dict`; records older than ``step`` and ``checkpointing`` get their defaults."""
+        """Inverse of :meth:`to_dict`; records older than a field (``step``, ``strategy``, ...) get its default."""
         depth, height, width = (int(size) for size in data["patch"])
         return cls(
             arch=str(data["arch"]),
@@ -67,6 +70,8 @@ class StepConfig:
             deep_supervision=bool(data["deep_supervision"]),
             step=str(data.get("step", DEFAULT_STEP)),
             checkpointing=bool(data.get("checkpointing", False)),
+            strategy=Strategy(data.get("strategy", Strategy.SINGLE.value)),
+            world_size=int(data.get("world_size", 1)),
         )
 
     def label(self) -> str:
@@ -80,6 +85,7 @@ class StepConfig:
         extras += ["ds"] if self.deep_supervision else []
         extras += ["checkpointing"] if self.checkpointing else []
         extras += [] if self.step == DEFAULT_STEP else [f"step {self.step}"]
+        extras += [] if self.strategy is Strategy.SINGLE else [f"{self.strategy.value} x{self.world_size}"]
         return " ".join([self.arch, size, f"b{self.batch}", self.precision.value, *extras])
 
 
@@ -165,6 +171,8 @@ def make_step_config(
     deep_supervision: bool = False,
     step: str = DEFAULT_STEP,
     checkpointing: bool = False,
+    strategy: str | Strategy | None = None,
+    world_size: object = 1,
 ) -> StepConfig:
     """Validate user input into a StepConfig, raising one-line InvalidInputErrors."""
     spec = resolve_arch(arch)
@@ -189,4 +197,33 @@ def make_step_config(
         deep_supervision=check_bool(deep_supervision, "deep_supervision"),
         step=check_step_name(step),
         checkpointing=check_bool(checkpointing, "checkpointing"),
+        **data_parallel(strategy, world_size),  # type: ignore[arg-type]
     )
+
+
+MAX_WORLD_SIZE = 1024
+
+
+def data_parallel(strategy: str | Strategy | None, world_size: object) -> dict[str, object]:
+    """Check ``--gpus``/``--strategy``: one GPU alone, or 2 or more ranks of DDP or FSDP2.
+
+    Without a strategy, several GPUs mean DDP (the common choice) and one GPU means none.
+    """
+    if isinstance(world_size, bool) or not isinstance(world_size, numbers.Integral) or int(world_size) < 1:
+        raise InvalidInputError(f"--gpus {world_size!r}: give the number of GPUs, 1 or more")
+    world_size = int(world_size)
+    if world_size > MAX_WORLD_SIZE:
+        raise InvalidInputError(f"--gpus {world_size}: at most {MAX_WORLD_SIZE}")
+    if strategy is None:
+        strategy = Strategy.SINGLE if world_size == 1 else Strategy.DDP
+    chosen = parse_enum(Strategy, str(strategy), "strategy")
+    if chosen is Strategy.SINGLE and world_size > 1:
+        raise InvalidInputError(
+            f"--gpus {world_size} needs a data-parallel strategy: add --strategy ddp or --strategy fsdp"
+        )
+    if chosen is not Strategy.SINGLE and world_size == 1:
+        raise InvalidInputError(
+            f"--strategy {chosen.value} with --gpus 1 is no data parallelism: drop --strategy for one GPU, "
+            "or give --gpus 2 or more"
+        )
+    return {"strategy": chosen, "world_size": world_size}

@@ -188,8 +188,30 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX inference_calibrations_by_key ON inference_calibrations (arch, device, precision);
     """,
+    # 6 (#14): one rank of data parallelism: the strategy ('single', 'ddp', 'fsdp') and the
+    # ranks it spreads over, part of each measurement's configuration and calibration's key.
+    """
+    ALTER TABLE measurements ADD COLUMN strategy TEXT NOT NULL DEFAULT 'single';
+    ALTER TABLE measurements ADD COLUMN world_size INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE calibrations ADD COLUMN strategy TEXT NOT NULL DEFAULT 'single';
+    ALTER TABLE calibrations ADD COLUMN world_size INTEGER NOT NULL DEFAULT 1;
+    DROP INDEX IF EXISTS measurements_by_config;
+    CREATE INDEX measurements_by_config ON measurements (
+        environment_id, arch, precision, optimizer, deep_supervision, batch, patch_d, patch_h, patch_w,
+        strategy, world_size
+    );
+    DROP INDEX IF EXISTS calibrations_by_key;
+    CREATE INDEX calibrations_by_key ON calibrations (
+        arch, device, precision, optimizer, deep_supervision, strategy, world_size
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# A schema at least this new is read as it is where a read may not migrate it (a PostgreSQL
+# server; SQLite reads a migrated in-memory copy): the later migrations only add columns with
+# defaults, which reading fills in (row_checks.column). Raise it with a migration that adds a
+# table reading uses, or a column without a default.
+READ_AS_IS_FROM = 5
 
 
 def database_url(db_path: str | Path | None = None) -> str | None:
@@ -228,6 +250,18 @@ def default_db_path() -> Path:
     from platformdirs import user_data_path
 
     return user_data_path("memprobe", appauthor=False) / "memprobe.sqlite"
+
+
+def migrate_database(path: str | Path | None = None) -> tuple[str, int]:
+    """Bring the existing database at ``path`` to this memprobe's schema (a read never does).
+
+    Returns where it is (password removed) and its schema version now.
+
+    Raises:
+        DatabaseError: there is no database at ``path``, or it cannot be migrated.
+    """
+    with Database.open(path, create=False) as database:
+        return database.location, database.schema_version()
 
 
 def _now() -> str:
@@ -298,6 +332,11 @@ class Database:
     def close(self) -> None:
         if self._opened is not None:
             self._opened.close()
+
+    def schema_version(self) -> int:
+        """The schema version of the rows (0 for a database not created yet)."""
+        rows = self._rows("PRAGMA user_version")
+        return int(rows[0][0]) if rows else 0
 
     def __enter__(self) -> Database:
         return self
@@ -415,6 +454,8 @@ class Database:
             "step": c.step,
             "step_hash": reuse_key.step_hash,
             "checkpointing": int(c.checkpointing),
+            "strategy": c.strategy.value,
+            "world_size": c.world_size,
         }
         with self._write() as connection:
             cursor = connection.execute(
@@ -443,7 +484,8 @@ class Database:
             "SELECT * FROM measurements WHERE environment_id = ? AND arch = ? AND patch_d = ? AND patch_h = ? "
             "AND patch_w = ? AND batch = ? AND precision = ? AND optimizer = ? AND in_channels = ? "
             "AND out_channels = ? AND deep_supervision = ? AND error IS NULL AND code_version = ? "
-            "AND model_hash IS ? AND step = ? AND step_hash IS ? AND checkpointing = ? ORDER BY id DESC",
+            "AND model_hash IS ? AND step = ? AND step_hash IS ? AND checkpointing = ? AND strategy = ? "
+            "AND world_size = ? ORDER BY id DESC",
             (
                 environment_id,
                 config.arch,
@@ -459,6 +501,8 @@ class Database:
                 config.step,
                 reuse_key.step_hash,
                 int(config.checkpointing),
+                config.strategy.value,
+                config.world_size,
             ),
         )
         for row in rows:
@@ -521,8 +565,8 @@ class Database:
             cursor = connection.execute(
                 "INSERT INTO calibrations (arch, device, precision, optimizer, deep_supervision, environment_id, "
                 "phase_coefficients_json, parameter_model_json, quality_json, created_at, "
-                "reserved_coefficients_json, reserved_quality_json, fit_range_json, context_bytes, step, checkpointing) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "reserved_coefficients_json, reserved_quality_json, fit_range_json, context_bytes, step, checkpointing, "
+                "strategy, world_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     calibration.arch,
                     calibration.device,
@@ -542,6 +586,8 @@ class Database:
                     calibration.context_bytes,
                     calibration.step,
                     int(calibration.checkpointing),
+                    calibration.strategy,
+                    calibration.world_size,
                 ),
             )
         return int(cursor.lastrowid or 0)

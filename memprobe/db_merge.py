@@ -50,7 +50,17 @@ _RESULT_COLUMNS = frozenset(
         "warmup_steps",
     }
 )
-_CALIBRATION_KEY = ("arch", "device", "precision", "optimizer", "deep_supervision", "step", "checkpointing")
+_CALIBRATION_KEY = (
+    "arch",
+    "device",
+    "precision",
+    "optimizer",
+    "deep_supervision",
+    "step",
+    "checkpointing",
+    "strategy",
+    "world_size",
+)
 _KEYS: dict[str, tuple[str, ...] | None] = {  # None: every column that is not a result
     "measurements": None,
     "calibrations": (*_CALIBRATION_KEY, "created_at"),
@@ -275,6 +285,8 @@ def _import_exported(source: Path, target: Database) -> MergeResult:
                 bool(row["deep_supervision"]),
                 row["step"],
                 bool(row["checkpointing"]),
+                row["strategy"],
+                row["world_size"],
             ),
             row["created_at"],
         )

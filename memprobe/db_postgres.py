@@ -170,7 +170,10 @@ def ddl(script: str) -> str:
 
 
 def connect(url: str, *, readonly: bool) -> PostgresConnection:
-    """Connect to the server at ``url`` and bring its schema up to date.
+    """Connect to the server at ``url``; for writing, bring its schema up to date.
+
+    A read never changes the server: an older schema is read as it is where reading can fill in
+    what later migrations added (``READ_AS_IS_FROM``), else refused with the command to run.
 
     Raises:
         InvalidInputError: psycopg is not installed.
@@ -192,9 +195,11 @@ def connect(url: str, *, readonly: bool) -> PostgresConnection:
         ) from None
     connection = PostgresConnection(url, raw)
     try:
-        _migrate(connection)
         if readonly:
             connection.execute("PRAGMA query_only = ON")
+            _check_readable(connection)
+        else:
+            _migrate(connection)
     except sqlite3.DatabaseError as error:
         connection.close()
         raise DatabaseError(f"{connection.location} is not a usable memprobe database ({error})") from None
@@ -231,6 +236,31 @@ def _migrate(connection: PostgresConnection) -> None:
     except BaseException:
         connection.execute("ROLLBACK")
         raise
+
+
+def _check_readable(connection: PostgresConnection) -> None:
+    """Refuse to read a server without memprobe's schema, or with one too old to read as it is."""
+    from memprobe.db import READ_AS_IS_FROM, SCHEMA_VERSION
+
+    has_schema = connection.execute("SELECT to_regclass('memprobe_schema') IS NOT NULL").fetchone()
+    row = connection.execute("PRAGMA user_version").fetchone() if has_schema and has_schema[0] else None
+    if row is None:
+        raise DatabaseError(
+            f"{connection.location} holds no memprobe database yet: run `memprobe calibrate --db URL` "
+            "(or `memprobe db migrate --db URL`) first"
+        )
+    version = int(row[0])
+    if version > SCHEMA_VERSION:
+        raise DatabaseError(
+            f"database {connection.location} has schema version {version}, newer than this "
+            f"memprobe understands ({SCHEMA_VERSION}): upgrade memprobe"
+        )
+    if version < READ_AS_IS_FROM:
+        raise DatabaseError(
+            f"database {connection.location} has schema version {version}, older than this memprobe's "
+            f"({SCHEMA_VERSION}), and a read does not migrate it: run `memprobe db migrate --db URL` "
+            "(or any command that writes) first"
+        )
 
 
 def _refuse_foreign(connection: PostgresConnection) -> None:

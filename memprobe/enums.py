@@ -32,6 +32,14 @@ class OptimizerName(StrEnum):
     SGD = "sgd"  # with Nesterov momentum 0.99, as nnU-Net trains
 
 
+class Strategy(StrEnum):
+    """How the step is spread over GPUs: one GPU, or one rank of data parallelism."""
+
+    SINGLE = "single"  # one GPU, no process group
+    DDP = "ddp"  # DistributedDataParallel: a full replica and gradient buckets per rank
+    FSDP = "fsdp"  # FSDP2's fully_shard: parameters, gradients and optimizer state sharded 1/N
+
+
 class DeviceKind(StrEnum):
     """How a training step is measured."""
 

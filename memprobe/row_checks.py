@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from memprobe.calibrated_formula import Calibration, FitQuality
 from memprobe.config import StepConfig
-from memprobe.enums import OptimizerName, Precision
+from memprobe.enums import OptimizerName, Precision, Strategy
 from memprobe.measurement import Environment, Measurement
 from memprobe.step_registry import DEFAULT_STEP
 
@@ -150,7 +150,9 @@ def _fit_range(value: object) -> dict[str, list[int]] | None:
     return ranges
 
 
-def _enum_value(kind: type[Precision] | type[OptimizerName], value: object, what: str) -> str:
+def _enum_value(
+    kind: type[Precision] | type[OptimizerName] | type[Strategy], value: object, what: str
+) -> str:
     try:
         return kind(str(value)).value if isinstance(value, str) else kind(value).value  # type: ignore[arg-type]
     except ValueError:
@@ -195,6 +197,8 @@ def calibration_from_fields(data: Mapping[str, Any], *, source: str) -> Calibrat
             context_bytes=_whole(data.get("context_bytes"), "context_bytes", optional=True),
             step=_text(data.get("step") or DEFAULT_STEP, "step"),
             checkpointing=_flag(data.get("checkpointing") or False, "checkpointing"),
+            strategy=_enum_value(Strategy, data.get("strategy") or Strategy.SINGLE.value, "strategy"),
+            world_size=_whole(data.get("world_size", 1), "world_size", minimum=1),
         )
     except KeyError as missing:
         raise BadRowError(f"no {missing.args[0]}") from None
@@ -222,9 +226,19 @@ def calibration_from_row(row: Row, environment: dict[str, Any], *, source: str) 
             "context_bytes": row["context_bytes"],
             "step": row["step"],
             "checkpointing": row["checkpointing"],
+            "strategy": column(row, "strategy", Strategy.SINGLE.value),
+            "world_size": column(row, "world_size", 1),
         },
         source=source,
     )
+
+
+def column(row: Row, name: str, default: object) -> object:
+    """``row[name]``, or ``default`` where the row is of a schema from before that column (read as is)."""
+    try:
+        return row[name]
+    except (IndexError, KeyError):
+        return default
 
 
 def environment_from_row(row: Row) -> Environment:
@@ -255,6 +269,8 @@ def measurement_from_row(row: Row, environment: Environment) -> Measurement:
         _flag(row["deep_supervision"], "deep_supervision"),
         _text(row["step"], "step"),
         _flag(row["checkpointing"], "checkpointing"),
+        Strategy(_enum_value(Strategy, column(row, "strategy", Strategy.SINGLE.value), "strategy")),
+        _whole(column(row, "world_size", 1), "world_size", minimum=1),
     )
     step_seconds = row["step_seconds"]
     return Measurement(

@@ -85,12 +85,16 @@ def choose_calibration(
     fallback_device: str | None = "trace",
     step: str = "memprobe",
     checkpointing: bool = False,
+    strategy: str = "single",
+    world_size: int = 1,
 ) -> Choice:
-    """Pick the calibration for (arch, device, precision, optimizer, deep supervision, training step).
+    """Pick the calibration for (arch, device, precision, optimizer, deep supervision, training step,
+    strategy and world size).
 
     ``device`` None means "trace". When the asked-for GPU has no calibration, the
     ``fallback_device`` one is used with a warning; nothing else is ever substituted: a
-    calibration of another training step never answers.
+    calibration of another training step, or of one GPU for a rank of DDP (and vice versa),
+    never answers.
     """
     wanted = device or "trace"
     matching = [
@@ -102,6 +106,7 @@ def choose_calibration(
         and c.deep_supervision == deep_supervision
         and c.step == step
         and c.checkpointing == checkpointing
+        and (c.strategy, c.world_size) == (strategy, world_size)
     ]
     exact = [c for c in matching if c.device == wanted]
     if exact:
@@ -119,15 +124,50 @@ def choose_calibration(
     flags = " --deep-supervision" if deep_supervision else ""
     flags += "" if step == "memprobe" else f" --step {step}"
     flags += " --checkpointing" if checkpointing else ""
+    flags += "" if strategy == "single" else f" --gpus {world_size} --strategy {strategy}"
     modes = precision + ", " + optimizer + (", deep supervision" if deep_supervision else "")
     modes += ", checkpointing" if checkpointing else ""
     modes += "" if step == "memprobe" else f", step {step}"
+    modes += "" if strategy == "single" else f", one rank of {strategy} x{world_size}"
     raise NoCalibrationError(
         f"no calibration of {arch} ({modes}) "
         f"for {wanted}: run `memprobe calibrate --arch {arch} --precision {precision} --optimizer {optimizer}"
         f"{flags} --device {'cuda' if device not in (None, 'trace', 'cpu') else wanted}`"
         + _other_steps(calibrations, arch, precision, optimizer, deep_supervision, step)
+        + _other_layouts(
+            matching_modes(calibrations, arch, precision, optimizer, deep_supervision, step),
+            strategy,
+            world_size,
+        )
     )
+
+
+def matching_modes(
+    calibrations: list[Calibration],
+    arch: str,
+    precision: str,
+    optimizer: str,
+    deep_supervision: bool,
+    step: str,
+) -> list[Calibration]:
+    """The calibrations of ``arch`` in these modes, whatever their device and data parallelism."""
+    return [
+        c
+        for c in calibrations
+        if (c.arch, c.precision, c.optimizer, c.deep_supervision, c.step)
+        == (arch, precision, optimizer, deep_supervision, step)
+    ]
+
+
+def _other_layouts(calibrations: list[Calibration], strategy: str, world_size: int) -> str:
+    """A hint naming the GPU layouts ``arch`` is calibrated for, when not the one asked for."""
+    layouts = sorted({(c.strategy, c.world_size) for c in calibrations} - {(strategy, world_size)})
+    if not layouts:
+        return ""
+    named = ", ".join(
+        "one GPU: no --gpus" if s == "single" else f"{s} x{n}: --gpus {n} --strategy {s}" for s, n in layouts
+    )
+    return f" (calibrated for {named}; another GPU layout never stands in)"
 
 
 def _other_steps(

@@ -3,17 +3,22 @@
 submitit's ``LocalExecutor`` runs the jobs as processes on this machine (a workstation, the
 tests); its ``SlurmExecutor`` submits them to a SLURM cluster. memprobe schedules nothing
 itself: it keeps, in ``sweep.json`` in the sweep folder, which job each calibration went to,
-and reads each job's state from the result file submitit writes when it ends. Every job
-calibrates on its node into the sweep's database (a file, or one PostgreSQL server for all
-nodes), so a rerun resubmits only what has not finished.
+and reads each job's state from the result file submitit writes when it ends. A job without
+a result file is still submitted while its process (local) or SLURM job is alive; one that
+died without a result (killed, out of host memory, ``os._exit``) is failed, with the last
+line of its error log, and a rerun resubmits it. Every job calibrates on its node into the
+sweep's database (a file, or one PostgreSQL server for all nodes), so a rerun resubmits only
+what has not finished.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -42,16 +47,18 @@ class SweepJob:
     state: JobState = JobState.MISSING
     job_id: str | None = None
     detail: str | None = None  # the error's last line, or the calibration's held-out error
+    layout: str = ""  # "" for one GPU, else "ddp x4" (a rank of data parallelism)
 
     @property
     def key(self) -> str:
-        return f"{self.arch}/{self.precision}/{self.card}"
+        return f"{self.arch}/{self.precision}/{self.card}" + (f"/{self.layout}" if self.layout else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "arch": self.arch,
             "precision": self.precision,
             "card": self.card,
+            "layout": self.layout or "single",
             "state": self.state.value,
             "job_id": self.job_id,
             "detail": self.detail,
@@ -71,10 +78,16 @@ class SweepSpec:
     device: str | None = None  # cuda, trace or cpu; None: cuda if present, else trace
     budget: str | None = None
     slurm: dict[str, str] = field(default_factory=dict)  # partition, gres, constraint, time
+    strategy: str = "single"  # each job calibrates one rank of ddp or fsdp over world_size GPUs
+    world_size: int = 1
+
+    @property
+    def layout(self) -> str:
+        return "" if self.strategy == "single" else f"{self.strategy} x{self.world_size}"
 
     def jobs(self) -> list[SweepJob]:
         return [
-            SweepJob(arch, precision, card)
+            SweepJob(arch, precision, card, layout=self.layout)
             for arch in self.archs
             for precision in self.precisions
             for card in self.cards
@@ -82,27 +95,35 @@ class SweepSpec:
 
 
 def calibration_job(
-    arch: str, precision: str, device: str | None, budget: str | None, db: str
+    arch: str,
+    precision: str,
+    device: str | None,
+    budget: str | None,
+    db: str,
+    strategy: str = "single",
+    world_size: int = 1,
 ) -> dict[str, Any]:
-    """Run on the node: calibrate one (architecture, precision) into ``db``."""
+    """Run on the node: calibrate one (architecture, precision, GPU layout) into ``db``."""
     from memprobe.api import calibrate
 
-    report = calibrate(arch, precision, device=device, budget=budget, db=db)
+    report = calibrate(
+        arch, precision, device=device, budget=budget, db=db, strategy=strategy, world_size=world_size
+    )
     quality = report.calibration.quality
     return {"device": report.calibration.device, "points": quality.points}
 
 
 def sweep_status(spec: SweepSpec) -> list[SweepJob]:
     """Each job of ``spec``: missing, submitted, done or failed (from submitit's result files)."""
-    submitted = _read_state(spec.folder)
+    submitted, executors = _read_state(spec.folder)
     result = []
     for job in spec.jobs():
         job_id = submitted.get(job.key)
         if job_id is None:
             result.append(job)
             continue
-        state, detail = _job_state(spec.folder, job_id)
-        result.append(SweepJob(job.arch, job.precision, job.card, state, job_id, detail))
+        state, detail = _job_state(spec.folder, job_id, executors.get(job.key, spec.executor))
+        result.append(replace(job, state=state, job_id=job_id, detail=detail))
     return result
 
 
@@ -118,18 +139,29 @@ def run_sweep(
         InvalidInputError: the executor cannot run here (submitit or ``sbatch`` missing).
     """
     executor = _executor(spec)
-    state = _read_state(spec.folder)
+    state, executors = _read_state(spec.folder)
     handles = {}
     for job in sweep_status(spec):
         if job.state in (JobState.DONE, JobState.SUBMITTED):
             continue
         if spec.executor == "slurm" and job.card != ANY_CARD:
             executor.update_parameters(constraint=job.card)
-        handle = executor.submit(calibration_job, job.arch, job.precision, spec.device, spec.budget, spec.db)
+        handle = executor.submit(
+            calibration_job,
+            job.arch,
+            job.precision,
+            spec.device,
+            spec.budget,
+            spec.db,
+            spec.strategy,
+            spec.world_size,
+        )
         handles[job.key] = handle
         state[job.key] = str(handle.job_id)
-        _write_state(spec.folder, state)  # each job is recorded as submitted, so a rerun never repeats it
-        on_progress(SweepJob(job.arch, job.precision, job.card, JobState.SUBMITTED, str(handle.job_id)))
+        executors[job.key] = spec.executor
+        # Each job is recorded as submitted, so a rerun never repeats it while it runs.
+        _write_state(spec.folder, state, executors)
+        on_progress(replace(job, state=JobState.SUBMITTED, job_id=str(handle.job_id)))
     if wait:
         for key, handle in handles.items():
             _wait(handle)
@@ -138,10 +170,9 @@ def run_sweep(
 
 
 def _wait(handle: Any) -> None:
-    try:
-        handle.result()
-    except Exception:
-        return
+    """Until the job has ended, with a result or without one (its state is read from its files)."""
+    while not handle.done():
+        time.sleep(0.2)
 
 
 def _executor(spec: SweepSpec) -> Any:
@@ -166,16 +197,27 @@ def _executor(spec: SweepSpec) -> Any:
     return executor
 
 
-def _job_state(folder: Path, job_id: str) -> tuple[JobState, str | None]:
-    import pickle
-
+def _job_state(folder: Path, job_id: str, executor: str) -> tuple[JobState, str | None]:
     from submitit.core.utils import JobPaths
 
     paths = JobPaths(folder, job_id=job_id)
-    if not paths.result_pickle.exists():
+    if paths.result_pickle.exists():
+        return _outcome(paths.result_pickle)
+    ended = _ended_how(folder, job_id, executor)
+    if ended is None:
         return JobState.SUBMITTED, None
+    if paths.result_pickle.exists():  # written just before the job ended
+        return _outcome(paths.result_pickle)
+    last = _last_line(paths.stderr)
+    return JobState.FAILED, ended + (f"; its log ends: {last}" if last else "")
+
+
+def _outcome(result_pickle: Path) -> tuple[JobState, str | None]:
+    """Done or failed, as the result file submitit wrote at the job's end says."""
+    import pickle
+
     try:
-        with paths.result_pickle.open("rb") as stream:
+        with result_pickle.open("rb") as stream:
             outcome, value = pickle.load(stream)  # written by submitit in our own job
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as error:
         return JobState.FAILED, f"unreadable result: {error}"
@@ -185,23 +227,68 @@ def _job_state(folder: Path, job_id: str) -> tuple[JobState, str | None]:
     return JobState.FAILED, lines[-1] if lines else "failed"
 
 
-def _read_state(folder: Path) -> dict[str, str]:
+_SLURM_ALIVE = frozenset(
+    {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "UNKNOWN"}
+)
+
+
+def _ended_how(folder: Path, job_id: str, executor: str) -> str | None:
+    """None while the job may still write its result; else how it ended without one."""
+    if executor == "slurm":
+        import submitit
+
+        state = str(submitit.SlurmJob(folder, job_id).state).upper()
+        alive = state in _SLURM_ALIVE or state.startswith("UNKNOWN")
+        return None if alive else f"SLURM ended the job ({state}) without a result"
+    if job_id.isdigit() and _process_alive(int(job_id)):  # a local job's id is its process id
+        return None
+    return "the job's process ended without a result (killed or exited abruptly)"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process holds the id now: not ours, but cannot tell
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _last_line(path: Path) -> str | None:
+    """The last non-empty line of a job's log (its error, when it raised or crashed)."""
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    return lines[-1][:500] if lines else None
+
+
+def _read_state(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Each submitted job's id, and the executor it went to, by job key."""
     path = folder / STATE_FILE
     if not path.exists():
-        return {}
+        return {}, {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise InvalidInputError(
             f"{path} is damaged ({error}): move it away to start the sweep afresh"
         ) from None
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.get("jobs", {}).values()):
+    maps = [data.get(name, {}) for name in ("jobs", "executors")] if isinstance(data, dict) else []
+    if not maps or not all(isinstance(m, dict) and all(isinstance(v, str) for v in m.values()) for m in maps):
         raise InvalidInputError(f"{path} is not a memprobe sweep state: move it away")
-    return dict(data.get("jobs", {}))
+    return dict(maps[0]), dict(maps[1])
 
 
-def _write_state(folder: Path, jobs: dict[str, str]) -> None:
-    write_atomically(folder / STATE_FILE, json.dumps({"jobs": jobs}, indent=1, sort_keys=True) + "\n")
+def _write_state(folder: Path, jobs: dict[str, str], executors: dict[str, str]) -> None:
+    state = {"jobs": jobs, "executors": executors}
+    write_atomically(folder / STATE_FILE, json.dumps(state, indent=1, sort_keys=True) + "\n")
 
 
 def default_folder(db: str) -> Path:

@@ -16,7 +16,7 @@ from memprobe.api import estimate, max_batch_size, max_patch_size
 from memprobe.archs.registry import resolve_arch
 from memprobe.calibrated_formula import Calibration
 from memprobe.enums import Precision, parse_enum
-from memprobe.exports import nnunet_plans, pytc_config
+from memprobe.exports import batch_exports, pytc_config
 from memprobe.gpu_info import GpuInfo
 from memprobe.memory_need import MemoryNeed
 from memprobe.size_planner import DEFAULT_SAFETY, describe_need, largest_batch_rule
@@ -46,6 +46,15 @@ class FullPlan:
     def value(self, name: str) -> Any:
         return self.values[name].value
 
+    def data_parallel_notes(self) -> tuple[str, ...]:
+        """On several GPUs: the per-rank and global batch, in nnU-Net's and Lightning's terms."""
+        from memprobe.exports import data_parallel_note
+
+        c = self.calibration
+        if c.strategy == "single":
+            return ()
+        return (data_parallel_note(self.value("batch_size"), c.strategy, c.world_size),)
+
     def exports(self) -> dict[str, Any]:
         patch, batch = self.value("patch_size"), self.value("batch_size")
         return {
@@ -55,7 +64,7 @@ class FullPlan:
                 Precision(self.value("precision")).lightning_name,
                 self.value("accumulate_grad_batches"),
             ),
-            "nnunet_plans": nnunet_plans(patch, batch),
+            **batch_exports(patch, batch, self.calibration.strategy, self.calibration.world_size),
         }
 
 
@@ -108,8 +117,15 @@ def make_plan(
     step: str = "memprobe",
     checkpointing: bool = False,
     optimizer: str = "adamw",
+    strategy: str | None = None,
+    world_size: int = 1,
 ) -> FullPlan:
-    """Plan patch, batch, precision, accumulation, workers and learning rate; given values win."""
+    """Plan patch, batch, precision, accumulation, workers and learning rate; given values win.
+
+    With ``world_size`` above 1 (``strategy`` ddp or fsdp) the batch is one rank's, planned from
+    a calibration of that layout; ``num_gpus`` (for workers) defaults to it.
+    """
+    num_gpus = max(num_gpus, world_size)
     spec = resolve_arch(arch)
     values: dict[str, PlanValue] = {}
     # Normalised here, as every other entry point does: "BF16-Mixed" must not fail later in exports().
@@ -127,6 +143,8 @@ def make_plan(
         device=device,
         step=step,
         checkpointing=checkpointing,
+        strategy=strategy,
+        world_size=world_size,
     )
     warnings: list[str] = []
     if patch is not None:

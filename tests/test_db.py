@@ -12,7 +12,7 @@ import memprobe.db as db_module
 from memprobe.calibrated_formula import Calibration, FitQuality
 from memprobe.config import StepConfig
 from memprobe.db import SCHEMA_VERSION, Database
-from memprobe.enums import OptimizerName, Precision
+from memprobe.enums import OptimizerName, Precision, Strategy
 from memprobe.errors import DatabaseError
 from memprobe.measurement import MEASUREMENT_CODE_VERSION, Environment, Measurement, ReuseKey
 from tests.robustness_helpers import file_state, query
@@ -278,7 +278,9 @@ def test_the_newest_calibration_of_each_key_is_returned(db_path: Path) -> None:
     assert len(newest) == 6
     assert len({c.key for c in newest}) == 6
     mednext = next(
-        c for c in newest if c.key == ("mednext", "trace", "fp32", "adamw", False, "memprobe", False)
+        c
+        for c in newest
+        if c.key == ("mednext", "trace", "fp32", "adamw", False, "memprobe", False, "single", 1)
     )
     assert mednext.created_at == "2026-02-01T00:00:00+00:00"
     assert mednext.environment == ENVIRONMENT.to_dict()
@@ -365,3 +367,44 @@ def test_a_version_1_database_is_migrated_and_its_calibration_names_the_missing_
     assert need.reserve_overhead_bytes == pytest.approx(0.1 * need.allocated_bytes)
     assert "does not record the range" in extrapolation_warnings(old, (64, 64, 64), 1)[0]
     assert sqlite3.connect(db_path).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+# One rank of data parallelism (#14) ------------------------------------------------------------
+
+DDP4 = replace(CONFIG, strategy=Strategy.DDP, world_size=4)
+
+
+def test_migration_6_adds_strategy_and_world_size_to_an_older_database(db_path: Path) -> None:
+    connection = sqlite3.connect(db_path)
+    for script in db_module.MIGRATIONS[:5]:
+        connection.executescript(script)
+    connection.execute("PRAGMA user_version = 5")
+    connection.commit()
+    connection.close()
+    with Database.open(db_path) as database:
+        database.add_measurement(measurement(DDP4))
+    columns = {row[1]: row[4] for row in sqlite3.connect(db_path).execute("PRAGMA table_info(calibrations)")}
+    assert columns["strategy"] == "'single'" and columns["world_size"] == "1"
+    assert query(db_path, "SELECT strategy, world_size FROM measurements") == [("ddp", 4)]
+
+
+def test_a_rank_of_ddp_and_the_single_gpu_step_are_separate_measurements(fresh_db: Database) -> None:
+    fresh_db.add_measurement(measurement(CONFIG, peak=1000))
+    fresh_db.add_measurement(measurement(DDP4, peak=1500))
+    single = fresh_db.find_measurement(CONFIG, ENVIRONMENT)
+    rank = fresh_db.find_measurement(DDP4, ENVIRONMENT)
+    assert single is not None and single.peak_allocated_bytes == 1000
+    assert rank is not None and rank.peak_allocated_bytes == 1500
+    assert (rank.config.strategy, rank.config.world_size) == (Strategy.DDP, 4)
+    assert fresh_db.find_measurement(replace(DDP4, world_size=2), ENVIRONMENT) is None
+    assert Measurement.from_dict(rank.to_dict()) == rank
+
+
+def test_calibrations_of_each_gpu_layout_are_kept_apart(fresh_db: Database) -> None:
+    fresh_db.add_calibration(calibration())
+    fresh_db.add_calibration(calibration(strategy="ddp", world_size=4))
+    fresh_db.add_calibration(calibration(strategy="fsdp", world_size=4))
+    layouts = sorted((c.strategy, c.world_size) for c in fresh_db.calibrations())
+    assert layouts == [("ddp", 4), ("fsdp", 4), ("single", 1)]
+    ddp = next(c for c in fresh_db.calibrations() if c.strategy == "ddp")
+    assert Calibration.from_dict(ddp.to_dict()) == ddp

@@ -147,3 +147,39 @@ def test_merging_empty_databases_writes_an_empty_one(
     result = invoke(capsys, "db", "merge", str(empty), "-o", str(out))
     assert result.code == 0, result.err
     assert _count(out, "measurements") == 0
+
+
+def test_merge_and_import_keep_each_gpu_layout_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dataclasses import replace
+
+    from memprobe.enums import Strategy
+
+    single = StepConfig("mednext", (64, 64, 64), 2)
+    rank = replace(single, strategy=Strategy.DDP, world_size=4)
+    first, second = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    created = "2026-01-01T00:00:00+00:00"
+    with Database.open(first) as database:
+        database.add_measurement(measurement(single))
+        database.add_calibration(calibration(created_at=created), ENVIRONMENT)
+    with Database.open(second) as database:
+        database.add_measurement(measurement(rank))  # the same configuration, as one rank of 4
+        database.add_calibration(calibration(created_at=created, strategy="ddp", world_size=4), ENVIRONMENT)
+    out = tmp_path / "lab.sqlite"
+    result = invoke(capsys, *["db", "merge", str(first), str(second), "-o", str(out), "--json"])
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["duplicates"] == {name: 0 for name in json.loads(result.out)["duplicates"]}
+    with Database.open(out, create=False, readonly=True) as merged:
+        assert sorted(m.config.world_size for m in merged.measurements()) == [1, 4]
+        assert sorted(c.strategy for c in merged.calibrations()) == ["ddp", "single"]
+    exported = tmp_path / "calibrations.json"
+    assert invoke(capsys, *["db", "export", "--db", str(out), "--out", str(exported)]).code == 0
+    laptop = tmp_path / "laptop.sqlite"
+    result = invoke(capsys, *["db", "import", str(exported), "--db", str(laptop), "--json"])
+    assert json.loads(result.out)["copied"] == {"calibrations": 2}, result.err
+    with Database.open(laptop, create=False, readonly=True) as database:
+        assert sorted((c.strategy, c.world_size) for c in database.calibrations()) == [
+            ("ddp", 4),
+            ("single", 1),
+        ]

@@ -129,3 +129,66 @@ def test_four_processes_calibrating_at_once_lose_no_rows(postgres_url: str) -> N
             assert rows[0]["n"] == report["measured"] > 0
         assert len(database._rows("SELECT id FROM calibrations")) == 4
         assert len(database._rows("SELECT id FROM environments")) == 1
+
+
+def _schema_version(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as server:
+        row = server.execute("SELECT version FROM memprobe_schema").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_read_never_migrates_an_older_server_and_says_how(
+    postgres_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import memprobe.db as db_module
+
+    with monkeypatch.context() as older:  # a server written by a memprobe of schema version 2
+        older.setattr(db_module, "MIGRATIONS", db_module.MIGRATIONS[:2])
+        older.setattr(db_module, "SCHEMA_VERSION", 2)
+        Database.open(postgres_url).close()
+    assert _schema_version(postgres_url) == 2
+    refused = invoke(capsys, "db", "list", "--db", postgres_url)
+    assert refused.code == 2 and len(refused.error_lines) == 1
+    assert "memprobe db migrate" in refused.err and "schema version 2" in refused.err
+    assert _schema_version(postgres_url) == 2  # left as it was
+    migrated = invoke(capsys, "db", "migrate", "--db", postgres_url)
+    assert migrated.code == 0, migrated.err
+    assert _schema_version(postgres_url) == SCHEMA_VERSION
+    assert invoke(capsys, "db", "list", "--db", postgres_url).code == 0
+
+
+def test_a_read_of_the_previous_schema_selects_what_it_has(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import psycopg
+
+    with Database.open(postgres_url) as database:
+        database.add_measurement(measurement())
+        database.add_calibration(calibration(), ENVIRONMENT)
+    with psycopg.connect(postgres_url, autocommit=True) as server:  # as memprobe's schema 5 left it
+        for table in ("measurements", "calibrations"):
+            server.execute(f"ALTER TABLE {table} DROP COLUMN strategy, DROP COLUMN world_size")
+        server.execute("UPDATE memprobe_schema SET version = 5")
+    listed = invoke(capsys, "db", "list", "--db", postgres_url, "--json")
+    assert listed.code == 0, listed.err
+    (row,) = json.loads(listed.out)
+    assert row["arch"] == "mednext"
+    with Database.open(postgres_url, create=False, readonly=True) as database:
+        (stored,) = database.calibrations()
+        (taken,) = database.measurements()
+    assert (stored.strategy, stored.world_size, taken.config.world_size) == ("single", 1, 1)
+    assert _schema_version(postgres_url) == 5
+
+
+def test_a_read_of_an_empty_server_creates_nothing(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import psycopg
+
+    result = invoke(capsys, "db", "list", "--db", postgres_url)
+    assert result.code == 2 and "holds no memprobe database yet" in result.err
+    with psycopg.connect(postgres_url) as server:
+        assert server.execute("SELECT to_regclass('memprobe_schema')").fetchone() == (None,)

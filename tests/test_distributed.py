@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch.distributed as dist
 
@@ -93,9 +95,126 @@ def test_probe_refuses_fsdp_on_a_network_it_cannot_shard_in_one_line(
     assert len(result.error_lines) == 1 and "module gain" in result.error_lines[0]
 
 
-def test_per_rank_on_cuda_is_refused_until_ranks_are_launched(capsys: pytest.CaptureFixture[str]) -> None:
+def test_per_rank_on_cuda_without_a_gpu_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     from tests.robustness_helpers import invoke
 
     arguments = [*PROBE[:-1], "cuda", "--gpus", "2"]
     result = invoke(capsys, *arguments)
     assert result.code == 2 and len(result.error_lines) == 1
+
+
+def test_gradient_as_bucket_view_on_trace_drops_the_separate_gradients() -> None:
+    """The gradients become views into the buckets: the peak (in the optimizer step, at this
+    small patch) drops by the gradients' blocks, and trace agrees with DDP's own reducer on cpu."""
+    small = make_step_config(TINY, (4, 4, 4), 1)
+    gradient_blocks = sum(cuda_block_size(p.numel() * p.element_size()) for p in tiny_net(1, 2).parameters())
+    copies = measure_per_rank(small, DistributedOptions(Strategy.DDP, 2))
+    views = measure_per_rank(small, DistributedOptions(Strategy.DDP, 2, gradient_as_bucket_view=True))
+    assert copies.peak_allocated_bytes - views.peak_allocated_bytes == gradient_blocks  # type: ignore[operator]
+    on_cpu = measure_per_rank(
+        CONFIG, DistributedOptions(Strategy.DDP, 2, gradient_as_bucket_view=True), "cpu"
+    )
+    on_trace = measure_per_rank(CONFIG, DistributedOptions(Strategy.DDP, 2, gradient_as_bucket_view=True))
+    assert on_trace.peak_allocated_bytes == on_cpu.peak_allocated_bytes
+
+
+def test_a_rank_measurement_carries_its_strategy_and_world_size() -> None:
+    rank = measure_per_rank(CONFIG, DistributedOptions(Strategy.FSDP, 2))
+    config = rank.measurement.config
+    assert (config.strategy, config.world_size, config.batch) == (Strategy.FSDP, 2, 2)
+    assert "fsdp x2" in config.label()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        (("--gpus", "0"), "0"),
+        (("--gpus", "1", "--strategy", "ddp"), "--gpus 2 or more"),
+        (("--gradient-as-bucket-view",), "add --gpus N"),
+    ],
+)
+def test_probe_refuses_a_layout_without_data_parallelism(
+    arguments: tuple[str, ...], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.robustness_helpers import invoke
+
+    result = invoke(capsys, *PROBE, *arguments)
+    assert result.code == 2 and says in result.err
+
+
+# Calibrations of one rank, and the plans from them ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ddp_database(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A database holding a trace calibration of the tiny network as one rank of DDP over 2 GPUs."""
+    from memprobe.api import calibrate
+    from tests.robustness_helpers import SMALL_BUDGET
+
+    path = str(tmp_path_factory.mktemp("ddp") / "ddp.sqlite")
+    report = calibrate(TINY, device="trace", budget=SMALL_BUDGET, db=path, strategy="ddp", world_size=2)
+    assert (report.calibration.strategy, report.calibration.world_size) == ("ddp", 2)
+    return path
+
+
+def test_calibrate_stores_each_rank_measurement_and_the_calibration_under_the_layout(
+    ddp_database: str,
+) -> None:
+    from tests.robustness_helpers import query
+
+    assert set(query(Path(ddp_database), "SELECT strategy, world_size FROM measurements")) == {("ddp", 2)}
+    assert query(Path(ddp_database), "SELECT strategy, world_size FROM calibrations") == [("ddp", 2)]
+
+
+def test_suggest_for_two_ddp_ranks_gives_the_per_rank_and_global_batch_in_each_convention(
+    ddp_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from tests.robustness_helpers import invoke
+
+    asked = ("suggest", "--arch", TINY, "--patch", "32", "32", "32", "--gpu-mem", "2GiB", "--device", "trace")
+    result = invoke(capsys, *asked, "--gpus", "2", "--db", ddp_database, "--json")
+    assert result.code == 0, result.err
+    plan = json.loads(result.out)
+    parallel = plan["data_parallel"]
+    assert (parallel["per_rank_batch"], parallel["global_batch"]) == (plan["batch"], 2 * plan["batch"])
+    assert parallel["nnunet"]["batch_size"] == plan["nnunet_plans"]["batch_size"] == 2 * plan["batch"]
+    assert parallel["lightning"] == {"batch_size": plan["batch"], "devices": 2, "strategy": "ddp"}
+    single = invoke(capsys, *asked, "--db", ddp_database)
+    assert single.code != 0 and "--gpus 2 --strategy ddp" in single.err  # never the rank's calibration
+    four = invoke(capsys, *asked, "--gpus", "4", "--db", ddp_database)
+    assert "memprobe calibrate" in four.err and "--gpus 4 --strategy ddp" in four.err
+
+
+def test_plan_for_two_ddp_ranks_in_yaml_has_both_batches(
+    ddp_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from tests.robustness_helpers import invoke
+
+    result = invoke(
+        capsys,
+        *("plan", "--arch", TINY, "--gpu-mem", "2GiB", "--patch", "32", "32", "32", "--device", "trace"),
+        *("--gpus", "2", "--strategy", "ddp", "--precision", "fp32", "--db", ddp_database, "--yaml"),
+    )
+    assert result.code == 0, result.err
+    plan = yaml.safe_load(result.out)
+    assert plan["data_parallel"]["global_batch"] == 2 * plan["batch_size"]
+    assert plan["nnunet_plans"]["batch_size"] == 2 * plan["batch_size"]
+    assert plan["pytorch_connectomics"]["data.batch_size"] == plan["batch_size"]
+
+
+def test_calibrate_with_fsdp_on_a_network_it_cannot_shard_is_one_line(
+    db_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.robustness_helpers import invoke
+
+    result = invoke(
+        capsys,
+        *("calibrate", "--arch", "tests.tiny_models:scalar_scale_net", "--device", "trace"),
+        *("--gpus", "2", "--strategy", "fsdp", "--db", str(db_path)),
+    )
+    assert result.code == 2
+    assert len(result.error_lines) == 1 and "module gain" in result.error_lines[0]

@@ -66,9 +66,12 @@ def test_user_calibration_takes_precedence_over_shipped(shipped: list[Calibratio
     calibrations = all_calibrations(db_path)
     by_key = {c.key: c for c in calibrations}
     assert len(calibrations) == len(by_key) == 3
-    mine = by_key[("mednext", "trace", "fp32", "adamw", False, "memprobe", False)]
+    mine = by_key[("mednext", "trace", "fp32", "adamw", False, "memprobe", False, "single", 1)]
     assert mine.phase_coefficients["forward"]["feature_maps"] == 99.0 and mine.source == str(db_path)
-    assert by_key[("basicunet", "trace", "fp32", "adamw", False, "memprobe", False)].source == "shipped"
+    assert (
+        by_key[("basicunet", "trace", "fp32", "adamw", False, "memprobe", False, "single", 1)].source
+        == "shipped"
+    )
     assert calibrations[0] is mine  # user calibrations come first
 
 
@@ -117,7 +120,9 @@ def test_shipped_calibrations_cover_every_architecture_and_precision(monkeypatch
     by_key = {c.key: c for c in shipped_calibrations()}
     for arch in ARCHS:
         for precision in ("fp32", "bf16-mixed", "fp16-mixed"):
-            quality = by_key[(arch, "trace", precision, "adamw", False, "memprobe", False)].quality
+            quality = by_key[
+                (arch, "trace", precision, "adamw", False, "memprobe", False, "single", 1)
+            ].quality
             assert quality.heldout_points == 4
             assert (quality.heldout_median_relative_error or 1) <= 0.03
             assert (quality.heldout_max_relative_error or 1) <= 0.05
@@ -167,3 +172,22 @@ def test_no_fallback_when_none_allowed() -> None:
         choose_calibration(
             [make_calibration()], "mednext", "fp32", "adamw", False, GPU_NAME, fallback_device=None
         )
+
+
+def test_a_plan_for_ddp_x4_never_uses_a_single_gpu_calibration_nor_the_reverse() -> None:
+    single = make_calibration()
+    ddp4 = replace(make_calibration(per_voxel=50.0), strategy="ddp", world_size=4)
+    with pytest.raises(NoCalibrationError) as missing:
+        choose_calibration([single], "mednext", "fp32", "adamw", False, "trace", strategy="ddp", world_size=4)
+    assert "--gpus 4 --strategy ddp --device trace" in str(missing.value)
+    assert "calibrated for one GPU" in str(missing.value)
+    with pytest.raises(NoCalibrationError) as missing:
+        choose_calibration([ddp4], "mednext", "fp32", "adamw", False, "trace")
+    assert "ddp x4: --gpus 4 --strategy ddp" in str(missing.value)
+    chosen = choose_calibration(
+        [single, ddp4], "mednext", "fp32", "adamw", False, "trace", strategy="ddp", world_size=4
+    )
+    assert chosen.calibration is ddp4
+    assert (
+        choose_calibration([single, ddp4], "mednext", "fp32", "adamw", False, "trace").calibration is single
+    )

@@ -56,3 +56,53 @@ def test_slurm_without_sbatch_names_what_to_install(
     result = invoke(capsys, *SWEEP, "--executor", "slurm", "--db", str(db_path))
     assert result.code == 2
     assert len(result.error_lines) == 1 and "sbatch" in result.err
+
+
+def test_a_job_that_died_without_a_result_is_failed_and_resubmitted(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dying = ("sweep", "--arch", "tests.tiny_models:exits_when_built", *ON_TRACE, "--db", str(db_path))
+    first = invoke(capsys, *dying, "--json")
+    assert first.code == 0, first.err
+    (job,) = json.loads(first.out)
+    assert job["state"] == "failed" and "ended without a result" in job["detail"]
+    status = invoke(capsys, "sweep", "--arch", "tests.tiny_models:exits_when_built", "--status",
+                    "--db", str(db_path), "--json")  # fmt: skip
+    assert json.loads(status.out)[0]["state"] == "failed"  # read again in another process's view
+    again = invoke(capsys, *dying, "--json", "--no-wait")
+    assert json.loads(again.out)[0]["job_id"] != job["job_id"]  # resubmitted
+
+
+def test_a_sweep_for_several_gpus_passes_the_layout_into_each_job(
+    db_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import memprobe.sweep as sweep_module
+
+    submitted: list[tuple[object, ...]] = []
+
+    class _Handle:
+        job_id = "1"
+
+        def done(self) -> bool:
+            return True
+
+    class _Recorder:
+        def submit(self, function: object, *arguments: object) -> _Handle:
+            submitted.append(arguments)
+            return _Handle()
+
+    def executor(spec: sweep_module.SweepSpec) -> _Recorder:
+        spec.folder.mkdir(parents=True, exist_ok=True)
+        return _Recorder()
+
+    monkeypatch.setattr(sweep_module, "_executor", executor)
+    result = invoke(capsys, "sweep", "--arch", TINY, "--gpus", "4", "--strategy", "fsdp", "--db", str(db_path),
+                    "--no-wait", "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    assert submitted[0][-2:] == ("fsdp", 4)
+    (job,) = json.loads(result.out)
+    assert job["layout"] == "fsdp x4"
+    refused = invoke(
+        capsys, "sweep", "--arch", TINY, "--gpus", "1", "--strategy", "ddp", "--db", str(db_path)
+    )
+    assert refused.code == 2 and "--gpus 2 or more" in refused.err

@@ -69,3 +69,68 @@ class _ScalarScale(TinyNet):
 
 def scalar_scale_net(in_channels: int, out_channels: int) -> nn.Module:
     return _ScalarScale(in_channels, out_channels)
+
+
+class _ExitsOnRank1(TinyNet):
+    """A TinyNet whose process ends abruptly on rank 1 of a launched process group."""
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        import torch.distributed as dist
+
+        if dist.is_initialized() and dist.get_rank() == 1:
+            os._exit(3)
+        return super().forward(x)
+
+
+def exits_on_rank_1_net(in_channels: int, out_channels: int) -> nn.Module:
+    return _ExitsOnRank1(in_channels, out_channels)
+
+
+class RankRuntime:
+    """A stand-in for ``torch.cuda``'s counters in a launched CPU rank: rank r peaks at (r + 1) MiB.
+
+    Pickled into each spawned rank, so it lives here, importable by the children.
+    """
+
+    def _rank(self) -> int:
+        import torch.distributed as dist
+
+        return dist.get_rank()
+
+    def reset_peak_memory_stats(self) -> None:
+        pass
+
+    def max_memory_allocated(self) -> int:
+        return (self._rank() + 1) * 2**20
+
+    def max_memory_reserved(self) -> int:
+        return (self._rank() + 1) * 2**21
+
+    def memory_allocated(self) -> int:
+        return 0
+
+    def synchronize(self) -> None:
+        pass
+
+    def empty_cache(self) -> None:
+        pass
+
+    def set_per_process_memory_fraction(self, fraction: float) -> None:
+        pass
+
+    def total_memory_bytes(self) -> int:
+        return 80 * 2**30
+
+    def device_name(self) -> str:
+        return "Fake GPU"
+
+    def context_bytes(self) -> int | None:
+        return None
+
+    def versions(self) -> dict[str, str]:
+        return {}
+
+
+def exits_when_built(in_channels: int, out_channels: int) -> nn.Module:
+    """A factory whose process ends abruptly, as one killed for host memory would (no traceback)."""
+    os._exit(3)

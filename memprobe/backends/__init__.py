@@ -21,14 +21,24 @@ def default_device_kind() -> DeviceKind:
 
 
 def get_backend(
-    device: str | DeviceKind | None = None, *, budget_bytes: int | None = None, isolate: bool = False
+    device: str | DeviceKind | None = None,
+    *,
+    budget_bytes: int | None = None,
+    isolate: bool = False,
+    bucket_cap_mb: float | None = None,
+    gradient_as_bucket_view: bool = False,
 ) -> Backend:
     """Create the backend named ``device`` (default: cuda if available, else trace).
 
     ``budget_bytes`` caps the memory a CUDA step may use; trace and cpu steps report their
     peak, and callers compare it with the budget. ``isolate`` runs each probe in a child
     process, so a crash of the step becomes a failed measurement instead of ending the run.
+    ``bucket_cap_mb`` and ``gradient_as_bucket_view`` are DDP's, for a step that is one rank
+    of DDP (its configuration says: ``StepConfig.strategy``).
     """
+    ddp: dict[str, object] = {"gradient_as_bucket_view": gradient_as_bucket_view}
+    if bucket_cap_mb is not None:
+        ddp["bucket_cap_mb"] = bucket_cap_mb
     kind = default_device_kind() if device is None else parse_enum(DeviceKind, str(device), "device")
     if isolate:
         from memprobe.backends.isolated import IsolatedBackend
@@ -41,7 +51,7 @@ def get_backend(
             )
         from memprobe.backends.cuda import CudaBackend
 
-        return CudaBackend(budget_bytes=budget_bytes)
+        return CudaBackend(budget_bytes=budget_bytes, **ddp)  # type: ignore[arg-type]
     from memprobe.backends.trace_backend import CpuBackend, TraceBackend
 
-    return TraceBackend() if kind is DeviceKind.TRACE else CpuBackend()
+    return (TraceBackend if kind is DeviceKind.TRACE else CpuBackend)(**ddp)  # type: ignore[arg-type]

@@ -15,9 +15,9 @@ import torch
 
 from memprobe.archs.build import build_for_config
 from memprobe.config import StepConfig
-from memprobe.enums import DeviceKind
+from memprobe.enums import DeviceKind, Strategy
 from memprobe.environment import software_environment
-from memprobe.errors import MemprobeError, ModelError
+from memprobe.errors import DeviceUnavailableError, MemprobeError, ModelError
 from memprobe.measurement import Environment, Measurement
 from memprobe.step import TrainingState, parameter_count, prepare_training, train_step
 from memprobe.step_registry import load_step
@@ -152,11 +152,23 @@ class CudaBackend:
         budget_bytes: int | None = None,
         runtime: CudaRuntime | None = None,
         step_runner: Any = run_real_step,
+        *,
+        bucket_cap_mb: float = 25,
+        gradient_as_bucket_view: bool = False,
+        rank_launcher: Any = "spawn",
+        device_count: Any = None,
     ) -> None:
         self.runtime: CudaRuntime = runtime or TorchCudaRuntime()
         self.budget_bytes = budget_bytes
         self._step_runner = step_runner
         self._environment: Environment | None = None
+        # A configuration that is one rank of DDP or FSDP2 launches its ranks, one per GPU
+        # (memprobe.backends.rank_launcher); inside a launched rank there is none to launch.
+        self.bucket_cap_mb = bucket_cap_mb
+        self.gradient_as_bucket_view = gradient_as_bucket_view
+        self._rank_launcher = rank_launcher
+        self._device_count = device_count or torch.cuda.device_count
+        self.last_rank_measurements: list[Measurement] = []
 
     def environment(self) -> Environment:
         if self._environment is None:
@@ -169,6 +181,8 @@ class CudaBackend:
         return self._environment
 
     def measure(self, config: StepConfig) -> Measurement:
+        if config.strategy is not Strategy.SINGLE and self._rank_launcher is not None:
+            return self._measure_ranks(config)
         runtime = self.runtime
         phase_allocated: dict[str, int] = {}
         phase_reserved: dict[str, int] = {}
@@ -227,6 +241,25 @@ class CudaBackend:
             context_bytes=context,
             warmup_steps=run.warmup_steps,
         )
+
+    def _measure_ranks(self, config: StepConfig) -> Measurement:
+        """Launch ``config.world_size`` ranks, one per GPU; the worst rank's measurement, as this GPU's."""
+        from dataclasses import replace
+
+        from memprobe.backends.rank_launcher import LaunchSpec, launch_ranks, worst_rank
+
+        found = self._device_count()
+        if found < config.world_size:
+            raise DeviceUnavailableError(
+                f"--gpus {config.world_size} launches one rank per GPU, but {found} CUDA GPU"
+                f"{'s are' if found != 1 else ' is'} visible here: use --device trace to measure one rank"
+            )
+        launch = launch_ranks if self._rank_launcher == "spawn" else self._rank_launcher
+        spec = LaunchSpec(
+            config, self.bucket_cap_mb, self.gradient_as_bucket_view, budget_bytes=self.budget_bytes
+        )
+        self.last_rank_measurements = list(launch(spec))
+        return replace(worst_rank(self.last_rank_measurements), environment=self.environment())
 
     def _release_cached_memory(self) -> None:
         """Drop every reference the last probe left (an OOM traceback holds frames) and free the cache."""

@@ -7,6 +7,10 @@ on CPU tensors with the fake backend (it stops at an internal assert), so a comm
 returns each bucket unchanged: the reducer still allocates its buckets and copies gradients
 into them, which is the memory DDP adds. FSDP2's ``fully_shard`` shards parameters, gradients
 and optimizer state to 1/N per rank and all-gathers each module's parameters around its use.
+
+The strategy and world size are part of the step's configuration (``StepConfig.strategy``,
+``world_size``), so a rank's measurements and calibration are stored under their own key. On
+CUDA with several GPUs the ranks are launched for real (memprobe.backends.rank_launcher).
 """
 
 from __future__ import annotations
@@ -14,22 +18,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import torch
 from torch import nn
 
 from memprobe.backends.allocation_tracker import cuda_block_size
+from memprobe.enums import Strategy
 from memprobe.errors import InvalidInputError
+
+__all__ = ["DistributedOptions", "Strategy", "measure_per_rank", "options_for", "wrap"]
 
 DEFAULT_BUCKET_CAP_MB = 25  # DistributedDataParallel's defaults
 FIRST_BUCKET_BYTES = 1024 * 1024  # torch.distributed's _DEFAULT_FIRST_BUCKET_BYTES
-
-
-class Strategy(StrEnum):
-    DDP = "ddp"
-    FSDP = "fsdp"
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,17 @@ class DistributedOptions:
             raise InvalidInputError(f"--gpus {self.world_size}: give 1 to 1024")
         if self.bucket_cap_mb <= 0:
             raise InvalidInputError(f"bucket_cap_mb {self.bucket_cap_mb}: give a positive size")
+        if self.strategy is Strategy.SINGLE:
+            raise InvalidInputError("one GPU has no ranks: choose --strategy ddp or fsdp")
+
+
+def options_for(
+    config: Any, bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, gradient_as_bucket_view: bool = False
+) -> DistributedOptions | None:
+    """The data parallelism ``config`` (a StepConfig) is one rank of; None for one GPU."""
+    if config.strategy is Strategy.SINGLE:
+        return None
+    return DistributedOptions(config.strategy, config.world_size, bucket_cap_mb, gradient_as_bucket_view)
 
 
 def _buckets(model: nn.Module, bucket_cap_mb: float) -> list[list[torch.Tensor]]:
@@ -69,11 +81,27 @@ def gradient_bucket_bytes(model: nn.Module, bucket_cap_mb: float = DEFAULT_BUCKE
     )
 
 
-def _bucket_buffers(model: nn.Module, bucket_cap_mb: float) -> list[torch.Tensor]:
+def _bucket_buffers(buckets: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     return [
         torch.empty(sum(p.numel() for p in bucket), dtype=bucket[0].dtype, device=bucket[0].device)
-        for bucket in _buckets(model, bucket_cap_mb)
+        for bucket in buckets
     ]
+
+
+def _grads_as_bucket_views(buckets: list[list[torch.Tensor]], buffers: list[torch.Tensor]) -> None:
+    """After autograd accumulates each gradient, copy it into its bucket and keep the view instead."""
+    for bucket, buffer in zip(buckets, buffers, strict=True):
+        offset = 0
+        for parameter in bucket:
+            view = buffer[offset : offset + parameter.numel()].view_as(parameter)
+            offset += parameter.numel()
+
+            def as_view(p: torch.Tensor, view: torch.Tensor = view) -> None:
+                if p.grad is not None and p.grad is not view:
+                    view.copy_(p.grad)
+                    p.grad = view
+
+            parameter.register_post_accumulate_grad_hook(as_view)  # type: ignore[attr-defined]
 
 
 @contextmanager
@@ -98,46 +126,40 @@ def _return_bucket(state: object, bucket: Any) -> torch.futures.Future[torch.Ten
     return future
 
 
-def wrap(model: nn.Module, options: DistributedOptions, *, fake: bool = False) -> nn.Module:
+def wrap(
+    model: nn.Module, options: DistributedOptions, *, fake: bool = False, device: Any = None
+) -> nn.Module:
     """``model`` as each rank trains it: in DDP, or sharded by FSDP2 (each child with parameters, then the root).
+
+    Without ``device`` the ranks are the fake process group's, which reduces nothing: DDP gets a
+    communication hook that returns each bucket unchanged. With ``device`` (a launched rank's)
+    the collectives are real.
 
     On fake tensors DDP's reducer cannot run (its C++ code copies gradient data), so its
     buckets are reproduced from the parameter sizes: one buffer per bucket, as DDP groups them,
-    alive as long as the model, into which DDP copies the gradients it reduces.
+    alive as long as the model, into which DDP copies the gradients it reduces. With
+    ``gradient_as_bucket_view`` each gradient becomes a view into its bucket once autograd has
+    accumulated it, as the reducer makes it: the gradient autograd allocated is freed, so a rank
+    holds no gradients beside its buckets.
 
     Raises:
-        InvalidInputError: FSDP cannot shard a module of ``model`` (one line naming it), or
-            ``gradient_as_bucket_view`` on fake tensors.
+        InvalidInputError: FSDP cannot shard a module of ``model`` (one line naming it).
     """
     if options.strategy is Strategy.DDP and fake:
+        buckets = _buckets(model, options.bucket_cap_mb)
+        buffers = _bucket_buffers(buckets)
+        model._memprobe_ddp_buckets = buffers  # type: ignore[assignment]
         if options.gradient_as_bucket_view:
-            raise InvalidInputError(
-                "gradient_as_bucket_view is measured with the real reducer only: use --device cpu"
-            )
-        model._memprobe_ddp_buckets = _bucket_buffers(model, options.bucket_cap_mb)  # type: ignore[assignment]
+            _grads_as_bucket_views(buckets, buffers)
         return model
     if options.strategy is Strategy.DDP:
-        ddp = nn.parallel.DistributedDataParallel(
-            model,
-            bucket_cap_mb=options.bucket_cap_mb,
-            gradient_as_bucket_view=options.gradient_as_bucket_view,
-            init_sync=False,
-        )
-        import torch.distributed as dist
-
-        # DDP checks the hook's annotations as objects; this module's are strings (PEP 563).
-        _return_bucket.__annotations__ = {
-            "bucket": dist.GradBucket,
-            "return": torch.futures.Future[torch.Tensor],
-        }
-        ddp.register_comm_hook(None, _return_bucket)
-        return ddp
+        return _ddp(model, options, device)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.utils._python_dispatch import _disable_current_modes
 
     with _disable_current_modes():  # the mesh reads its ranks as real numbers, never fake ones
-        mesh = init_device_mesh("cpu", (options.world_size,))
+        mesh = init_device_mesh("cpu" if device is None else device.type, (options.world_size,))
     for name, module in _shard_units(model):
         try:
             fully_shard(module, mesh=mesh)
@@ -147,6 +169,27 @@ def wrap(model: nn.Module, options: DistributedOptions, *, fake: bool = False) -
                 f"({type(module).__name__}): {str(error).splitlines()[0] if str(error) else type(error).__name__}"
             ) from None
     return model
+
+
+def _ddp(model: nn.Module, options: DistributedOptions, device: Any) -> nn.Module:
+    """Real DDP: on a launched rank's ``device``, or on the fake process group with a no-op hook."""
+    import torch.distributed as dist
+
+    ddp = nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device is not None and device.type == "cuda" else None,
+        bucket_cap_mb=options.bucket_cap_mb,
+        gradient_as_bucket_view=options.gradient_as_bucket_view,
+        init_sync=device is not None,
+    )
+    if device is None:
+        # DDP checks the hook's annotations as objects; this module's are strings (PEP 563).
+        _return_bucket.__annotations__ = {
+            "bucket": dist.GradBucket,
+            "return": torch.futures.Future[torch.Tensor],
+        }
+        ddp.register_comm_hook(None, _return_bucket)
+    return ddp
 
 
 def _shard_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -208,19 +251,26 @@ class RankMeasurement:
 
 
 def measure_per_rank(config: Any, options: DistributedOptions, device: str = "trace") -> RankMeasurement:
-    """Measure one rank of ``config`` trained under ``options`` on ``device`` (trace or cpu).
+    """Measure one rank of ``config`` trained under ``options`` on ``device``.
 
-    Not stored: the database keys measurements by configuration, which has no strategy yet.
+    On trace and cpu one process stands in for every rank (the fake process group); on cuda the
+    ranks are launched for real, one process per GPU, and the worst rank is reported.
     """
-    from memprobe.backends.trace_backend import CpuBackend, TraceBackend
+    from dataclasses import replace
 
-    if device not in ("trace", "cpu"):
-        raise InvalidInputError(
-            f"--device {device} with --gpus: launching ranks on several real GPUs is not supported yet; "
-            "measure one rank with --device trace or cpu"
-        )
-    backend = (TraceBackend if device == "trace" else CpuBackend)(distributed=options)
+    from memprobe.archs.build import build_for_config
+    from memprobe.backends import get_backend
+
+    config = replace(config, strategy=options.strategy, world_size=options.world_size)
+    backend: Any = get_backend(
+        device, bucket_cap_mb=options.bucket_cap_mb, gradient_as_bucket_view=options.gradient_as_bucket_view
+    )
     measurement = backend.measure(config)
-    model = backend._fresh_model(config)
-    buckets = gradient_bucket_bytes(model, options.bucket_cap_mb) if options.strategy is Strategy.DDP else 0
-    return RankMeasurement(measurement, options, buckets, dict(backend.last_state_bytes))
+    fresh_model = getattr(backend, "_fresh_model", build_for_config)
+    buckets = (
+        gradient_bucket_bytes(fresh_model(config), options.bucket_cap_mb)
+        if options.strategy is Strategy.DDP
+        else 0
+    )
+    # Launched ranks report their peaks, not their shards.
+    return RankMeasurement(measurement, options, buckets, dict(getattr(backend, "last_state_bytes", {})))

@@ -21,7 +21,7 @@ from torch import nn
 from memprobe.archs.build import build_for_config
 from memprobe.backends.allocation_tracker import AllocationTracker
 from memprobe.backends.caching_allocator import replay
-from memprobe.backends.distributed import DistributedOptions, fake_process_group, wrap
+from memprobe.backends.distributed import DEFAULT_BUCKET_CAP_MB, fake_process_group, options_for, wrap
 from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
 from memprobe.environment import software_environment
@@ -151,9 +151,16 @@ class _TrackedBackend:
     kind: DeviceKind
     fake: bool
 
-    def __init__(self, breakdown: bool = False, distributed: DistributedOptions | None = None) -> None:
+    def __init__(
+        self,
+        breakdown: bool = False,
+        bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
+        gradient_as_bucket_view: bool = False,
+    ) -> None:
         self.breakdown = breakdown
-        self.distributed = distributed  # one rank of DDP or FSDP2 (memprobe.backends.distributed)
+        # DDP's bucket settings, for a config that is one rank of DDP (memprobe.backends.distributed)
+        self.bucket_cap_mb = bucket_cap_mb
+        self.gradient_as_bucket_view = gradient_as_bucket_view
         self.last_state_bytes: dict[str, int] = {}  # one rank's parameters, gradients, optimizer state
         # The last network built, as a template: each probe works on a copy, and building
         # (with MONAI's weight initialisation) costs more than a fake step for large networks.
@@ -181,17 +188,18 @@ class _TrackedBackend:
         if not self.fake:
             model = copy.deepcopy(model)  # a real step updates the weights in place
         tracker = AllocationTracker()
+        distributed = options_for(config, self.bucket_cap_mb, self.gradient_as_bucket_view)
         try:
             with ExitStack() as stack:
-                if self.distributed is not None:
-                    stack.enter_context(fake_process_group(self.distributed.world_size))
+                if distributed is not None:
+                    stack.enter_context(fake_process_group(distributed.world_size))
                 if self.fake:
                     model, fake_mode = fake_copy(model)
                     stack.enter_context(quiet_fake_tensors())
                     stack.enter_context(fake_mode)
                 stack.enter_context(tracker)
-                if self.distributed is not None:
-                    model = wrap(model, self.distributed, fake=self.fake)
+                if distributed is not None:
+                    model = wrap(model, distributed, fake=self.fake)
                 breakdown: dict[str, int] | None = {} if self.breakdown else None
                 seconds, parameters = _run_tracked(config, model, tracker, breakdown, self.last_state_bytes)
             replay_started = time.perf_counter()

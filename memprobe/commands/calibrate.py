@@ -13,6 +13,7 @@ from memprobe.commands.options import (
     arch_option,
     checkpointing_option,
     custom_arch_with_rule,
+    data_parallel_options,
     db_option,
     emit,
     json_option,
@@ -49,6 +50,7 @@ _EXPECTED_STEPS = 10 + 4 + 6
 @training_step_option
 @checkpointing_option
 @shape_rule_options
+@data_parallel_options
 @click.option("--no-search", is_flag=True, help="Fit and store the formula; skip the limit searches.")
 @click.option(
     "--budget",
@@ -73,6 +75,8 @@ def calibrate(
     checkpointing: bool,
     divisors: tuple[int, int, int] | None,
     min_patch: tuple[int, int, int] | None,
+    gpus: int,
+    strategy: str | None,
     no_search: bool,
     budget: int | None,
     isolate: bool,
@@ -91,11 +95,16 @@ def calibrate(
     memprobe calibrate --arch basicunet --device trace --precision bf16-mixed
     memprobe calibrate --arch mednext --device cuda --budget 24GiB --isolate
     memprobe calibrate --arch mynet:build --device trace --divisor 4 32 32 --min-patch 8 64 64
+    memprobe calibrate --arch basicunet --device trace --gpus 4 --strategy ddp
 
     A custom model's patches follow its shape rule: --divisor/--min-patch, else its factory's
     memprobe_divisors/memprobe_min_patch, else the rule found by trying patches on fake tensors.
     Design patches are multiples of the per-axis divisors (anisotropic where the network pools
     anisotropically); a design patch the model fails on is recorded and skipped.
+
+    With --gpus N --strategy ddp|fsdp each point is one rank's step (its batch per rank): on
+    trace and cpu on a fake process group, on cuda with N ranks launched; the calibration is
+    stored under its own key, which plans for that layout use.
     """
     from memprobe.api import calibrate as run_calibration
     from memprobe.archs.registry import resolve_arch
@@ -127,6 +136,8 @@ def calibrate(
             isolate=isolate,
             search=not no_search,
             on_measurement=advance,
+            strategy=strategy,
+            world_size=gpus,
         )
     emit(_report(report), as_json)
 

@@ -46,6 +46,7 @@ def list_calibrations(db_path: str | None, shipped: bool, as_json: bool) -> None
             "optimizer": c.optimizer,
             "deep sup.": "yes" if c.deep_supervision else "no",
             "step": c.step + (" +checkpointing" if c.checkpointing else ""),
+            "GPUs": "1" if c.strategy == "single" else f"{c.strategy} x{c.world_size}",
             "points": c.quality.points,
             "fit median %": round(100 * c.quality.median_relative_error, 2),
             "held-out median %": _percent(c.quality.heldout_median_relative_error),
@@ -156,6 +157,21 @@ def _report(result: MergeResult, where: str, as_json: bool) -> None:
     emit(Report(result.to_dict(), (("Merged", rows),)), as_json)
     skipped = f", {result.skipped} unusable rows skipped" if result.skipped else ""
     click.echo(f"{where}: {sum(result.copied.values())} rows added{skipped}", err=True)
+
+
+@db.command("migrate")
+@db_option
+def migrate(db_path: str | None) -> None:
+    """Bring the database's schema up to this memprobe's; read commands never change it.
+
+    \b
+    memprobe db migrate --db postgresql://me@db.lab/memprobe
+    memprobe db migrate --db lab.sqlite
+    """
+    from memprobe.db import migrate_database
+
+    where, version = migrate_database(db_path)
+    click.echo(f"{where}: schema version {version}, this memprobe's")
 
 
 @db.command("check")

@@ -55,6 +55,23 @@ def checkpointing_option(function: F) -> F:
     )(function)
 
 
+def data_parallel_options(function: F) -> F:
+    """``--gpus N --strategy ddp|fsdp``: one rank of N-GPU data parallelism; its own calibration key."""
+    function = click.option(
+        "--strategy",
+        type=click.Choice(["ddp", "fsdp"]),
+        default=None,
+        help="With --gpus: DistributedDataParallel (default) or FSDP2's fully_shard.",
+    )(function)
+    return click.option(
+        "--gpus",
+        type=click.IntRange(1, 1024),
+        default=1,
+        show_default=True,
+        help="Data-parallel GPUs: plan or measure one rank of N; the batch is per rank.",
+    )(function)
+
+
 def step_options(function: F) -> F:
     """Options that choose the training step: precision, optimizer, channels, deep supervision, step."""
     for option in reversed(

@@ -13,6 +13,7 @@ from memprobe.commands.options import (
     SPACING_MM,
     arch_option,
     checkpointing_option,
+    data_parallel_options,
     db_option,
     emit,
     training_step_option,
@@ -63,6 +64,7 @@ from memprobe.size_planner import DEFAULT_SAFETY
 @click.option("--deep-supervision", is_flag=True, help="Plan for deep-supervision heads.")
 @training_step_option
 @checkpointing_option
+@data_parallel_options
 @click.option("--device", default=None, help="Whose calibration: trace or a GPU name.")
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -96,6 +98,8 @@ def plan(
     deep_supervision: bool,
     training_step: str,
     checkpointing: bool,
+    gpus: int,
+    strategy: str | None,
     device: str | None,
     db_path: str | None,
     as_json: bool,
@@ -111,6 +115,10 @@ def plan(
     memprobe plan --arch mednext --gpu-mem 24GiB --spacing 1 1 1 --median-shape 128 256 256
     memprobe plan --arch dynunet --gpu-mem 80GiB --batch 2 --yaml
     memprobe plan --config mednext_auto.yaml --gpu-mem 24GiB --out planned.yaml
+    memprobe plan --arch basicunet --gpu-mem 40GiB --gpus 4 --strategy ddp --json
+
+    With --gpus N the batch is per rank (from a calibration of that layout); --json and --yaml
+    also give the global batch and nnU-Net's and Lightning's batch_size.
     """
     if config_path is not None or out_path is not None:
         from memprobe.commands.plan_config import plan_config_view
@@ -146,6 +154,8 @@ def plan(
         step=training_step,
         checkpointing=checkpointing,
         optimizer=optimizer,
+        strategy=strategy,
+        world_size=gpus,
     )
     check_prediction(result.need.total_bytes, result.arch)
     rows = [
@@ -164,6 +174,7 @@ def plan(
         **result.exports(),
     }
     notes = (
+        *result.data_parallel_notes(),
         f"calibration: {calibration_text(result.calibration)}",
         budget_note(budget_bytes, gpu, gpu_mem),
         *(f"warning: {w}" for w in result.warnings),

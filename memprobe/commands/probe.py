@@ -12,6 +12,7 @@ from memprobe.commands.options import (
     BYTES,
     arch_option,
     custom_arch_with_rule,
+    data_parallel_options,
     emit,
     json_option,
     patch_option,
@@ -54,13 +55,10 @@ def measurement_row(m: Measurement) -> dict[str, object]:
     help="Cap CUDA memory at this size, e.g. 24GiB (emulates a smaller GPU).",
 )
 @click.option("--isolate", is_flag=True, help="Run the step in a child process (a crash becomes a result).")
-@click.option("--gpus", type=click.IntRange(1, 1024), default=1, show_default=True,
-              help="Data-parallel ranks: measure one rank's step (trace or cpu, on a fake process group).")  # fmt: skip
-@click.option("--strategy", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True,
-              help="With --gpus: DistributedDataParallel or FSDP2's fully_shard.")  # fmt: skip
+@data_parallel_options
 @click.option("--bucket-cap-mb", type=click.FloatRange(min=0, min_open=True), default=25.0, show_default=True,
               help="DDP's bucket_cap_mb.")  # fmt: skip
-@click.option("--gradient-as-bucket-view", is_flag=True, help="DDP's gradient_as_bucket_view (cpu only).")
+@click.option("--gradient-as-bucket-view", is_flag=True, help="DDP's gradient_as_bucket_view.")
 @json_option
 def probe(
     arch: str,
@@ -79,7 +77,7 @@ def probe(
     budget: int | None,
     isolate: bool,
     gpus: int,
-    strategy: str,
+    strategy: str | None,
     bucket_cap_mb: float,
     gradient_as_bucket_view: bool,
     as_json: bool,
@@ -89,6 +87,8 @@ def probe(
     The step is forward, Dice+CE loss, backward and optimizer step (or the --step chosen); the
     peak is read on the second step, when optimizer state exists. On CUDA it is max_memory_allocated (and
     max_memory_reserved); on trace and cpu every tensor allocation is counted the same way.
+    With --gpus N one rank of DDP or FSDP2 is measured: on trace and cpu in this process (a fake
+    process group), on cuda with N ranks launched, one per GPU, the worst rank reported.
 
     \b
     memprobe probe --arch mednext --patch 128 128 128 --batch 2 --device trace
@@ -114,11 +114,16 @@ def probe(
         checkpointing=checkpointing,
     )
     load_step(config.step)  # a wrong reference is refused before anything runs
-    if gpus > 1 or strategy != "ddp" or gradient_as_bucket_view:
-        from memprobe.backends.distributed import DistributedOptions, Strategy
+    if gpus > 1 or strategy is not None or gradient_as_bucket_view:
+        from memprobe.backends.distributed import DistributedOptions
+        from memprobe.config import data_parallel
+        from memprobe.errors import InvalidInputError
 
-        options = DistributedOptions(Strategy(strategy), gpus, bucket_cap_mb, gradient_as_bucket_view)
-        _probe_per_rank(config, options, device or "trace", as_json)
+        layout = data_parallel(strategy, gpus)
+        if gradient_as_bucket_view and layout["strategy"] != "ddp":
+            raise InvalidInputError("--gradient-as-bucket-view is DDP's: add --gpus N (N of 2 or more)")
+        options = DistributedOptions(layout["strategy"], gpus, bucket_cap_mb, gradient_as_bucket_view)  # type: ignore[arg-type]
+        _probe_per_rank(config, options, device, as_json)
         return
     budget_bytes = budget
     backend = get_backend(device, budget_bytes=budget_bytes, isolate=isolate)  # refuses a bad device first
@@ -148,9 +153,13 @@ def probe(
     emit(Report(measurement.to_dict(), (("", [measurement_row(measurement)]),), tuple(notes)), as_json)
 
 
-def _probe_per_rank(config: Any, options: Any, device: str, as_json: bool) -> None:
+def _probe_per_rank(config: Any, options: Any, device: str | None, as_json: bool) -> None:
     """One rank's step under DDP or FSDP2, with the per-rank and global batch."""
+    from memprobe.backends import default_device_kind
     from memprobe.backends.distributed import measure_per_rank
+    from memprobe.exports import data_parallel, data_parallel_note
+
+    device = device or default_device_kind().value
 
     click.echo(
         f"measuring {config.label()} as 1 of {options.world_size} {options.strategy.value} ranks on {device} ...",
@@ -166,10 +175,6 @@ def _probe_per_rank(config: Any, options: Any, device: str, as_json: bool) -> No
         "DDP buckets": format_bytes(rank.gradient_bucket_bytes) if rank.gradient_bucket_bytes else "-",
         **{f"{kind} per rank": format_bytes(value) for kind, value in rank.state_bytes.items()},
     }
-    notes = (
-        f"nnU-Net: batch_size {global_batch} in the plans (the global batch, split across the "
-        f"{options.world_size} GPUs); Lightning: batch_size={config.batch} in the DataLoader "
-        f"(per device), devices={options.world_size}",
-    )
-    data = {**rank.to_dict(), "per_rank_batch": config.batch, "global_batch": global_batch}
+    notes = (data_parallel_note(config.batch, options.strategy.value, options.world_size),)
+    data = {**rank.to_dict(), **data_parallel(config.batch, options.strategy.value, options.world_size)}
     emit(Report(data, (("", [row]),), notes), as_json)

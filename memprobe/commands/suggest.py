@@ -16,6 +16,7 @@ from memprobe.commands.options import (
     SPACING_MM,
     arch_option,
     checkpointing_option,
+    data_parallel_options,
     db_option,
     emit,
     patch_option,
@@ -59,6 +60,7 @@ from memprobe.units import format_bytes
 @click.option("--deep-supervision", is_flag=True, help="Plan for training with deep-supervision heads.")
 @training_step_option
 @checkpointing_option
+@data_parallel_options
 @click.option(
     "--options",
     "show_options",
@@ -126,6 +128,8 @@ def suggest(
     deep_supervision: bool,
     training_step: str,
     checkpointing: bool,
+    gpus: int,
+    strategy: str | None,
     show_options: bool,
     safety: float,
     effective_batch: int | None,
@@ -150,6 +154,11 @@ def suggest(
     memprobe suggest --batch 2 --spacing 5 0.8 0.8 --median-shape 64 320 320 --gpu-mem 24GiB
     memprobe suggest --patch 128 128 128 --gpu-mem 80GiB --all-archs --json
     memprobe suggest --patch 192 192 192 --gpu-mem 12GiB --options --effective-batch 4
+    memprobe suggest --patch 128 128 128 --gpu-mem 40GiB --gpus 4 --strategy ddp --json
+
+    With --gpus N the plan is per rank, from a calibration of that layout (`memprobe calibrate
+    --gpus N --strategy ...`); the output gives the global batch and nnU-Net's and Lightning's
+    batch_size for it.
     """
     from memprobe.api import load_calibrations, max_batch_size, max_patch_size
     from memprobe.archs.registry import known_arch_names
@@ -172,10 +181,16 @@ def suggest(
         )
     archs = [arch]
     if all_archs:
+        from memprobe.config import data_parallel
         from memprobe.enums import Precision, parse_enum
 
         wanted_precision = parse_enum(Precision, precision, "precision").value
-        calibrated = {c.arch for c in load_calibrations(db_path) if c.precision == wanted_precision}
+        layout = data_parallel(strategy, gpus)
+        calibrated = {
+            c.arch
+            for c in load_calibrations(db_path)
+            if c.precision == wanted_precision and (c.strategy, c.world_size) == tuple(layout.values())
+        }
         archs = [name for name in known_arch_names() if name in calibrated]
         if deep_supervision:
             archs = _with_deep_supervision(archs)
@@ -189,6 +204,8 @@ def suggest(
         device=device,
         step=training_step,
         checkpointing=checkpointing,
+        strategy=strategy,
+        world_size=gpus,
     )
     if show_options and (patch is None or all_archs):
         raise InvalidInputError(
@@ -273,7 +290,7 @@ def _with_deep_supervision(archs: list[str]) -> list[str]:
 
 def _batch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, ...]) -> Report:
     from memprobe.enums import Precision
-    from memprobe.exports import nnunet_plans, pytc_config
+    from memprobe.exports import pytc_config
 
     rows, data, notes = [], [], []
     tables: list[tuple[str, list[dict[str, Any]]]] = []
@@ -314,11 +331,12 @@ def _batch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, .
                 "pytorch_connectomics": pytc_config(
                     p.patch, p.batch, precision.lightning_name, p.accumulate_grad_batches
                 ),
-                "nnunet_plans": nnunet_plans(p.patch, p.batch),
+                **_data_parallel(p.patch, p.batch, p.calibration),
             }
         )
         if len(plans) <= 3:
             tables.append((f"What batch {p.batch} of {p.arch} needs", need_rows(p.need, p.usable_bytes)))
+        notes += _data_parallel_notes(p.batch, p.calibration)
         notes += [f"warning: {w}" for w in p.warnings]
     notes += [
         *budget_text[:-1],
@@ -333,7 +351,7 @@ def _batch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, .
 
 def _patch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, ...]) -> Report:
     from memprobe.enums import Precision
-    from memprobe.exports import nnunet_plans, pytc_config
+    from memprobe.exports import pytc_config
 
     rows, data, notes = [], [], []
     tables: list[tuple[str, list[dict[str, Any]]]] = []
@@ -366,9 +384,10 @@ def _patch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, .
                 "warnings": list(p.warnings),
                 "calibration": calibration_data(p.calibration),
                 "pytorch_connectomics": pytc_config(p.patch, p.batch, precision.lightning_name, 1),
-                "nnunet_plans": nnunet_plans(p.patch, p.batch),
+                **_data_parallel(p.patch, p.batch, p.calibration),
             }
         )
+        notes += _data_parallel_notes(p.batch, p.calibration)
         if len(plans) <= 3:
             patch = "x".join(map(str, p.patch))
             tables.append(
@@ -385,3 +404,17 @@ def _patch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, .
             f"the largest patch whose whole need fits {format_bytes(plans[0].budget_bytes * plans[0].safety)}"
         )
     return Report(data if len(data) != 1 else data[0], (("", rows), *tables), tuple(notes))
+
+
+def _data_parallel(patch: Any, per_rank_batch: int, calibration: Any) -> dict[str, Any]:
+    from memprobe.exports import batch_exports
+
+    return batch_exports(patch, per_rank_batch, calibration.strategy, calibration.world_size)
+
+
+def _data_parallel_notes(per_rank_batch: int, calibration: Any) -> list[str]:
+    from memprobe.exports import data_parallel_note
+
+    if calibration.strategy == "single":
+        return []
+    return [data_parallel_note(per_rank_batch, calibration.strategy, calibration.world_size)]

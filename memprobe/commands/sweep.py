@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from memprobe.commands.options import BYTES, db_option, emit, json_option
+from memprobe.commands.options import BYTES, data_parallel_options, db_option, emit, json_option
 from memprobe.reporters import Report
 
 
@@ -18,10 +18,11 @@ from memprobe.reporters import Report
 @click.option(
     "--budget", default=None, type=BYTES, help="Memory budget of each calibration (default: the card's)."
 )
+@data_parallel_options
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
               help="local: processes on this machine; slurm: jobs on a SLURM cluster.")  # fmt: skip
 @click.option("--slurm-partition", default=None, help="SLURM partition.")
-@click.option("--slurm-gres", default="gpu:1", show_default=True, help="SLURM generic resources.")
+@click.option("--slurm-gres", default=None, help="SLURM generic resources (default: gpu:N for --gpus N).")
 @click.option("--slurm-constraint", default=None, help="SLURM constraint for every job.")
 @click.option("--slurm-time", type=click.IntRange(min=1), default=240, show_default=True,
               help="SLURM time limit of each job, in minutes.")  # fmt: skip
@@ -37,9 +38,11 @@ def sweep(
     cards: tuple[str, ...],
     device: str | None,
     budget: int | None,
+    gpus: int,
+    strategy: str | None,
     executor: str,
     slurm_partition: str | None,
-    slurm_gres: str,
+    slurm_gres: str | None,
     slurm_constraint: str | None,
     slurm_time: int,
     folder: str | None,
@@ -57,10 +60,15 @@ def sweep(
     memprobe sweep --arch mednext --executor slurm --slurm-partition gpu --card a100 --card h100 \\
         --db postgresql://me@db.lab/memprobe
     memprobe sweep --arch mednext --arch unet --status
+    memprobe sweep --arch mednext --executor slurm --gpus 4 --strategy ddp --device cuda
+
+    A job that died without a result (killed, out of host memory) shows as failed, with the
+    reason its log gives; a rerun resubmits it.
     """
     import os
     from pathlib import Path
 
+    from memprobe.config import data_parallel
     from memprobe.db import ENV_VARIABLE, database_url, default_db_path
     from memprobe.sweep import SweepJob, SweepSpec, default_folder, run_sweep, sweep_status
     from memprobe.sweep import cards as card_types
@@ -68,6 +76,7 @@ def sweep(
     db = db_path or os.environ.get(ENV_VARIABLE) or str(default_db_path())
     if database_url(db) is None:
         db = str(Path(db).expanduser().resolve())  # the jobs run elsewhere
+    layout = data_parallel(strategy, gpus)  # a wrong layout is refused before any job is submitted
     spec = SweepSpec(
         archs,
         precisions,
@@ -79,10 +88,12 @@ def sweep(
         None if budget is None else f"{budget}B",  # the jobs read it as text
         {
             "partition": slurm_partition or "",
-            "gres": slurm_gres,
+            "gres": slurm_gres or f"gpu:{gpus}",
             "constraint": slurm_constraint or "",
             "time": str(slurm_time),
         },
+        str(layout["strategy"]),
+        gpus,
     )
 
     def progress(job: SweepJob) -> None:
