@@ -174,6 +174,7 @@ def test_suggest_for_two_ddp_ranks_gives_the_per_rank_and_global_batch_in_each_c
     from tests.robustness_helpers import invoke
 
     asked = ("suggest", "--arch", TINY, "--patch", "32", "32", "32", "--gpu-mem", "2GiB", "--device", "trace")
+    asked += ("--precision", "fp32")  # the API's default, which the fixture calibrated
     result = invoke(capsys, *asked, "--gpus", "2", "--db", ddp_database, "--json")
     assert result.code == 0, result.err
     plan = json.loads(result.out)

@@ -95,5 +95,7 @@ def test_cuda_with_fewer_gpus_than_ranks_is_refused_in_one_line() -> None:
     not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs"
 )
 def test_two_nccl_ranks_on_two_gpus_read_their_own_peaks() -> None:
-    measurement = CudaBackend().measure(DDP2)
+    from memprobe.backends import get_backend
+
+    measurement = get_backend("cuda").measure(DDP2)
     assert measurement.ok and measurement.peak_allocated_bytes and measurement.reserved_source == "measured"

@@ -140,6 +140,8 @@ def test_calibrate_isolate_records_crashes_and_finishes(db_path: Path) -> None:
         SEGFAULTS_ABOVE_BATCH_2,
         "--device",
         "trace",
+        "--precision",
+        "fp32",  # as seeded
         "--isolate",
         "--budget",
         SMALL_BUDGET,

@@ -50,8 +50,9 @@ def get_backend(
                 "no CUDA GPU is available here: use --device trace to measure without a GPU"
             )
         from memprobe.backends.cuda import CudaBackend
+        from memprobe.backends.rank_launcher import launch_ranks
 
-        return CudaBackend(budget_bytes=budget_bytes, **ddp)  # type: ignore[arg-type]
+        return CudaBackend(budget_bytes=budget_bytes, rank_launcher=launch_ranks, **ddp)  # type: ignore[arg-type]
     from memprobe.backends.trace_backend import CpuBackend, TraceBackend
 
     return (TraceBackend if kind is DeviceKind.TRACE else CpuBackend)(**ddp)  # type: ignore[arg-type]

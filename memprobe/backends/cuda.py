@@ -155,18 +155,21 @@ class CudaBackend:
         *,
         bucket_cap_mb: float = 25,
         gradient_as_bucket_view: bool = False,
-        rank_launcher: Any = "spawn",
+        rank_launcher: Any = None,
         device_count: Any = None,
+        in_rank: bool = False,
     ) -> None:
         self.runtime: CudaRuntime = runtime or TorchCudaRuntime()
         self.budget_bytes = budget_bytes
         self._step_runner = step_runner
         self._environment: Environment | None = None
-        # A configuration that is one rank of DDP or FSDP2 launches its ranks, one per GPU
-        # (memprobe.backends.rank_launcher); inside a launched rank there is none to launch.
+        # A configuration that is one rank of DDP or FSDP2 launches its ranks, one per GPU,
+        # through ``rank_launcher`` (get_backend passes memprobe.backends.rank_launcher's);
+        # inside a launched rank (``in_rank``) the step is this process's rank.
         self.bucket_cap_mb = bucket_cap_mb
         self.gradient_as_bucket_view = gradient_as_bucket_view
         self._rank_launcher = rank_launcher
+        self._in_rank = in_rank
         self._device_count = device_count or torch.cuda.device_count
         self.last_rank_measurements: list[Measurement] = []
 
@@ -181,7 +184,7 @@ class CudaBackend:
         return self._environment
 
     def measure(self, config: StepConfig) -> Measurement:
-        if config.strategy is not Strategy.SINGLE and self._rank_launcher is not None:
+        if config.strategy is not Strategy.SINGLE and not self._in_rank:
             return self._measure_ranks(config)
         runtime = self.runtime
         phase_allocated: dict[str, int] = {}
@@ -246,19 +249,22 @@ class CudaBackend:
         """Launch ``config.world_size`` ranks, one per GPU; the worst rank's measurement, as this GPU's."""
         from dataclasses import replace
 
-        from memprobe.backends.rank_launcher import LaunchSpec, launch_ranks, worst_rank
+        from memprobe.backends.rank_spec import LaunchSpec, worst_rank
 
+        if self._rank_launcher is None:
+            raise DeviceUnavailableError(
+                "this CudaBackend has no rank launcher: create it with memprobe.backends.get_backend"
+            )
         found = self._device_count()
         if found < config.world_size:
             raise DeviceUnavailableError(
                 f"--gpus {config.world_size} launches one rank per GPU, but {found} CUDA GPU"
                 f"{'s are' if found != 1 else ' is'} visible here: use --device trace to measure one rank"
             )
-        launch = launch_ranks if self._rank_launcher == "spawn" else self._rank_launcher
         spec = LaunchSpec(
             config, self.bucket_cap_mb, self.gradient_as_bucket_view, budget_bytes=self.budget_bytes
         )
-        self.last_rank_measurements = list(launch(spec))
+        self.last_rank_measurements = list(self._rank_launcher(spec))
         return replace(worst_rank(self.last_rank_measurements), environment=self.environment())
 
     def _release_cached_memory(self) -> None:

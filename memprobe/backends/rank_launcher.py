@@ -19,34 +19,17 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from memprobe.backends.distributed import DEFAULT_BUCKET_CAP_MB, DistributedOptions, options_for, wrap
+from memprobe.backends.distributed import DistributedOptions, wrap
+from memprobe.backends.rank_spec import LaunchSpec, worst_rank
 from memprobe.config import StepConfig
 from memprobe.measurement import Environment, Measurement
 
 RESULT_FILE = "rank{rank}.json"
-
-
-@dataclass(frozen=True)
-class LaunchSpec:
-    """What every rank needs (pickled into each spawned process)."""
-
-    config: StepConfig
-    bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB
-    gradient_as_bucket_view: bool = False
-    device_type: str = "cuda"  # "cuda": one GPU per rank, NCCL; "cpu": gloo
-    runtime: Any = None  # a CudaRuntime for this rank's device; None: torch.cuda's
-    budget_bytes: int | None = None
-    port: int = 0
-
-    @property
-    def options(self) -> DistributedOptions:
-        options = options_for(self.config, self.bucket_cap_mb, self.gradient_as_bucket_view)
-        assert options is not None, "a launch is of a data-parallel configuration"
-        return options
+__all__ = ["LaunchSpec", "launch_ranks", "worst_rank"]
 
 
 def launch_ranks(spec: LaunchSpec) -> list[Measurement]:
@@ -84,17 +67,6 @@ def launch_ranks(spec: LaunchSpec) -> list[Measurement]:
     ]
 
 
-def worst_rank(measurements: list[Measurement]) -> Measurement:
-    """The rank that decides whether the step fits: an out-of-memory one, a failed one, else the largest peak."""
-    unreported = lambda m: "ended without a result" in (m.error or "")
-    failed = (
-        [m for m in measurements if m.oom]
-        or [m for m in measurements if m.error is not None and not unreported(m)]
-        or [m for m in measurements if not m.ok]
-    )
-    return failed[0] if failed else max(measurements, key=lambda m: m.peak_allocated_bytes or 0)
-
-
 def _run_rank(rank: int, spec: LaunchSpec, folder: str) -> None:
     """One spawned rank: measure, write the measurement, and exit non-zero when it did not fit or failed."""
     measurement = _measure_rank(rank, spec)
@@ -129,7 +101,7 @@ def _measure_rank(rank: int, spec: LaunchSpec) -> Measurement:
             spec.budget_bytes,
             runtime=spec.runtime or TorchCudaRuntime(),
             step_runner=_rank_step_runner(spec.options, device),
-            rank_launcher=None,
+            in_rank=True,
         )
         try:
             return backend.measure(spec.config)
