@@ -185,6 +185,7 @@ def _report(report: CalibrationReport) -> Report:
     ]
     against = "measured on this GPU" if calibration.measured_on_gpu else "trace (not a GPU)"
     notes = (
+        f"calibrated {calibration.arch} at {calibration.precision} with {calibration.optimizer} on {calibration.device}",
         f"formula vs {against}, allocated peak: fit on {quality.points} points, median error "
         f"{100 * quality.median_relative_error:.2f}%, worst {100 * quality.max_relative_error:.2f}%; "
         f"held out {quality.heldout_points} points, median {100 * (quality.heldout_median_relative_error or 0):.2f}%, "
