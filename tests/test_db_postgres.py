@@ -101,7 +101,17 @@ def test_a_server_database_merges_into_a_file(
         assert len(merged.measurements()) == 2 and len(merged.calibrations()) == 1
 
 
-CALIBRATE = ("calibrate", "--arch", TINY, "--device", "trace", "--budget", SMALL_BUDGET)
+CALIBRATE = (
+    "calibrate",
+    "--arch",
+    TINY,
+    "--device",
+    "trace",
+    "--precision",
+    "fp32",
+    "--budget",
+    SMALL_BUDGET,
+)
 VARIANTS = {
     ("fp32", "adamw"): (),
     ("bf16-mixed", "adamw"): ("--precision", "bf16-mixed"),

@@ -45,6 +45,8 @@ def test_a_users_nnunet_factory_calibrates_and_its_plans_probe(tmp_path) -> None
             factory,
             "--device",
             "trace",
+            "--precision",
+            "fp32",
             "--budget",
             "8GiB",
             "--no-search",

@@ -62,7 +62,7 @@ def test_calibrate_runs_the_library_function_with_a_callback(
     assert result.exit_code == 0, result.output
     assert len(calls) == 1 and callable(calls[0]["on_measurement"])
     lines = [line for line in result.stderr.splitlines() if line.startswith("[")]
-    assert lines[0].startswith("[1/20] calibrating tests.tiny_models:tiny_net on trace: ")
+    assert lines[0].startswith("[1/20] calibrating tests.tiny_models:tiny_net (bf16-mixed) on trace: ")
     assert len(lines) >= 14  # ten design points and four held out, each on its own line
 
 

@@ -27,6 +27,8 @@ def test_concurrent_calibrations_keep_every_measurement(db_path: Path) -> None:
             TINY,
             "--device",
             "trace",
+            "--precision",
+            "fp32",
             "--budget",
             SMALL_BUDGET,
             "--db",

@@ -122,6 +122,8 @@ def test_calibrate_finds_the_rule_plans_valid_patches_and_probes_them(tmp_path: 
             ANISO,
             "--device",
             "trace",
+            "--precision",
+            "fp32",
             "--budget",
             "8GiB",
             "--no-search",

@@ -305,7 +305,8 @@ def calibrate_view(
     )
     spec = resolve_arch(arch)
     chosen = predictor_options(
-        {"predictor": predictor, "overlap": 0.0, "blend": "constant", "precision": precision}
+        # MONAI inference is calibrated at fp32 unless asked; nnU-Net's predictor at its fp16 autocast.
+        {"predictor": predictor, "overlap": 0.0, "blend": "constant", "precision": precision or "fp32"}
     )
     base = make_inference_config(arch, (2 * spec.divisor,) * 3, (4 * spec.divisor,) * 3, **chosen)
     runner = InferenceRunner(device)
