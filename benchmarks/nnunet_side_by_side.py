@@ -269,14 +269,37 @@ def write(result: dict[str, Any]) -> None:
     calibrated = result["calibrated"]
     run_note = (
         f"\nReproduce: `{result['command']}` (needs `memprobe[nnunet]`). This run: {len(rows)} plans in "
-        f"{result['seconds']} s on {result['machine']}; {result['stored']} topology calibrations reused from "
-        f"benchmarks/nnunet_calibrations.json, {len(calibrated)} calibrated on trace"
+        f"{result['seconds']} s on {result['machine']}; calibrations of topologies: {result['stored']} reused "
+        f"from benchmarks/nnunet_calibrations.json, {len(calibrated)} made on trace"
         + (f" ({sum(c['seconds'] for c in calibrated)} s in all)" if calibrated else "")
         + ".\n"
     )
     (RESULTS / "nnunet_side_by_side.md").write_text(
-        "# nnU-Net's plans and memprobe's, same budget\n\n" + "\n".join(lines) + "\n" + NOTES + run_note
+        "# nnU-Net's plans and memprobe's, same budget\n\n"
+        + "\n".join(lines)
+        + "\n"
+        + NOTES
+        + _over_budget(rows)
+        + run_note
     )
+
+
+def _over_budget(rows: Sequence[dict[str, Any]]) -> str:
+    """The plans whose predicted whole need exceeds their budget, computed from the rows."""
+    over = [
+        f"{r['planner']} {r['preset']} on {r['dataset']} ({r['whole need GiB (fit)']} GiB of "
+        f"{PRESETS[r['preset']] * 10**9 / GIB:.2f})"
+        for r in rows
+        if r["whole need GiB (fit)"] > PRESETS[r["preset"]] * 10**9 / GIB
+    ]
+    if not over:
+        return "\nEvery plan's predicted whole need is within its budget.\n"
+    return "\nPlans whose predicted whole need exceeds their budget: " + "; ".join(over) + ".\n"
+
+
+def rewrite() -> None:
+    """Write the tables again from the last run's JSON (after a change to their wording)."""
+    write(json.loads((RESULTS / "nnunet_side_by_side.json").read_text()))
 
 
 def main() -> None:
