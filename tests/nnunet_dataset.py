@@ -16,9 +16,21 @@ def make_dataset(
     classes: int = 2,
 ) -> tuple[Path, Path]:
     """Write nnUNet_raw and nnUNet_preprocessed folders under ``root``; return both."""
+    return write_dataset(root, NAME, spacings, shapes, channels, classes)
+
+
+def write_dataset(
+    root: Path,
+    name: str,
+    spacings: list[list[float]],
+    shapes: list[list[int]],
+    channels: int = 1,
+    classes: int = 2,
+) -> tuple[Path, Path]:
+    """Write dataset ``name`` under ``root``/nnUNet_raw and ``root``/nnUNet_preprocessed; return both."""
     raw, preprocessed = root / "nnUNet_raw", root / "nnUNet_preprocessed"
-    (raw / NAME).mkdir(parents=True)
-    (preprocessed / NAME).mkdir(parents=True)
+    (raw / name).mkdir(parents=True)
+    (preprocessed / name).mkdir(parents=True)
     cases = {
         f"case{i}": {
             "images": [f"imagesTr/case{i}_{c:04d}.nii.gz" for c in range(channels)],
@@ -35,7 +47,7 @@ def make_dataset(
         "overwrite_image_reader_writer": "SimpleITKIO",
         "dataset": cases,
     }
-    (raw / NAME / "dataset.json").write_text(json.dumps(dataset))
+    (raw / name / "dataset.json").write_text(json.dumps(dataset))
     intensity = {
         "mean": 0.0,
         "median": 0.0,
@@ -51,5 +63,5 @@ def make_dataset(
         "median_relative_size_after_cropping": 1.0,
         "foreground_intensity_properties_per_channel": {str(c): intensity for c in range(channels)},
     }
-    (preprocessed / NAME / "dataset_fingerprint.json").write_text(json.dumps(fingerprint))
+    (preprocessed / name / "dataset_fingerprint.json").write_text(json.dumps(fingerprint))
     return raw, preprocessed

@@ -22,16 +22,24 @@ def test_isotropic_data_takes_the_median(tmp_path: Path) -> None:
         [[1, 1, 1], [1, 1, 1], [2, 2, 2]],
         [[100, 200, 200], [120, 220, 220], [60, 100, 100]],
     )
-    spacing, shape = read_fingerprint(path)
-    assert spacing == (1.0, 1.0, 1.0) and shape == (120, 200, 200)
+    found = read_fingerprint(path)
+    assert found.spacing == (1.0, 1.0, 1.0) and found.median_shape == (120, 200, 200)
+    assert found.transpose_forward == (0, 1, 2) and not found.transposed
 
 
 def test_thick_slices_take_the_tenth_percentile(tmp_path: Path) -> None:
     spacings = [[5.0, 0.8, 0.8]] * 9 + [[2.5, 0.8, 0.8]]
     path = _write(tmp_path / "f.json", spacings, [[40, 512, 512]] * 10)
-    spacing, shape = read_fingerprint(path)
-    assert spacing[0] == pytest.approx(4.75) and spacing[1:] == (0.8, 0.8)
-    assert shape == (42, 512, 512)
+    found = read_fingerprint(path)
+    assert found.spacing[0] == pytest.approx(4.75) and found.spacing[1:] == (0.8, 0.8)
+    assert found.median_shape == (42, 512, 512)
+
+
+def test_the_largest_spacing_moves_first_as_nnunet_transposes(tmp_path: Path) -> None:
+    path = _write(tmp_path / "f.json", [[0.8, 0.7, 5.0]] * 4, [[512, 500, 40]] * 4)
+    found = read_fingerprint(path)
+    assert found.transpose_forward == (2, 0, 1) and found.transposed
+    assert found.spacing == (5.0, 0.8, 0.7) and found.median_shape == (40, 512, 500)
 
 
 def test_a_missing_fingerprint_names_the_nnunet_command(tmp_path: Path) -> None:
@@ -72,6 +80,30 @@ def test_suggest_plans_from_a_fingerprint(tmp_path: Path) -> None:
         cli, [*arguments, "--spacing", "5", "0.8", "0.8", "--median-shape", "40", "512", "512"]
     )
     assert json.loads(result.stdout)["patch"] == json.loads(typed.stdout)["patch"]
+
+
+def test_suggest_and_plan_say_the_axes_are_transposed(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from memprobe.cli import cli
+    from memprobe.db import Database
+    from tests.factories import make_calibration
+
+    db = tmp_path / "db.sqlite"
+    with Database.open(db) as database:
+        database.add_calibration(make_calibration())
+    fingerprint = _write(tmp_path / "f.json", [[0.8, 0.8, 5.0]] * 4, [[512, 512, 40]] * 4)
+    arguments = ["--batch", "2", "--precision", "fp32", "--gpu-mem", "24GiB", "--db", str(db), "--json"]
+    typed = CliRunner().invoke(
+        cli, ["suggest", *arguments, "--spacing", "5", "0.8", "0.8", "--median-shape", "40", "512", "512"]
+    )
+    for command in ("suggest", "plan"):
+        result = CliRunner().invoke(cli, [command, *arguments, "--nnunet-fingerprint", str(fingerprint)])
+        assert result.exit_code == 0, result.output
+        assert "spacing 5 0.8 0.8 mm, median shape 40 512 512" in result.stderr
+        assert "transpose_forward 2 0 1" in result.stderr
+        data = json.loads(result.stdout)
+        assert data.get("patch", data.get("patch_size")) == json.loads(typed.stdout)["patch"]
 
 
 def test_suggest_without_a_fingerprint_exits_2(tmp_path: Path) -> None:

@@ -100,6 +100,8 @@ def build_model(
     try:
         with _own_argv(spec.factory):
             model = factory(in_channels, out_channels, **kwargs)
+    except InvalidInputError:
+        raise  # memprobe's own one-line error with its fix, e.g. the extra nnU-Net's networks need
     except Exception as error:
         raise ModelError(f"building {spec.name} failed: {type(error).__name__}: {error}") from error
     except BaseException as error:

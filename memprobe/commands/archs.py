@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from memprobe.archs.registry import ARCHS, smallest_patch_size
@@ -38,14 +40,50 @@ def archs(as_json: bool) -> None:
         }
         for s in ARCHS.values()
     ]
+    nnunet_rows, nnunet_data, nnunet_notes = _nnunet_networks()
     emit(
         Report(
-            data,
-            (("", rows),),
+            data + nnunet_data,
+            (("", rows + nnunet_rows),),
             (
+                *nnunet_notes,
                 "Any other model: --arch package.module:factory "
                 "(a callable taking in_channels, out_channels and returning an nn.Module).",
             ),
         ),
         as_json,
     )
+
+
+def _nnunet_networks() -> tuple[list[dict[str, Any]], list[dict[str, Any]], tuple[str, ...]]:
+    """nnU-Net's networks: table rows, JSON items and notes (their topology rule; the extra)."""
+    from memprobe.nnunet.specs import INSTALL_HINT, PRESET_NAMES, TOPOLOGY_RULE, networks_installed
+
+    installed = networks_installed()
+    rows = [
+        {
+            "name": name,
+            "network": description,
+            "patch divisible by": "per topology",
+            "smallest patch": "per topology",
+            "deep supervision": "yes",
+        }
+        for name, description in PRESET_NAMES.items()
+    ]
+    data = [
+        {
+            "name": name,
+            "description": description,
+            "divisor": None,
+            "smallest_patch": None,
+            "deep_supervision": True,
+            "topology": TOPOLOGY_RULE,
+            "installed": installed,
+            "install": None if installed else INSTALL_HINT,
+        }
+        for name, description in PRESET_NAMES.items()
+    ]
+    notes = [f"nnunet, nnunet-resenc-m/-l/-xl: {TOPOLOGY_RULE}."]
+    if not installed:
+        notes.append(f"nnU-Net's networks need dynamic-network-architectures, not installed: {INSTALL_HINT}")
+    return rows, data, tuple(notes)

@@ -65,7 +65,8 @@ def plan(
     from memprobe.nnunet.planner import memprobe_plans_name
 
     budget_bytes = gpu_mem
-    planner = _planner(preset, dataset, budget_bytes, configuration, db_path, device)
+    used: dict[str, str] = {}  # arch -> the calibration that answered for it
+    planner = _planner(preset, dataset, budget_bytes, configuration, db_path, device, used)
     with contextlib.redirect_stdout(sys.stderr):  # nnU-Net's planner prints its progress
         plans = planner.plan_experiment()
     chosen = plans["configurations"].get(configuration)
@@ -83,12 +84,26 @@ def plan(
         "strides": _strides(chosen["architecture"]["arch_kwargs"]["strides"]),
     }
     name = memprobe_plans_name(preset)
+    transpose = [int(axis) for axis in plans["transpose_forward"]]
     notes = (
         f"planned within {format_bytes(budget_bytes)} with measured need; plans file {name}.json",
+        *_transpose_note(transpose),
+        *(f"calibration of {arch}: {calibration}" for arch, calibration in used.items()),
         f"next: nnUNetv2_preprocess -d {dataset} -plans_name {name} -c {configuration}; "
         f"nnUNetv2_train {dataset} {configuration} FOLD -p {name}",
     )
-    emit(Report({"plans_name": name, **row}, (("", [row]),), notes), as_json)
+    data = {"plans_name": name, **row, "transpose_forward": transpose, "calibrations": used}
+    emit(Report(data, (("", [row]),), notes), as_json)
+
+
+def _transpose_note(transpose: Sequence[int]) -> tuple[str, ...]:
+    if list(transpose) == [0, 1, 2]:
+        return ()
+    order = " ".join(map(str, transpose))
+    return (
+        f"axes transposed as nnU-Net does (transpose_forward {order}: the largest spacing first); "
+        "the patch and strides are in that order",
+    )
 
 
 def _strides(strides: Sequence[Sequence[int]]) -> str:
@@ -96,7 +111,13 @@ def _strides(strides: Sequence[Sequence[int]]) -> str:
 
 
 def _planner(
-    preset: str, dataset: str, budget_bytes: int, configuration: str, db: str | None, device: str | None
+    preset: str,
+    dataset: str,
+    budget_bytes: int,
+    configuration: str,
+    db: str | None,
+    device: str | None,
+    used: dict[str, str],
 ) -> Any:
     from memprobe.api import estimate
     from memprobe.nnunet.planner import measured_planner
@@ -115,6 +136,8 @@ def _planner(
             db=db,
             device=device,
         )
+        calibration = found.calibration
+        used[arch] = f"{calibration.device}, {calibration.source}, created {calibration.created_at[:19]}"
         return found.need.total_bytes
 
     return _with_dataset_errors(

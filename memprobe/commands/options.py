@@ -167,13 +167,20 @@ def geometry_from_fingerprint(
         raise InvalidInputError(
             "--nnunet-fingerprint gives the spacing and median shape: drop --spacing/--median-shape"
         )
-    found_spacing, found_shape = read_fingerprint(path)
+    found = read_fingerprint(path)
+    order = " ".join(map(str, found.transpose_forward))
+    transposed = (
+        f"; axes transposed as nnU-Net does (transpose_forward {order}: the largest spacing first), "
+        "so the patch is in that order"
+        if found.transposed
+        else ""
+    )
     click.echo(
-        f"{path}: spacing {' '.join(f'{s:g}' for s in found_spacing)} mm, median shape "
-        f"{' '.join(map(str, found_shape))} (nnU-Net's 3d_fullres target)",
+        f"{path}: spacing {' '.join(f'{s:g}' for s in found.spacing)} mm, median shape "
+        f"{' '.join(map(str, found.median_shape))} (nnU-Net's 3d_fullres target){transposed}",
         err=True,
     )
-    return found_spacing, found_shape
+    return found.spacing, found.median_shape
 
 
 def db_option(function: F) -> F:

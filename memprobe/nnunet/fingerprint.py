@@ -2,13 +2,16 @@
 
 The target spacing is the median spacing, except that a markedly coarse axis (thick slices,
 with few of them) takes its 10th percentile (``ExperimentPlanner.determine_fullres_target_spacing``);
-the median shape is that of the cases resampled to it. nnU-Net's axis transposition is not applied:
-axes stay in the images' order.
+the median shape is that of the cases resampled to it. Both are then transposed as nnU-Net
+transposes them (``ExperimentPlanner.determine_transpose``): the axis of the largest spacing
+first, the others in the images' order, so that patches are planned in the axis order nnU-Net
+trains in.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +21,25 @@ from memprobe.errors import InvalidInputError
 EXTRACT_HINT = "run `nnUNetv2_extract_fingerprint -d DATASET` (or nnUNetv2_plan_and_preprocess) first"
 
 
-def read_fingerprint(path: str | Path) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
-    """The target spacing (mm) and median shape (voxels) nnU-Net's 3d_fullres plans with.
+@dataclass(frozen=True)
+class TargetGeometry:
+    """nnU-Net's 3d_fullres target spacing (mm) and median shape (voxels), axes transposed.
+
+    ``transpose_forward`` is nnU-Net's: axis ``i`` of the planned patch is axis
+    ``transpose_forward[i]`` of the images.
+    """
+
+    spacing: tuple[float, float, float]
+    median_shape: tuple[int, int, int]
+    transpose_forward: tuple[int, int, int]
+
+    @property
+    def transposed(self) -> bool:
+        return self.transpose_forward != (0, 1, 2)
+
+
+def read_fingerprint(path: str | Path) -> TargetGeometry:
+    """The target spacing and median shape nnU-Net's 3d_fullres plans with, in its axis order.
 
     Raises:
         InvalidInputError: the file is missing or is not a dataset fingerprint.
@@ -47,9 +67,17 @@ def read_fingerprint(path: str | Path) -> tuple[tuple[float, float, float], tupl
     target = _target_spacing(spacings, shapes)
     resampled = np.round(shapes * spacings / target)
     median = np.median(resampled, 0)
-    depth, height, width = (float(s) for s in target)
-    d, h, w = (int(s) for s in median)
-    return (depth, height, width), (d, h, w)
+    order = transpose_forward(target)
+    depth, height, width = (float(target[axis]) for axis in order)
+    d, h, w = (int(median[axis]) for axis in order)
+    return TargetGeometry((depth, height, width), (d, h, w), order)
+
+
+def transpose_forward(target_spacing: np.ndarray) -> tuple[int, int, int]:
+    """nnU-Net's ``determine_transpose``: the axis of the largest spacing first, the others in order."""
+    first = int(np.argmax(target_spacing))
+    second, third = (axis for axis in range(3) if axis != first)
+    return first, second, third
 
 
 def _target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> np.ndarray:

@@ -8,9 +8,9 @@ from torch import nn
 
 from memprobe.archs.registry import ArchSpec
 from memprobe.errors import InvalidInputError
+from memprobe.nnunet.specs import INSTALL_HINT
 from memprobe.nnunet.topology import parse_arch_name
 
-INSTALL_HINT = "pip install 'memprobe[nnunet]'"
 RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
 
 

@@ -16,8 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from memprobe.errors import InvalidInputError
-from memprobe.nnunet.networks import INSTALL_HINT
-from memprobe.nnunet.specs import PLAIN, RESENC
+from memprobe.nnunet.specs import INSTALL_HINT, PLAIN, RESENC
 from memprobe.nnunet.topology import arch_name, topology_from_strides
 
 # (planner class in nnunetv2, its default plans name, memprobe's network)
@@ -116,8 +115,11 @@ def measured_planner(
             if not self._measured:
                 self.UNet_reference_val_3d = self._proxy_reference
             try:
+                # nnU-Net's cache of proxy estimates serves the other configurations; measured
+                # needs are cached by estimate() and must not mix with the proxy's values.
+                cache = {} if self._measured else _cache
                 plan: dict[str, Any] = super().get_plans_for_configuration(
-                    spacing, median_shape, data_identifier, approximate_n_voxels_dataset, {}
+                    spacing, median_shape, data_identifier, approximate_n_voxels_dataset, cache
                 )
             finally:
                 self.UNet_reference_val_3d = reference

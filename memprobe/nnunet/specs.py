@@ -8,10 +8,13 @@ without strides is the topology of an isotropic 128^3 patch.
 
 from __future__ import annotations
 
+import importlib.util
+
 from memprobe.archs.registry import ArchSpec
 from memprobe.nnunet.topology import Topology, arch_name, parse_arch_name, topology_for
 
 PLAIN, RESENC = "nnunet", "nnunet-resenc"
+INSTALL_HINT = "pip install 'memprobe[nnunet]'"
 _CANONICAL = {"nnunet": PLAIN, "nnunet-resenc": RESENC, "nnunet-resenc-m": RESENC}
 _CANONICAL |= {"nnunet-resenc-l": RESENC, "nnunet-resenc-xl": RESENC}
 _DESCRIPTIONS = {
@@ -19,6 +22,23 @@ _DESCRIPTIONS = {
     RESENC: "nnU-Net v2 ResidualEncoderUNet (ResEnc M/L/XL: 1-3-4-6-6-6 blocks), strides",
 }
 DEFAULT_TOPOLOGY = topology_for((1.0, 1.0, 1.0), (128, 128, 128))
+# the names `memprobe archs` lists, with what nnU-Net plans each for
+PRESET_NAMES = {
+    "nnunet": "nnU-Net v2 PlainConvUNet (its default planner, 8 GB)",
+    "nnunet-resenc-m": "nnU-Net v2 ResidualEncoderUNet, ResEnc M (planned for 8 GB)",
+    "nnunet-resenc-l": "nnU-Net v2 ResidualEncoderUNet, ResEnc L (planned for 24 GB)",
+    "nnunet-resenc-xl": "nnU-Net v2 ResidualEncoderUNet, ResEnc XL (planned for 40 GB)",
+}
+TOPOLOGY_RULE = (
+    "topology from spacing and patch as nnU-Net's planner builds it: pool each axis within twice "
+    "the finest spacing down to a bottleneck edge of 4, features 32 doubling to 320; "
+    "one calibration per topology, e.g. nnunet[122.222.222.222]"
+)
+
+
+def networks_installed() -> bool:
+    """Whether dynamic-network-architectures (the ``memprobe[nnunet]`` extra) can build the networks."""
+    return importlib.util.find_spec("dynamic_network_architectures") is not None
 
 
 def nnunet_spec(name: str) -> ArchSpec | None:
