@@ -108,6 +108,23 @@ def _importance_map(config: InferenceConfig) -> torch.Tensor | None:
     )
 
 
+def _stitch_device(config: InferenceConfig, compute: torch.device) -> torch.device:
+    """Where the whole-image buffers live: the GPU, the CPU, or (off CUDA) a device that allocates nothing."""
+    if config.stitch is StitchDevice.GPU:
+        return compute
+    return _HOST if compute.type != "cuda" else torch.device("cpu")
+
+
+def _inference_context(config: InferenceConfig, compute: torch.device) -> ExitStack:
+    """``torch.inference_mode``, and autocast where the precision asks for it."""
+    stack = ExitStack()
+    stack.enter_context(torch.inference_mode())
+    autocast = _autocast(config.precision, compute.type)
+    if autocast is not None:
+        stack.enter_context(autocast)
+    return stack
+
+
 def _autocast(precision: Precision, device_type: str) -> Any:
     """CUDA's autocast on a GPU; its cast lists emulated on CPU and fake tensors (``cuda_autocast.py``)."""
     if not precision.is_mixed:
@@ -159,14 +176,9 @@ def _nnunet_sliding_window(
         on_phase(STITCH)
         return output  # type: ignore[no-any-return]
 
-    on_gpu = config.stitch is StitchDevice.GPU
-    results = compute if on_gpu else (_HOST if compute.type != "cuda" else torch.device("cpu"))
+    results = _stitch_device(config, compute)
     slicers = sliding_window_slicers(config.roi, config.padded_shape, config.tile_step_size)
-    with ExitStack() as stack:
-        stack.enter_context(torch.inference_mode())
-        autocast = _autocast(config.precision, compute.type)
-        if autocast is not None:
-            stack.enter_context(autocast)
+    with _inference_context(config, compute):
         on_phase(STITCH)
         predict_sliding_window(
             network,
@@ -213,12 +225,8 @@ def _monai_sliding_window(
     buffer: dict[str, Any] = (
         {"buffer_steps": config.buffer_steps, "buffer_dim": -1} if config.buffer_steps else {}
     )
-    host = compute if config.stitch is StitchDevice.GPU else (_HOST if compute.type != "cuda" else "cpu")
-    with ExitStack() as stack:
-        stack.enter_context(torch.inference_mode())
-        autocast = _autocast(config.precision, compute.type)
-        if autocast is not None:
-            stack.enter_context(autocast)
+    host = _stitch_device(config, compute)
+    with _inference_context(config, compute):
         on_phase(STITCH)
         sliding_window_inference(
             image,
