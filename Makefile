@@ -34,11 +34,11 @@ TEST_WORKERS ?= 2
 # do not share the cores (tables printed, written to the ignored .bench-results/; `make bench`
 # refreshes the committed ones in benchmarks/results/). Leaves `git status` clean.
 test: install
-	$(PY) -m pytest tests -p no:cacheprovider -p no:benchmark -n $(TEST_WORKERS)
+	$(PY) -m pytest tests -p no:cacheprovider -p no:benchmark -n $(TEST_WORKERS) --dist worksteal
 	MEMPROBE_BENCH_ARCHS=$(TEST_BENCH_ARCHS) MEMPROBE_RESULTS_DIR=.bench-results $(PY) -m pytest benchmarks -p no:cacheprovider $(BENCH_STORAGE)
 
 unit: install
-	$(PY) -m pytest tests -p no:cacheprovider -p no:benchmark -n $(TEST_WORKERS)
+	$(PY) -m pytest tests -p no:cacheprovider -p no:benchmark -n $(TEST_WORKERS) --dist worksteal
 
 bench: install
 	$(PY) -m pytest benchmarks -p no:cacheprovider $(BENCH_STORAGE)

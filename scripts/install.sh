@@ -34,28 +34,31 @@ else
     pip install -q "torch==$TORCH_CPU_VERSION+cpu"
   fi
 fi
-pip install -q -e ".[dev]" -c <("$VENV/bin/python" -c 'import torch; print(f"torch=={torch.__version__}")')
+# Everything is installed against the torch chosen above (the constraint pins it).
+constraint=$(mktemp)
+"$VENV/bin/python" -c 'import torch; print(f"torch=={torch.__version__}")' > "$constraint"
+torch_before=$(cat "$constraint")
 
-# The nnunet extra (MEMPROBE_NNUNET=1, which `make install` sets): nnunetv2 pulls timm and
-# torchvision, whose PyPI builds target CUDA torch. The constraint keeps the installed torch; a
-# torchvision that then cannot load beside it (a CUDA build next to a CPU torch) is removed with
-# timm, since nnU-Net's planners, networks and predictor import neither.
+# The nnunet extra (MEMPROBE_NNUNET=1, which `make install` sets) is resolved with the rest in
+# one pip run. nnunetv2 pulls timm and torchvision, whose PyPI builds target CUDA torch: a
+# torchvision that cannot load beside the installed torch (a CUDA build next to a CPU torch) is
+# removed with timm, since nnU-Net's planners, networks and predictor import neither.
 if [ "${MEMPROBE_NNUNET:-0}" = "1" ]; then
-  constraint=$(mktemp)
-  "$VENV/bin/python" -c 'import torch; print(f"torch=={torch.__version__}")' > "$constraint"
-  torch_before=$(cat "$constraint")
-  if ! pip install -q -c "$constraint" -e ".[nnunet]"; then
+  if ! pip install -q -c "$constraint" -e ".[dev,nnunet]"; then
     echo "memprobe install: nnunetv2 cannot be installed beside this torch; installing its network library only"
+    pip install -q -c "$constraint" -e ".[dev]"
     pip install -q -c "$constraint" --no-deps dynamic-network-architectures
   fi
   if ! "$VENV/bin/python" -c "import torchvision" >/dev/null 2>&1 && pip show -q torchvision >/dev/null 2>&1; then
     echo "memprobe install: the torchvision build does not match $torch_before; removing torchvision and timm (nnU-Net does not need them)"
     pip uninstall -q -y torchvision timm
   fi
-  torch_after=$("$VENV/bin/python" -c 'import torch; print(f"torch=={torch.__version__}")')
-  if [ "$torch_after" != "$torch_before" ]; then
-    echo "memprobe install: the nnunet extra changed $torch_before to $torch_after" >&2
-    exit 1
-  fi
-  rm -f "$constraint"
+else
+  pip install -q -c "$constraint" -e ".[dev]"
+fi
+torch_after=$("$VENV/bin/python" -c 'import torch; print(f"torch=={torch.__version__}")')
+rm -f "$constraint"
+if [ "$torch_after" != "$torch_before" ]; then
+  echo "memprobe install: installing memprobe changed $torch_before to $torch_after" >&2
+  exit 1
 fi
