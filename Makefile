@@ -33,8 +33,7 @@ TEST_WORKERS ?= 2
 # Unit tests (in TEST_WORKERS processes), then the benchmarks in one process, so their timings
 # do not share the cores (tables printed, written to the ignored .bench-results/; `make bench`
 # refreshes the committed ones in benchmarks/results/). Leaves `git status` clean.
-test: install
-	$(PY) -m pytest tests -p no:cacheprovider -p no:benchmark -n $(TEST_WORKERS) --dist worksteal
+test: unit
 	MEMPROBE_BENCH_ARCHS=$(TEST_BENCH_ARCHS) MEMPROBE_RESULTS_DIR=.bench-results $(PY) -m pytest benchmarks -p no:cacheprovider $(BENCH_STORAGE)
 
 unit: install

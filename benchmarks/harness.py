@@ -91,12 +91,12 @@ class SessionMeasurements:
 
     kind = DeviceKind.TRACE
 
-    def __init__(self, stored: bool = True) -> None:
+    def __init__(self) -> None:
         from memprobe.backends.trace_backend import TraceBackend
 
         self.backend = TraceBackend()
         self.taken: dict[StepConfig, TimedMeasurement] = {}
-        self.stored = StoredTraceSteps(self.backend.environment()) if stored else None
+        self.stored = StoredTraceSteps(self.backend.environment())
         self.read_from_store: set[StepConfig] = set()
 
     def environment(self) -> Environment:
@@ -114,7 +114,7 @@ class SessionMeasurements:
 
     def calibration_step(self, config: StepConfig) -> Measurement:
         """A design point of the shipped calibration: the stored step when there is one, else traced now."""
-        if config not in self.taken and self.stored is not None:
+        if config not in self.taken:
             found = self.stored.find(config)
             if found is not None:
                 self.read_from_store.add(config)
