@@ -21,6 +21,9 @@ _EXPORTS = {
     "max_sw_batch_size": "memprobe.inference.api",
     "estimate_gpu_memory_required": "memprobe.compat",
     "suggest_batch_size": "memprobe.compat",
+    "record_step": "memprobe.snapshots.record",
+    "check_snapshot": "memprobe.snapshots.check",
+    "load_snapshot": "memprobe.snapshots.reader",
     # Results.
     "Estimate": "memprobe.api",
     "BatchPlan": "memprobe.size_planner",
@@ -30,6 +33,7 @@ _EXPORTS = {
     "Calibration": "memprobe.calibrated_formula",
     "CalibrationReport": "memprobe.calibration_run",
     "Alternative": "memprobe.alternatives",
+    "SnapshotCheck": "memprobe.snapshots.check",
     # Errors.
     "MemprobeError": "memprobe.errors",
     "InvalidInputError": "memprobe.errors",

@@ -49,6 +49,10 @@ class Calibration:
     checkpointing: bool = False  # measured with activation checkpointing
     strategy: str = "single"  # one GPU, or one rank of "ddp" or "fsdp" ...
     world_size: int = 1  # ... out of this many: a plan's batch is per rank
+    # Not stored: a trace calibration's gap to real GPUs when the user's own imported snapshots
+    # of this architecture measure it (memprobe.snapshots.evidence); None: the published evidence.
+    trace_gap: float | None = None
+    trace_gap_source: str | None = None
 
     def __repr__(self) -> str:
         modes = [self.precision, self.optimizer]

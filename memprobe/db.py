@@ -512,12 +512,19 @@ class Database:
         return None
 
     def measurements(
-        self, arch: str | None = None, device: str | None = None, precision: str | None = None
+        self,
+        arch: str | None = None,
+        device: str | None = None,
+        precision: str | None = None,
+        reserved_source: str | None = None,
     ) -> list[Measurement]:
-        """Stored measurements, oldest first, optionally filtered."""
-        query = "SELECT * FROM measurements WHERE (? IS NULL OR arch = ?) AND (? IS NULL OR precision = ?) ORDER BY id"
+        """Stored measurements, oldest first, optionally filtered (``reserved_source`` "snapshot": imported runs)."""
+        query = (
+            "SELECT * FROM measurements WHERE (? IS NULL OR arch = ?) AND (? IS NULL OR precision = ?) "
+            "AND (? IS NULL OR reserved_source = ?) ORDER BY id"
+        )
         result = []
-        for row in self._rows(query, (arch, arch, precision, precision)):
+        for row in self._rows(query, (arch, arch, precision, precision, reserved_source, reserved_source)):
             try:
                 environment = self._environment(row["environment_id"])
             except BadRowError as error:

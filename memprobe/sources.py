@@ -56,9 +56,12 @@ def user_calibrations(db_path: str | Path | None = None) -> list[Calibration]:
 
 def all_calibrations(db_path: str | Path | None = None) -> list[Calibration]:
     """User calibrations, then shipped ones for keys the user has not calibrated."""
+    from memprobe.snapshots.evidence import charge_snapshot_evidence, snapshot_measurements
+
     own = user_calibrations(db_path)
     keys = {c.key for c in own}
-    return own + [c for c in shipped_calibrations() if c.key not in keys]
+    return charge_snapshot_evidence(own + [c for c in shipped_calibrations() if c.key not in keys],
+                                    snapshot_measurements(db_path))  # fmt: skip
 
 
 def with_stored_shape_rule(arch: str, calibrations: list[Calibration]) -> str:

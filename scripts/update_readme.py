@@ -11,6 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = (
+    "snapshot_replay",
+    "published_runs",
     "accuracy",
     "accuracy_reserved",
     "accuracy_gpu",

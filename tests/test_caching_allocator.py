@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from memprobe.backends.caching_allocator import FREE, CachingAllocatorModel, Event, replay
+from memprobe.backends.allocator_replay import allocator_model, replay
+from memprobe.backends.caching_allocator import FREE, Event
 
 KIB, MIB = 2**10, 2**20
 
@@ -113,7 +114,7 @@ def test_span_peaks_are_each_span_own() -> None:
 
 
 def test_empty_storages_and_unknown_frees_are_ignored() -> None:
-    model = CachingAllocatorModel()
+    model = allocator_model()
     assert model.malloc(1, 0)
     model.free(1)
     model.free(99)
@@ -126,7 +127,7 @@ def test_random_traffic_keeps_the_books(expandable: bool) -> None:
     import random
 
     rng = random.Random(7)
-    model = CachingAllocatorModel(expandable_segments=expandable)
+    model = allocator_model(expandable_segments=expandable)
     live: list[int] = []
     for serial in range(1, 3000):
         if live and rng.random() < 0.45:

@@ -14,11 +14,12 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, TensorDataset
 
-from memprobe.integrations.lightning import MemprobeBatchSizeFinder, largest_fitting_batch
+from memprobe.integrations.lightning import PEAK_ALLOWANCE, MemprobeBatchSizeFinder, largest_fitting_batch
+from memprobe.overheads import trace_evidence
 from tests.tiny_models import TinyNet
 
-# Overheads kept free of gpu_mem (context default, cuBLAS and cuDNN workspaces), plus 48 MiB for tensors.
-OVERHEADS = 2**30 + 32 * 2**20 + 512 * 2**20
+# Overheads kept free of gpu_mem (context default, cuBLAS workspace, cuDNN and CUDA-only buffers), plus 48 MiB for tensors.
+OVERHEADS = 2**30 + 32 * 2**20 + trace_evidence().cuda_only_allocation_bytes
 GPU_MEM = OVERHEADS + 48 * 2**20
 
 
@@ -82,9 +83,11 @@ def test_the_callback_sets_the_batch_then_answers_from_the_database(tmp_path: Pa
     expected = largest_fitting_batch(peaks, usable, 8192)
     assert expected is not None and expected > 1
     assert module.batch_size == first.optimal_batch_size == expected
-    assert expected in peaks and peaks[expected] * 1.2 <= usable  # the answer was traced and fits
+    assert (
+        expected in peaks and peaks[expected] * (1 + PEAK_ALLOWANCE) <= usable
+    )  # the answer was traced and fits
     per_sample = peaks[2] - peaks[1]
-    assert (peaks[1] + per_sample * expected) * 1.2 > usable  # one more sample would not
+    assert (peaks[1] + per_sample * expected) * (1 + PEAK_ALLOWANCE) > usable  # one more sample would not
     assert trainer.global_step == 1 and trainer.train_dataloader.batch_size == expected
 
     second = MemprobeBatchSizeFinder(gpu_mem=GPU_MEM, db=db)
@@ -105,10 +108,11 @@ def test_a_module_without_a_batch_size_gets_lightnings_message(tmp_path: Path) -
 
 def test_the_line_steps_below_a_batch_measured_over_the_budget() -> None:
     peaks = {1: 100, 2: 150}
-    assert largest_fitting_batch(peaks, 1.2 * 300, 8192) == 5  # 50 + 50 * b <= 300
-    assert largest_fitting_batch({**peaks, 5: 400}, 1.2 * 300, 8192) == 4
-    assert largest_fitting_batch(peaks, 1.2 * 300, 3) == 3
-    assert largest_fitting_batch(peaks, 1.2 * 90, 8192) is None
+    charged = 1 + PEAK_ALLOWANCE
+    assert largest_fitting_batch(peaks, charged * 300, 8192) == 5  # 50 + 50 * b <= 300
+    assert largest_fitting_batch({**peaks, 5: 400}, charged * 300, 8192) == 4
+    assert largest_fitting_batch(peaks, charged * 300, 3) == 3
+    assert largest_fitting_batch(peaks, charged * 90, 8192) is None
 
 
 class OutOfMemoryAbove(SegmentationModule):

@@ -57,6 +57,9 @@ class AllocationTracker(TorchDispatchMode):
         self.measured_from = 0
         self.phase_starts: list[tuple[int, str]] = []
         self._op = "parameter"
+        # With record_modules(), the module each allocation was made in (serial -> module path).
+        self.module_of: dict[int, str] = {}
+        self._module_stack: list[str] = []
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
@@ -79,6 +82,8 @@ class AllocationTracker(TorchDispatchMode):
         self._serial += 1
         self._live[key] = (charged, self._serial)
         self.events.append((self._serial, storage.nbytes(), self._op))
+        if self._module_stack:
+            self.module_of[self._serial] = self._module_stack[-1]
         weakref.finalize(storage, self._release, key)
         self.current_bytes += charged
         self._phase_peak = max(self._phase_peak, self.current_bytes)
@@ -87,6 +92,22 @@ class AllocationTracker(TorchDispatchMode):
             self.peak_bytes = self.current_bytes
             if self.snapshot_peak:
                 self.peak_storages = {serial: size for size, serial in self._live.values()}
+
+    def record_modules(self, model: torch.nn.Module) -> Any:
+        """Note which of ``model``'s modules each allocation is made in; returns the hooks' handles."""
+        names = {module: name or type(model).__name__ for name, module in model.named_modules()}
+
+        def enter(module: torch.nn.Module, args: Any) -> None:
+            if module in names:
+                self._module_stack.append(names[module])
+
+        def leave(module: torch.nn.Module, args: Any, output: Any) -> None:
+            if module in names and self._module_stack:
+                self._module_stack.pop()
+
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+        return (register_module_forward_pre_hook(enter), register_module_forward_hook(leave))
 
     def serial_of(self, tensor: torch.Tensor) -> int | None:
         """The tracking serial of a tensor's storage (stable, unlike its address), if tracked."""

@@ -9,8 +9,11 @@ free in order; replaying them here gives what the GPU's allocator would report.
 Followed: ``c10/cuda/CUDACachingAllocator.cpp`` of PyTorch v2.5-v2.9 (``round_size``,
 ``get_allocation_size``, ``get_free_block``, ``should_split``, ``free_block`` with
 ``try_merge_blocks``, ``alloc_block`` / ``release_cached_blocks`` on failure, and
-``ExpandableSegment`` for ``expandable_segments:True``), with its defaults:
-``max_split_size`` unlimited, no ``roundup_power2_divisions``, one stream, no graph pools.
+``ExpandableSegment`` for ``expandable_segments:True``), one stream and no graph pools. Two
+settings of ``PYTORCH_CUDA_ALLOC_CONF`` are followed when given (both off by default):
+``max_split_size`` (blocks at or above it are never split, and serve only requests within
+20 MiB of their size; ``release_available_cached_blocks`` under a limit is not modelled) and
+``roundup_power2_divisions`` (16 entries, one per power-of-two interval from 1 MiB up).
 
 - Requests are rounded up to 512 bytes. Up to 1 MiB goes to the small pool, whose segments
   are 2 MiB; larger requests go to the large pool: a 20 MiB segment below 10 MiB, else the
@@ -21,10 +24,8 @@ Followed: ``c10/cuda/CUDACachingAllocator.cpp`` of PyTorch v2.5-v2.9 (``round_si
 - A freed block merges with free neighbours of its segment and stays cached.
 - Under a limit (``set_per_process_memory_fraction``), a ``cudaMalloc`` that would exceed it
   first releases every fully free cached segment and retries; only then is it an OOM.
-- Expandable segments: one growing segment per pool, mapped in pages of 2 MiB (small pool)
-  or 20 MiB (large pool); blocks split whenever the remainder is at least 512 B. A release
-  under a limit unmaps the free pages at the end of a segment only (PyTorch can also unmap
-  free pages in the middle), so the model errs towards more reserve, not less.
+- ``expandable_segments:True`` is its own model (``expandable_segments.py``); ``allocator_model``
+  in ``allocator_replay.py`` picks one.
 
 Pure Python with bisection over sorted free lists: a step's few thousand events replay in
 milliseconds.
@@ -33,7 +34,7 @@ milliseconds.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 MIN_BLOCK_BYTES = 512  # kMinBlockSize
@@ -64,14 +65,38 @@ def segment_size(size: int) -> int:
     return -(-size // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES
 
 
-def should_split(remaining: int, small: bool, expandable: bool) -> bool:
-    """``should_split``: small-pool and expandable blocks split at 512 B; large ones above 1 MiB."""
+def should_split(
+    remaining: int, small: bool, expandable: bool, request: int = 0, max_split_size: int | None = None
+) -> bool:
+    """``should_split``: small-pool and expandable blocks split at 512 B; large ones above 1 MiB.
+
+    With ``max_split_size``, a large-pool block is split only for a request below it.
+    """
     if small or expandable:
         return remaining >= MIN_BLOCK_BYTES
-    return remaining > SMALL_REQUEST_BYTES
+    return remaining > SMALL_REQUEST_BYTES and (max_split_size is None or request < max_split_size)
 
 
-class _Block:
+def round_size_power2(nbytes: int, divisions: Sequence[int]) -> int:
+    """``round_size`` with ``roundup_power2_divisions``: up to the next 1/divisions of a power of two."""
+    if nbytes < MIN_BLOCK_BYTES:
+        return MIN_BLOCK_BYTES
+    interval = min(max(nbytes.bit_length() - 1 - 20, 0), len(divisions) - 1) if divisions else 0
+    parts = divisions[interval] if divisions else 0
+    if parts <= 1 or nbytes <= MIN_BLOCK_BYTES * parts:
+        return round_size(nbytes)
+    if nbytes & (nbytes - 1) == 0:
+        return nbytes
+    floor = 1 << (nbytes.bit_length() - 1)
+    step = floor >> (parts.bit_length() - 1)
+    if step == 0:
+        return 2 * floor
+    return -(-nbytes // step) * step
+
+
+class Block:
+    """A block of a segment: where it starts, its size, whether it is allocated, its neighbours."""
+
     __slots__ = ("address", "allocated", "next", "prev", "segment", "size", "small")
 
     def __init__(self, address: int, size: int, small: bool, segment: int) -> None:
@@ -80,8 +105,8 @@ class _Block:
         self.small = small
         self.segment = segment
         self.allocated = False
-        self.prev: _Block | None = None
-        self.next: _Block | None = None
+        self.prev: Block | None = None
+        self.next: Block | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -107,30 +132,18 @@ class ReplayResult:
     span_peaks: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-class CachingAllocatorModel:
-    """The caching allocator's state, driven by :meth:`malloc` and :meth:`free`."""
+class AllocatorStats:
+    """What ``torch.cuda.memory_stats`` counts: current and peak bytes, overall and per span."""
 
-    def __init__(self, *, expandable_segments: bool = False, limit_bytes: int | None = None) -> None:
-        self.expandable = expandable_segments
-        self.limit_bytes = limit_bytes
-        self.allocated_bytes = 0
-        self.reserved_bytes = 0
-        self.requested_bytes = 0
-        self.peak_allocated_bytes = 0
-        self.peak_reserved_bytes = 0
-        self.peak_requested_bytes = 0
-        self.span_peak_allocated_bytes = 0
-        self.span_peak_reserved_bytes = 0
-        self._free: dict[bool, list[tuple[int, int]]] = {True: [], False: []}  # small? -> sorted keys
-        self._blocks: dict[tuple[int, int], _Block] = {}  # free blocks by key
-        self._live: dict[int, tuple[_Block, int]] = {}  # serial -> (block, requested bytes)
-        self._segments: dict[int, int] = {}  # segment id -> mapped bytes
-        self._tails: dict[bool, _Block] = {}  # expandable: last block of each pool's segment
-        self._next_address = 1 << 40
-
-    @property
-    def segment_count(self) -> int:
-        return len(self._segments)
+    def __init__(self) -> None:
+        self.allocated_bytes = self.reserved_bytes = self.requested_bytes = 0
+        self.peak_allocated_bytes = self.peak_reserved_bytes = self.peak_requested_bytes = 0
+        self.span_peak_allocated_bytes = self.span_peak_reserved_bytes = 0
+        # Where the next new segment starts, when a replay of a real trace knows (else synthetic).
+        self.segment_address_hint: int | None = None
+        # What the last malloc did: the bytes it reserved (0: served from the cache) and its block.
+        self.last_grown_bytes = 0
+        self.last_block_address = 0
 
     def reset_peaks(self) -> None:
         """``reset_peak_memory_stats``: peaks restart from the current values."""
@@ -151,12 +164,50 @@ class CachingAllocatorModel:
         self.span_peak_allocated_bytes = max(self.span_peak_allocated_bytes, self.allocated_bytes)
         self.span_peak_reserved_bytes = max(self.span_peak_reserved_bytes, self.reserved_bytes)
 
+    def _charge(self, block_bytes: int, requested: int) -> None:
+        """Count a block handed out for ``requested`` bytes."""
+        self.allocated_bytes += block_bytes
+        self.requested_bytes += requested
+        self._note_peaks()
+
+
+class CachingAllocatorModel(AllocatorStats):
+    """The caching allocator's state, driven by :meth:`malloc` and :meth:`free`."""
+
+    def __init__(
+        self,
+        *,
+        limit_bytes: int | None = None,
+        max_split_size: int | None = None,
+        roundup_power2_divisions: Sequence[int] = (),
+    ) -> None:
+        self.expandable = False  # expandable segments: ExpandableSegmentsModel
+        self.limit_bytes = limit_bytes
+        self.max_split_size = max_split_size
+        self.roundup_power2_divisions = tuple(roundup_power2_divisions)
+        super().__init__()
+        self._free: dict[bool, list[tuple[int, int]]] = {True: [], False: []}  # small? -> sorted keys
+        self._blocks: dict[tuple[int, int], Block] = {}  # free blocks by key
+        self._live: dict[int, tuple[Block, int]] = {}  # serial -> (block, requested bytes)
+        self._segments: dict[int, int] = {}  # segment id -> mapped bytes
+        self._next_address = 1 << 40
+        self._segment_ids = 0
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segments)
+
     def malloc(self, serial: int, nbytes: int) -> bool:
         """Allocate ``nbytes`` for ``serial``; False when the limit makes it an OOM."""
         if nbytes <= 0:
             return True  # PyTorch hands out no block for an empty storage
-        size = round_size(nbytes)
+        size = (
+            round_size_power2(nbytes, self.roundup_power2_divisions)
+            if self.roundup_power2_divisions
+            else round_size(nbytes)
+        )
         small = size <= SMALL_REQUEST_BYTES
+        reserved_before = self.reserved_bytes
         block = self._take_free_block(size, small)
         if block is None:
             block = self._grow(size, small)
@@ -166,22 +217,31 @@ class CachingAllocatorModel:
             if block is None:
                 return False
         remaining = block.size - size
-        if should_split(remaining, small, self.expandable):
-            rest = _Block(block.address + size, remaining, small, block.segment)
+        if should_split(remaining, small, False, size, self.max_split_size):
+            rest = Block(block.address + size, remaining, small, block.segment)
             rest.prev, rest.next = block, block.next
             if block.next is not None:
                 block.next.prev = rest
-            elif self.expandable:
-                self._tails[small] = rest
             block.next = rest
             block.size = size
             self._insert_free(rest)
         block.allocated = True
         self._live[serial] = (block, nbytes)
-        self.allocated_bytes += block.size
-        self.requested_bytes += nbytes
-        self._note_peaks()
+        self.last_grown_bytes = max(0, self.reserved_bytes - reserved_before)
+        self.last_block_address = block.address
+        self._charge(block.size, nbytes)
         return True
+
+    def add_segment(self, address: int, size: int, small: bool) -> Block:
+        """Add a segment that already exists (a replay that starts mid-run), all of it free."""
+        self._segment_ids += 1
+        self._segments[self._segment_ids] = size
+        self.reserved_bytes += size
+        self._note_peaks()
+        block = Block(address, size, small, self._segment_ids)
+        self._insert_free(block)
+        self._next_address = max(self._next_address, address + size + (1 << 30))
+        return block
 
     def free(self, serial: int) -> None:
         entry = self._live.pop(serial, None)
@@ -202,155 +262,63 @@ class CachingAllocatorModel:
         for small in (True, False):
             for key in list(self._free[small]):
                 block = self._blocks[key]
-                if self.expandable:
-                    self._unmap_free_tail(block)
-                elif block.prev is None and block.next is None:
+                if block.prev is None and block.next is None:
                     self._remove_free(block)
                     self.reserved_bytes -= self._segments.pop(block.segment)
 
     # Free lists ---------------------------------------------------------------------------
 
-    def _take_free_block(self, size: int, small: bool) -> _Block | None:
+    def _take_free_block(self, size: int, small: bool) -> Block | None:
         pool = self._free[small]
         index = bisect.bisect_left(pool, (size, -1))
         if index == len(pool):
             return None
-        return self._remove_free(self._blocks[pool[index]])
+        block = self._blocks[pool[index]]
+        if self._oversize_refuses(block, size, small):
+            return None
+        return self._remove_free(block)
 
-    def _insert_free(self, block: _Block) -> None:
+    def _oversize_refuses(self, block: Block, size: int, small: bool) -> bool:
+        """``max_split_size``: an oversize block serves only large requests within 20 MiB of its size."""
+        limit = self.max_split_size
+        if limit is None or small:
+            return False
+        return size < limit <= block.size or (size >= limit and block.size >= size + LARGE_SEGMENT_BYTES)
+
+    def _insert_free(self, block: Block) -> None:
         key = block.key
         bisect.insort(self._free[block.small], key)
         self._blocks[key] = block
 
-    def _remove_free(self, block: _Block) -> _Block:
+    def _remove_free(self, block: Block) -> Block:
         key = block.key
         pool = self._free[block.small]
         del pool[bisect.bisect_left(pool, key)]
         del self._blocks[key]
         return block
 
-    def _merge(self, block: _Block, neighbour: _Block) -> _Block:
+    def _merge(self, block: Block, neighbour: Block) -> Block:
         """``try_merge_blocks``: join two adjacent free blocks of one segment."""
         first, second = (neighbour, block) if neighbour.address < block.address else (block, neighbour)
         first.size += second.size
         first.next = second.next
         if second.next is not None:
             second.next.prev = first
-        elif self.expandable:
-            self._tails[first.small] = first
         return first
 
     # Segments -----------------------------------------------------------------------------
 
-    def _grow(self, size: int, small: bool) -> _Block | None:
-        """Reserve more device memory for ``size``: a new segment, or more pages of an expandable one."""
-        if self.expandable:
-            return self._map_pages(size, small)
+    def _grow(self, size: int, small: bool) -> Block | None:
+        """``alloc_block``: a new segment for ``size`` (None when the limit refuses it)."""
         mapped = segment_size(size)
         if self.limit_bytes is not None and self.reserved_bytes + mapped > self.limit_bytes:
             return None
-        segment = len(self._segments) and max(self._segments) + 1
-        self._segments[segment] = mapped
+        self._segment_ids += 1
+        self._segments[self._segment_ids] = mapped
         self.reserved_bytes += mapped
         self._note_peaks()
-        block = _Block(self._next_address, mapped, small, segment)
-        self._next_address += mapped + (1 << 30)  # segments are never adjacent
-        return block
-
-    def _map_pages(self, size: int, small: bool) -> _Block | None:
-        page = SMALL_SEGMENT_BYTES if small else LARGE_SEGMENT_BYTES
-        segment = 0 if small else 1
-        tail = self._tails.get(small)
-        reuse_tail = tail is not None and not tail.allocated
-        needed = size - (tail.size if reuse_tail and tail is not None else 0)
-        mapped = -(-needed // page) * page
-        if self.limit_bytes is not None and self.reserved_bytes + mapped > self.limit_bytes:
-            return None
-        self._segments[segment] = self._segments.get(segment, 0) + mapped
-        self.reserved_bytes += mapped
-        self._note_peaks()
-        if reuse_tail and tail is not None:
-            self._remove_free(tail)
-            tail.size += mapped
-            return tail
-        address = tail.address + tail.size if tail is not None else (1 << 40) * (2 + segment)
-        block = _Block(address, mapped, small, segment)
-        block.prev = tail
-        if tail is not None:
-            tail.next = block
-        self._tails[small] = block
-        return block
-
-    def _unmap_free_tail(self, block: _Block) -> None:
-        if block is not self._tails.get(block.small):
-            return
-        page = SMALL_SEGMENT_BYTES if block.small else LARGE_SEGMENT_BYTES
-        offset_in_page = block.address % page
-        first_whole_page = block.address + (page - offset_in_page) % page
-        unmapped = (block.address + block.size - first_whole_page) // page * page
-        if unmapped <= 0:
-            return
-        self._remove_free(block)
-        block.size -= unmapped
-        self._segments[block.segment] -= unmapped
-        self.reserved_bytes -= unmapped
-        if block.size > 0:
-            self._insert_free(block)
-        else:
-            self._tails[block.small] = block.prev  # type: ignore[assignment]
-            if block.prev is not None:
-                block.prev.next = None
-
-
-def replay(
-    events: Iterable[Event],
-    *,
-    measure_from: int = 0,
-    spans: Sequence[tuple[int, str]] = (),
-    expandable_segments: bool = False,
-    limit_bytes: int | None = None,
-) -> ReplayResult:
-    """Replay ``events`` and report the allocator's peaks from event ``measure_from`` on.
-
-    Everything before ``measure_from`` (the network's parameters, a warm-up step) shapes the
-    cache, as it does on a GPU, but the peaks are reset there, as ``CudaBackend`` resets them
-    before the measured step. ``spans`` are (first event index, name) pairs at or after
-    ``measure_from``, in order: each span's own peaks (allocated, reserved) are reported too.
-    Stops at the first OOM.
-    """
-    model = CachingAllocatorModel(expandable_segments=expandable_segments, limit_bytes=limit_bytes)
-    starts = {index: name for index, name in spans if index >= measure_from}
-    span_peaks: dict[str, tuple[int, int]] = {}
-    current: str | None = None
-    count = 0
-    for count, (serial, nbytes, op) in enumerate(events):
-        if count == measure_from:
-            model.reset_peaks()
-        if count in starts:
-            if current is not None:
-                span_peaks[current] = (model.span_peak_allocated_bytes, model.span_peak_reserved_bytes)
-            model.reset_span()
-            current = starts[count]
-        if nbytes == FREE:
-            model.free(serial)
-        elif not model.malloc(serial, nbytes):
-            return ReplayResult(
-                model.peak_allocated_bytes,
-                model.peak_reserved_bytes,
-                model.peak_requested_bytes,
-                model.segment_count,
-                oom=True,
-                oom_request_bytes=nbytes,
-                oom_op=op,
-            )
-    if measure_from > count:
-        model.reset_peaks()
-    if current is not None:
-        span_peaks[current] = (model.span_peak_allocated_bytes, model.span_peak_reserved_bytes)
-    return ReplayResult(
-        model.peak_allocated_bytes,
-        model.peak_reserved_bytes,
-        model.peak_requested_bytes,
-        model.segment_count,
-        span_peaks=span_peaks,
-    )
+        address, self.segment_address_hint = self.segment_address_hint, None
+        if address is None:
+            address = self._next_address
+            self._next_address += mapped + (1 << 30)  # segments are never adjacent
+        return Block(address, mapped, small, self._segment_ids)

@@ -23,6 +23,8 @@ from memprobe.step import TrainingState, parameter_count, prepare_training, trai
 from memprobe.step_registry import load_step
 from memprobe.user_code import model_exited, raised_by_user_code
 
+_HISTORY_ENTRIES = 1_000_000  # allocator events PyTorch keeps while recording a snapshot
+
 
 class CudaRuntime(Protocol):
     """The slice of ``torch.cuda`` this backend uses; tests inject a fake."""
@@ -172,6 +174,10 @@ class CudaBackend:
         self._in_rank = in_rank
         self._device_count = device_count or torch.cuda.device_count
         self.last_rank_measurements: list[Measurement] = []
+        # With snapshot_path, the measured step's real allocator history is dumped there
+        # (``memprobe probe --snapshot``); memory_history records it (tests inject a fake).
+        self.snapshot_path: str | None = None
+        self.memory_history: Any = None
 
     def environment(self) -> Environment:
         if self._environment is None:
@@ -206,11 +212,21 @@ class CudaBackend:
             )
         out_of_memory = False
         run, context = StepRun(0.0, 0), None
+        history = self._history()
+        recording = [False]
+
+        def measured_step_begins() -> None:
+            runtime.reset_peak_memory_stats()
+            if history is not None and not recording[0]:
+                history.start(_HISTORY_ENTRIES)  # recording begins with the measured step, as a user's would
+                recording[0] = True
+
         try:
-            run = StepRun(
-                *self._step_runner(config, torch.device("cuda"), on_phase, runtime.reset_peak_memory_stats)
-            )
+            run = StepRun(*self._step_runner(config, torch.device("cuda"), on_phase, measured_step_begins))
             context = runtime.context_bytes()
+            if history is not None and self.snapshot_path is not None:
+                runtime.synchronize()
+                history.dump(self.snapshot_path)
         except MemprobeError:
             raise  # the network could not be built: already a one-line error with its exit code
         except Exception as error:
@@ -224,6 +240,8 @@ class CudaBackend:
                 raise
             raise model_exited(error, f"training {config.label()}") from None
         finally:
+            if recording[0] and history is not None:
+                history.stop()
             if self.budget_bytes is not None:
                 runtime.set_per_process_memory_fraction(1.0)
         # Outside the except block, so the OOM traceback (and the tensors its frames hold) is gone.
@@ -244,6 +262,15 @@ class CudaBackend:
             context_bytes=context,
             warmup_steps=run.warmup_steps,
         )
+
+    def _history(self) -> Any:
+        if self.snapshot_path is None:
+            return None
+        if self.memory_history is None:
+            from memprobe.backends.memory_history import TorchMemoryHistory
+
+            self.memory_history = TorchMemoryHistory()
+        return self.memory_history
 
     def _measure_ranks(self, config: StepConfig) -> Measurement:
         """Launch ``config.world_size`` ranks, one per GPU; the worst rank's measurement, as this GPU's."""

@@ -20,8 +20,9 @@ from torch import nn
 
 from memprobe.archs.build import build_for_config
 from memprobe.backends.allocation_tracker import AllocationTracker
-from memprobe.backends.caching_allocator import replay
+from memprobe.backends.allocator_replay import replay
 from memprobe.backends.distributed import DEFAULT_BUCKET_CAP_MB, fake_process_group, options_for, wrap
+from memprobe.backends.traced_step import TracedStep
 from memprobe.config import StepConfig
 from memprobe.enums import DeviceKind
 from memprobe.environment import software_environment
@@ -167,6 +168,9 @@ class _TrackedBackend:
         self._template: tuple[tuple[object, ...], nn.Module] | None = None
         self._environment: Environment | None = None
         self.last_replay_seconds = 0.0  # what the allocator replay added to the last probe
+        # With record_trace, the last probe's allocation history (for `probe --snapshot`).
+        self.record_trace = False
+        self.last_trace: TracedStep | None = None
 
     def environment(self) -> Environment:
         if self._environment is None:
@@ -200,11 +204,17 @@ class _TrackedBackend:
                 stack.enter_context(tracker)
                 if distributed is not None:
                     model = wrap(model, distributed, fake=self.fake)
+                if self.record_trace:
+                    for handle in tracker.record_modules(model):
+                        stack.callback(handle.remove)
                 breakdown: dict[str, int] | None = {} if self.breakdown else None
                 seconds, parameters = _run_tracked(config, model, tracker, breakdown, self.last_state_bytes)
             replay_started = time.perf_counter()
             simulated = replay(tracker.events, measure_from=tracker.measured_from, spans=tracker.phase_starts)
             self.last_replay_seconds = time.perf_counter() - replay_started
+            if self.record_trace:
+                self.last_trace = TracedStep(tracker.events, tracker.measured_from, tracker.phase_starts,
+                                             tracker.module_of, f"{config.label()} on {self.kind.value}")  # fmt: skip
         except (torch.OutOfMemoryError, MemoryError):
             return Measurement(config, self.environment(), None, oom=True)
         except MemprobeError:

@@ -8,7 +8,7 @@ from memprobe.calibrated_formula import Calibration
 from memprobe.memory_need import MemoryNeed
 from memprobe.units import format_bytes
 
-TRACE_NOTE = "trace: not yet checked against a GPU"
+TRACE_NOTE = "trace: checked against published real-GPU runs only; their gap is charged"
 
 
 def _heldout_worst(calibration: Calibration) -> float | None:

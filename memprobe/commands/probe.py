@@ -55,6 +55,14 @@ def measurement_row(m: Measurement) -> dict[str, object]:
     help="Cap CUDA memory at this size, e.g. 24GiB (emulates a smaller GPU).",
 )
 @click.option("--isolate", is_flag=True, help="Run the step in a child process (a crash becomes a result).")
+@click.option(
+    "--snapshot",
+    "snapshot_path",
+    default=None,
+    metavar="FILE",
+    help="Write the step as a PyTorch memory snapshot (.pickle, or .json): on trace/cpu the simulated "
+    "allocator's, on cuda the real one recorded. Read it with python -m torch.cuda._memory_viz.",
+)
 @data_parallel_options
 @click.option("--bucket-cap-mb", type=click.FloatRange(min=0, min_open=True), default=25.0, show_default=True,
               help="DDP's bucket_cap_mb.")  # fmt: skip
@@ -76,6 +84,7 @@ def probe(
     device: str | None,
     budget: int | None,
     isolate: bool,
+    snapshot_path: str | None,
     gpus: int,
     strategy: str | None,
     bucket_cap_mb: float,
@@ -127,8 +136,12 @@ def probe(
         return
     budget_bytes = budget
     backend = get_backend(device, budget_bytes=budget_bytes, isolate=isolate)  # refuses a bad device first
+    if snapshot_path is not None:
+        _prepare_snapshot(backend, snapshot_path, isolate)
     click.echo(f"measuring {config.label()} on {backend.kind.value} ...", err=True)
     measurement = backend.measure(config)
+    if snapshot_path is not None and measurement.ok:
+        _write_snapshot(backend, snapshot_path)
     if measurement.error is not None:  # an isolated probe's process crashed or exited
         from memprobe.errors import ModelError
 
@@ -151,6 +164,29 @@ def probe(
     else:
         notes.append(f"CUDA context outside the allocator: {format_bytes(measurement.context_bytes)}")
     emit(Report(measurement.to_dict(), (("", [measurement_row(measurement)]),), tuple(notes)), as_json)
+
+
+def _prepare_snapshot(backend: Any, path: str, isolate: bool) -> None:
+    """Check ``--snapshot``'s file and ask the backend to keep what it needs, before measuring."""
+    from memprobe.errors import InvalidInputError
+    from memprobe.output_paths import check_output_path
+
+    check_output_path(path, "--snapshot", suffixes=(".pickle", ".pkl", ".json"))
+    if isolate:
+        raise InvalidInputError("--snapshot records in this process: drop --isolate")
+    if hasattr(backend, "record_trace"):
+        backend.record_trace = True
+    else:
+        backend.snapshot_path = path
+
+
+def _write_snapshot(backend: Any, path: str) -> None:
+    if getattr(backend, "last_trace", None) is None:
+        return  # cuda: the backend dumped the real snapshot itself
+    from memprobe.snapshots.export import snapshot_from_trace, write_snapshot
+
+    write_snapshot(path, snapshot_from_trace(backend.last_trace))
+    click.echo(f"wrote {path}: the step as the simulated caching allocator would record it", err=True)
 
 
 def _probe_per_rank(config: Any, options: Any, device: str | None, as_json: bool) -> None:

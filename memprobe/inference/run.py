@@ -42,7 +42,7 @@ from torch import nn
 from memprobe.archs.build import build_model
 from memprobe.archs.registry import resolve_arch
 from memprobe.backends.allocation_tracker import AllocationTracker
-from memprobe.backends.caching_allocator import replay
+from memprobe.backends.allocator_replay import replay
 from memprobe.enums import DeviceKind, Precision, parse_enum
 from memprobe.environment import software_environment
 from memprobe.errors import DeviceUnavailableError, MemprobeError, ModelError

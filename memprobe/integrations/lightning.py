@@ -17,9 +17,10 @@ restored afterwards), stepping down on out-of-memory.
 
 The budget is the GPU's free memory plus what this process's allocator holds, on CUDA;
 otherwise ``gpu_mem`` (default 24 GiB). From it the fixed overheads a plan charges are kept
-free (the CUDA context on trace, cuBLAS and cuDNN workspaces), and each traced peak is charged
-20% more: the 10% a trace has not yet been checked against a GPU and the 10% a reserve that
-was not fitted is charged (``memprobe/overheads.py``). Supported precisions: ``32-true``,
+free (the CUDA context on trace, the cuBLAS workspace, cuDNN's and other CUDA-only buffers),
+and each traced peak is charged more: the reserve under-prediction published real-GPU runs
+showed against trace, and the 10% a reserve that was not fitted is charged
+(``memprobe/overheads.py``, ``memprobe/data/gpu_evidence.json``). Supported precisions: ``32-true``,
 ``16-mixed`` and ``bf16-mixed``; automatic optimisation only.
 """
 
@@ -42,14 +43,13 @@ from memprobe.errors import InvalidInputError, NothingFitsError
 from memprobe.overheads import (
     CONTEXT_DEFAULTS,
     CUBLAS_WORKSPACE_SM90_BYTES,
-    CUDNN_WORKSPACE_ALLOWANCE_BYTES,
-    TRACE_UNCHECKED_ALLOWANCE,
     UNCALIBRATED_RESERVE_ALLOWANCE,
+    trace_evidence,
 )
 from memprobe.units import format_bytes, parse_bytes
 
 DEFAULT_GPU_MEM = "24GiB"
-PEAK_ALLOWANCE = TRACE_UNCHECKED_ALLOWANCE + UNCALIBRATED_RESERVE_ALLOWANCE
+PEAK_ALLOWANCE = trace_evidence().reserved_underprediction + UNCALIBRATED_RESERVE_ALLOWANCE
 _PRECISIONS = {precision.lightning_name: precision for precision in Precision} | {"32-true": Precision.FP32}
 
 
@@ -266,7 +266,7 @@ class MemprobeBatchSizeFinder(BatchSizeFinder):
 
     def _usable_bytes(self, device: torch.device) -> float:
         """The budget less the overheads every plan keeps free (see the module docstring)."""
-        workspaces = CUBLAS_WORKSPACE_SM90_BYTES + CUDNN_WORKSPACE_ALLOWANCE_BYTES
+        workspaces = CUBLAS_WORKSPACE_SM90_BYTES + trace_evidence().cuda_only_allocation_bytes
         if self.gpu_mem is None and device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             return free + torch.cuda.memory_reserved(device) - workspaces
