@@ -22,6 +22,7 @@ _EXPORTS = {
     "estimate_gpu_memory_required": "memprobe.compat",
     "suggest_batch_size": "memprobe.compat",
     "record_step": "memprobe.snapshots.record",
+    "report": "memprobe.report_run",
     "check_snapshot": "memprobe.snapshots.check",
     "load_snapshot": "memprobe.snapshots.reader",
     # Results.
@@ -34,6 +35,7 @@ _EXPORTS = {
     "CalibrationReport": "memprobe.calibration_run",
     "Alternative": "memprobe.alternatives",
     "SnapshotCheck": "memprobe.snapshots.check",
+    "ReportContent": "memprobe.report_content",
     # Errors.
     "MemprobeError": "memprobe.errors",
     "InvalidInputError": "memprobe.errors",

@@ -17,6 +17,7 @@ TABLES = (
     "accuracy_reserved",
     "accuracy_gpu",
     "search_cost",
+    "html_report",
     "speed",
 )  # those missing are skipped
 START, END = "<!-- results:start -->", "<!-- results:end -->"

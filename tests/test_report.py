@@ -80,3 +80,16 @@ def test_report_help_has_an_example() -> None:
     result = CliRunner().invoke(report, ["--help"])
     assert result.exit_code == 0
     assert "memprobe report --arch mednext" in result.output
+
+
+def test_report_html_sets_architectures_side_by_side_and_names_those_it_cannot(tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    arguments = ["--arch", TINY, "--arch", "basicunet", *PATCHES, "--budget", BUDGET, "--html", str(page),
+                 "--db", str(tmp_path / "report.sqlite"), "--json"]  # fmt: skip
+    result = CliRunner().invoke(report, arguments)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["html"] == str(page) and data["figure"] is None and not (tmp_path / "report.png").exists()
+    assert [row["arch"] for row in data["archs"]] == [TINY]  # basicunet has no calibration in this database
+    assert data["notes"] == ["no bf16-mixed calibration on trace to compare: basicunet"]
+    assert page.read_text().count("id='memprobe-data'") == 1

@@ -7,21 +7,26 @@ from typing import Any
 
 import click
 
-from memprobe.commands.options import BYTES, PATCH_SIZE, arch_option, db_option, emit, json_option
+from memprobe.commands.options import BYTES, PATCH_SIZE, db_option, emit, json_option
+from memprobe.errors import InvalidInputError
 from memprobe.reporters import Report
 from memprobe.size_planner import DEFAULT_SAFETY, largest_batch_rule
 from memprobe.units import format_bytes
 
 
 @click.command()
-@arch_option
+@click.option("--arch", "archs", multiple=True, default=("mednext",), show_default=True,
+              help="Architecture to report on; more --arch set them side by side (memory per voxel, largest batch).")  # fmt: skip
+@click.option("--all-archs", is_flag=True, help="Set every registered architecture side by side.")
 @click.option(
     "--out",
     "out_path",
-    default="report.png",
-    show_default=True,
-    help="Image to write (.png, .pdf, .svg, ...).",
+    default=None,
+    help="Image to write (.png, .pdf, .svg, ...); default report.png when --html is not given.",
 )
+@click.option("--html", "html_path", default=None, metavar="FILE",
+              help="Write an interactive HTML report (one file, opens offline): the step's timeline, the "
+              "calibration, the plan and the architectures side by side.")  # fmt: skip
 @click.option(
     "--budget", default="24GiB", show_default=True, type=BYTES, help="Memory budget drawn and planned for."
 )
@@ -47,74 +52,79 @@ from memprobe.units import format_bytes
     metavar="D H W",
     help="A patch to plot (repeatable); default cubes of 4, 6 and 8 times half the smallest patch.",
 )
+@click.option(
+    "--options", is_flag=True, help="With --html: also plan what would make it fit (as suggest --options)."
+)
 @click.option("--device", default="trace", show_default=True, help="Measure on trace, cpu or cuda.")
 @db_option
 @json_option
 def report(
-    arch: str,
-    out_path: str,
+    archs: tuple[str, ...],
+    all_archs: bool,
+    out_path: str | None,
+    html_path: str | None,
     budget: int,
     safety: float,
     precision: str | None,
     patches: tuple[Any, ...],
+    options: bool,
     device: str,
     db_path: str | None,
     as_json: bool,
 ) -> None:
-    """Plot peak memory against batch size for a few patches, and break one peak down.
+    """Plot peak memory against batch size for a few patches, and show where the memory goes.
 
     Measures batch 1, 2 and the largest batch the calibrated formula allows for each patch
     (reusing steps stored in the database), draws the measured points, the formula's lines,
-    the budget and where each patch's largest batch falls, and splits the peak of one step
-    into parameters, gradients, optimizer state, inputs, activations and temporaries.
-    Without a calibration for the architecture, it calibrates first.
+    the budget and where each patch's largest batch falls, and traces one step event by event
+    (the PNG splits its peak into parameters, gradients, optimizer state, inputs, activations
+    and temporaries; the HTML page shows the whole timeline, by module and by kind, the
+    calibration and the plan). Without a calibration for the architecture, it calibrates first.
 
     \b
     memprobe report --arch mednext
     memprobe report --arch basicunet --out basicunet.png --budget 80GiB
+    memprobe report --arch mednext --html mednext.html --options
+    memprobe report --arch mednext --arch unet --arch segresnet --html three.html
     memprobe report --arch mednext --patch 64 64 64 --patch 32 160 160 --json
     """
-    from memprobe.archs.registry import resolve_arch, smallest_patch_size
-    from memprobe.backends import get_backend
-    from memprobe.backends.trace_backend import TraceBackend
+    from memprobe.archs.registry import ARCHS, resolve_arch
     from memprobe.commands.progress import Progress
-    from memprobe.config import make_step_config, validate_patch
-    from memprobe.db import Database
-    from memprobe.gpu_info import detect_gpu
-    from memprobe.measurement import Measurement
-    from memprobe.measurement_log import MeasurementLog
-    from memprobe.memory_figure import default_patches, draw_report, find_or_calibrate, memory_report
+    from memprobe.memory_figure import draw_report
     from memprobe.output_paths import IMAGE_SUFFIXES, check_output_path, database_files
-    from memprobe.training_plan import precision_with_reason
+    from memprobe.report_run import report as build_report
 
-    out = check_output_path(out_path, reading=database_files(db_path), suffixes=IMAGE_SUFFIXES)
-    spec = resolve_arch(arch)
-    precision, _ = precision_with_reason(precision, detect_gpu() if device == "cuda" else None)
-    base = make_step_config(arch, (smallest_patch_size(spec),) * 3, 1, precision=precision)
-    chosen = [validate_patch(p, spec) for p in patches] or default_patches(spec)
-    budget_bytes = budget
-    backend = get_backend(device, budget_bytes=budget_bytes)
-    breakdown = TraceBackend(breakdown=True)
-    progress = Progress(f"measuring {spec.name}", 3 * len(chosen) + 1)
-    with Database.open(db_path) as database, progress:
+    reading = database_files(db_path)
+    out = (
+        check_output_path(out_path, reading=reading, suffixes=IMAGE_SUFFIXES)
+        if out_path is not None
+        else None
+    )
+    page = (
+        check_output_path(html_path, "--html", reading=reading, suffixes=(".html", ".htm"))
+        if html_path
+        else None
+    )
+    if out is not None and page is not None and out.resolve() == page.resolve():
+        raise InvalidInputError("--out and --html name the same file: give two")
+    if out is None and page is None:
+        out = check_output_path("report.png", reading=reading, suffixes=IMAGE_SUFFIXES)
+    arch, *others = [resolve_arch(name).name for name in archs]
+    compare = [name for name in ARCHS if name != arch] if all_archs else others
+    length = 3 * max(len(patches), 3) + 1
+    with Progress(f"measuring {arch}", length) as progress:
+        content = build_report(
+            arch, patches=patches, budget=budget, safety=safety, precision=precision, device=device, db=db_path,
+            compare=compare, options=options, progress=lambda item, done: progress.advance(item, int(done)),
+        )  # fmt: skip
+    written = [draw_report(content.figure, out)] if out is not None else []
+    if page is not None:
+        written.append(content.to_html(page))
+    emit(_report(content, written), as_json)
 
-        def advance(measurement: Measurement, reused: bool) -> None:
-            progress.advance(f"{measurement.config.label()}{' (stored)' if reused else ''}")
 
-        def measure_breakdown(config: Any) -> Measurement:
-            progress.advance(f"{config.label()} (breakdown)", 0)
-            measured = breakdown.measure(config)
-            progress.advance(f"{config.label()} (breakdown)")
-            return measured
-
-        log = MeasurementLog(backend, database, budget_bytes, on_measurement=advance)
-        calibration = find_or_calibrate(log, base, budget_bytes)
-        result = memory_report(log, calibration, spec, base, chosen, budget_bytes, safety, measure_breakdown)
-    figure = draw_report(result, out)
-    emit(_report(result, figure, log.taken, log.reused), as_json)
-
-
-def _report(result: Any, figure: Path, taken: list[Any], reused: int) -> Report:
+def _report(content: Any, written: list[Path]) -> Report:
+    result = content.figure
     calibration = result.calibration
     predict = lambda m: calibration.predict_peak_bytes(
         result.spec, m.config.patch, m.config.batch, m.config.in_channels, m.config.out_channels
@@ -143,7 +153,8 @@ def _report(result: Any, figure: Path, taken: list[Any], reused: int) -> Report:
     ]
     data: dict[str, Any] = {
         "arch": result.spec.name,
-        "figure": str(figure),
+        "figure": next((str(path) for path in written if path.suffix.lower() not in (".html", ".htm")), None),
+        "html": next((str(path) for path in written if path.suffix.lower() in (".html", ".htm")), None),
         "budget_bytes": result.budget_bytes,
         "safety": result.safety,
         "largest_batch_rule": largest_batch_rule(result.budget_bytes, result.safety),
@@ -162,9 +173,12 @@ def _report(result: Any, figure: Path, taken: list[Any], reused: int) -> Report:
             }
             for c in result.curves
         ],
-        "measured": len(taken),
-        "reused": reused,
-    }
+        "notes": list(content.notes),
+        "measured": content.measured_steps,
+        "reused": content.reused_steps,
+        "archs": [{"arch": row.arch, "bytes_per_voxel": row.bytes_per_voxel, "largest_batch": row.largest_batch}
+                  for row in content.archs],
+    }  # fmt: skip
     if result.breakdown is not None:
         parts = result.breakdown.breakdown_bytes
         parts_rows = [
@@ -177,9 +191,10 @@ def _report(result: Any, figure: Path, taken: list[Any], reused: int) -> Report:
             "peak_allocated_bytes": result.breakdown.peak_allocated_bytes,
         }
     notes = (
-        f"wrote {figure}",
-        f"{len(taken)} steps measured, {reused} reused from the database"
-        f"{', 1 traced for the breakdown' if result.breakdown is not None else ''}",
+        *(f"wrote {path}" for path in written),
+        f"{content.measured_steps} steps measured, {content.reused_steps} reused from the database"
+        f"{', 1 traced event by event' if content.timeline is not None else ''}",
+        *content.notes,
     )
     return Report(data, tuple(tables), notes)
 
