@@ -22,7 +22,8 @@ from memprobe.arguments import (
 )
 from memprobe.calibrated_formula import Calibration
 from memprobe.config import StepConfig, make_step_config
-from memprobe.errors import StandInCalibrationWarning
+from memprobe.errors import InvalidInputError, StandInCalibrationWarning
+from memprobe.input_files import shown
 from memprobe.memory_need import MemoryNeed, memory_need
 from memprobe.size_planner import DEFAULT_SAFETY, BatchPlan, PatchPlan, plan_batch, plan_patch
 from memprobe.sources import NO_SHIPPED_VARIABLE, Choice, all_calibrations, choose_calibration
@@ -534,11 +535,15 @@ def _step_config(
     strategy: str | None = None,
     world_size: object = 1,
 ) -> StepConfig:
-    """The validated step configuration every public function starts from."""
+    """The validated step configuration every public function starts from.
+
+    A batch is an int (numpy's too): the CLI reads text into one, and ``"2"`` from Python is a
+    mistake the way ``2.0`` is.
+    """
     return make_step_config(
         arch,
         patch,
-        batch,
+        _not_text(batch, "batch size"),
         precision=precision,
         optimizer=optimizer,
         in_channels=in_channels,
@@ -549,6 +554,13 @@ def _step_config(
         strategy=strategy,
         world_size=world_size,
     )
+
+
+def _not_text(value: object, name: str) -> object:
+    """Refuse a number given as text: the CLI reads text into ints, Python code passes them."""
+    if isinstance(value, (str, bytes)):
+        raise InvalidInputError(f"{name} must be a whole number (an int), got {shown(repr(value))}")
+    return value
 
 
 def default_budget_bytes(environment: Environment, budget: str | int | None) -> int:

@@ -5,9 +5,12 @@ Every MemprobeError becomes one line on stderr and its exit code here, and nowhe
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
 import traceback
 import warnings
 from typing import Any
@@ -17,10 +20,14 @@ import click
 from memprobe.__version__ import __version__
 from memprobe.commands import COMMANDS
 from memprobe.errors import MemprobeError, StandInCalibrationWarning, TerminatedError
+from memprobe.input_files import shown
 from memprobe.user_code import note_interrupt
 
 INTERRUPTED_EXIT_CODE = 130
-_INTERRUPTED = "interrupted: every measurement taken so far is saved; run the same command to resume"
+_INTERRUPTED = "interrupted"
+_MEASUREMENTS_KEPT = "interrupted: every measurement taken so far is saved; run the same command to resume"
+MEASURING_COMMANDS = frozenset({"calibrate", "sweep", "report", "probe", "verify"})
+MAX_ERROR_CHARS = 500  # an echoed value (a 5 MB --arch) is cut, so the error stays one short line
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
@@ -47,8 +54,14 @@ for command in COMMANDS:
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"memprobe: error: {message}", err=True)
+    click.echo(f"memprobe: error: {shown(message, MAX_ERROR_CHARS)}", err=True)
     sys.exit(code)
+
+
+def _interrupted(arguments: list[str]) -> str:
+    """What an interrupt leaves: only a measuring command has measurements to keep."""
+    command = next((argument for argument in arguments if not argument.startswith("-")), None)
+    return _MEASUREMENTS_KEPT if command in MEASURING_COMMANDS else _INTERRUPTED
 
 
 def _command_path(error: click.UsageError, arguments: list[str]) -> str:
@@ -86,8 +99,29 @@ def main(argv: list[str] | None = None) -> None:
     previous_sigint = signal.signal(signal.SIGINT, note_interrupt)  # a real Ctrl-C, told from user code's
     try:
         _run(arguments, debug)
+    except SystemExit as done:
+        if argv is None:  # memprobe is the program, not a library caller's function
+            _exit_past_lingering_threads(done.code)
+        raise
+    else:
+        if argv is None:
+            _exit_past_lingering_threads(0)
     finally:
         signal.signal(signal.SIGINT, previous_sigint)
+
+
+def _exit_past_lingering_threads(code: object) -> None:
+    """End the process now when user code left a non-daemon thread running: Python would wait for it."""
+    main_thread = threading.main_thread()
+    if not any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        return
+    status = code if isinstance(code, int) else 0 if code is None else 1
+    if not isinstance(code, (int, type(None))):
+        click.echo(str(code), err=True)  # as sys.exit("text") would print it
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more reaches the reader
+            stream.flush()
+    os._exit(status)
 
 
 def _run(arguments: list[str], debug: bool) -> None:
@@ -99,7 +133,7 @@ def _run(arguments: list[str], debug: bool) -> None:
         sys.exit(done.exit_code)
     except click.Abort as abort:  # click turns Ctrl-C into Abort
         interrupted = isinstance(abort.__cause__, KeyboardInterrupt)
-        _fail(_INTERRUPTED if interrupted else "aborted", INTERRUPTED_EXIT_CODE)
+        _fail(_interrupted(arguments) if interrupted else "aborted", INTERRUPTED_EXIT_CODE)
     except click.UsageError as error:
         _fail(f"{error.format_message()} (see `{_command_path(error, arguments)} --help`)", error.exit_code)
     except MemprobeError as error:
@@ -107,7 +141,7 @@ def _run(arguments: list[str], debug: bool) -> None:
             traceback.print_exc()
         _fail(str(error).splitlines()[0] if str(error) else type(error).__name__, error.exit_code)
     except (KeyboardInterrupt, TerminatedError):
-        _fail(_INTERRUPTED, INTERRUPTED_EXIT_CODE)
+        _fail(_interrupted(arguments), INTERRUPTED_EXIT_CODE)
     except BrokenPipeError:
         sys.exit(0)
 

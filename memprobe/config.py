@@ -12,6 +12,7 @@ from memprobe.archs.registry import ArchSpec, axis_divisors, resolve_arch, small
 from memprobe.arguments import MAX_BATCH_SIZE, check_bool, check_triple
 from memprobe.enums import OptimizerName, Precision, Strategy, parse_enum
 from memprobe.errors import InvalidInputError
+from memprobe.input_files import shown
 from memprobe.step_registry import DEFAULT_STEP, check_step_name
 
 # A patch larger than this many voxels is refused before anything is built: 1024^3 voxels of
@@ -104,16 +105,16 @@ def _positive_int(value: object, what: str, largest: int = 2**31) -> int:
     if isinstance(value, str):
         text = value.strip()
         if not (text.isascii() and text.lstrip("+").isdigit()):
-            raise InvalidInputError(f"{what} must be a positive whole number, got {value!r}")
+            raise InvalidInputError(f"{what} must be a positive whole number, got {shown(repr(value))}")
         number = int(text)
     elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
         number = int(value)
     else:
-        raise InvalidInputError(f"{what} must be a positive whole number, got {value!r}")
+        raise InvalidInputError(f"{what} must be a positive whole number, got {shown(repr(value))}")
     if number <= 0:
-        raise InvalidInputError(f"{what} must be a positive whole number, got {value!r}")
+        raise InvalidInputError(f"{what} must be a positive whole number, got {shown(repr(value))}")
     if number > largest:
-        raise InvalidInputError(f"{what} {value!r} is absurdly large: at most {largest}")
+        raise InvalidInputError(f"{what} {shown(repr(value))} is absurdly large: at most {largest}")
     return number
 
 

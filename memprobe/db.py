@@ -22,6 +22,7 @@ from urllib.parse import quote
 from memprobe.calibrated_formula import Calibration
 from memprobe.config import StepConfig
 from memprobe.errors import DatabaseError
+from memprobe.input_files import shown
 from memprobe.measurement import Environment, Measurement, ReuseKey
 from memprobe.row_checks import (
     BadRowError,
@@ -215,18 +216,41 @@ READ_AS_IS_FROM = 5
 
 
 def database_url(db_path: str | Path | None = None) -> str | None:
-    """The PostgreSQL URL that ``db_path`` (or, without one, ``$MEMPROBE_DB``) names, else None."""
-    from memprobe.db_postgres import is_url
+    """The PostgreSQL URL that ``db_path`` (or, without one, ``$MEMPROBE_DB``) names, else None (a file).
+
+    Raises:
+        DatabaseError: a URL of another scheme (``sqlite:///``, ``mysql://``) or a malformed
+            PostgreSQL URL: taken for a relative file path, it would create ``./sqlite:/`` folders.
+    """
+    from memprobe.db_postgres import check_url, is_url, masked, url_scheme
 
     text = os.environ.get(ENV_VARIABLE, "") if db_path is None else db_path
-    return text if isinstance(text, str) and is_url(text) else None
+    scheme = url_scheme(text)
+    if not isinstance(text, str) or scheme is None:
+        return None
+    what = "--db" if db_path is not None else f"${ENV_VARIABLE}"
+    if not is_url(text):
+        raise DatabaseError(
+            f"{what} {shown(masked(text))}: unknown scheme {scheme!r}; give a database file's "
+            "path or a postgresql:// URL"
+        )
+    check_url(text, what)
+    return text
 
 
 def database_exists(db_path: str | Path | None = None) -> bool:
-    """Whether the database ``db_path`` names (default: ``$MEMPROBE_DB``, else the user's) may hold rows."""
+    """Whether the database ``db_path`` names (default: ``$MEMPROBE_DB``, else the user's) may hold rows.
+
+    Raises:
+        DatabaseError: ``db_path`` is a bad URL, or a file in a folder that does not exist.
+    """
     if database_url(db_path) is not None:
         return True
-    return (default_db_path() if db_path is None else Path(db_path).expanduser()).exists()
+    if db_path is None:
+        return default_db_path().exists()
+    target = Path(db_path).expanduser()
+    _check_folder(target)
+    return target.exists()
 
 
 def default_db_path() -> Path:
@@ -323,11 +347,23 @@ class Database:
         if target.exists() and not target.is_file():
             raise DatabaseError(f"{target} is not a regular file: pass --db FILE")
         if not target.exists():
-            if not create or readonly:
-                raise DatabaseError(f"no database at {target}: run `memprobe calibrate` first or pass --db")
-            _check_creatable(target)
-            return cls(None, target)
+            return cls._not_created(target, named=path is not None, writing=create and not readonly)
         return cls(_connect(target, readonly=readonly), target, readonly)
+
+    @classmethod
+    def _not_created(cls, target: Path, *, named: bool, writing: bool) -> Database:
+        """A database still to be created by its first write: in a folder that exists, if named.
+
+        Only the default location's folder is made; a named one that is missing is a typo, and
+        a new database there would take the measurements away from the one meant.
+        """
+        if writing:
+            _check_creatable(target)
+        if named:
+            _check_folder(target)
+        if not writing:
+            raise DatabaseError(f"no database at {target}: run `memprobe calibrate` first or pass --db")
+        return cls(None, target)
 
     def close(self) -> None:
         if self._opened is not None:
@@ -752,6 +788,7 @@ def _prepared(connection: sqlite3.Connection, path: Path | None, *, readonly: bo
             connection.execute("PRAGMA query_only = ON")
         version, tables = _retry_when_locked(lambda: _schema_facts(connection))
         _check_schema(where, version, tables)
+        check_columns(where, _table_columns(connection), version)
         if version < SCHEMA_VERSION:
             if readonly and _has_every_column(connection):
                 return connection  # later migrations only added what writing needs (quarantine)
@@ -790,24 +827,57 @@ def _upgraded_copy(connection: sqlite3.Connection) -> sqlite3.Connection:
 
 def _has_every_column(connection: sqlite3.Connection) -> bool:
     """Whether an older database already has every table and column that reading rows uses."""
-    current = sqlite3.connect(":memory:")
+    wanted = schema_columns(SCHEMA_VERSION)
+    del wanted["quarantine"]  # only `db check --repair` writes it
+    return missing_column(_table_columns(connection), wanted) is None
+
+
+def schema_columns(version: int) -> dict[str, set[str]]:
+    """The columns of each table in schema ``version``: what a database of that version holds."""
+    schema = sqlite3.connect(":memory:")
     try:
-        for script in MIGRATIONS:
-            current.executescript(script)
-        tables = lambda c: {
-            name for (name,) in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
-        read_tables = tables(current) - {"quarantine"}  # only `db check --repair` writes it
-        if not read_tables <= tables(connection):
-            return False
-        for table in sorted(read_tables):
-            wanted = {row[1] for row in current.execute(f"PRAGMA table_info({table})")}
-            present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
-            if not wanted <= present:
-                return False
+        for script in MIGRATIONS[:version]:
+            schema.executescript(script)
+        return _table_columns(schema)
     finally:
-        current.close()
-    return True
+        schema.close()
+
+
+def _table_columns(connection: sqlite3.Connection) -> dict[str, set[str]]:
+    tables = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {
+        name: {column[1] for column in connection.execute(f"PRAGMA table_info({_quoted(name)})")}
+        for (name,) in tables
+    }
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def missing_column(present: dict[str, set[str]], wanted: dict[str, set[str]]) -> str | None:
+    """The first table, or ``table.column``, of ``wanted`` that ``present`` lacks; None if none."""
+    for table in sorted(wanted):
+        if table not in present:
+            return table
+        lacking = sorted(wanted[table] - present[table])
+        if lacking:
+            return f"{table}.{lacking[0]}"
+    return None
+
+
+def check_columns(where: object, present: dict[str, set[str]], version: int) -> None:
+    """Refuse a database without a table or column its schema version has (dropped by hand, damaged).
+
+    Its version alone would let it through, and every read would then fail on the missing column.
+    """
+    missing = missing_column(present, schema_columns(version))
+    if missing is not None:
+        what = "column" if "." in missing else "table"
+        raise DatabaseError(
+            f"database {where} lacks the {what} {missing} of its schema version {version}: it was "
+            "damaged or changed by another program; restore it from a copy or pass another --db"
+        )
 
 
 def _schema_facts(connection: sqlite3.Connection) -> tuple[int, set[str]]:
@@ -865,6 +935,13 @@ def _migrate(connection: sqlite3.Connection) -> None:
     except BaseException:
         connection.execute("ROLLBACK")
         raise
+
+
+def _check_folder(path: Path) -> None:
+    """Refuse a database named in a folder that does not exist, for reads and writes alike."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise DatabaseError(f"{path}: the folder {folder} does not exist; create it or pass another --db")
 
 
 def _check_creatable(path: Path) -> None:

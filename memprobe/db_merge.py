@@ -18,6 +18,7 @@ from typing import Any
 
 from memprobe.db import Database
 from memprobe.errors import InvalidInputError
+from memprobe.input_files import read_input_bytes, shown
 from memprobe.output_paths import check_output_path, database_files
 from memprobe.row_checks import (
     BadRowError,
@@ -122,7 +123,8 @@ def import_into(file: str | Path, db_path: str | Path | None) -> tuple[MergeResu
     database may be a PostgreSQL URL. Returns what was added, and where (password removed).
 
     Raises:
-        InvalidInputError: ``file`` is missing, is the database itself, or is neither kind.
+        InvalidInputError: ``file`` is missing, is the database itself, or is neither kind
+            (JSON too large or nested too deeply included).
     """
     source = Path(file).expanduser()
     if not source.is_file():
@@ -131,10 +133,29 @@ def import_into(file: str | Path, db_path: str | Path | None) -> tuple[MergeResu
         raise InvalidInputError(f"{source} is the database --db names: import another file")
     with source.open("rb") as stream:
         header = stream.read(16)
+    items = None if header == b"SQLite format 3\x00" else _exported_items(source)
     with Database.open(db_path) as database:
-        if header == b"SQLite format 3\x00":
+        if items is None:
             return _copy_each([source], database), database.location
-        return _import_exported(source, database), database.location
+        return _import_exported(source, items, database), database.location
+
+
+def _exported_items(source: Path) -> list[Any]:
+    """The items of a ``db export`` JSON file, read as input: a regular file under the size cap."""
+    data = read_input_bytes(source, "db import")
+    try:
+        items = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise InvalidInputError(
+            f"{shown(source)} is JSON nested too deeply to be `db export` output"
+        ) from None
+    except ValueError as error:  # not UTF-8, not JSON, or a number of thousands of digits
+        raise InvalidInputError(
+            f"{shown(source)} is neither a memprobe database nor `db export` JSON ({shown(error)})"
+        ) from None
+    if not isinstance(items, list):
+        raise InvalidInputError(f"{source} is not `db export` JSON: expected a list of calibrations")
+    return items
 
 
 def _same(first: Path, second: Path) -> bool:
@@ -268,16 +289,8 @@ def _insert_new(
     return copied, duplicates
 
 
-def _import_exported(source: Path, target: Database) -> MergeResult:
+def _import_exported(source: Path, items: list[Any], target: Database) -> MergeResult:
     """Add the calibrations of a ``db export`` JSON file (each checked as input) to ``target``."""
-    try:
-        items = json.loads(source.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidInputError(
-            f"{source} is neither a memprobe database nor `db export` JSON ({error})"
-        ) from None
-    if not isinstance(items, list):
-        raise InvalidInputError(f"{source} is not `db export` JSON: expected a list of calibrations")
     present = {
         (
             (

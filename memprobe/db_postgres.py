@@ -25,15 +25,46 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from memprobe.errors import DatabaseError, InvalidInputError
+from memprobe.input_files import shown
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 _WRITE_LOCK = 0x6D656D70  # "memp": one advisory lock that every memprobe writer takes
 _PLACEHOLDER = re.compile(r"\?")
 _IS_PLACEHOLDER = re.compile(r"\bIS \?")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_USER_INFO = re.compile(r"(://).*@")  # up to the last @: a malformed URL's password may hold anything
 
 
 def is_url(text: object) -> bool:
     return isinstance(text, str) and text.startswith(URL_SCHEMES)
+
+
+def url_scheme(text: object) -> str | None:
+    """The scheme of ``text`` when it reads as a URL (``name://``), else None: a file path."""
+    match = _SCHEME.match(text) if isinstance(text, str) else None
+    return match.group(1) if match else None
+
+
+def check_url(url: str, what: str = "--db") -> None:
+    """Refuse a ``postgresql://`` URL that cannot name a server, before anything connects.
+
+    Raises:
+        DatabaseError: an unclosed IPv6 host, or a port that is not a number from 0 to 65535
+            (the message hides the password).
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- parsing the port is the check
+    except ValueError as error:
+        raise DatabaseError(
+            f"{what} {shown(masked(url))} is not a valid database URL ({error}): "
+            "give postgresql://USER@HOST[:PORT]/DATABASE"
+        ) from None
+
+
+def masked(url: str) -> str:
+    """``url`` with whatever stands before its ``@`` hidden: a malformed URL has no password to redact."""
+    return _USER_INFO.sub(r"\1***@", url)
 
 
 def redacted(url: str) -> str:
@@ -177,9 +208,10 @@ def connect(url: str, *, readonly: bool) -> PostgresConnection:
 
     Raises:
         InvalidInputError: psycopg is not installed.
-        DatabaseError: the server cannot be reached or refuses; its schema is newer, or the
-            database holds another program's tables.
+        DatabaseError: the URL is malformed; the server cannot be reached or refuses; its schema
+            is newer, or the database holds another program's tables.
     """
+    check_url(url)
     try:
         import psycopg
     except ImportError:
@@ -231,6 +263,7 @@ def _migrate(connection: PostgresConnection) -> None:
                 f"database {connection.location} has schema version {version}, newer than this "
                 f"memprobe understands ({SCHEMA_VERSION}): upgrade memprobe"
             )
+        _check_columns(connection, version)
         apply_migrations(connection, version, ddl)
         connection.execute("COMMIT")
     except BaseException:
@@ -261,6 +294,19 @@ def _check_readable(connection: PostgresConnection) -> None:
             f"({SCHEMA_VERSION}), and a read does not migrate it: run `memprobe db migrate --db URL` "
             "(or any command that writes) first"
         )
+    _check_columns(connection, version)
+
+
+def _check_columns(connection: PostgresConnection, version: int) -> None:
+    """Refuse a server whose tables lack a column of its recorded schema version."""
+    from memprobe.db import check_columns
+
+    present: dict[str, set[str]] = {}
+    for table, column in connection.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+    ).fetchall():
+        present.setdefault(table, set()).add(column)
+    check_columns(connection.location, present, version)
 
 
 def _refuse_foreign(connection: PostgresConnection) -> None:

@@ -49,11 +49,7 @@ def check_output_path(
         raise InvalidInputError(f"{option} {target} is a device or kernel file: give a regular file")
     if target.exists() and not target.is_file():
         raise InvalidInputError(f"{option} {target} is not a regular file: give a regular file")
-    for other in reading:
-        if _same_file(target, Path(other)):
-            raise InvalidInputError(
-                f"{option} {target} is {other}, which memprobe reads: write to another file"
-            )
+    _refuse_reading(target, option, reading)
     if suffixes is not None and target.suffix.lower() not in suffixes:
         raise InvalidInputError(
             f"{option} {target}: unknown extension {target.suffix or '(none)'!r}; use one of {', '.join(suffixes)}"
@@ -64,6 +60,40 @@ def check_output_path(
     if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise InvalidInputError(f"{option} {target} cannot be written: the file or its folder is read-only")
     return target
+
+
+def check_output_folder(
+    folder: str | Path, names: Iterable[str], option: str = "--out", *, reading: Iterable[str | Path] = ()
+) -> list[Path]:
+    """Make ``folder`` and return the files ``names`` in it, each checked as ``check_output_path`` checks.
+
+    A file memprobe reads (the database) stored under one of ``names`` is refused before the
+    folder is made, so a refused command leaves nothing behind.
+
+    Raises:
+        InvalidInputError: ``folder`` is a file or cannot be made, or a file in it cannot be written.
+    """
+    target = Path(folder).expanduser()
+    if target.exists() and not target.is_dir():
+        raise InvalidInputError(f"{option} {target} is not a folder: give a folder")
+    others = list(reading)
+    files = [target / name for name in names]
+    for file in files:
+        _refuse_reading(file, option, others)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidInputError(f"{option} {target} cannot be made: {error.strerror or error}") from None
+    return [check_output_path(file, option, reading=others) for file in files]
+
+
+def _refuse_reading(target: Path, option: str, reading: Iterable[str | Path]) -> None:
+    """Refuse ``target`` when it is a file memprobe reads: writing it would destroy its input."""
+    for other in reading:
+        if _same_file(target, Path(other)):
+            raise InvalidInputError(
+                f"{option} {target} is {other}, which memprobe reads: write to another file"
+            )
 
 
 def _same_file(first: Path, second: Path) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from memprobe.errors import InvalidInputError
+from memprobe.input_files import shown
 from memprobe.pytc_planner import DEFAULT_ARCHITECTURE, DEFAULT_SAFETY_MARGIN, AutoConfigPlanner
 from memprobe.pytc_result import AutoPlanResult, format_plan
 from memprobe.pytc_values import check_value
@@ -123,7 +124,7 @@ def _section(node: Any, key: str) -> Any:
         node[key] = {} if _is_omegaconf(node) else type(node)()
         child = node[key]
     if not isinstance(child, Mapping):
-        raise InvalidInputError(f"{key} must be a section (a mapping of keys), got {child!r}")
+        raise InvalidInputError(f"{key} must be a section (a mapping of keys), got {shown(repr(child))}")
     return child
 
 
@@ -139,6 +140,15 @@ def _setting(config: Any, path: str, default: Any = None) -> Any:
     """An input of planning (not a planned value), checked so a wrong type names its key."""
     value = lookup(config, path)
     return default if value is None else check_value(path.rpartition(".")[2], value, path)
+
+
+def _check_config(config: object, kind: type) -> None:
+    """Ensure ``config`` is a mapping of sections (a dict, an OmegaConf DictConfig), not None or text."""
+    if not isinstance(config, kind):
+        needed = "a mapping of sections" if kind is Mapping else "a mapping of sections that can be changed"
+        raise InvalidInputError(
+            f"config must be {needed} (a dict or an OmegaConf DictConfig), got {type(config).__name__}"
+        )
 
 
 def plan_config(
@@ -157,6 +167,7 @@ def plan_config(
         InvalidInputError: an architecture memprobe has no network for (see `memprobe archs`).
         NoCalibrationError: that network has no calibration (the message names `memprobe calibrate`).
     """
+    _check_config(config, Mapping)
     auto_plan = lookup(config, "system.auto_plan")
     if auto_plan is not None and not auto_plan:
         return ConfigPlan({}, {}, ("system.auto_plan is false: nothing planned",))
@@ -239,7 +250,12 @@ def auto_plan_config(config: Any, print_results: bool = True, **planning: Any) -
 
     Returns:
         ``config``, as PyTorch Connectomics' ``auto_plan_config`` does.
+
+    Raises:
+        InvalidInputError: ``config`` is not a mapping, or a value in it has the wrong type
+            (its key is named); see ``plan_config`` for the rest.
     """
+    _check_config(config, MutableMapping)
     plan = plan_config(config, **planning)
     apply_plan(config, plan)
     if print_results:

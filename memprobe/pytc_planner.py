@@ -8,17 +8,24 @@ subclassing (``_plan_patch_size``, ``_get_architecture_defaults``) are honoured.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from memprobe.api import estimate, max_patch_size
 from memprobe.archs.registry import ArchSpec, get_arch, resolve_arch
-from memprobe.arguments import check_gigabytes
+from memprobe.arguments import (
+    check_db,
+    check_fraction,
+    check_gigabytes,
+    check_optional_count,
+    check_text,
+)
 from memprobe.enums import Precision
 from memprobe.errors import InvalidInputError
 from memprobe.gpu_info import detect_gpus
+from memprobe.input_files import shown
 from memprobe.pytc_gpu import gpu_info_dict
 from memprobe.pytc_result import AutoPlanResult, describe_calibration, format_plan
 from memprobe.pytc_values import check_value, precision_from_lightning
@@ -48,6 +55,12 @@ _MEMPROBE_FIELDS = {
     "budget_bytes",
     "warnings",
 }
+# The values planning decides; every other override names a result field and is copied to it.
+_PLANNED = ("batch_size", "patch_size", "precision", "accumulate_grad_batches", "num_workers", "lr")
+OVERRIDABLE = (
+    *_PLANNED,
+    *(f.name for f in fields(AutoPlanResult) if f.name not in {*_PLANNED, *_MEMPROBE_FIELDS}),
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,27 @@ class _StepContext:
     out_channels: int = 2
     deep_supervision: bool = False
     precision: str = "bf16-mixed"
+
+
+def _checked_overrides(overrides: object) -> dict[str, Any]:
+    """The manual overrides, each checked; a key the planner has no value for is refused."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise InvalidInputError(
+            f"manual_overrides must be a mapping of names to values (a dict), got {type(overrides).__name__}"
+        )
+    unknown = [key for key in overrides if key not in OVERRIDABLE]
+    if unknown:
+        raise InvalidInputError(
+            f"manual override {shown(repr(unknown[0]))} is not a value the planner sets: use "
+            f"{', '.join(OVERRIDABLE[:6])}, or another field of AutoPlanResult"
+        )
+    return {
+        key: check_value(key, value, f"manual override {key}")
+        for key, value in overrides.items()
+        if value is not None
+    }
 
 
 def _defaults_for(spec: ArchSpec) -> dict[str, Any]:
@@ -80,6 +114,8 @@ class AutoConfigPlanner:
         manual_overrides: values that win over planning (``batch_size``, ``patch_size``,
             ``precision``, ``accumulate_grad_batches``, ``num_workers``, ``lr``); the rest is
             planned around them (a fixed batch gets a patch planned for it, and vice versa).
+            Other fields of the result (``base_features``, ``max_features``...) are copied to it;
+            any other key is refused.
         mednext_size: S, B, M or L, for ``mednext``.
         gpu_memory_gb: memory to plan for; default the first detected GPU's, else 24 GB with a warning.
         num_gpus: GPUs to train on (for workers); default the number detected, at least 1.
@@ -87,7 +123,8 @@ class AutoConfigPlanner:
         db, device: which calibrations answer (see ``memprobe.estimate``).
 
     Raises:
-        InvalidInputError: an architecture memprobe has no network for.
+        InvalidInputError: an architecture memprobe has no network for, an unknown override, or an
+            argument of the wrong type (it is named).
     """
 
     def __init__(
@@ -104,22 +141,24 @@ class AutoConfigPlanner:
         db: str | Path | None = None,
         device: str | None = None,
     ) -> None:
+        check_text(architecture, "architecture", optional=False)
         self.architecture = architecture
         spacing = target_spacing if target_spacing is not None else [1.0, 1.0, 1.0]
         self.target_spacing: list[float] = check_value("target_spacing", spacing)
         self.median_shape: list[int] | None = (
             check_value("median_shape", median_shape) if median_shape is not None else None
         )
-        self.manual_overrides = {
-            key: check_value(key, value, f"manual override {key}")
-            for key, value in (manual_overrides or {}).items()
-            if value is not None
-        }
-        self.mednext_size = str(mednext_size).upper()
-        self.safety_margin, self.db, self.device = safety_margin, db, device
+        self.manual_overrides = _checked_overrides(manual_overrides)
+        check_text(mednext_size, "mednext_size", optional=False)
+        self.mednext_size = mednext_size.upper()
+        self.safety_margin = check_fraction(safety_margin, "safety_margin")
+        self.db, self.device = check_db(db), check_text(device, "device")
         self.gpus = detect_gpus()
         self.gpu_info = gpu_info_dict(self.gpus)
-        self.num_gpus = num_gpus or max(1, len(self.gpus))
+        given_gpus = (
+            None if num_gpus == 0 else check_optional_count(num_gpus, "num_gpus")
+        )  # 0: detect, as before
+        self.num_gpus = given_gpus or max(1, len(self.gpus))
         self.arch_defaults = self._architecture_entry()
         self.arch: str = self.arch_defaults["arch"]
         self.budget_bytes, self._budget_note, self._budget_warning = self._budget(gpu_memory_gb)
@@ -135,7 +174,9 @@ class AutoConfigPlanner:
         memory questions (a name from `memprobe archs`, or ``package.module:factory``).
         """
         if self.mednext_size not in MEDNEXT_SIZES:
-            raise InvalidInputError(f"mednext_size {self.mednext_size!r} must be one of S, B, M, L")
+            raise InvalidInputError(
+                f"mednext_size {shown(repr(self.mednext_size))} must be one of S, B, M, L"
+            )
         names = {"mednext": MEDNEXT_SIZES[self.mednext_size], **PYTC_ARCHITECTURES}
         return {pytc: _defaults_for(get_arch(arch)) for pytc, arch in names.items()}
 
@@ -148,12 +189,12 @@ class AutoConfigPlanner:
                 return _defaults_for(resolve_arch(self.architecture))
             except InvalidInputError:
                 raise InvalidInputError(
-                    f"unknown architecture {self.architecture!r}: memprobe plans for "
+                    f"unknown architecture {shown(repr(self.architecture))}: memprobe plans for "
                     f"{', '.join(sorted(defaults))} and the networks `memprobe archs` lists"
                 ) from None
         if not entry.get("arch"):
             raise InvalidInputError(
-                f"architecture {self.architecture!r} names no network memprobe can measure: give its "
+                f"architecture {shown(repr(self.architecture))} names no network memprobe can measure: give its "
                 "defaults an 'arch' from `memprobe archs` (or package.module:factory)"
             )
         return {**_defaults_for(resolve_arch(entry["arch"])), **entry}
@@ -280,12 +321,8 @@ class AutoConfigPlanner:
 
     def _apply_other_overrides(self, result: AutoPlanResult) -> AutoPlanResult:
         """Overrides of fields that are not planned (``base_features``...) are copied, as the planner does."""
-        planned = {"batch_size", "patch_size", "precision", "accumulate_grad_batches", "num_workers", "lr"}
-        names = {f.name for f in fields(AutoPlanResult)} - _MEMPROBE_FIELDS
-        others = {k: v for k, v in self.manual_overrides.items() if k not in planned and k in names}
-        unknown = [k for k in self.manual_overrides if k not in planned and k not in names]
-        extra = [f"manual override {k!r} is not a planned value: ignored" for k in unknown]
-        return replace(result, **others, warnings=[*result.warnings, *extra])
+        others = {k: v for k, v in self.manual_overrides.items() if k not in _PLANNED}
+        return replace(result, **others)
 
     def _notes(self, result: AutoPlanResult) -> list[str]:
         usage = result.estimated_gpu_memory_gb / result.available_gpu_memory_gb

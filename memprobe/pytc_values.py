@@ -5,11 +5,13 @@ A config is user input: a wrong type must end in one line that names the key, no
 
 from __future__ import annotations
 
+import math
 from numbers import Integral, Real
 from typing import Any
 
 from memprobe.enums import Precision
 from memprobe.errors import InvalidInputError
+from memprobe.input_files import shown
 
 _LIGHTNING_PRECISIONS = {
     "32": Precision.FP32,
@@ -21,6 +23,11 @@ _LIGHTNING_PRECISIONS = {
 }
 
 
+def _echo(value: Any) -> str:
+    """``value`` as Python writes it, cut to a short prefix: a config's value may be megabytes."""
+    return shown(repr(value))
+
+
 def precision_from_lightning(text: object, where: str = "precision") -> Precision:
     """memprobe's precision for a Lightning name (``32``, ``16-mixed``, ``bf16-mixed``) or its own."""
     key = str(text).strip().lower()
@@ -30,37 +37,46 @@ def precision_from_lightning(text: object, where: str = "precision") -> Precisio
         return Precision(key)
     except ValueError:
         raise InvalidInputError(
-            f"{where} {text!r} is not a precision memprobe measures: use 32, 16-mixed or bf16-mixed"
+            f"{where} {_echo(text)} is not a precision memprobe measures: use 32, 16-mixed or bf16-mixed"
         ) from None
 
 
 def _whole(value: Any, where: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < minimum:
-        raise InvalidInputError(f"{where} must be a whole number of at least {minimum}, got {value!r}")
+        raise InvalidInputError(f"{where} must be a whole number of at least {minimum}, got {_echo(value)}")
     return int(value)
+
+
+def _finite_positive(value: Any, whole: bool) -> bool:
+    """A number (a whole one if ``whole``; never a bool) above 0 and finite as a float: not nan, inf or 1e400."""
+    number_kind = isinstance(value, Integral if whole else Real) and not isinstance(value, bool)
+    if not number_kind:
+        return False
+    try:
+        number = float(value)
+    except OverflowError:  # an int of hundreds of digits
+        return False
+    return math.isfinite(number) and number > 0
 
 
 def _three(value: Any, where: str, whole: bool) -> list[Any]:
     """Three positive sizes from any sequence (a list, a tuple, a numpy array)."""
-    kind = Integral if whole else Real
     items = [] if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") else list(value)
-    if len(items) != 3 or not all(
-        isinstance(v, kind) and not isinstance(v, bool) and float(v) > 0 for v in items
-    ):
+    if len(items) != 3 or not all(_finite_positive(v, whole) for v in items):
         noun = "whole numbers" if whole else "numbers"
-        raise InvalidInputError(f"{where} must be 3 positive {noun} (z, y, x), got {value!r}")
+        raise InvalidInputError(f"{where} must be 3 positive {noun} (z, y, x), got {_echo(value)}")
     return [int(v) if whole else float(v) for v in items]
 
 
 def _positive(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not float(value) > 0:
-        raise InvalidInputError(f"{where} must be a positive number, got {value!r}")
+    if not _finite_positive(value, whole=False):
+        raise InvalidInputError(f"{where} must be a positive number, got {_echo(value)}")
     return float(value)
 
 
 def _flag(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
-        raise InvalidInputError(f"{where} must be true or false, got {value!r}")
+        raise InvalidInputError(f"{where} must be true or false, got {_echo(value)}")
     return value
 
 

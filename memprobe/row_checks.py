@@ -62,8 +62,10 @@ def _show(value: object) -> str:
 def _number(value: object, what: str, *, non_negative: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRowError(f"{what} is not a number ({_show(value)})")
-    if not math.isfinite(value) or abs(value) > MAX_SIZE:
+    if not math.isfinite(value):
         raise BadRowError(f"{what} is not finite ({_show(value)})")
+    if abs(value) > MAX_SIZE:
+        raise BadRowError(f"{what} is beyond {MAX_SIZE:.3g} ({_show(value)})")
     if non_negative and value < 0:
         raise BadRowError(f"{what} is negative ({_show(value)})")
     return float(value)
@@ -73,7 +75,7 @@ def _whole(value: object, what: str, *, minimum: int = 0, optional: bool = False
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_SIZE:
-        raise BadRowError(f"{what} is not a whole number of at least {minimum} ({_show(value)})")
+        raise BadRowError(f"{what} is not a whole number from {minimum} to {MAX_SIZE:.3g} ({_show(value)})")
     return value
 
 

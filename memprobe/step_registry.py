@@ -27,7 +27,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from memprobe.errors import InvalidInputError, ModelError
+from memprobe.errors import InvalidInputError, MemprobeError, ModelError
+from memprobe.user_code import describe, message, running_user_code
 
 if TYPE_CHECKING:
     from memprobe.step import PhaseCallback, TrainingState
@@ -71,14 +72,36 @@ def load_step(name: str) -> StepRunner:
     if name == "memprobe":
         from memprobe.step import train_step
 
-        return train_step
+        return _as_user_code(name, train_step)
     if name == "monai":
-        return _monai_step
+        return _as_user_code(name, _monai_step)
     if name == "nnunet":
         from memprobe.nnunet.step import nnunet_step
 
-        return nnunet_step
-    return _custom_runner(name, _load_user_step(name))
+        return _as_user_code(name, nnunet_step)
+    return _as_user_code(name, _custom_runner(name, _load_user_step(name)))
+
+
+def _as_user_code(name: str, runner: StepRunner) -> StepRunner:
+    """``runner`` inside the user-code wrapper: every step runs the user's network, if not its own step.
+
+    An exception whose message cannot be read becomes a ModelError here, so no caller's error
+    message fails on it.
+    """
+
+    def run(state: TrainingState, on_phase: PhaseCallback) -> None:
+        try:
+            shape = "x".join(map(str, state.inputs.shape))
+            with running_user_code(f"running training step {name!r} on inputs {shape}"):
+                runner(state, on_phase)
+        except MemprobeError:
+            raise
+        except Exception as error:
+            if message(error) is not None:
+                raise
+            raise ModelError(f"training step {name!r} raised {describe(error)}") from error
+
+    return run
 
 
 def _monai_step(state: TrainingState, on_phase: PhaseCallback) -> None:
@@ -125,10 +148,13 @@ def _load_user_step(name: str) -> Callable[..., object]:
     if os.getcwd() not in sys.path:  # as `python -m` would: a step module beside the user is found
         sys.path.insert(0, os.getcwd())
     try:
-        found: Any = importlib.import_module(module_name)
+        with running_user_code(f"importing {module_name!r}", argv=name):
+            found: Any = importlib.import_module(module_name)
+    except MemprobeError:
+        raise  # a BaseException it raised, already one line
     except Exception as error:  # an import can fail in any way; report it as one line
         raise InvalidInputError(
-            f"cannot import {module_name!r} for training step {name!r}: {type(error).__name__}: {error}; "
+            f"cannot import {module_name!r} for training step {name!r}: {describe(error)}; "
             f"a step is package.module:function implementing {PROTOCOL}"
         ) from error
     for part in attribute.split("."):
@@ -176,7 +202,7 @@ def _custom_runner(name: str, function: Callable[..., object]) -> StepRunner:
             if _is_out_of_memory(error):
                 raise  # a result, not a failure of the step
             raise ModelError(
-                f"training step {name!r} raised {type(error).__name__}: {error} (a step implements {PROTOCOL})"
+                f"training step {name!r} raised {describe(error)} (a step implements {PROTOCOL})"
             ) from error
 
         on_phase(None)
@@ -185,9 +211,12 @@ def _custom_runner(name: str, function: Callable[..., object]) -> StepRunner:
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
-    message = str(error)
+    try:
+        text = str(error)
+    except Exception:  # a user's exception whose __str__ raises
+        text = ""
     return type(error).__name__ == "OutOfMemoryError" or (
-        isinstance(error, RuntimeError) and ("out of memory" in message or "STATUS_ALLOC_FAILED" in message)
+        isinstance(error, RuntimeError) and ("out of memory" in text or "STATUS_ALLOC_FAILED" in text)
     )
 
 

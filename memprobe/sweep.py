@@ -3,9 +3,11 @@
 submitit's ``LocalExecutor`` runs the jobs as processes on this machine (a workstation, the
 tests); its ``SlurmExecutor`` submits them to a SLURM cluster. memprobe schedules nothing
 itself: it keeps, in ``sweep.json`` in the sweep folder, which job each calibration went to,
-and reads each job's state from the result file submitit writes when it ends. A job without
-a result file is still submitted while its process (local) or SLURM job is alive; one that
-died without a result (killed, out of host memory, ``os._exit``) is failed, with the last
+and reads each job's state from the result file that its job function, :func:`calibration_job`,
+writes as JSON when it ends (``JOB_result.json``). submitit's own result file is a pickle, which
+anyone who can write the sweep folder could replace with code: memprobe never reads it. A job
+without a result file is still submitted while its process (local) or SLURM job is alive; one
+that died without a result (killed, out of host memory, ``os._exit``) is failed, with the last
 line of its error log, and a rerun resubmits it. Every job calibrates on its node into the
 sweep's database (a file, or one PostgreSQL server for all nodes), so a rerun resubmits only
 what has not finished.
@@ -13,6 +15,7 @@ what has not finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,9 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from memprobe.errors import InvalidInputError
+from memprobe.input_files import read_input_text, shown
 from memprobe.output_paths import write_atomically
+from memprobe.user_code import describe
 
 STATE_FILE = "sweep.json"
+_MAX_RESULT_BYTES = 1 << 20  # a job's outcome is a few hundred bytes
+_MAX_DETAIL_CHARS = 500
 ANY_CARD = "any"  # whatever card the node has (the executor's own --slurm-constraint, if any)
 
 
@@ -103,14 +110,53 @@ def calibration_job(
     strategy: str = "single",
     world_size: int = 1,
 ) -> dict[str, Any]:
-    """Run on the node: calibrate one (architecture, precision, GPU layout) into ``db``."""
+    """Run on the node: calibrate one (architecture, precision, GPU layout) into ``db``.
+
+    Under submitit, the outcome is also left as ``JOB_result.json`` in the sweep folder, for
+    ``memprobe sweep --status``: done with its points and device, or failed with its error.
+    """
     from memprobe.api import calibrate
 
-    report = calibrate(
-        arch, precision, device=device, budget=budget, db=db, strategy=strategy, world_size=world_size
-    )
-    quality = report.calibration.quality
-    return {"device": report.calibration.device, "points": quality.points}
+    result_path = _own_result_path()
+    try:
+        report = calibrate(
+            arch, precision, device=device, budget=budget, db=db, strategy=strategy, world_size=world_size
+        )
+    except Exception as error:
+        if result_path is not None:
+            with contextlib.suppress(OSError):  # the error itself, in the job's log, matters more
+                _write_result(result_path, {"state": JobState.FAILED.value, "detail": _error_line(error)})
+        raise
+    value = {"device": report.calibration.device, "points": report.calibration.quality.points}
+    if result_path is not None:
+        _write_result(result_path, {"state": JobState.DONE.value, **value})
+    return value
+
+
+def _result_path(folder: Path, job_id: str) -> Path:
+    """Where job ``job_id`` of the sweep in ``folder`` leaves its outcome."""
+    from submitit.core.utils import JobPaths
+
+    return JobPaths(folder, job_id=job_id).folder / f"{job_id}_result.json"
+
+
+def _own_result_path() -> Path | None:
+    """This job's result file; None when not run by submitit (a library caller's own call)."""
+    try:
+        import submitit
+
+        environment = submitit.JobEnvironment()
+    except (ImportError, RuntimeError):
+        return None
+    return _result_path(environment.paths.folder, environment.job_id)
+
+
+def _write_result(path: Path, outcome: dict[str, Any]) -> None:
+    write_atomically(path, json.dumps(outcome) + "\n")
+
+
+def _error_line(error: BaseException) -> str:
+    return describe(error)[:_MAX_DETAIL_CHARS]
 
 
 def sweep_status(spec: SweepSpec) -> list[SweepJob]:
@@ -200,31 +246,40 @@ def _executor(spec: SweepSpec) -> Any:
 def _job_state(folder: Path, job_id: str, executor: str) -> tuple[JobState, str | None]:
     from submitit.core.utils import JobPaths
 
-    paths = JobPaths(folder, job_id=job_id)
-    if paths.result_pickle.exists():
-        return _outcome(paths.result_pickle)
+    result = _result_path(folder, job_id)
+    if result.exists():
+        return _outcome(result)
     ended = _ended_how(folder, job_id, executor)
     if ended is None:
         return JobState.SUBMITTED, None
-    if paths.result_pickle.exists():  # written just before the job ended
-        return _outcome(paths.result_pickle)
+    if result.exists():  # written just before the job ended
+        return _outcome(result)
+    paths = JobPaths(folder, job_id=job_id)
     last = _last_line(paths.stderr)
-    return JobState.FAILED, ended + (f"; its log ends: {last}" if last else "")
+    log = f"; its log ends: {last}" if last else ""
+    if paths.result_pickle.exists():  # never read: unpickling runs whatever code the file names
+        return JobState.FAILED, (
+            f"the job left no {result.name} (submitit's {paths.result_pickle.name} is a pickle, "
+            f"which memprobe never reads: it could run code){log}"
+        )
+    return JobState.FAILED, ended + log
 
 
-def _outcome(result_pickle: Path) -> tuple[JobState, str | None]:
-    """Done or failed, as the result file submitit wrote at the job's end says."""
-    import pickle
-
+def _outcome(path: Path) -> tuple[JobState, str | None]:
+    """Done or failed, as the JSON that :func:`calibration_job` wrote at the job's end says."""
     try:
-        with result_pickle.open("rb") as stream:
-            outcome, value = pickle.load(stream)  # written by submitit in our own job
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as error:
-        return JobState.FAILED, f"unreadable result: {error}"
-    if outcome == "success":
-        return JobState.DONE, f"{value.get('points')} points on {value.get('device')}"
-    lines = str(value).strip().splitlines()
-    return JobState.FAILED, lines[-1] if lines else "failed"
+        data = json.loads(read_input_text(path, "the job's result", _MAX_RESULT_BYTES))
+    except (InvalidInputError, ValueError, RecursionError) as error:
+        return JobState.FAILED, f"unreadable result {path.name}: {shown(error)}"
+    if not isinstance(data, dict):
+        return JobState.FAILED, f"{path.name} is not a memprobe job result: {shown(data)}"
+    state, points, device, detail = (data.get(name) for name in ("state", "points", "device", "detail"))
+    whole = isinstance(points, int) and not isinstance(points, bool)
+    if state == JobState.DONE.value and whole and isinstance(device, str):
+        return JobState.DONE, f"{points} points on {shown(device)}"
+    if state == JobState.FAILED.value and isinstance(detail, str):
+        return JobState.FAILED, shown(detail, _MAX_DETAIL_CHARS) or "failed"
+    return JobState.FAILED, f"{path.name} is not a memprobe job result: {shown(data)}"
 
 
 _SLURM_ALIVE = frozenset(
@@ -266,7 +321,7 @@ def _last_line(path: Path) -> str | None:
         lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return None
-    return lines[-1][:500] if lines else None
+    return lines[-1][:_MAX_DETAIL_CHARS] if lines else None
 
 
 def _read_state(folder: Path) -> tuple[dict[str, str], dict[str, str]]:

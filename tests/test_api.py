@@ -77,7 +77,7 @@ def test_estimates_never_import_torch(mednext_db: Path, detect_gpu: bool) -> Non
 
 def test_estimate(mednext_db: Path) -> None:
     """estimate returns the calibration's prediction for the validated configuration."""
-    result = memprobe.estimate("MedNeXt-S", ("128", 128, 128), "2", db=mednext_db)  # type: ignore[arg-type]
+    result = memprobe.estimate("MedNeXt-S", ("128", 128, 128), 2, db=mednext_db)  # type: ignore[arg-type]
     expected = make_calibration().predict_peak_bytes(resolve_arch("mednext"), (128, 128, 128), 2)
     assert result.arch == "mednext" and result.patch == (128, 128, 128) and result.batch == 2
     assert result.precision == "fp32" and result.warning is None

@@ -71,14 +71,23 @@ def test_a_new_database_has_the_current_schema(db_path: Path) -> None:
 
 
 def test_the_file_is_created_by_the_first_write(tmp_path: Path) -> None:
-    path = tmp_path / "not" / "yet" / "bench.sqlite"
+    path = tmp_path / "bench.sqlite"
     with Database.open(path) as database:
         assert database.find_measurement(CONFIG, ENVIRONMENT) is None
         assert database.measurements() == [] and database.calibrations() == []
-        assert not path.exists() and not path.parent.exists()
+        assert not path.exists()
         database.add_measurement(measurement())
         assert path.exists()
         assert database.find_measurement(CONFIG, ENVIRONMENT) is not None
+
+
+def test_a_named_database_in_a_missing_folder_is_refused_not_created(tmp_path: Path) -> None:
+    """As `--db` promises: a missing folder is a mistake in the path, never made silently."""
+    from memprobe.errors import DatabaseError
+
+    with pytest.raises(DatabaseError, match="does not exist"):
+        Database.open(tmp_path / "not" / "yet" / "bench.sqlite")
+    assert not (tmp_path / "not").exists()
 
 
 def test_a_database_created_meanwhile_by_another_process_is_read(db_path: Path) -> None:

@@ -6,15 +6,14 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from torch import nn
 
 from memprobe.archs.registry import ArchSpec
-from memprobe.errors import InvalidInputError, ModelError
-from memprobe.user_code import model_exited, raised_by_user_code
+from memprobe.errors import InvalidInputError, MemprobeError, ModelError
+from memprobe.user_code import describe, running_user_code
 
 if TYPE_CHECKING:
     from memprobe.config import StepConfig
@@ -25,17 +24,15 @@ def load_factory(path: str) -> Callable[..., object]:
     if os.getcwd() not in sys.path:  # as `python -m` would: a model module beside the user is found
         sys.path.insert(0, os.getcwd())
     try:
-        with _own_argv(path):
+        with running_user_code(f"importing {module_name!r}", argv=path):
             module = importlib.import_module(module_name)
+    except MemprobeError:
+        raise  # a BaseException it raised, already one line
     except Exception as error:  # an import can fail in any way; report it as one line
         raise InvalidInputError(
-            f"cannot import {module_name!r} for model {path!r}: {type(error).__name__}: {error}; "
+            f"cannot import {module_name!r} for model {path!r}: {describe(error)}; "
             "check that the module is on PYTHONPATH"
         ) from error
-    except BaseException as error:  # sys.exit at import time, or a parser reading memprobe's arguments
-        if not raised_by_user_code(error):
-            raise
-        raise model_exited(error, f"importing {module_name!r}") from None
     factory = module
     for part in attribute.split("."):
         factory = getattr(factory, part, None)  # type: ignore[assignment]
@@ -44,17 +41,6 @@ def load_factory(path: str) -> Callable[..., object]:
     if not callable(factory):
         raise InvalidInputError(f"{path!r} is not callable: give a function or class returning an nn.Module")
     return factory  # type: ignore[return-value]
-
-
-@contextmanager
-def _own_argv(name: str) -> Iterator[None]:
-    """Show user code an argv of its own: a parser it runs must not read memprobe's options."""
-    saved = sys.argv
-    sys.argv = [name]
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 def _accepts(factory: Callable[..., object], name: str) -> bool:
@@ -98,16 +84,12 @@ def build_model(
     if own_switch:
         kwargs["checkpointing"] = True
     try:
-        with _own_argv(spec.factory):
+        with running_user_code(f"building {spec.name}", argv=spec.factory):
             model = factory(in_channels, out_channels, **kwargs)
-    except InvalidInputError:
+    except MemprobeError:
         raise  # memprobe's own one-line error with its fix, e.g. the extra nnU-Net's networks need
     except Exception as error:
-        raise ModelError(f"building {spec.name} failed: {type(error).__name__}: {error}") from error
-    except BaseException as error:
-        if not raised_by_user_code(error):
-            raise
-        raise model_exited(error, f"building {spec.name}") from None
+        raise ModelError(f"building {spec.name} failed: {describe(error)}") from error
     if not isinstance(model, nn.Module):
         raise InvalidInputError(
             f"{spec.factory!r} returned {type(model).__name__}, not a torch.nn.Module: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memprobe.errors import InvalidInputError
+from memprobe.input_files import shown
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ def get_arch(name: str) -> ArchSpec:
             return found
     if canonical is None:
         raise InvalidInputError(
-            f"unknown architecture {name!r}: choose one of {', '.join(known_arch_names())}, "
+            f"unknown architecture {shown(repr(name))}: choose one of {', '.join(known_arch_names())}, "
             "or give your own model as package.module:factory"
         )
     return ARCHS[canonical]
@@ -214,11 +215,15 @@ def resolve_arch(name: str) -> ArchSpec:
     assumed and a patch that the network cannot take surfaces as a model failure.
     """
     if not isinstance(name, str) or not name.strip():
-        raise InvalidInputError(f"arch must be an architecture name (see `memprobe archs`), got {name!r}")
+        raise InvalidInputError(
+            f"arch must be an architecture name (see `memprobe archs`), got {shown(repr(name))}"
+        )
     if ":" in name:
         module, _, function = name.partition(":")
         if not module or not function:
-            raise InvalidInputError(f"custom model {name!r} must be written package.module:factory")
+            raise InvalidInputError(
+                f"custom model {shown(repr(name))} must be written package.module:factory"
+            )
         from memprobe.archs.shape_rules import parse_rule_suffix
 
         factory, divisors, min_patch = parse_rule_suffix(name)

@@ -62,8 +62,13 @@ def plan(
     nnUNetv2_preprocess -d 4 -plans_name nnUNetResEncUNetLPlans_memprobe -c 3d_fullres
     nnUNetv2_train 4 3d_fullres 0 -p nnUNetResEncUNetLPlans_memprobe
     """
-    from memprobe.nnunet.planner import memprobe_plans_name
+    from memprobe.nnunet.dataset_files import check_configuration, check_dataset, dataset_argument
+    from memprobe.nnunet.planner import memprobe_plans_name, planner_base
 
+    check_configuration(configuration)
+    planner_base(preset)  # nnunetv2 missing: named before anything is read
+    dataset = str(dataset_argument(dataset))
+    check_dataset(_dataset_id(dataset))
     budget_bytes = gpu_mem
     used: dict[str, str] = {}  # arch -> the calibration that answered for it
     planner = _planner(preset, dataset, budget_bytes, configuration, db_path, device, used)

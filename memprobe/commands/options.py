@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from memprobe.arguments import MAX_BATCH_SIZE, MAX_LEARNING_RATE
+from memprobe.input_files import shown
 from memprobe.reporters import Report, get_reporter
 
 F = Callable[..., Any]
@@ -226,18 +227,27 @@ class _PositiveNumber(click.ParamType):
 
 
 class _Count(click.ParamType):
-    """A whole number from 1 to ``largest``, in ASCII digits (not ``²`` or ``١٢٨``)."""
+    """A whole number from ``smallest`` to ``largest``, in ASCII digits (not ``²`` or ``١٢٨``).
+
+    The error names that range, so a value past it (2^63-1) is told what is allowed.
+    """
 
     name = "integer"
 
-    def __init__(self, largest: int) -> None:
+    def __init__(self, largest: int, smallest: int = 1) -> None:
         self.largest = largest
+        self.smallest = smallest
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         text = str(value).strip()  # a default arrives as an int
-        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= self.largest:
-            self.fail(f"{value!r} is not a positive whole number (at most {self.largest})", param, ctx)
+        if not (text.isascii() and text.isdigit()) or not self.smallest <= int(text) <= self.largest:
+            self.fail(f"{shown(repr(value))} is not {self._range()}", param, ctx)
         return int(text)
+
+    def _range(self) -> str:
+        if self.smallest == 1:
+            return f"a positive whole number (at most {self.largest})"
+        return f"a whole number from {self.smallest} to {self.largest}"
 
 
 class _PatchSize(_Count):
@@ -276,5 +286,7 @@ SHAPE_SIZE = _Count(2**20)
 BATCH = _Count(MAX_BATCH_SIZE)
 CHANNELS = _Count(100_000)
 DIVISOR = _Count(1024)
+MINUTES = _Count(365 * 24 * 60)  # a year: no scheduler runs one job longer
+INDEX = _Count(2**62, smallest=0)  # an event or device index; beyond 2^62 nothing is counted
 PATCH_SIZE = _PatchSize(2**20)
 BYTES = ByteSize()

@@ -10,6 +10,7 @@ from memprobe.commands.options import (
     BATCH,
     BYTES,
     CHANNELS,
+    INDEX,
     PATCH_SIZE,
     db_option,
     emit,
@@ -21,7 +22,7 @@ from memprobe.units import format_bytes
 if TYPE_CHECKING:
     from memprobe.snapshots.check import SnapshotCheck
 
-_EVENT = click.IntRange(min=0)
+_EVENT = INDEX
 _WHAT = (
     "the allocator model alone, replaying this trace's own requests from the state rebuilt at its first "
     "event; not memprobe's tracing of a network"
@@ -39,7 +40,7 @@ def snapshot() -> None:
 
 
 def device_index_option(function: Any) -> Any:
-    return click.option("--device-index", type=click.IntRange(min=0), default=None,
+    return click.option("--device-index", type=INDEX, default=None,
                         help="The GPU whose trace to use (default: the only one with a trace).")(function)  # fmt: skip
 
 

@@ -207,9 +207,11 @@ def suggest(
         strategy=strategy,
         world_size=gpus,
     )
-    if show_options and (patch is None or all_archs):
+    if show_options and all_archs:
+        raise InvalidInputError("--options plans the batch of one architecture: drop --all-archs")
+    if show_options and patch is None:
         raise InvalidInputError(
-            "--options plans the batch of one architecture: give --patch, not --all-archs"
+            "--options plans the batch of one architecture for a patch: give --patch D H W, not --batch"
         )
     if patch is not None:
         sizes: Any = patch  # whole numbers (click); the library checks them against the network

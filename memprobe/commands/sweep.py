@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from memprobe.commands.options import BYTES, data_parallel_options, db_option, emit, json_option
+from memprobe.commands.options import BYTES, MINUTES, data_parallel_options, db_option, emit, json_option
 from memprobe.reporters import Report
 
 
@@ -24,7 +24,7 @@ from memprobe.reporters import Report
 @click.option("--slurm-partition", default=None, help="SLURM partition.")
 @click.option("--slurm-gres", default=None, help="SLURM generic resources (default: gpu:N for --gpus N).")
 @click.option("--slurm-constraint", default=None, help="SLURM constraint for every job.")
-@click.option("--slurm-time", type=click.IntRange(min=1), default=240, show_default=True,
+@click.option("--slurm-time", type=MINUTES, default=240, show_default=True,
               help="SLURM time limit of each job, in minutes.")  # fmt: skip
 @click.option("--folder", default=None, help="Job logs and sweep.json (default: beside --db FILE.sweep).")
 @click.option("--wait/--no-wait", default=None,

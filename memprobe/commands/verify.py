@@ -89,8 +89,9 @@ def verify(
     memprobe verify --arch mednext --precision bf16-mixed --budget 16GiB
     memprobe verify --rehearse --arch tests.tiny_models:tiny_net --precision fp32 --budget 16MiB
     """
+    from memprobe.output_paths import check_output_folder, database_files
     from memprobe.verify import LOG_NAME, ResultLog, build_plan
-    from memprobe.verify.report import build_report, write_outputs
+    from memprobe.verify.report import OUTPUT_NAMES, build_report, write_outputs
     from memprobe.verify.run import run_verify
 
     if not rehearse:
@@ -99,12 +100,13 @@ def verify(
         if not cuda_available():  # before anything is written
             raise DeviceUnavailableError(NEEDS_CUDA)
     plan = build_plan(archs or None, precisions or None, quick=quick, budget_bytes=budget)
+    reading = database_files(db_path)
+    *_, log_path = check_output_folder(out_dir, (*OUTPUT_NAMES, LOG_NAME), reading=reading)
     tools = _tools(rehearse, db_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log = ResultLog(out_dir / LOG_NAME, tools.device)
+    log = ResultLog(log_path, tools.device)
     limit = time_limit if time_limit is not None else (QUICK_TIME_LIMIT_SECONDS if quick else None)
     result = run_verify(plan, tools, log, on_progress=_progress, time_limit_seconds=limit)
-    write_outputs(result, out_dir)
+    write_outputs(result, out_dir, reading=reading)
     emit(build_report(result), as_json)
     click.echo(f"wrote {out_dir}/gpu_truth.md and verify.json ({log.reused} results reused)", err=True)
     if result.unsafe:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memprobe.archs.registry import resolve_arch
+from memprobe.arguments import check_db, check_fraction, check_text
 from memprobe.errors import InvalidInputError, NoCalibrationError
 from memprobe.inference.calibration import InferenceCalibration
 from memprobe.inference.config import InferenceConfig, Predictor, StitchDevice, make_inference_config
 from memprobe.inference.plan import InferencePlan, plan_inference
+from memprobe.input_files import read_input_text, shown
 from memprobe.units import parse_bytes
 
 if TYPE_CHECKING:
@@ -75,16 +78,39 @@ def _flag(predictor: Predictor) -> str:
 
 
 def largest_image_shape(fingerprint: str | Path) -> tuple[int, int, int]:
-    """The largest image (most voxels) of an nnU-Net ``dataset_fingerprint.json`` (``shapes_after_crop``)."""
+    """The largest image (most voxels) of an nnU-Net ``dataset_fingerprint.json`` (``shapes_after_crop``).
+
+    Raises:
+        InvalidInputError: not a regular file, over the size cap, not JSON, or a shape that is
+            not three or more whole numbers above 0 (nan, Infinity and 1e400 are refused).
+    """
+    text = read_input_text(fingerprint, "--fingerprint")
     try:
-        shapes = json.loads(Path(fingerprint).read_text())["shapes_after_crop"]
-        largest = max(shapes, key=lambda shape: shape[-3] * shape[-2] * shape[-1])
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        shapes = json.loads(text)["shapes_after_crop"]
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise InvalidInputError(
-            f"cannot read the image shapes of nnU-Net fingerprint {fingerprint} ({type(error).__name__}: {error}): "
-            "give dataset_fingerprint.json or --max-image-shape D H W"
+            f"cannot read shapes_after_crop of nnU-Net fingerprint {shown(fingerprint)} "
+            f"({type(error).__name__}: {shown(error)}): give dataset_fingerprint.json or --max-image-shape D H W"
         ) from None
-    depth, height, width = (int(size) for size in largest[-3:])
+    if not isinstance(shapes, list) or not shapes:
+        raise InvalidInputError(
+            f"shapes_after_crop of nnU-Net fingerprint {shown(fingerprint)} must be a list of image shapes, "
+            f"got {shown(repr(shapes), 40)}"
+        )
+    return max(
+        (_image_shape(shape, number, fingerprint) for number, shape in enumerate(shapes)), key=math.prod
+    )
+
+
+def _image_shape(shape: object, number: int, fingerprint: str | Path) -> tuple[int, int, int]:
+    """The spatial sizes of one image of a fingerprint: its last three, whole numbers above 0."""
+    sizes = shape[-3:] if isinstance(shape, list) and len(shape) >= 3 else None
+    if sizes is None or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        raise InvalidInputError(
+            f"shapes_after_crop[{number}] of nnU-Net fingerprint {shown(fingerprint)} must be whole numbers "
+            f"above 0 (channels, depth, height, width), got {shown(repr(shape), 60)}"
+        )
+    depth, height, width = sizes
     return depth, height, width
 
 
@@ -124,6 +150,7 @@ def max_sw_batch_size(
     """
     from memprobe.api import target_gpu
 
+    safety, db, device = check_fraction(safety, "safety"), check_db(db), check_text(device, "device")
     nnunet = predictor == Predictor.NNUNET.value
     base = make_inference_config(
         arch,

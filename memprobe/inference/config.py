@@ -9,9 +9,11 @@ from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 
 from memprobe.archs.registry import resolve_arch
+from memprobe.arguments import check_triple
 from memprobe.config import _positive_int, validate_patch
 from memprobe.enums import Precision, parse_enum
 from memprobe.errors import InvalidInputError
+from memprobe.input_files import shown
 
 # An image beyond this is refused: 2048^3 voxels of one float32 class are 32 GiB on the host alone.
 MAX_IMAGE_VOXELS = 2048**3
@@ -195,12 +197,12 @@ def _nnunet_windows_along(image: int, roi: int, overlap: float) -> int:
 
 
 def validate_image_shape(shape: Sequence[object]) -> tuple[int, int, int]:
-    """Ensure an image shape is three positive whole numbers of voxels."""
-    if len(shape) != 3:
+    """Ensure an image shape is three positive whole numbers of voxels (a list, tuple or array)."""
+    if isinstance(shape, Sequence) and not isinstance(shape, (str, bytes)) and len(shape) != 3:
         raise InvalidInputError(
             f"an image shape has 3 sizes (depth height width), got {len(shape)}: e.g. --image-shape 600 512 512"
         )
-    sizes = tuple(_positive_int(size, "each image size") for size in shape)
+    sizes = tuple(_positive_int(size, "each image size") for size in check_triple(shape, "image_shape"))
     if math.prod(sizes) > MAX_IMAGE_VOXELS:
         raise InvalidInputError(f"image {_x(sizes)} has more than 2048^3 voxels: give the shape of one image")
     return sizes  # type: ignore[return-value]
@@ -210,9 +212,9 @@ def _overlap(value: object) -> float:
     try:
         overlap = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise InvalidInputError(f"overlap must be a number in [0, 1), got {value!r}") from None
+        raise InvalidInputError(f"overlap must be a number in [0, 1), got {shown(repr(value))}") from None
     if not 0 <= overlap < 1:
-        raise InvalidInputError(f"overlap must be in [0, 1) as MONAI requires, got {value!r}")
+        raise InvalidInputError(f"overlap must be in [0, 1) as MONAI requires, got {shown(repr(value))}")
     return overlap
 
 

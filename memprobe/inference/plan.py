@@ -122,6 +122,7 @@ def plan_inference(
             )
         )
     planned = at(batch)
+    reasons.append(_window_count(planned))
     return InferencePlan(
         planned,
         need(planned),
@@ -133,6 +134,19 @@ def plan_inference(
         tuple(r for r in reasons if r),
         tuple(_extrapolation_warnings(calibration, planned)),
     )
+
+
+MANY_WINDOWS = 100_000  # beyond, the prediction's time, not its memory, is what to look at
+
+
+def _window_count(config: InferenceConfig) -> str:
+    """Every plan says how many windows it runs: an overlap near 1 makes millions."""
+    windows = config.windows()
+    runs = -(-windows // (1 if config.nnunet else config.window_batch))
+    text = f"{windows:,} windows at overlap {config.overlap:g}: the network runs {runs:,} times"
+    if windows > MANY_WINDOWS:
+        text += " (lower --overlap: memory does not depend on the count, time does)"
+    return text
 
 
 def _monai_reason(base: InferenceConfig, on_gpu: MemoryNeed, usable: float, fits: bool) -> str:

@@ -45,12 +45,13 @@ from memprobe.backends.allocation_tracker import AllocationTracker
 from memprobe.backends.allocator_replay import replay
 from memprobe.enums import DeviceKind, Precision, parse_enum
 from memprobe.environment import software_environment
-from memprobe.errors import DeviceUnavailableError, MemprobeError, ModelError
+from memprobe.errors import DeviceUnavailableError, InvalidInputError, MemprobeError, ModelError
 from memprobe.inference.config import BlendMode, InferenceConfig, StitchDevice
 from memprobe.inference.measurement import InferenceMeasurement
 from memprobe.measurement import Environment
 
 FORWARD, STITCH = "forward", "stitch"  # the two segments of an inference the formula fits
+MAX_TRACED_FORWARDS = 2_000  # network runs a trace or cpu probe makes: about a minute or two on a laptop
 FINISH = "finish"  # nnU-Net's division and infinity check after the last window: its own segment
 SIGMA_SCALE = 0.125  # MONAI's default for gaussian blending
 _HOST = torch.device("meta")  # stands in for the CPU when stitching there: allocates nothing
@@ -142,6 +143,21 @@ def _image(config: InferenceConfig, device: torch.device | str | None = None) ->
     if config.nnunet:
         return torch.zeros((config.in_channels, *config.padded_shape), device=device)
     return torch.zeros((1, config.in_channels, *config.image_shape), device=device)
+
+
+def _check_window_count(config: InferenceConfig) -> None:
+    """Refuse to trace more windows than a probe can run in minutes, saying how many there are.
+
+    Each window runs the network once on trace and cpu; the peak does not depend on how many
+    windows follow the first batches (the output buffers are allocated once), only the time does.
+    """
+    batches = -(-config.windows() // (1 if config.nnunet else config.window_batch))
+    if batches > MAX_TRACED_FORWARDS:
+        raise InvalidInputError(
+            f"{config.windows():,} windows at overlap {config.overlap:g} would run the network {batches:,} times on "
+            f"{'x'.join(map(str, config.image_shape))} (at most {MAX_TRACED_FORWARDS:,} are traced): lower --overlap, "
+            "raise --sw-batch-size, or probe a smaller image with the same window"
+        )
 
 
 def _sliding_window(
@@ -298,6 +314,7 @@ class InferenceRunner:
             gc.collect()
 
     def _measure_tracked(self, config: InferenceConfig) -> InferenceMeasurement:
+        _check_window_count(config)
         model = self._network(config)
         importance = _importance_map(config)
         tracker = _GpuTracker()

@@ -38,6 +38,7 @@ from lightning.pytorch.utilities.parsing import lightning_setattr
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
+from memprobe.arguments import check_bool, check_db
 from memprobe.enums import Precision
 from memprobe.errors import InvalidInputError, NothingFitsError
 from memprobe.overheads import (
@@ -76,6 +77,17 @@ def module_key(module: nn.Module, sample: Any, precision: Precision) -> str:
     sample_shapes = [(tuple(t.shape[1:]), str(t.dtype)) for t in tensors]
     digest = hashlib.sha256(repr((shapes, sample_shapes)).encode()).hexdigest()[:16]
     return f"{cls.__module__}.{cls.__qualname__}#{digest}#{precision.value}"
+
+
+def _checked_gpu_mem(gpu_mem: object) -> str | int | None:
+    """Ensure ``gpu_mem`` is a memory size now, not when ``fit`` reaches the callback."""
+    if gpu_mem is None:
+        return None
+    try:
+        parse_bytes(gpu_mem)  # type: ignore[arg-type]
+    except InvalidInputError as error:
+        raise InvalidInputError(f"gpu_mem: {error}") from None
+    return gpu_mem  # type: ignore[return-value]
 
 
 def _precision(trainer: Trainer) -> Precision:
@@ -188,9 +200,9 @@ class MemprobeBatchSizeFinder(BatchSizeFinder):
         verify: bool = True,
     ) -> None:
         super().__init__(mode, steps_per_trial, init_val, max_trials, batch_arg_name, margin, max_val)
-        self.gpu_mem = gpu_mem
-        self.db = db
-        self.verify = verify
+        self.gpu_mem = _checked_gpu_mem(gpu_mem)
+        self.db = check_db(db)
+        self.verify = check_bool(verify, "verify")
         self.answered_from_database = False
         self.traces_run = 0
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from memprobe.errors import InvalidInputError
+from memprobe.input_files import read_input_text, shown
 
 EXTRACT_HINT = "run `nnUNetv2_extract_fingerprint -d DATASET` (or nnUNetv2_plan_and_preprocess) first"
 
@@ -45,24 +47,30 @@ def read_fingerprint(path: str | Path) -> TargetGeometry:
         InvalidInputError: the file is missing or is not a dataset fingerprint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(f"no dataset fingerprint at {path}: {EXTRACT_HINT}")
+    if not path.exists():
+        raise InvalidInputError(f"no dataset fingerprint at {shown(path)}: {EXTRACT_HINT}")
+    text = read_input_text(path, "dataset fingerprint")
     try:
-        data = json.loads(path.read_text())
-        spacings = np.asarray(data["spacings"], dtype=float)
-        shapes = np.asarray(data["shapes_after_crop"], dtype=float)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        data = json.loads(text)
+        spacings = np.asarray(_numbers(data["spacings"]), dtype=float)
+        shapes = np.asarray(_numbers(data["shapes_after_crop"]), dtype=float)
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as error:
         raise InvalidInputError(
-            f"{path} is not an nnU-Net dataset fingerprint ({type(error).__name__}: {error}): {EXTRACT_HINT}"
-        ) from error
+            f"{shown(path)} is not an nnU-Net dataset fingerprint ({type(error).__name__}: {shown(error)}): {EXTRACT_HINT}"
+        ) from None
     if (
         spacings.ndim != 2
         or spacings.shape[1] != 3
         or shapes.shape != spacings.shape
+        or not np.isfinite(spacings).all()
+        or not np.isfinite(shapes).all()
         or (spacings <= 0).any()
+        or (shapes < 1).any()
+        or (shapes != np.round(shapes)).any()
     ):
         raise InvalidInputError(
-            f"{path}: 'spacings' and 'shapes_after_crop' must hold 3 positive values per case"
+            f"{shown(path)}: 'spacings' (finite, above 0) and 'shapes_after_crop' (whole numbers of at least 1) "
+            "must hold 3 values per case"
         )
     target = _target_spacing(spacings, shapes)
     resampled = np.round(shapes * spacings / target)
@@ -71,6 +79,16 @@ def read_fingerprint(path: str | Path) -> TargetGeometry:
     depth, height, width = (float(target[axis]) for axis in order)
     d, h, w = (int(median[axis]) for axis in order)
     return TargetGeometry((depth, height, width), (d, h, w), order)
+
+
+def _numbers(cases: Any) -> Any:
+    """Refuse strings and booleans where JSON numbers belong (numpy would read "80" as 80)."""
+    if not isinstance(cases, list) or not all(
+        isinstance(case, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in case)
+        for case in cases
+    ):
+        raise TypeError("every case must be a list of numbers")
+    return cases
 
 
 def transpose_forward(target_spacing: np.ndarray) -> tuple[int, int, int]:

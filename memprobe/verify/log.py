@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from memprobe.errors import InvalidInputError
+from memprobe.input_files import read_input_text, shown
 
 LOG_NAME = "measurements.jsonl"
 
@@ -28,18 +29,17 @@ class ResultLog:
             self._read(path)
 
     def _read(self, path: Path) -> None:
-        text = path.read_text()
+        text = read_input_text(path, "--out")
         if text and not text.endswith("\n"):
             with path.open("a") as file:  # end the line a killed run left half-written
                 file.write("\n")
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+        for number, line in enumerate(text.splitlines(), start=1):
+            record = _record(line, number, path)
+            if record is None:
                 continue  # the last line of a run killed mid-write
             if record.get("device") != self.device:
                 raise InvalidInputError(
-                    f"{path} holds results from {record.get('device')!r}, not {self.device!r}: "
+                    f"{path} holds results from {shown(repr(record.get('device')))}, not {self.device!r}: "
                     "choose another --out"
                 )
             self.records[record["key"]] = record
@@ -59,3 +59,22 @@ class ResultLog:
             file.write(json.dumps(record) + "\n")
             file.flush()
             os.fsync(file.fileno())
+
+
+def _record(line: str, number: int, path: Path) -> dict[str, Any] | None:
+    """The result on ``line``; None for a line cut off mid-write.
+
+    Raises:
+        InvalidInputError: the line is JSON but not a result memprobe wrote (another program's file).
+    """
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    except (ValueError, RecursionError):
+        record = None  # nested too deeply, or a number too long: memprobe writes neither
+    if not isinstance(record, dict) or not isinstance(record.get("key"), str) or "data" not in record:
+        raise InvalidInputError(
+            f"line {number} of {path} is not a verify result memprobe wrote: choose another --out"
+        )
+    return record

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
+from memprobe.errors import InvalidInputError
+from memprobe.output_paths import check_output_folder, write_atomically
 from memprobe.reporters import Report
 from memprobe.units import format_bytes
 from memprobe.verify.results import VerifyResult
 
 JSON_NAME = "verify.json"
 MARKDOWN_NAME = "gpu_truth.md"
+OUTPUT_NAMES = (JSON_NAME, MARKDOWN_NAME)
 UNSEEN_SHOWN = 8  # per recorded step; verify.json has them all
 REHEARSAL_NOTE = (
     "REHEARSAL on the CPU: the 'CUDA' columns are the cpu backend, not a GPU; nothing here is GPU truth"
@@ -128,12 +132,22 @@ def _environment_lines(result: VerifyResult) -> list[str]:
     ]
 
 
-def write_outputs(result: VerifyResult, out_dir: Path) -> None:
-    """Write ``verify.json`` (everything) and ``gpu_truth.md`` (the tables) into ``out_dir``."""
+def write_outputs(result: VerifyResult, out_dir: Path, *, reading: Iterable[str | Path] = ()) -> None:
+    """Write ``verify.json`` (everything) and ``gpu_truth.md`` (the tables) into ``out_dir``, each whole.
+
+    Both are checked like any ``--out`` first: never a file in ``reading`` (the database).
+
+    Raises:
+        InvalidInputError: a file cannot be written, or is one memprobe reads.
+    """
+    json_path, markdown_path = check_output_folder(out_dir, OUTPUT_NAMES, reading=reading)
+    _write(json_path, json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+    _write(markdown_path, _markdown(result))
+
+
+def _markdown(result: VerifyResult) -> str:
     from tabulate import tabulate
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / JSON_NAME).write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n")
     report = build_report(result)
     title = (
         "REHEARSAL (CPU, not GPU truth)" if result.rehearsal else str(result.environment.get("device_name"))
@@ -143,4 +157,12 @@ def write_outputs(result: VerifyResult, out_dir: Path) -> None:
         table = tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) if rows else "(none)"
         markdown += ["", f"## {heading}", "", table]
     markdown += ["", "## Notes", "", *(f"- {note}" for note in report.notes)]
-    (out_dir / MARKDOWN_NAME).write_text("\n".join(markdown) + "\n")
+    return "\n".join(markdown) + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace ``path`` whole: a full disk leaves the last run's file, not half of this one's."""
+    try:
+        write_atomically(path, text)
+    except OSError as error:
+        raise InvalidInputError(f"cannot write {path}: {error.strerror or error}") from None
