@@ -12,6 +12,7 @@ import json
 import pickle
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -349,3 +350,27 @@ def test_a_count_from_0_names_its_range() -> None:
     with pytest.raises(click.BadParameter, match="from 0 to 4611686018427387904"):
         INDEX.convert(str(2**63 - 1), None, None)
     assert INDEX.convert("0", None, None) == 0
+
+
+def test_an_isolated_probe_ends_when_its_result_is_reported_despite_a_lingering_thread(
+    tmp_path: Path,
+) -> None:
+    """The child of --isolate exits once it printed its measurement (a thread user code left is no hang)."""
+    module = tmp_path / "lingering_child_model.py"
+    module.write_text(
+        textwrap.dedent(
+            """
+            import threading, time
+            import torch
+
+            def make(in_channels, out_channels):
+                threading.Thread(target=time.sleep, args=(3600,)).start()
+                return torch.nn.Conv3d(in_channels, out_channels, 1)
+            """
+        )
+    )
+    started = time.perf_counter()
+    result = run_cli("probe", "--arch", "lingering_child_model:make", "--patch", "8", "8", "8", "--batch", "1",
+                     "--device", "trace", "--isolate", "--json", timeout=240, cwd=tmp_path)  # fmt: skip
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["peak_allocated_bytes"] > 0 and time.perf_counter() - started < 200
