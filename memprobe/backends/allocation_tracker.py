@@ -29,6 +29,23 @@ def cuda_block_size(nbytes: int) -> int:
     return -(-nbytes // CUDA_BLOCK_BYTES) * CUDA_BLOCK_BYTES
 
 
+# Dropouts that ATen's C++ (``_dropout_impl``) returns the input from, unallocated, when p is 0
+# or not training; PyTorch's Python decomposition, which fake tensors run, clones it instead, so
+# a traced eval-mode network with nn.Dropout (BasicUNet in inference) would count a copy no GPU makes.
+_IDENTITY_DROPOUTS = (
+    torch.ops.aten.dropout.default,
+    torch.ops.aten.feature_dropout.default,
+    torch.ops.aten.alpha_dropout.default,
+    torch.ops.aten.feature_alpha_dropout.default,
+)
+
+
+def _dropout_is_identity(args: Any, kwargs: dict[str, Any]) -> bool:
+    probability = args[1] if len(args) > 1 else kwargs.get("p", 0.0)
+    train = args[2] if len(args) > 2 else kwargs.get("train", True)
+    return not train or probability == 0
+
+
 class AllocationTracker(TorchDispatchMode):
     """Track current and peak live storage bytes, overall and per named phase."""
 
@@ -62,6 +79,8 @@ class AllocationTracker(TorchDispatchMode):
         self._module_stack: list[str] = []
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in _IDENTITY_DROPOUTS and _dropout_is_identity(args, kwargs or {}):
+            return args[0]  # as ATen's _dropout_impl: the input itself, nothing allocated
         out = func(*args, **(kwargs or {}))
         self._op = str(func)
         for leaf in tree_leaves(out):

@@ -27,7 +27,7 @@ from memprobe.inference.measurement import InferenceMeasurement
 from memprobe.measurement import Environment
 
 # Bump when a change to the inference measuring code changes what a measurement would read.
-INFERENCE_CODE_VERSION = 1
+INFERENCE_CODE_VERSION = 2  # 2: an eval-mode dropout is the identity on trace, as on a GPU
 SETTINGS = "settings_json"
 _TABLES = ("inference_measurements", "inference_calibrations")
 

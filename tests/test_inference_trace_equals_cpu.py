@@ -1,0 +1,29 @@
+"""Inference on trace counts what real execution on the CPU allocates, for every registered network."""
+
+from __future__ import annotations
+
+import pytest
+
+from memprobe.archs.registry import ARCHS, axis_divisors, get_arch, smallest_patch
+from memprobe.inference.config import make_inference_config
+from memprobe.inference.run import InferenceRunner
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_trace_equals_cpu_execution_in_inference(arch: str) -> None:
+    """Two windows a batch over an image of three: the same peak to the byte on both backends."""
+    spec = get_arch(arch)
+    roi = smallest_patch(spec)
+    image = (roi[0] + axis_divisors(spec)[0], roi[1], roi[2])
+    config = make_inference_config(arch, roi, image, 2)
+    traced, executed = (InferenceRunner(kind).measure(config) for kind in ("trace", "cpu"))
+    assert traced.peak_allocated_bytes == executed.peak_allocated_bytes, arch
+    assert traced.phase_peaks_bytes == executed.phase_peaks_bytes, arch
+
+
+def test_an_eval_mode_dropout_is_not_counted_as_a_copy() -> None:
+    """BasicUNet's nn.Dropout in eval: ATen returns its input; the decomposition fake tensors run cloned it."""
+    config = make_inference_config("basicunet", (32, 32, 32), (40, 72, 56), 2)
+    traced, executed = (InferenceRunner(kind).measure(config) for kind in ("trace", "cpu"))
+    assert traced.peak_allocated_bytes == executed.peak_allocated_bytes
