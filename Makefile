@@ -47,9 +47,11 @@ lint: install
 	$(VENV)/bin/ruff format --check memprobe tests benchmarks scripts
 	$(VENV)/bin/mypy memprobe
 
-# Rebuild the calibrations shipped in memprobe/data from trace measurements (tens of minutes).
+# Rebuild the calibrations shipped in memprobe/data from trace measurements (tens of minutes):
+# training steps, then MONAI's sliding-window inference.
 shipped: install
 	$(PY) scripts/build_shipped.py
+	$(PY) scripts/build_shipped_inference.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .benchmarks .bench-results

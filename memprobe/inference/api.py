@@ -34,6 +34,58 @@ def inference_calibrations(db: str | Path | None = None) -> list[InferenceCalibr
         return stored(database)
 
 
+INFERENCE_SHIPPED_FILE = "inference_calibrations.json"
+
+
+def shipped_inference_calibrations() -> list[InferenceCalibration]:
+    """Inference calibrations packaged with memprobe (`make shipped`); none with MEMPROBE_NO_SHIPPED=1."""
+    import dataclasses
+    import os
+    from importlib import resources
+
+    from memprobe.inference.calibration import INFERENCE
+    from memprobe.row_checks import BadRowError, calibration_from_fields, warn_bad_row
+    from memprobe.sources import NO_SHIPPED_VARIABLE
+
+    if os.environ.get(NO_SHIPPED_VARIABLE):
+        return []
+    try:
+        text = resources.files("memprobe.data").joinpath(INFERENCE_SHIPPED_FILE).read_text()
+    except FileNotFoundError:
+        return []
+    result = []
+    for number, item in enumerate(json.loads(text)):
+        try:
+            if not isinstance(item, dict) or item.get("optimizer") != INFERENCE:
+                raise BadRowError("not an inference calibration")
+            # Checked as a training calibration's fields are; "optimizer" names the mode, not an optimizer.
+            checked = calibration_from_fields({**item, "optimizer": "adamw"}, source="shipped")
+        except BadRowError as error:
+            warn_bad_row(
+                INFERENCE_SHIPPED_FILE,
+                "shipped inference calibration",
+                number,
+                str(error),
+                "reinstall memprobe",
+            )
+            continue
+        result.append(
+            InferenceCalibration(**{f.name: getattr(checked, f.name) for f in dataclasses.fields(checked)})
+        )
+    return result
+
+
+def all_inference_calibrations(db: str | Path | None = None) -> list[InferenceCalibration]:
+    """The user's inference calibrations, then the shipped ones for keys the user has not calibrated."""
+    own = inference_calibrations(db)
+    keys = {_key(c) for c in own}
+    return own + [c for c in shipped_inference_calibrations() if _key(c) not in keys]
+
+
+def _key(calibration: InferenceCalibration) -> tuple[str, str, str, str]:
+    return calibration.arch, calibration.device, calibration.precision, calibration.predictor.value
+
+
 def choose_inference_calibration(
     arch: str,
     precision: str,
@@ -53,7 +105,7 @@ def choose_inference_calibration(
     wanted, fallback = resolve_device(device)
     matching = [
         c
-        for c in inference_calibrations(db)
+        for c in all_inference_calibrations(db)
         if c.arch == arch and c.precision == precision and c.predictor is predictor
     ]
     for name in (wanted, fallback):

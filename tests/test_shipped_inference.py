@@ -1,0 +1,56 @@
+"""Inference calibrations ship with memprobe: a new user's `suggest --mode inference` answers at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memprobe.archs.registry import ARCHS
+from memprobe.inference.api import shipped_inference_calibrations
+from tests.robustness_helpers import invoke
+
+
+@pytest.fixture(autouse=True)
+def _shipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEMPROBE_NO_SHIPPED", raising=False)
+
+
+def test_every_registered_network_ships_monais_inference_at_fp32_and_bf16() -> None:
+    shipped = {(c.arch, c.precision, c.predictor.value, c.device) for c in shipped_inference_calibrations()}
+    assert {
+        (arch, precision, "monai", "trace") for arch in ARCHS for precision in ("fp32", "bf16-mixed")
+    } <= shipped
+    assert all(c.source == "shipped" and c.quality.heldout_max_relative_error is not None
+               for c in shipped_inference_calibrations())  # fmt: skip
+
+
+def test_a_new_user_gets_an_inference_plan_from_the_shipped_calibration(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    result = invoke(capsys, "suggest", "--mode", "inference", "--arch", "basicunet", "--patch", "96", "96", "96",
+                    "--image-shape", "600", "512", "512", "--out-channels", "16", "--gpu-mem", "24GiB",
+                    "--db", str(tmp_path / "new.sqlite"), "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert data["calibration"]["source"] == "shipped" and data["calibration"]["device"] == "trace"
+    assert data["sw_batch_size"] >= 1 and not (tmp_path / "new.sqlite").exists()
+
+
+def test_the_users_own_inference_calibration_answers_before_the_shipped_one(tmp_path: Path) -> None:
+    from memprobe.db import Database
+    from memprobe.inference.api import all_inference_calibrations
+    from memprobe.inference.store import add_inference_calibration
+    from tests.test_inference_cli import _calibration
+
+    db = tmp_path / "db.sqlite"
+    with Database.open(db) as database:
+        add_inference_calibration(database, _calibration())
+    own = _calibration()
+    found = [
+        c
+        for c in all_inference_calibrations(db)
+        if (c.arch, c.precision, c.device) == (own.arch, own.precision, own.device)
+    ]
+    assert len(found) == 1 and found[0].source != "shipped"
