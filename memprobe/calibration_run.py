@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 from memprobe.archs.registry import ArchSpec, axis_divisors, resolve_arch, smallest_patch
 from memprobe.calibrated_formula import Calibration
 from memprobe.config import StepConfig
+from memprobe.enums import Strategy
 from memprobe.errors import InvalidInputError, ModelError
+from memprobe.exports import DDP_DEFAULT_BUCKET_CAP_MB, DDP_DEFAULT_GRADIENT_AS_BUCKET_VIEW
 from memprobe.fit import (
     RESERVED,
     fit_parameter_model,
@@ -284,9 +286,8 @@ def calibrate(
             f"{'x'.join(map(str, axis_divisors(spec)))}): declare the network's rule with --divisor and --min-patch"
         )
     heldout = [measure_or_record(log, config) for config in points.heldout]
-    calibration = fit_calibration(
-        spec, base, environment.calibration_device, fitted, heldout, environment.to_dict()
-    )
+    recorded = environment.to_dict() | _bucket_settings(log.backend, base)
+    calibration = fit_calibration(spec, base, environment.calibration_device, fitted, heldout, recorded)
     if log.db is not None:  # stored before the searches: a search that fails must not lose the fit
         log.db.add_calibration(calibration, environment)
     searches = _limit_searches(log, base, spec, budget_bytes, calibration) if search else []
@@ -299,6 +300,23 @@ def calibrate(
         reused=log.reused,
         budget_bytes=budget_bytes,
     )
+
+
+def _bucket_settings(backend: object, base: StepConfig) -> dict[str, object]:
+    """DDP's bucket settings the ranks were measured with, kept beside the calibration: they are not in its key.
+
+    A backend built without them (every one `memprobe calibrate` builds) uses DDP's defaults.
+    """
+    if base.strategy is not Strategy.DDP:
+        return {}
+    return {
+        "ddp_buckets": {
+            "bucket_cap_mb": getattr(backend, "bucket_cap_mb", DDP_DEFAULT_BUCKET_CAP_MB),
+            "gradient_as_bucket_view": getattr(
+                backend, "gradient_as_bucket_view", DDP_DEFAULT_GRADIENT_AS_BUCKET_VIEW
+            ),
+        }
+    }
 
 
 def _limit_searches(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -205,6 +206,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX calibrations_by_key ON calibrations (
         arch, device, precision, optimizer, deep_supervision, strategy, world_size
     );
+    """,
+    # 7: what an inference configuration sets beyond MONAI's defaults (``InferenceConfig.settings``:
+    # the nnU-Net predictor, its mirroring, ``buffer_steps``), part of a measurement's lookup and a
+    # calibration's key. memprobe before schema 7 added the column when a row first needed it;
+    # apply_migrations skips an ADD COLUMN the table has already.
+    """
+    ALTER TABLE inference_measurements ADD COLUMN settings_json TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE inference_calibrations ADD COLUMN settings_json TEXT NOT NULL DEFAULT '{}';
+    DROP INDEX IF EXISTS inference_measurements_by_config;
+    CREATE INDEX inference_measurements_by_config ON inference_measurements (
+        environment_id, arch, precision, roi_d, roi_h, roi_w, image_d, image_h, image_w, sw_batch_size,
+        settings_json
+    );
+    DROP INDEX IF EXISTS inference_calibrations_by_key;
+    CREATE INDEX inference_calibrations_by_key ON inference_calibrations (arch, device, precision, settings_json);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -914,16 +930,34 @@ def _check_schema(where: object, version: int, tables: set[str]) -> None:
         raise DatabaseError(f"{where} is an SQLite database of something else: pass another --db")
 
 
-def apply_migrations(connection: Any, current: int, translate: Callable[[str], str] = str) -> None:
+def apply_migrations(
+    connection: Any,
+    current: int,
+    translate: Callable[[str], str] = str,
+    columns: Callable[[Any], dict[str, set[str]]] | None = None,
+) -> None:
     """Run every migration after ``current`` inside the caller's transaction, recording each.
 
-    ``translate`` turns a migration's SQLite DDL into another server's (PostgreSQL's).
+    ``translate`` turns a migration's SQLite DDL into another server's (PostgreSQL's), and
+    ``columns`` reads the tables' columns there (default: SQLite's). An ``ADD COLUMN`` of a
+    column the table has already is skipped: memprobe before schema 7 added ``settings_json``
+    when first needed, and SQLite has no ``ADD COLUMN IF NOT EXISTS``.
     """
+    read_columns = columns or _table_columns
     for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        present = read_columns(connection) if _ADD_COLUMN.search(script) else {}
         for statement in translate(script).split(";"):
-            if statement.strip():
+            if statement.strip() and not _adds_present_column(statement, present):
                 connection.execute(statement)
         connection.execute(f"PRAGMA user_version = {number}")
+
+
+_ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)")
+
+
+def _adds_present_column(statement: str, present: dict[str, set[str]]) -> bool:
+    match = _ADD_COLUMN.match(" ".join(statement.split()))
+    return match is not None and match.group(2) in present.get(match.group(1), set())
 
 
 def _migrate(connection: sqlite3.Connection) -> None:

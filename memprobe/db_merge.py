@@ -25,6 +25,7 @@ from memprobe.row_checks import (
     Row,
     calibration_from_fields,
     calibration_from_row,
+    column,
     environment_from_row,
     measurement_from_row,
     warn_bad_row,
@@ -66,8 +67,13 @@ _KEYS: dict[str, tuple[str, ...] | None] = {  # None: every column that is not a
     "measurements": None,
     "calibrations": (*_CALIBRATION_KEY, "created_at"),
     "inference_measurements": None,
-    "inference_calibrations": ("arch", "device", "precision", "created_at"),
+    "inference_calibrations": ("arch", "device", "precision", "settings_json", "created_at"),
     "module_peaks": ("module_key", "device_kind", "batch", "peak_allocated_bytes", "created_at"),
+}
+# Columns a source read as it is (a server of an older schema) may lack, with the value migrating gives.
+_MIGRATED_DEFAULTS: dict[str, dict[str, object]] = {
+    "inference_measurements": {"settings_json": "{}"},
+    "inference_calibrations": {"settings_json": "{}"},
 }
 
 
@@ -195,11 +201,6 @@ def _copy(source: Database, target: Database, copied: dict[str, int], duplicates
                 skipped += 1
                 continue
             usable.append(row)
-        columns = usable[0].keys() if usable else []  # sqlite3.Row's `in` looks at values, not names
-        if table.startswith("inference_") and "settings_json" in columns:
-            from memprobe.inference.store import ensure_settings_column
-
-            ensure_settings_column(target)  # the inference store adds it when a row first needs it
         new, known = _insert_new(target, table, usable, environments)
         copied[table] = copied.get(table, 0) + new
         duplicates[table] = duplicates.get(table, 0) + known
@@ -263,8 +264,9 @@ def _insert_new(
     """Insert the rows whose key ``target`` does not hold yet, in one transaction."""
     if not rows:
         return 0, 0
+    defaults = _MIGRATED_DEFAULTS.get(table, {})
     names: list[str] = rows[0].keys()
-    columns = [name for name in names if name != "id"]
+    columns = [*(name for name in defaults if name not in names), *(name for name in names if name != "id")]
     key_columns = _KEYS[table] or tuple(name for name in columns if name not in _RESULT_COLUMNS)
     copied = duplicates = 0
     with target._write() as connection:
@@ -273,7 +275,7 @@ def _insert_new(
             for row in connection.execute(f"SELECT {', '.join(key_columns)} FROM {table}").fetchall()
         }
         for row in rows:
-            values = {name: row[name] for name in columns}
+            values = {name: column(row, name, defaults.get(name)) for name in columns}
             if values.get("environment_id") is not None:
                 values["environment_id"] = environments[values["environment_id"]]
             key = tuple(values[name] for name in key_columns)

@@ -264,7 +264,7 @@ def _migrate(connection: PostgresConnection) -> None:
                 f"memprobe understands ({SCHEMA_VERSION}): upgrade memprobe"
             )
         _check_columns(connection, version)
-        apply_migrations(connection, version, ddl)
+        apply_migrations(connection, version, ddl, _columns)
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
@@ -301,12 +301,17 @@ def _check_columns(connection: PostgresConnection, version: int) -> None:
     """Refuse a server whose tables lack a column of its recorded schema version."""
     from memprobe.db import check_columns
 
+    check_columns(connection.location, _columns(connection), version)
+
+
+def _columns(connection: PostgresConnection) -> dict[str, set[str]]:
+    """The columns of each table in the server's current schema."""
     present: dict[str, set[str]] = {}
     for table, column in connection.execute(
         "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"
     ).fetchall():
         present.setdefault(table, set()).add(column)
-    check_columns(connection.location, present, version)
+    return present
 
 
 def _refuse_foreign(connection: PostgresConnection) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from memprobe.calibrated_formula import Calibration
 
 
 def pytc_config(
@@ -58,3 +61,54 @@ def batch_exports(
     if strategy != "single":
         result["data_parallel"] = data_parallel(per_rank_batch, strategy, world_size)
     return result
+
+
+# DistributedDataParallel's defaults, which every DDP rank memprobe calibrates is measured with
+# (memprobe.backends.distributed holds the same values beside torch; planning stays torch-free).
+DDP_DEFAULT_BUCKET_CAP_MB = 25
+DDP_DEFAULT_GRADIENT_AS_BUCKET_VIEW = False
+
+
+def ddp_buckets(calibration: Calibration) -> dict[str, Any] | None:
+    """The DDP bucket settings a calibration of a DDP layout was measured with; None for other layouts.
+
+    They are not part of the calibration's key: a calibration that recorded them (its
+    environment's ``ddp_buckets``) gives them as ``measured``; one that did not was made by
+    `memprobe calibrate`, which takes no bucket settings, so DDP's defaults are ``assumed``.
+    """
+    if calibration.strategy != "ddp":
+        return None
+    recorded = calibration.environment.get("ddp_buckets")
+    if isinstance(recorded, Mapping) and {"bucket_cap_mb", "gradient_as_bucket_view"} <= set(recorded):
+        return {
+            "bucket_cap_mb": recorded["bucket_cap_mb"],
+            "gradient_as_bucket_view": bool(recorded["gradient_as_bucket_view"]),
+            "source": "measured",
+        }
+    return {
+        "bucket_cap_mb": DDP_DEFAULT_BUCKET_CAP_MB,
+        "gradient_as_bucket_view": DDP_DEFAULT_GRADIENT_AS_BUCKET_VIEW,
+        "source": "assumed",
+    }
+
+
+def ddp_buckets_note(buckets: Mapping[str, Any]) -> str:
+    """One line on the DDP bucket settings a plan rests on, and how to check others."""
+    settings = (
+        f"bucket_cap_mb={buckets['bucket_cap_mb']:g}, "
+        f"gradient_as_bucket_view={buckets['gradient_as_bucket_view']}"
+    )
+    if buckets["source"] == "measured":
+        why = "as its calibration was measured"
+    else:
+        why = "DDP's defaults, assumed: the calibration does not record them and `memprobe calibrate` measures with no others"
+    return (
+        f"ddp buckets: {settings} ({why}); other settings change the need: "
+        "`memprobe probe --gpus N --strategy ddp --bucket-cap-mb MB --gradient-as-bucket-view` measures them"
+    )
+
+
+def ddp_buckets_text(buckets: Mapping[str, Any]) -> str:
+    """A few words for a table cell: the bucket settings and whether they were measured."""
+    views = "as views" if buckets["gradient_as_bucket_view"] else "not as views"
+    return f"ddp buckets {buckets['bucket_cap_mb']:g} MB, gradients {views} ({buckets['source']})"

@@ -16,7 +16,12 @@ from typing import Any
 
 from memprobe.errors import InvalidInputError
 from memprobe.input_files import shown
-from memprobe.pytc_planner import DEFAULT_ARCHITECTURE, DEFAULT_SAFETY_MARGIN, AutoConfigPlanner
+from memprobe.pytc_planner import (
+    DEFAULT_ARCHITECTURE,
+    DEFAULT_SAFETY_MARGIN,
+    AutoConfigPlanner,
+    data_parallel_notes,
+)
 from memprobe.pytc_result import AutoPlanResult, format_plan
 from memprobe.pytc_values import check_value
 
@@ -159,13 +164,20 @@ def plan_config(
     safety_margin: float | None = None,
     db: str | Path | None = None,
     device: str | None = None,
+    strategy: str | None = None,
+    world_size: int = 1,
     planner_class: type[AutoConfigPlanner] = AutoConfigPlanner,
 ) -> ConfigPlan:
     """Plan the values ``config`` leaves unset, around the ones it sets; ``config`` is not changed.
 
+    With ``world_size`` above 1 (``strategy`` ddp, the default, or fsdp) the config is planned
+    for one rank from a calibration of that layout: ``data.batch_size`` is the per-rank batch,
+    as PyTorch Connectomics and Lightning take it per device, and the notes give the global one.
+
     Raises:
         InvalidInputError: an architecture memprobe has no network for (see `memprobe archs`).
-        NoCalibrationError: that network has no calibration (the message names `memprobe calibrate`).
+        NoCalibrationError: that network has no calibration of that layout (the message names
+            the `memprobe calibrate` command, with its --gpus and --strategy).
     """
     _check_config(config, Mapping)
     auto_plan = lookup(config, "system.auto_plan")
@@ -200,8 +212,11 @@ def plan_config(
         safety_margin=safety_margin or DEFAULT_SAFETY_MARGIN,
         db=db,
         device=device,
+        strategy=strategy,
+        world_size=world_size,
     )
     result = planner.plan(**model)
+    notes += data_parallel_notes(result)
     planned = {
         write_path(config, target): getattr(result, target.name)
         for target in TARGETS
@@ -245,8 +260,8 @@ def auto_plan_config(config: Any, print_results: bool = True, **planning: Any) -
     Args:
         config: an OmegaConf ``DictConfig`` or a plain nested dict; changed in place.
         print_results: print what was set and kept, and the plan.
-        **planning: ``gpu_memory_gb``, ``num_gpus``, ``safety_margin``, ``db``, ``device``
-            (see ``plan_config``).
+        **planning: ``gpu_memory_gb``, ``num_gpus``, ``safety_margin``, ``db``, ``device``,
+            ``strategy``, ``world_size`` (see ``plan_config``).
 
     Returns:
         ``config``, as PyTorch Connectomics' ``auto_plan_config`` does.

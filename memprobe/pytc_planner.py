@@ -22,8 +22,10 @@ from memprobe.arguments import (
     check_optional_count,
     check_text,
 )
+from memprobe.config import data_parallel
 from memprobe.enums import Precision
 from memprobe.errors import InvalidInputError
+from memprobe.exports import data_parallel_note, ddp_buckets, ddp_buckets_note
 from memprobe.gpu_info import detect_gpus
 from memprobe.input_files import shown
 from memprobe.pytc_gpu import gpu_info_dict
@@ -54,6 +56,9 @@ _MEMPROBE_FIELDS = {
     "predicted_peak_bytes",
     "budget_bytes",
     "warnings",
+    "strategy",
+    "world_size",
+    "ddp_buckets",
 }
 # The values planning decides; every other override names a result field and is copied to it.
 _PLANNED = ("batch_size", "patch_size", "precision", "accumulate_grad_batches", "num_workers", "lr")
@@ -92,6 +97,14 @@ def _checked_overrides(overrides: object) -> dict[str, Any]:
     }
 
 
+def data_parallel_notes(result: AutoPlanResult) -> list[str]:
+    """On several GPUs: the layout, the per-rank and global batch, and DDP's bucket settings."""
+    if result.strategy == "single":
+        return []
+    notes = [data_parallel_note(result.batch_size, result.strategy, result.world_size)]
+    return notes + ([ddp_buckets_note(result.ddp_buckets)] if result.ddp_buckets else [])
+
+
 def _defaults_for(spec: ArchSpec) -> dict[str, Any]:
     return {
         "arch": spec.name,
@@ -121,10 +134,13 @@ class AutoConfigPlanner:
         num_gpus: GPUs to train on (for workers); default the number detected, at least 1.
         safety_margin: share of the memory a plan may use.
         db, device: which calibrations answer (see ``memprobe.estimate``).
+        strategy, world_size: plan one rank of ``world_size``-GPU data parallelism (``ddp``,
+            the default for several GPUs, or ``fsdp``) from a calibration of that layout;
+            ``batch_size`` is then per rank, as Lightning takes it per device.
 
     Raises:
-        InvalidInputError: an architecture memprobe has no network for, an unknown override, or an
-            argument of the wrong type (it is named).
+        InvalidInputError: an architecture memprobe has no network for, an unknown override, an
+            impossible layout, or an argument of the wrong type (it is named).
     """
 
     def __init__(
@@ -140,8 +156,13 @@ class AutoConfigPlanner:
         safety_margin: float = DEFAULT_SAFETY_MARGIN,
         db: str | Path | None = None,
         device: str | None = None,
+        strategy: str | None = None,
+        world_size: int = 1,
     ) -> None:
         check_text(architecture, "architecture", optional=False)
+        layout = data_parallel(strategy, world_size)
+        self.strategy: str = layout["strategy"].value  # type: ignore[attr-defined]
+        self.world_size: int = layout["world_size"]  # type: ignore[assignment]
         self.architecture = architecture
         spacing = target_spacing if target_spacing is not None else [1.0, 1.0, 1.0]
         self.target_spacing: list[float] = check_value("target_spacing", spacing)
@@ -229,6 +250,8 @@ class AutoConfigPlanner:
             deep_supervision=context.deep_supervision,
             db=self.db,
             device=self.device,
+            strategy=self.strategy,
+            world_size=self.world_size,
         )
         self._patch_reasons, self._planned_patch = plan.reasons, list(plan.patch)
         return list(plan.patch)
@@ -281,6 +304,8 @@ class AutoConfigPlanner:
             deep_supervision=deep_supervision,
             db=self.db,
             device=self.device,
+            strategy=self.strategy,
+            world_size=self.world_size,
         )
         values = {name: value.value for name, value in full.values.items()}
         reasons = {name: value.reason for name, value in full.values.items()}
@@ -296,6 +321,7 @@ class AutoConfigPlanner:
             calibration = estimate(
                 self.arch, patch, batch, precision.value, in_channels=in_channels,
                 out_channels=out_channels, deep_supervision=deep_supervision, db=self.db, device=self.device,
+                strategy=self.strategy, world_size=self.world_size,
             ).calibration  # fmt: skip
         estimated_gb = full.predicted_peak_bytes / _GB
         result = AutoPlanResult(
@@ -316,6 +342,9 @@ class AutoConfigPlanner:
             calibration_source=describe_calibration(calibration),
             predicted_peak_bytes=full.predicted_peak_bytes,
             budget_bytes=self.budget_bytes,
+            strategy=self.strategy,
+            world_size=self.world_size,
+            ddp_buckets=ddp_buckets(calibration),
         )
         return self._apply_other_overrides(replace(result, planning_notes=self._notes(result)))
 
@@ -332,6 +361,7 @@ class AutoConfigPlanner:
             self._budget_note,
             f"Estimated memory: {result.estimated_gpu_memory_gb:.2f} GB ({usage:.1%} of GPU)",
             f"Batch size: {result.batch_size}",
+            *data_parallel_notes(result),
             f"Num workers: {result.num_workers}",
             f"Learning rate: {result.lr}",
             f"Calibration: {result.calibration_source}",

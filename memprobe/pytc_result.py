@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from memprobe.calibrated_formula import Calibration
 
@@ -30,6 +31,15 @@ class AutoPlanResult:
     calibration_source: str = ""
     predicted_peak_bytes: float = 0.0
     budget_bytes: int = 0
+    # The data-parallel layout planned for: batch_size is one rank's (per device, as Lightning takes it).
+    strategy: str = "single"
+    world_size: int = 1
+    ddp_buckets: dict[str, Any] | None = None  # DDP's bucket settings the calibration rests on
+
+    @property
+    def global_batch_size(self) -> int:
+        """The batch of one optimizer step over every rank (before accumulation)."""
+        return self.batch_size * self.world_size
 
     def __repr__(self) -> str:
         return (
@@ -47,13 +57,20 @@ def describe_calibration(calibration: Calibration) -> str:
     return f"{calibration.arch} on {calibration.device} ({modes}), {where}"
 
 
+def _batch_text(result: AutoPlanResult) -> str:
+    if result.strategy == "single":
+        return str(result.batch_size)
+    layout = f"{result.strategy} x{result.world_size}"
+    return f"{result.batch_size} per GPU ({layout}: global batch {result.global_batch_size})"
+
+
 def format_plan(result: AutoPlanResult) -> str:
     """The text ``print_plan`` prints."""
     rule = "=" * 70
     lines = [rule, "Automatic Configuration Planning Results (memprobe)", rule, "", "Data Configuration:"]
-    lines += [f"  Patch Size: {result.patch_size}", f"  Batch Size: {result.batch_size}"]
+    lines += [f"  Patch Size: {result.patch_size}", f"  Batch Size: {_batch_text(result)}"]
     if result.accumulate_grad_batches > 1:
-        effective = result.batch_size * result.accumulate_grad_batches
+        effective = result.global_batch_size * result.accumulate_grad_batches
         lines.append(
             f"  Gradient Accumulation: {result.accumulate_grad_batches} (effective batch_size={effective})"
         )

@@ -16,7 +16,7 @@ from memprobe.api import estimate, max_batch_size, max_patch_size
 from memprobe.archs.registry import resolve_arch
 from memprobe.calibrated_formula import Calibration
 from memprobe.enums import Precision, parse_enum
-from memprobe.exports import batch_exports, pytc_config
+from memprobe.exports import batch_exports, data_parallel_note, ddp_buckets, ddp_buckets_note, pytc_config
 from memprobe.gpu_info import GpuInfo
 from memprobe.memory_need import MemoryNeed
 from memprobe.size_planner import DEFAULT_SAFETY, describe_need, largest_batch_rule
@@ -47,16 +47,20 @@ class FullPlan:
         return self.values[name].value
 
     def data_parallel_notes(self) -> tuple[str, ...]:
-        """On several GPUs: the per-rank and global batch, in nnU-Net's and Lightning's terms."""
-        from memprobe.exports import data_parallel_note
-
+        """On several GPUs: the per-rank and global batch, in nnU-Net's and Lightning's terms;
+        under DDP also the bucket settings the calibration rests on."""
         c = self.calibration
         if c.strategy == "single":
             return ()
-        return (data_parallel_note(self.value("batch_size"), c.strategy, c.world_size),)
+        buckets = ddp_buckets(c)
+        return (
+            data_parallel_note(self.value("batch_size"), c.strategy, c.world_size),
+            *((ddp_buckets_note(buckets),) if buckets else ()),
+        )
 
     def exports(self) -> dict[str, Any]:
         patch, batch = self.value("patch_size"), self.value("batch_size")
+        buckets = ddp_buckets(self.calibration)
         return {
             "pytorch_connectomics": pytc_config(
                 patch,
@@ -65,6 +69,7 @@ class FullPlan:
                 self.value("accumulate_grad_batches"),
             ),
             **batch_exports(patch, batch, self.calibration.strategy, self.calibration.world_size),
+            **({"ddp_buckets": buckets} if buckets else {}),
         }
 
 

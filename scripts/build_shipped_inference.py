@@ -1,8 +1,10 @@
 """Rebuild the inference calibrations memprobe ships (memprobe/data/inference_calibrations.json).
 
 MONAI's sliding window for every registered network, at fp32 and bf16-mixed (what people infer
-with), on the trace backend. Measurements go to calibration/trace.sqlite and are reused on a
-re-run, so an interrupted build resumes. Run: `make shipped`.
+with), and nnU-Net's predictor (fp16 autocast, its defaults) for the nnU-Net topologies its
+planners choose for the benchmark's datasets (benchmarks/nnunet_calibrations.json), on the
+trace backend. Measurements go to calibration/trace.sqlite and are reused on a re-run, so an
+interrupted build resumes. Run: `make shipped`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from memprobe.archs.registry import ARCHS, resolve_arch
+from memprobe.archs.registry import ARCHS, axis_divisors, resolve_arch
 from memprobe.db import Database
 from memprobe.inference.calibration_run import calibrate_inference
 from memprobe.inference.config import make_inference_config
@@ -21,6 +23,26 @@ from memprobe.inference.run import InferenceRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("fp32", "bf16-mixed")
+NNUNET_TOPOLOGIES = ROOT / "benchmarks" / "nnunet_calibrations.json"
+
+
+def jobs(archs: list[str] | None) -> list[tuple[str, dict[str, object]]]:
+    """(architecture, inference settings): MONAI's window at each precision, then nnU-Net's predictor."""
+    monai = [
+        (arch, {"precision": precision, "overlap": 0.0})
+        for precision in PRECISIONS
+        for arch in archs or list(ARCHS)
+    ]
+    if archs is not None or not NNUNET_TOPOLOGIES.exists():
+        return monai
+    try:
+        import nnunetv2  # noqa: F401  (the predictor's own code is measured)
+    except ImportError:
+        print("nnunetv2 is not installed: nnU-Net's predictor is not calibrated", file=sys.stderr)
+        return monai
+    topologies = sorted({item["arch"] for item in json.loads(NNUNET_TOPOLOGIES.read_text())})
+    nnunet = {"predictor": "nnunet", "overlap": 0.5, "blend": "gaussian", "precision": "fp16-mixed"}
+    return monai + [(arch, nnunet) for arch in topologies]
 
 
 def main() -> int:
@@ -34,21 +56,21 @@ def main() -> int:
     runner = InferenceRunner("trace")
     shipped = []
     with Database.open(args.db) as db:
-        for precision in PRECISIONS:
-            for arch in args.arch or list(ARCHS):
-                started = time.perf_counter()
-                divisor = resolve_arch(arch).divisor
-                base = make_inference_config(arch, (2 * divisor,) * 3, (4 * divisor,) * 3, precision=precision,
-                                             overlap=0.0)  # fmt: skip
-                report = calibrate_inference(runner, base, db)
-                quality = report.calibration.quality
-                print(
-                    f"{arch:10s} {precision:10s} held-out median {100 * (quality.heldout_median_relative_error or 0):.2f}% "
-                    f"worst {100 * (quality.heldout_max_relative_error or 0):.2f}%  {report.measured} measured, "
-                    f"{report.reused} reused, {time.perf_counter() - started:.0f} s",
-                    flush=True,
-                )
-                shipped.append({**report.calibration.to_dict(), "source": "shipped"})
+        for arch, settings in jobs(args.arch):
+            started = time.perf_counter()
+            divisors = axis_divisors(resolve_arch(arch))  # nnU-Net's anisotropic topologies differ per axis
+            roi, image = tuple(2 * d for d in divisors), tuple(4 * d for d in divisors)
+            base = make_inference_config(arch, roi, image, **settings)  # type: ignore[arg-type]
+            report = calibrate_inference(runner, base, db)
+            quality = report.calibration.quality
+            print(
+                f"{arch:42s} {base.predictor.value:6s} {base.precision.value:10s} held-out median "
+                f"{100 * (quality.heldout_median_relative_error or 0):.2f}% worst "
+                f"{100 * (quality.heldout_max_relative_error or 0):.2f}%  {report.measured} measured, "
+                f"{report.reused} reused, {time.perf_counter() - started:.0f} s",
+                flush=True,
+            )
+            shipped.append({**report.calibration.to_dict(), "source": "shipped"})
     args.out.write_text(json.dumps(shipped, separators=(",", ":")) + "\n")  # per-op coefficients: compact
     print(f"wrote {len(shipped)} inference calibrations to {args.out}")
     return 0

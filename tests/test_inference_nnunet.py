@@ -204,7 +204,7 @@ def test_nnunet_settings_are_stored_and_keep_measurements_apart(tmp_path: Path) 
     mirrored = _nnunet(mirror_axes=(0, 1, 2), overlap=0.5)
     plain = make_inference_config(TINY, (16, 16, 16), (32, 32, 40), 1, overlap=0.5, out_channels=3)
     with Database.open(tmp_path / "db.sqlite") as db:
-        add_inference_measurement(db, runner.measure(plain))  # a MONAI row, before the settings column exists
+        add_inference_measurement(db, runner.measure(plain))  # a MONAI row (its settings: MONAI's)
         assert find_inference_measurement(db, mirrored, runner.environment()) is None
         add_inference_measurement(db, runner.measure(mirrored))
         found = find_inference_measurement(db, mirrored, runner.environment())

@@ -238,7 +238,7 @@ def test_a_database_from_before_the_quarantine_is_read_untouched_and_repair_upgr
     db = make_calibrated_db(tmp_path / "calib.sqlite")
     before_quarantine = next(i for i, script in enumerate(MIGRATIONS) if "CREATE TABLE quarantine" in script)
     connection = sqlite3.connect(db)
-    for script in MIGRATIONS[before_quarantine:]:  # the quarantine's migration and every later one
+    for script in reversed(MIGRATIONS[before_quarantine:]):  # the quarantine's migration and every later one
         for table in re.findall(r"CREATE TABLE (\w+)", script):
             connection.execute(f"DROP TABLE {table}")
         for index in re.findall(r"CREATE INDEX (\w+)", script):

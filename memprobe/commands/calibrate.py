@@ -21,6 +21,7 @@ from memprobe.commands.options import (
     training_step_option,
 )
 from memprobe.commands.progress import Progress
+from memprobe.exports import ddp_buckets, ddp_buckets_note
 from memprobe.measurement import Measurement
 from memprobe.reporters import Report
 
@@ -104,7 +105,9 @@ def calibrate(
 
     With --gpus N --strategy ddp|fsdp each point is one rank's step (its batch per rank): on
     trace and cpu on a fake process group, on cuda with N ranks launched; the calibration is
-    stored under its own key, which plans for that layout use.
+    stored under its own key, which plans for that layout use. DDP ranks are measured with DDP's
+    default buckets (bucket_cap_mb 25, gradient_as_bucket_view False), and plans say so; `memprobe
+    probe --bucket-cap-mb/--gradient-as-bucket-view` measures other settings.
     """
     from memprobe.api import calibrate as run_calibration
     from memprobe.archs.registry import resolve_arch
@@ -193,6 +196,7 @@ def _report(report: CalibrationReport) -> Report:
         _reserved_note(calibration),
         f"searches within {format_bytes(budget_bytes)}; {report.measured} steps measured, {report.reused} reused "
         f"from {report.stored_in or 'memory'}",
+        *((ddp_buckets_note(buckets),) if (buckets := ddp_buckets(calibration)) else ()),
     )
     data = {
         "calibration": calibration.to_dict(),

@@ -81,7 +81,7 @@ _INFERENCE_OPTIONS = (
         "--buffer-steps",
         type=click.IntRange(min=1),
         default=None,
-        help="Inference, MONAI: sliding_window_inference's buffer_steps (buffer_dim -1); probe only.",
+        help="Inference, MONAI: sliding_window_inference's buffer_steps (buffer_dim -1); suggest plans its buffer.",
     ),
     click.option(
         "--image-shape",
@@ -400,10 +400,6 @@ def suggest_view(
 
     if click.get_current_context().get_parameter_source("sw_batch_size") is not ParameterSource.DEFAULT:
         raise InvalidInputError("--sw-batch-size is what suggest plans: drop it")
-    if buffer_steps is not None:
-        raise InvalidInputError(
-            "--buffer-steps is not planned (the formula has no term for MONAI's buffer): measure it with probe"
-        )
     chosen = predictor_options(
         {
             "predictor": predictor,
@@ -434,6 +430,7 @@ def suggest_view(
         safety=safety,
         db=db_path,
         device=device,
+        buffer_steps=buffer_steps,
         **chosen,
     )
     emit(_plan_report(plan, budget_note(budget_bytes, gpu, gpu_mem)), as_json, "yaml" if as_yaml else None)
@@ -450,6 +447,7 @@ def _plan_report(plan: Any, budget_text: str) -> Report:
         "image": "x".join(map(str, c.image_shape)),
         "sw_batch_size": c.sw_batch_size,
         "stitch": c.stitch.value,
+        **({"buffer_steps": c.buffer_steps} if c.buffer_steps else {}),
         "windows": c.windows(),
         "total need": format_bytes(plan.need.total_bytes),
         "of budget": f"{plan.utilisation:.0%}",
@@ -479,6 +477,8 @@ def _plan_report(plan: Any, budget_text: str) -> Report:
     }
     if c.nnunet:
         data["nnunet_allowed_mirroring_axes"] = list(c.mirror_axes)
+    if c.buffer_steps:
+        data["buffer_steps"] = c.buffer_steps
     notes = [*plan.reasons, *(f"warning: {w}" for w in plan.warnings), budget_text]
     title = (
         f"What sw_batch_size {c.sw_batch_size} of {c.arch}, stitching on the {c.stitch.value.upper()}, needs"

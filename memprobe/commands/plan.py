@@ -57,7 +57,11 @@ from memprobe.size_planner import DEFAULT_SAFETY
     help="Share of the budget the whole need may use, on top of the calibrated margin.",
 )
 @click.option(
-    "--num-gpus", default=1, show_default=True, type=click.IntRange(min=1), help="GPUs (for workers)."
+    "--num-gpus",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="GPUs to plan dataloader workers for (4 each); not data parallelism, which --gpus plans.",
 )
 @click.option("--in-channels", default=1, show_default=True, type=CHANNELS, help="Input channels.")
 @click.option("--out-channels", default=2, show_default=True, type=CHANNELS, help="Output classes.")
@@ -116,14 +120,19 @@ def plan(
     memprobe plan --arch dynunet --gpu-mem 80GiB --batch 2 --yaml
     memprobe plan --config mednext_auto.yaml --gpu-mem 24GiB --out planned.yaml
     memprobe plan --arch basicunet --gpu-mem 40GiB --gpus 4 --strategy ddp --json
+    memprobe plan --config mednext_auto.yaml --gpu-mem 80GiB --gpus 4 --strategy ddp --out planned.yaml
 
     With --gpus N the batch is per rank (from a calibration of that layout); --json and --yaml
-    also give the global batch and nnU-Net's and Lightning's batch_size.
+    also give the global batch and nnU-Net's and Lightning's batch_size. With --config too, the
+    config's data.batch_size is the per-rank batch (PyTorch Connectomics and Lightning take it
+    per device). Under DDP the plan names the bucket settings its calibration rests on.
     """
     if config_path is not None or out_path is not None:
         from memprobe.commands.plan_config import plan_config_view
 
-        return plan_config_view(config_path, out_path, gpu_mem, safety, num_gpus, db_path, device, as_json)
+        return plan_config_view(
+            config_path, out_path, gpu_mem, safety, num_gpus, db_path, device, as_json, gpus, strategy
+        )
     from memprobe.commands.budget import budget_note, resolve_budget
     from memprobe.commands.plan_output import calibration_data, calibration_text, check_prediction, need_rows
     from memprobe.training_plan import make_plan

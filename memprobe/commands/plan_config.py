@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from memprobe.commands.options import emit
 from memprobe.reporters import Report
+
+if TYPE_CHECKING:
+    from memprobe.pytc_result import AutoPlanResult
 
 # Options the config itself answers, and the key that does.
 _DECIDED_BY_CONFIG = {
@@ -37,6 +42,16 @@ def _check_options(context: click.Context, config_path: str | None) -> None:
             raise click.UsageError(f"{option} cannot be combined with --config: set {key} in the config")
 
 
+def _layout(result: AutoPlanResult) -> dict[str, Any]:
+    """The per-rank and global batch in each convention, and DDP's bucket settings, on several GPUs."""
+    from memprobe.exports import data_parallel
+
+    if result.strategy == "single":
+        return {}
+    layout = {"data_parallel": data_parallel(result.batch_size, result.strategy, result.world_size)}
+    return layout | ({"ddp_buckets": result.ddp_buckets} if result.ddp_buckets else {})
+
+
 def plan_config_view(
     config_path: str | None,
     out_path: str | None,
@@ -46,8 +61,10 @@ def plan_config_view(
     db_path: str | None,
     device: str | None,
     as_json: bool,
+    gpus: int = 1,
+    strategy: str | None = None,
 ) -> None:
-    """Plan the config; print the planned YAML (no --out) or what was set and kept."""
+    """Plan the config (one rank's, with --gpus N); print the planned YAML (no --out) or what was set and kept."""
     from memprobe.commands.budget import resolve_budget
     from memprobe.yaml_config import plan_config_file
 
@@ -63,6 +80,8 @@ def plan_config_view(
         safety_margin=safety if _given(context, "safety") else None,
         db=db_path,
         device=device,
+        strategy=strategy,
+        world_size=gpus,
     )
     plan, result = planned.plan, planned.plan.result
     warnings = list(result.warnings) if result else []
@@ -78,6 +97,7 @@ def plan_config_view(
         "calibration": result.calibration_source if result else None,
         "predicted_peak_bytes": round(result.predicted_peak_bytes) if result else None,
         "budget_bytes": budget_bytes,
+        **(_layout(result) if result else {}),
     }
     if out_path is None and not as_json:
         click.echo(planned.text, nl=False)

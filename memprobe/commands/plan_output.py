@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from memprobe.calibrated_formula import Calibration
+from memprobe.exports import ddp_buckets, ddp_buckets_text
 from memprobe.memory_need import MemoryNeed
 from memprobe.units import format_bytes
 
@@ -23,7 +24,12 @@ def calibration_text(calibration: Calibration) -> str:
     fit = f"held-out worst {100 * worst:.1f}%" if worst is not None else "no held-out points"
     checked = "" if calibration.measured_on_gpu else f"; {TRACE_NOTE}"
     step = "" if calibration.step == "memprobe" else f"step {calibration.step}, "
-    return f"{calibration.device} ({step}{calibration.source}, {calibration.created_at[:10]}, {fit}{checked})"
+    buckets = ddp_buckets(calibration)
+    bucket_text = f"; {ddp_buckets_text(buckets)}" if buckets else ""
+    return (
+        f"{calibration.device} ({step}{calibration.source}, {calibration.created_at[:10]}, {fit}{checked}"
+        f"{bucket_text})"
+    )
 
 
 def calibration_data(calibration: Calibration) -> dict[str, Any]:
@@ -41,6 +47,7 @@ def calibration_data(calibration: Calibration) -> dict[str, Any]:
         "reserved_heldout_max_relative_error": reserved.heldout_max_relative_error if reserved else None,
         "reserved_fitted": calibration.reserved_coefficients is not None,
         "fit_range": calibration.fit_range,
+        **({"ddp_buckets": buckets} if (buckets := ddp_buckets(calibration)) else {}),
     }
 
 

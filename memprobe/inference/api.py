@@ -183,6 +183,7 @@ def max_sw_batch_size(
     device: str | None = None,
     predictor: str = "monai",
     mirror_axes: Sequence[int] | None = None,
+    buffer_steps: int | None = None,
 ) -> InferencePlan:
     """The largest ``sw_batch_size`` (and whether stitching fits on the GPU) for the largest image.
 
@@ -196,6 +197,8 @@ def max_sw_batch_size(
         image_shape: the largest image of the dataset, in voxels.
         stitch: ``gpu`` or ``cpu`` to force where the output is stitched; default: the GPU if
             one window at a time fits with it, else the CPU.
+        buffer_steps: MONAI's ``buffer_steps`` (``buffer_dim`` -1), planned with the buffer it keeps
+            on the GPU as a term of its own, sized from the shapes (MONAI only).
 
     Raises:
         NothingFitsError: even one window at a time does not fit stitching on the CPU.
@@ -216,6 +219,7 @@ def max_sw_batch_size(
         out_channels=out_channels,
         predictor=predictor,
         mirror_axes=mirror_axes,
+        buffer_steps=buffer_steps,
     )
     if base.nnunet:
         from memprobe.inference.config import require_nnunet

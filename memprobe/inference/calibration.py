@@ -9,7 +9,7 @@ from memprobe.archs.registry import ArchSpec
 from memprobe.calibrated_formula import Calibration, FitQuality
 from memprobe.formula import evaluate, evaluate_reserved, predict_parameter_count
 from memprobe.inference.config import InferenceConfig, Predictor
-from memprobe.inference.formula import inference_term_values
+from memprobe.inference.formula import buffered_peak, inference_term_values
 
 INFERENCE = "inference"  # what an inference calibration has in place of a training optimizer
 
@@ -35,15 +35,28 @@ class InferenceCalibration(Calibration):
         return inference_term_values(spec, config, parameters)
 
     def inference_peak_bytes(self, spec: ArchSpec, config: InferenceConfig) -> float:
-        """Predicted peak allocated bytes of the whole inference."""
-        return evaluate(self.phase_coefficients, self._inference_terms(spec, config))
+        """Predicted peak allocated bytes of the whole inference, MONAI's ``buffer_steps`` buffer included."""
+        terms = self._inference_terms(spec, config)
+        segments = {name: evaluate({name: c}, terms) for name, c in self.phase_coefficients.items()}
+        return buffered_peak(segments, config)
+
+    def inference_buffer_bytes(self, spec: ArchSpec, config: InferenceConfig) -> float:
+        """What MONAI's ``buffer_steps`` buffer adds to the predicted peak (0 without it)."""
+        if not config.buffer_steps:
+            return 0.0
+        unbuffered = evaluate(self.phase_coefficients, self._inference_terms(spec, config))
+        return self.inference_peak_bytes(spec, config) - unbuffered
 
     def inference_reserved_bytes(self, spec: ArchSpec, config: InferenceConfig) -> float | None:
-        """Predicted peak reserve (never below the allocated peak); None when not fitted."""
+        """Predicted peak reserve (never below the allocated peak); None when not fitted.
+
+        The ``buffer_steps`` buffer is one allocation of its own: it adds its bytes to the reserve.
+        """
         if not self.reserved_coefficients:
             return None
         terms = self._inference_terms(spec, config)
-        return evaluate_reserved(self.reserved_coefficients, self.phase_coefficients, terms)
+        reserved = evaluate_reserved(self.reserved_coefficients, self.phase_coefficients, terms)
+        return reserved + self.inference_buffer_bytes(spec, config)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InferenceCalibration:

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from memprobe.archs.registry import ArchSpec, resolve_arch
-from memprobe.calibration_run import patch_unit
+from memprobe.archs.registry import ArchSpec, axis_divisors, resolve_arch
+from memprobe.calibration_run import patch_unit, patch_units
 from memprobe.errors import InvalidInputError
 from memprobe.fit import (
     RESERVED,
@@ -49,13 +49,13 @@ def inference_design_points(base: InferenceConfig, spec: ArchSpec) -> InferenceD
     """
     # Fake tensors cost the same at any size; only the number of windows costs time. So windows
     # are as large as plans use (64 and 96 for a divisor of 16) and images few windows wide.
-    u = 2 * patch_unit(spec)
-    cube = lambda k: (u * k,) * 3
+    u = _design_units(spec)
+    cube = lambda k: _scaled(u, (k, k, k))
 
     def point(
         roi: int, image: tuple[int, int, int], sw: int, stitch: StitchDevice, c_in: int = 1, c_out: int = 2
     ) -> InferenceConfig:
-        shape = (u * image[0], u * image[1], u * image[2])
+        shape = _scaled(u, image)
         return replace(
             base,
             roi=cube(roi),
@@ -85,8 +85,8 @@ def inference_design_points(base: InferenceConfig, spec: ArchSpec) -> InferenceD
     heldout = (
         replace(
             base,
-            roi=(2 * u, 3 * u, 3 * u),
-            image_shape=(5 * u, 7 * u, 9 * u),
+            roi=_scaled(u, (2, 3, 3)),
+            image_shape=_scaled(u, (5, 7, 9)),
             sw_batch_size=3,
             out_channels=3,
             stitch=GPU,
@@ -95,7 +95,7 @@ def inference_design_points(base: InferenceConfig, spec: ArchSpec) -> InferenceD
         replace(
             base,
             roi=cube(2),
-            image_shape=(10 * u, 6 * u, 6 * u),
+            image_shape=_scaled(u, (10, 6, 6)),
             sw_batch_size=2,
             out_channels=8,
             stitch=GPU,
@@ -118,6 +118,19 @@ def inference_design_points(base: InferenceConfig, spec: ArchSpec) -> InferenceD
     return InferenceDesign(fit, heldout)
 
 
+def _design_units(spec: ArchSpec) -> tuple[int, int, int]:
+    """Twice the step between window sizes, per axis: nnU-Net's anisotropic topologies pool less along one axis."""
+    divisors = axis_divisors(spec)
+    units = (patch_unit(spec),) * 3 if len(set(divisors)) == 1 else patch_units(spec)
+    depth, height, width = (2 * unit for unit in units)
+    return depth, height, width
+
+
+def _scaled(units: tuple[int, int, int], multiples: tuple[int, int, int]) -> tuple[int, int, int]:
+    depth, height, width = (unit * k for unit, k in zip(units, multiples, strict=True))
+    return depth, height, width
+
+
 def nnunet_design_points(base: InferenceConfig, spec: ArchSpec) -> InferenceDesign:
     """nnU-Net's predictor: one window at a time over images of 8 to 16 windows (more than its
     queue of windows holds), with and without mirroring and gaussian weighting, up to 16 classes,
@@ -127,8 +140,8 @@ def nnunet_design_points(base: InferenceConfig, spec: ArchSpec) -> InferenceDesi
     a 3-unit window on the CPU at tile step 0.5 with 2 input channels, and 12 classes mirrored
     on all axes.
     """
-    u = 2 * patch_unit(spec)
-    cube = lambda k: (u * k,) * 3
+    u = _design_units(spec)
+    cube = lambda k: _scaled(u, (k, k, k))
 
     def point(
         roi: int,
@@ -144,7 +157,7 @@ def nnunet_design_points(base: InferenceConfig, spec: ArchSpec) -> InferenceDesi
         return replace(
             base,
             roi=roi_shape or cube(roi),
-            image_shape=(u * image[0], u * image[1], u * image[2]),
+            image_shape=_scaled(u, image),
             sw_batch_size=1,
             stitch=stitch,
             in_channels=c_in,
@@ -169,7 +182,7 @@ def nnunet_design_points(base: InferenceConfig, spec: ArchSpec) -> InferenceDesi
         point(2, (4, 4, 8), CPU, c_out=12, mirror=(2,), blend=BlendMode.CONSTANT),
     )
     heldout = (
-        point(0, (5, 7, 9), GPU, c_out=3, mirror=(0, 1, 2), overlap=0.25, roi_shape=(2 * u, 3 * u, 3 * u)),
+        point(0, (5, 7, 9), GPU, c_out=3, mirror=(0, 1, 2), overlap=0.25, roi_shape=_scaled(u, (2, 3, 3))),
         point(2, (10, 6, 6), GPU, c_out=8),
         point(3, (7, 7, 7), CPU, c_in=2, c_out=4, mirror=(0,), overlap=0.5),
         point(2, (5, 5, 5), GPU, c_out=12, mirror=(0, 1, 2)),

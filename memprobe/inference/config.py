@@ -97,8 +97,39 @@ class InferenceConfig:
 
     @property
     def window_batch(self) -> int:
-        """Windows the network sees at once: ``sw_batch_size``, unless the image has fewer."""
+        """Windows the network sees at once: ``sw_batch_size``, unless the image (or, with
+        ``buffer_steps``, MONAI's largest buffer, whose batches never cross it) has fewer."""
+        if self.buffer_steps and not self.nnunet:
+            return min(self.sw_batch_size, max(self.buffer_windows()))
         return min(self.sw_batch_size, self.windows())
+
+    def buffer_widths(self) -> tuple[int, ...]:
+        """Each of MONAI's buffers' width in voxels along the last axis (``buffer_dim`` -1), in order.
+
+        MONAI's ``_create_buffered_slices``: the windows' start positions along that axis are taken
+        ``buffer_steps`` at a time, and each buffer spans its first window's start to its last
+        window's end. Empty without ``buffer_steps``.
+        """
+        if not self.buffer_steps or self.nnunet:
+            return ()
+        starts = _starts_along(self.padded_shape[2], self.roi[2], self.overlap)
+        step = min(len(starts), self.buffer_steps)
+        return tuple(
+            starts[min(first + step, len(starts)) - 1] + self.roi[2] - starts[first]
+            for first in range(0, len(starts), step)
+        )
+
+    def buffer_windows(self) -> tuple[int, ...]:
+        """How many windows each of MONAI's buffers gathers (its window batches stop at its end)."""
+        if not self.buffer_steps or self.nnunet:
+            return ()
+        across = math.prod(
+            _windows_along(i, r, self.overlap)
+            for i, r in zip(self.padded_shape[:2], self.roi[:2], strict=True)
+        )
+        along = _windows_along(self.padded_shape[2], self.roi[2], self.overlap)
+        step = min(along, self.buffer_steps)
+        return tuple(across * (min(first + step, along) - first) for first in range(0, along, step))
 
     def with_sw_batch(self, sw_batch_size: int) -> InferenceConfig:
         return replace(self, sw_batch_size=sw_batch_size)
@@ -186,6 +217,12 @@ def _windows_along(image: int, roi: int, overlap: float) -> int:
         return 1
     interval = max(1, int(roi * (1 - overlap)))
     return next(d for d in range(image) if d * interval + roi >= image) + 1
+
+
+def _starts_along(image: int, roi: int, overlap: float) -> list[int]:
+    """MONAI's window starts along one axis (``dense_patch_slices``: the last one moved back to fit)."""
+    interval = max(1, int(roi * (1 - overlap)))
+    return [min(d * interval, image - roi) for d in range(_windows_along(image, roi, overlap))]
 
 
 def _nnunet_windows_along(image: int, roi: int, overlap: float) -> int:

@@ -22,12 +22,25 @@ three window terms: ``mirror_input`` and ``mirror_output`` (a flipped window and
 sum while each mirrored pass runs; zero without mirroring) and ``held_output`` (the previous
 window's prediction, still bound while the next one runs when the results are on the GPU).
 
+MONAI's ``buffer_steps`` is not a fitted term: its buffer's size follows from the shapes. MONAI
+gathers the windows of ``buffer_steps`` start positions along the last axis into a zeroed buffer
+on the GPU (out_channels x padded depth x padded height x the positions' span, in the input's
+float32) and writes it to the output when its last window is in. ``buffered_peak`` adds the
+largest buffer to each segment's peak where it is held: while stitching always, and during a
+forward when a buffer gathers more windows than one batch (stitching on the GPU, a buffer after
+the first: the first fills before the whole-image output exists, which is larger). That is the
+trace's peak to the byte wherever the batch divides each buffer's windows, stitching on the CPU,
+and with more than one buffer on the GPU; with a last, shorter batch in a buffer (the batch before
+it holds more outputs) or one whole-image buffer on the GPU it is an upper bound
+(``tests/test_inference_buffer_steps.py``).
+
 Pure arithmetic: no torch, no numpy.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from memprobe.archs.registry import ArchSpec
@@ -78,6 +91,46 @@ def _nnunet_terms(config: InferenceConfig, window: dict[str, float], on_gpu: boo
         "image_voxels": float(voxels),
         "image_input": float(voxels * config.in_channels),
     }
+
+
+BUFFER_ITEM_BYTES = 4  # MONAI's buffer is in the input's dtype: float32, whatever the autocast
+
+
+def buffer_bytes(config: InferenceConfig) -> int:
+    """The largest of MONAI's ``buffer_steps`` buffers, in bytes (0 without ``buffer_steps``)."""
+    return max(_buffer_slab_bytes(config), default=0)
+
+
+def buffered_peak(segment_peaks: Mapping[str, float], config: InferenceConfig) -> float:
+    """The peak of ``config`` from its segments' peaks without a buffer (at its window batch).
+
+    The largest buffer is added while stitching, and to each forward segment the largest buffer
+    that gathers more windows than one batch (so it is held while the next batch runs).
+    """
+    slabs = _buffer_slab_bytes(config)
+    held = max(slabs, default=0)
+    # Stitching on the GPU, the first buffer fills before the whole-image output and count map
+    # exist, and those are larger than any buffer: from the forwards' peaks only a later one counts.
+    first = 1 if config.stitch is StitchDevice.GPU else 0
+    in_forward = max(
+        (
+            slab
+            for slab, w in list(zip(slabs, config.buffer_windows(), strict=True))[first:]
+            if w > config.window_batch
+        ),
+        default=0,
+    )
+    return max(
+        peak + (in_forward if segment.startswith("forward") else held)
+        for segment, peak in segment_peaks.items()
+    )
+
+
+def _buffer_slab_bytes(config: InferenceConfig) -> list[int]:
+    depth, height, _ = config.padded_shape
+    return [
+        BUFFER_ITEM_BYTES * config.out_channels * depth * height * width for width in config.buffer_widths()
+    ]
 
 
 def inference_terms(spec: ArchSpec, predictor: Predictor = Predictor.MONAI) -> TermModel:

@@ -2,23 +2,45 @@
 
 Pure arithmetic, no torch. The need of a configuration is a training plan's
 (``memprobe.memory_need.MemoryNeed``): allocated + allocator reserve + CUDA context + cuBLAS and
-cuDNN workspaces + margin, each term with its source. Stitching on the GPU is tried first; when
-even one window at a time does not fit with it, the output and count map move to the CPU.
+cuDNN workspaces + margin, each term with its source; with MONAI's ``buffer_steps`` the buffer
+it keeps on the GPU is a term of its own, from the shapes (``memprobe.inference.formula``).
+Stitching on the GPU is tried first; when even one window at a time does not fit with it, the
+output and count map move to the CPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from memprobe.archs.registry import ArchSpec
 from memprobe.errors import NothingFitsError
 from memprobe.gpu_info import GpuInfo
 from memprobe.inference.calibration import InferenceCalibration
 from memprobe.inference.config import InferenceConfig, StitchDevice
+from memprobe.inference.formula import BUFFER_ITEM_BYTES, buffer_bytes
 from memprobe.memory_need import EXTRAPOLATION_FACTOR, MemoryNeed, need_from_peaks
 from memprobe.search import largest_at_most
 from memprobe.size_planner import _check_budget, _check_fixed_overheads, describe_need
 from memprobe.units import format_bytes
+
+
+@dataclass(frozen=True)
+class InferenceNeed(MemoryNeed):
+    """A MemoryNeed with MONAI's ``buffer_steps`` buffer as its own term (beside the calibrated peak)."""
+
+    buffer_bytes: float = 0.0  # what the buffer adds to the peak
+    buffer_source: str = ""
+
+    @property
+    def reserved_bytes(self) -> float:
+        return self.allocated_bytes + self.buffer_bytes + self.reserve_overhead_bytes
+
+    def terms(self) -> list[tuple[str, float, str]]:
+        allocated, *rest = super().terms()
+        return [allocated, ("buffer_steps buffer", self.buffer_bytes, self.buffer_source), *rest]
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "buffer_bytes": round(self.buffer_bytes)}
 
 
 def inference_need(
@@ -27,7 +49,31 @@ def inference_need(
     """Every term of the GPU memory ``config`` needs, as ``calibration`` predicts it on ``gpu``."""
     allocated = calibration.inference_peak_bytes(spec, config)
     reserved = calibration.inference_reserved_bytes(spec, config)
-    return need_from_peaks(calibration, allocated, reserved, gpu)
+    need = need_from_peaks(calibration, allocated, reserved, gpu)
+    if not config.buffer_steps:
+        return need
+    added = calibration.inference_buffer_bytes(spec, config)
+    kept = {f.name: getattr(need, f.name) for f in fields(need)}
+    return InferenceNeed(
+        **(kept | {"allocated_bytes": allocated - added}),
+        buffer_bytes=added,
+        buffer_source=_buffer_source(config, added),
+    )
+
+
+def _buffer_source(config: InferenceConfig, added: float) -> str:
+    """Where the buffer's term comes from, in words: its shape, and how much of it the peak holds."""
+    depth, height, _ = config.padded_shape
+    widths = config.buffer_widths()
+    largest = buffer_bytes(config)
+    text = (
+        f"from the shapes: buffer_steps {config.buffer_steps}, {len(widths)} buffers along the last axis, the "
+        f"largest {config.out_channels} classes x {depth}x{height}x{max(widths)} voxels x {BUFFER_ITEM_BYTES} B "
+        f"= {format_bytes(largest)}"
+    )
+    if added < largest:
+        text += f"; adds {format_bytes(added)} to the peak (not held while the largest forward runs)"
+    return text
 
 
 @dataclass(frozen=True)
@@ -110,16 +156,12 @@ def plan_inference(
                 else "choose a smaller roi, bf16-mixed, stitching on the CPU, or a larger GPU"
             )
         )
-    windows = 1 if base.nnunet else base.windows()  # nnU-Net predicts one window at a time
+    windows = _batch_cap(base)
     batch = largest_at_most(lambda b: need(at(b)).total_bytes, usable, 1, windows)
     if not base.nnunet:
         reasons.append(
             f"largest sw_batch_size within {format_bytes(usable)}: {batch}"
-            + (
-                f" (the image has {windows} windows: a larger batch holds no more)"
-                if batch == windows
-                else ""
-            )
+            + (f" ({_cap_reason(base, windows)}: a larger batch holds no more)" if batch == windows else "")
         )
     planned = at(batch)
     reasons.append(_window_count(planned))
@@ -136,13 +178,27 @@ def plan_inference(
     )
 
 
+def _batch_cap(config: InferenceConfig) -> int:
+    """The largest batch that holds more windows: nnU-Net runs one; MONAI's batches stop at a buffer's end."""
+    if config.nnunet:
+        return 1
+    return max(config.buffer_windows()) if config.buffer_steps else config.windows()
+
+
+def _cap_reason(config: InferenceConfig, windows: int) -> str:
+    if config.buffer_steps:
+        return f"MONAI's largest buffer gathers {windows} windows, and a batch never crosses a buffer"
+    return f"the image has {windows} windows"
+
+
 MANY_WINDOWS = 100_000  # beyond, the prediction's time, not its memory, is what to look at
 
 
 def _window_count(config: InferenceConfig) -> str:
     """Every plan says how many windows it runs: an overlap near 1 makes millions."""
     windows = config.windows()
-    runs = -(-windows // (1 if config.nnunet else config.window_batch))
+    batch = 1 if config.nnunet else config.window_batch
+    runs = sum(-(-w // batch) for w in config.buffer_windows() or (windows,))
     text = f"{windows:,} windows at overlap {config.overlap:g}: the network runs {runs:,} times"
     if windows > MANY_WINDOWS:
         text += " (lower --overlap: memory does not depend on the count, time does)"

@@ -151,7 +151,9 @@ def _check_window_count(config: InferenceConfig) -> None:
     Each window runs the network once on trace and cpu; the peak does not depend on how many
     windows follow the first batches (the output buffers are allocated once), only the time does.
     """
-    batches = -(-config.windows() // (1 if config.nnunet else config.window_batch))
+    per_run = 1 if config.nnunet else config.window_batch
+    buffers = config.buffer_windows()  # MONAI's buffers: a window batch never crosses one
+    batches = sum(-(-w // per_run) for w in buffers) if buffers else -(-config.windows() // per_run)
     if batches > MAX_TRACED_FORWARDS:
         raise InvalidInputError(
             f"{config.windows():,} windows at overlap {config.overlap:g} would run the network {batches:,} times on "

@@ -5,8 +5,8 @@ and one taken by the same measuring code on the same environment is reused.
 
 What a configuration sets beyond MONAI's defaults (the nnU-Net predictor and its mirroring,
 MONAI's ``buffer_steps``: ``InferenceConfig.settings``) is one JSON column of both inference
-tables, ``settings_json``, added here the first time such a row is written (schema 5 does not
-have it; a database without it holds MONAI's default rows only, and reads as such).
+tables, ``settings_json`` (schema 7); a server of an older schema, read as it is, has MONAI's
+default rows only, and its rows read as such.
 """
 
 from __future__ import annotations
@@ -20,48 +20,29 @@ from typing import Any
 from memprobe.calibrated_formula import FitQuality
 from memprobe.db import Database
 from memprobe.enums import Precision
-from memprobe.errors import DatabaseError
 from memprobe.inference.calibration import INFERENCE, InferenceCalibration
 from memprobe.inference.config import BlendMode, InferenceConfig, Predictor, StitchDevice
 from memprobe.inference.measurement import InferenceMeasurement
 from memprobe.measurement import Environment
+from memprobe.row_checks import column
 
 # Bump when a change to the inference measuring code changes what a measurement would read.
 INFERENCE_CODE_VERSION = 2  # 2: an eval-mode dropout is the identity on trace, as on a GPU
 SETTINGS = "settings_json"
-_TABLES = ("inference_measurements", "inference_calibrations")
-
-
-def _has_settings(db: Database) -> bool:
-    """Whether both inference tables have the settings column (a database not created yet has none)."""
-    try:
-        for table in _TABLES:
-            db._rows(f"SELECT {SETTINGS} FROM {table} LIMIT 0")
-    except DatabaseError:
-        return False
-    return db._reader() is not None
-
-
-def ensure_settings_column(db: Database) -> None:
-    """Add the settings column to the inference tables, once per database (``db merge`` too, for rows that have it)."""
-    if _has_settings(db):
-        return
-    with db._write() as connection:
-        for table in _TABLES:
-            try:
-                connection.execute(f"ALTER TABLE {table} ADD COLUMN {SETTINGS} TEXT NOT NULL DEFAULT '{{}}'")
-            except sqlite3.OperationalError as error:  # another writer added it meanwhile
-                if "duplicate column" not in str(error):
-                    raise
+_NO_SETTINGS = "{}"  # the column's default: MONAI's sliding window as it comes
 
 
 def _settings_text(settings: dict[str, object]) -> str:
     return json.dumps(settings, sort_keys=True)
 
 
+def _stored_settings(row: sqlite3.Row) -> str:
+    """The row's settings as stored; a server of schema 6 or older, read as it is, has none."""
+    return str(column(row, SETTINGS, _NO_SETTINGS))
+
+
 def _settings_of(row: sqlite3.Row) -> dict[str, Any]:
-    columns = row.keys()  # sqlite3.Row's `in` looks at values, not names
-    return json.loads(row[SETTINGS]) if SETTINGS in columns else {}
+    return json.loads(_stored_settings(row))
 
 
 def _now() -> str:
@@ -95,19 +76,12 @@ def _config_values(c: InferenceConfig) -> dict[str, object]:
     }
 
 
-def _settings_values(db: Database, config: InferenceConfig) -> dict[str, object]:
-    """The settings column's value, making the column when a row needs it."""
-    if config.settings():
-        ensure_settings_column(db)
-    return {SETTINGS: _settings_text(config.settings())} if _has_settings(db) else {}
-
-
 def add_inference_measurement(db: Database, m: InferenceMeasurement, model_hash: str | None = None) -> int:
     """Store one inference measurement, committed at once."""
     values = {
         "environment_id": db.environment_id(m.environment),
         **_config_values(m.config),
-        **_settings_values(db, m.config),
+        SETTINGS: _settings_text(m.config.settings()),
         "peak_allocated_bytes": m.peak_allocated_bytes,
         "peak_reserved_bytes": m.peak_reserved_bytes,
         "phase_peaks_json": json.dumps(m.phase_peaks_bytes),
@@ -138,11 +112,7 @@ def find_inference_measurement(
     environment_id = db._known_environment_id(environment)
     if environment_id is None:
         return None
-    values = _config_values(config)
-    if _has_settings(db):
-        values[SETTINGS] = _settings_text(config.settings())
-    elif config.settings():
-        return None
+    values = {**_config_values(config), SETTINGS: _settings_text(config.settings())}
     where = " AND ".join(f"{name} = ?" for name in values)
     rows = db._rows(
         f"SELECT * FROM inference_measurements WHERE environment_id = ? AND {where} AND oom = 0 "
@@ -207,10 +177,8 @@ def add_inference_calibration(
     settings: dict[str, object] = {}
     if calibration.predictor is Predictor.NNUNET:
         settings["predictor"] = calibration.predictor.value
-    if settings:
-        ensure_settings_column(db)
-    values: dict[str, object] = {SETTINGS: _settings_text(settings)} if _has_settings(db) else {}
-    values |= {
+    values = {
+        SETTINGS: _settings_text(settings),
         "arch": calibration.arch,
         "device": calibration.device,
         "precision": calibration.precision,
@@ -235,13 +203,12 @@ def add_inference_calibration(
 
 
 def inference_calibrations(db: Database) -> list[InferenceCalibration]:
-    """The newest inference calibration for each (arch, device, precision, predictor)."""
-    settings = f", {SETTINGS}" if _has_settings(db) else ""
-    rows = db._rows(
-        "SELECT * FROM inference_calibrations WHERE id IN (SELECT MAX(id) FROM inference_calibrations "
-        f"GROUP BY arch, device, precision{settings}) ORDER BY arch, device, precision{settings}"
-    )
-    return [_calibration_from_row(db, row) for row in rows]
+    """The newest inference calibration for each (arch, device, precision, settings)."""
+    newest: dict[tuple[str, ...], sqlite3.Row] = {}
+    for row in db._rows("SELECT * FROM inference_calibrations ORDER BY id DESC"):
+        key = (row["arch"], row["device"], row["precision"], _stored_settings(row))
+        newest.setdefault(key, row)  # grouped here, not in SQL: a server read as it is may lack the column
+    return [_calibration_from_row(db, newest[key]) for key in sorted(newest)]
 
 
 def _calibration_from_row(db: Database, row: sqlite3.Row) -> InferenceCalibration:
