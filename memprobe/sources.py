@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 
 from memprobe.calibrated_formula import Calibration
 from memprobe.db import Database, database_exists
@@ -20,22 +22,30 @@ SHIPPED_FILE = "calibrations.json"
 
 
 NO_SHIPPED_VARIABLE = "MEMPROBE_NO_SHIPPED"
+T = TypeVar("T")
 
 
 def shipped_calibrations() -> list[Calibration]:
     """Calibrations packaged with memprobe (made by `make shipped`); none with MEMPROBE_NO_SHIPPED=1."""
+    return shipped_items(
+        SHIPPED_FILE, "shipped calibration", lambda item: calibration_from_fields(item, source="shipped")
+    )
+
+
+def shipped_items(file: str, what: str, read: Callable[[Any], T]) -> list[T]:
+    """Each item of a JSON list in ``memprobe/data``, read by ``read``; a bad one is skipped with a warning."""
     if os.environ.get(NO_SHIPPED_VARIABLE):
         return []
     try:
-        text = resources.files("memprobe.data").joinpath(SHIPPED_FILE).read_text()
+        text = resources.files("memprobe.data").joinpath(file).read_text()
     except FileNotFoundError:
         return []
     result = []
     for number, item in enumerate(json.loads(text)):
         try:
-            result.append(calibration_from_fields(item, source="shipped"))
+            result.append(read(item))
         except BadRowError as error:
-            warn_bad_row(SHIPPED_FILE, "shipped calibration", number, str(error), "reinstall memprobe")
+            warn_bad_row(file, what, number, str(error), "reinstall memprobe")
     return result
 
 

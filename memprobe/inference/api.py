@@ -39,40 +39,23 @@ INFERENCE_SHIPPED_FILE = "inference_calibrations.json"
 
 def shipped_inference_calibrations() -> list[InferenceCalibration]:
     """Inference calibrations packaged with memprobe (`make shipped`); none with MEMPROBE_NO_SHIPPED=1."""
+    from memprobe.sources import shipped_items
+
+    return shipped_items(INFERENCE_SHIPPED_FILE, "shipped inference calibration", _shipped_inference)
+
+
+def _shipped_inference(item: Any) -> InferenceCalibration:
     import dataclasses
-    import os
-    from importlib import resources
 
     from memprobe.inference.calibration import INFERENCE
-    from memprobe.row_checks import BadRowError, calibration_from_fields, warn_bad_row
-    from memprobe.sources import NO_SHIPPED_VARIABLE
+    from memprobe.row_checks import BadRowError, calibration_from_fields
 
-    if os.environ.get(NO_SHIPPED_VARIABLE):
-        return []
-    try:
-        text = resources.files("memprobe.data").joinpath(INFERENCE_SHIPPED_FILE).read_text()
-    except FileNotFoundError:
-        return []
-    result = []
-    for number, item in enumerate(json.loads(text)):
-        try:
-            if not isinstance(item, dict) or item.get("optimizer") != INFERENCE:
-                raise BadRowError("not an inference calibration")
-            # Checked as a training calibration's fields are; "optimizer" names the mode, not an optimizer.
-            checked = calibration_from_fields({**item, "optimizer": "adamw"}, source="shipped")
-        except BadRowError as error:
-            warn_bad_row(
-                INFERENCE_SHIPPED_FILE,
-                "shipped inference calibration",
-                number,
-                str(error),
-                "reinstall memprobe",
-            )
-            continue
-        result.append(
-            InferenceCalibration(**{f.name: getattr(checked, f.name) for f in dataclasses.fields(checked)})
-        )
-    return result
+    if not isinstance(item, dict) or item.get("optimizer") != INFERENCE:
+        raise BadRowError("not an inference calibration")
+    # Checked as a training calibration's fields are; "optimizer" names the mode, not an optimizer.
+    checked = calibration_from_fields({**item, "optimizer": "adamw"}, source="shipped")
+    fields = {f.name: getattr(checked, f.name) for f in dataclasses.fields(checked)}
+    return InferenceCalibration(**{**fields, "optimizer": INFERENCE})
 
 
 def all_inference_calibrations(db: str | Path | None = None) -> list[InferenceCalibration]:
