@@ -54,3 +54,19 @@ def test_the_users_own_inference_calibration_answers_before_the_shipped_one(tmp_
         if (c.arch, c.precision, c.device) == (own.arch, own.precision, own.device)
     ]
     assert len(found) == 1 and found[0].source != "shipped"
+
+
+def test_nnunets_predictor_ships_for_the_topologies_its_planners_chose() -> None:
+    """The topologies of the side-by-side benchmark's datasets (benchmarks/nnunet_calibrations.json)."""
+    topologies = {
+        c["arch"]
+        for c in json.loads(
+            (Path(__file__).parents[1] / "benchmarks" / "nnunet_calibrations.json").read_text()
+        )
+    }
+    shipped = {
+        c.arch
+        for c in shipped_inference_calibrations()
+        if c.predictor.value == "nnunet" and c.precision == "fp16-mixed"
+    }
+    assert topologies and topologies <= shipped
