@@ -45,3 +45,11 @@ def test_every_inference_plan_says_how_many_windows(
     assert said and f"{data['windows']:,} windows" in said[0]
     if data["windows"] > 100_000:
         assert "lower --overlap" in said[0]
+
+
+def test_a_window_batch_beyond_the_images_windows_is_a_named_clamp(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    result = invoke(capsys, *PROBE, "--image-shape", "32", "32", "32", "--sw-batch-size", "50")
+    assert result.code == 0, result.err
+    assert "sw_batch_size 50 is more than the 27 windows the image has: MONAI runs batches of 27" in result.out

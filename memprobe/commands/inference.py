@@ -263,6 +263,12 @@ def probe_view(
     m = runner.measure(config)
     notes = [f"on the GPU: {COUNTED[config.stitch.value]}; peak reserved {m.reserved_source or '-'}"]
     notes += [config.padding_note()] if config.padded else []
+    if not config.nnunet and config.sw_batch_size > config.window_batch:
+        notes.append(
+            f"sw_batch_size {config.sw_batch_size} is more than the {config.window_batch} windows "
+            f"{'a buffer holds' if config.buffer_steps else 'the image has'}: MONAI runs batches of "
+            f"{config.window_batch}, which is what was measured"
+        )
     if m.environment.device_kind != "cuda":
         notes.append("the CUDA context and cuDNN workspaces are not in either figure (plans charge them)")
     row = {
