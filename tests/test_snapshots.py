@@ -74,11 +74,12 @@ def _write(path: Path, data: bytes) -> Path:
     ("content", "message"),
     [
         (pickle.dumps(snapshot([], alloc(S, 512)))[:-20], "truncated or damaged pickle"),
-        (gzip.compress(b'{"segments": []}')[:-6], "truncated or damaged gzip"),
+        (gzip.compress(b'{"segments": []}', mtime=0)[:-6], "truncated or damaged gzip"),
         (b"\x89PNG\r\n", "neither a snapshot pickle nor snapshot JSON"),
         (json.dumps({"device_traces": []}).encode(), "no 'segments' list"),
         (json.dumps({"segments": [], "device_traces": "x"}).encode(), "not a list of per-device"),
     ],
+    ids=["cut pickle", "cut gzip", "an image", "no segments", "traces not lists"],
 )
 def test_foreign_and_damaged_files_are_one_line_errors(tmp_path: Path, content: bytes, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
