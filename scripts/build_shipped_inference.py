@@ -52,11 +52,17 @@ def main() -> int:
         "--out", type=Path, default=ROOT / "memprobe" / "data" / "inference_calibrations.json"
     )
     parser.add_argument("--arch", action="append", help="Only these architectures (repeatable).")
+    parser.add_argument(
+        "--missing", action="store_true", help="Keep --out's calibrations; add only those it lacks."
+    )
     args = parser.parse_args()
     runner = InferenceRunner("trace")
-    shipped = []
+    shipped = json.loads(args.out.read_text()) if args.missing and args.out.exists() else []
+    have = {(item["arch"], item["step"], item["precision"]) for item in shipped}
     with Database.open(args.db) as db:
         for arch, settings in jobs(args.arch):
+            if (arch, settings.get("predictor", "monai"), settings["precision"]) in have:
+                continue
             started = time.perf_counter()
             divisors = axis_divisors(resolve_arch(arch))  # nnU-Net's anisotropic topologies differ per axis
             roi, image = tuple(2 * d for d in divisors), tuple(4 * d for d in divisors)
