@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from memprobe.archs.registry import ArchSpec, resolve_arch
-from memprobe.backends.caching_allocator import FREE, CachingAllocatorModel
+from memprobe.backends.caching_allocator import FREE, CachingAllocatorModel, round_size
 from memprobe.backends.traced_step import TracedStep
 from memprobe.calibrated_formula import Calibration
 from memprobe.calibration_run import design_points, patch_unit
@@ -137,7 +137,7 @@ def step_timeline(trace: TracedStep, measurement: Measurement) -> StepTimeline:
             model.free(serial)
             change, where, op = -charged, "", "free"
         else:
-            charged = -(-nbytes // 512) * 512 if nbytes > 0 else 0
+            charged = round_size(nbytes) if nbytes > 0 else 0  # as the tracker charged it
             where = modules.get(serial) or ("parameters" if op == "parameter" else phase)
             live[serial] = (charged, where)
             allocated += charged

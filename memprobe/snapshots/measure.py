@@ -16,6 +16,7 @@ from typing import Any
 
 from memprobe.config import StepConfig
 from memprobe.errors import InvalidInputError
+from memprobe.input_files import read_input_text
 from memprobe.measurement import Environment, Measurement
 from memprobe.snapshots.check import SnapshotCheck, check_snapshot
 from memprobe.snapshots.evidence import SNAPSHOT_SOURCE
@@ -36,11 +37,12 @@ class ImportedSnapshot:
 def read_sidecar(path: str | Path) -> dict[str, Any]:
     """What ``record_step`` wrote beside the snapshot (empty when there is none)."""
     side = sidecar_path(path)
-    if not side.is_file():
+    if not side.exists():
         return {}
+    text = read_input_text(side, "the record_step file")
     try:
-        data = json.loads(side.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
         raise InvalidInputError(
             f"{side} is damaged ({type(error).__name__}): remove it or record the step again"
         ) from error

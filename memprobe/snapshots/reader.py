@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from memprobe.errors import InvalidInputError
+from memprobe.input_files import read_input_bytes, shown
 
 MAX_SNAPSHOT_BYTES = 4 << 30  # a ring buffer of a million events with frames stays well below
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -50,15 +51,11 @@ def load_snapshot(path: str | Path) -> LoadedSnapshot:
         InvalidInputError: the file is missing, truncated, not a snapshot, or names a global.
     """
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise InvalidInputError(
             f"no snapshot file at {_short(file)}: give the path of a .pickle or .json(.gz)"
         )
-    if file.stat().st_size > MAX_SNAPSHOT_BYTES:
-        raise InvalidInputError(
-            f"{_short(file)} is larger than {MAX_SNAPSHOT_BYTES >> 30} GiB: not a snapshot"
-        )
-    raw = file.read_bytes()
+    raw = read_input_bytes(file, "snapshot", MAX_SNAPSHOT_BYTES)  # regular files only, below the cap
     data = _decode(raw, file)
     source = None
     if isinstance(data, dict) and "snapshot" in data and "segments" not in data:
@@ -101,5 +98,4 @@ def _decode(raw: bytes, file: Path) -> Any:
 
 
 def _short(file: Path) -> str:
-    text = str(file)
-    return text if len(text) <= 120 else f"{text[:117]}..."
+    return shown(file, 120)
