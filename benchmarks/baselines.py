@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memprobe.archs.registry import ArchSpec
-from memprobe.formula import stage_voxels
+from memprobe.core.archs.registry import ArchSpec
+from memprobe.formula.terms import stage_voxels
 
 SEED_GB = 1024**3  # the seed's "GB" divides by 1024**3
 SEED_MAX_FEATURES = 320

@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from memprobe.archs.registry import ARCHS, get_arch, smallest_patch_size
-from memprobe.calibrated_formula import Calibration
-from memprobe.config import StepConfig, make_step_config
-from memprobe.enums import DeviceKind
-from memprobe.measurement import Environment, Measurement
+from memprobe.core.archs.registry import ARCHS, get_arch, smallest_patch_size
+from memprobe.core.config import StepConfig, make_step_config
+from memprobe.core.enums import DeviceKind
+from memprobe.core.measurement import Environment, Measurement
+from memprobe.formula.calibration import Calibration
 
 ARCHS_VARIABLE = "MEMPROBE_BENCH_ARCHS"  # e.g. "mednext,basicunet" while developing; default: all
 # "fitted": fit every calibration in this run, from this run's traces, instead of using the shipped one.
@@ -60,7 +60,7 @@ class StoredTraceSteps:
     """
 
     def __init__(self, current: Environment, path: Path = STORED_TRACE_DB) -> None:
-        from memprobe.db import Database
+        from memprobe.store.database import Database
 
         self.database: Database | None = None
         self.environment: Environment | None = None
@@ -74,7 +74,7 @@ class StoredTraceSteps:
             database.close()
 
     def find(self, config: StepConfig) -> Measurement | None:
-        from memprobe.measurement_log import reuse_key_for
+        from memprobe.backends.recorder import reuse_key_for
 
         if self.database is None or self.environment is None:
             return None
@@ -146,7 +146,7 @@ class Calibrations:
     """
 
     def __init__(self, measurements: SessionMeasurements) -> None:
-        from memprobe.sources import shipped_calibrations
+        from memprobe.store.calibration_sources import shipped_calibrations
 
         self.measurements = measurements
         fit_all = os.environ.get(CALIBRATIONS_VARIABLE, "shipped") == "fitted"
@@ -166,9 +166,9 @@ class Calibrations:
         return SourcedCalibration(self.made[arch], "calibrated in this run")
 
     def _calibrate(self, arch: str) -> Calibration:
+        from memprobe.backends.recorder import MeasurementLog
         from memprobe.calibration_run import calibrate
-        from memprobe.db import Database
-        from memprobe.measurement_log import MeasurementLog
+        from memprobe.store.database import Database
 
         with Database.open(":memory:") as db:
             log = MeasurementLog(self.measurements, db, BUDGET_BYTES)  # type: ignore[arg-type]

@@ -66,7 +66,7 @@ class _Calibrations:
 
     def need(self, arch: str, patch: Sequence[int], batch: int, in_channels: int, out_channels: int) -> Any:
         from memprobe.api import estimate
-        from memprobe.errors import DatabaseError, NoCalibrationError
+        from memprobe.core.errors import DatabaseError, NoCalibrationError
 
         kwargs: dict[str, Any] = dict(
             in_channels=in_channels, out_channels=out_channels, db=self.db, device="trace", **STEP
@@ -78,12 +78,12 @@ class _Calibrations:
             return estimate(arch, patch, batch, "fp16-mixed", **kwargs).need
 
     def _calibrate(self, arch: str) -> None:
-        from memprobe.archs.registry import resolve_arch, smallest_patch
         from memprobe.backends import get_backend
+        from memprobe.backends.recorder import MeasurementLog
         from memprobe.calibration_run import calibrate
-        from memprobe.config import make_step_config
-        from memprobe.db import Database
-        from memprobe.measurement_log import MeasurementLog
+        from memprobe.core.archs.registry import resolve_arch, smallest_patch
+        from memprobe.core.config import make_step_config
+        from memprobe.store.database import Database
 
         print(f"calibrating {arch} on trace ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
@@ -148,14 +148,14 @@ def _stored_into(db: str, fresh: bool) -> int:
     """Import the stored calibrations into ``db``; return how many."""
     if fresh or not STORED.is_file():
         return 0
-    from memprobe.db_merge import import_into
+    from memprobe.store.merge import import_into
 
     import_into(STORED, db)
     return len(json.loads(STORED.read_text()))
 
 
 def _store(db: str) -> None:
-    from memprobe.sources import user_calibrations
+    from memprobe.store.calibration_sources import user_calibrations
 
     calibrations = sorted(user_calibrations(db), key=lambda c: (c.arch, c.created_at))
     text = json.dumps([c.to_dict() for c in calibrations], indent=1, sort_keys=True) + "\n"
@@ -171,7 +171,7 @@ def run(selected: Sequence[str], fresh: bool = False, trace_check: bool = True) 
     )
     os.environ.setdefault("nnUNet_results", str(work / "results"))
     os.environ["MEMPROBE_NO_SHIPPED"] = "1"  # only this benchmark's nnU-Net calibrations answer
-    from memprobe.nnunet.planner import measured_planner, planner_base
+    from memprobe.integrations.nnunet.planner import measured_planner, planner_base
 
     db = str(work / "calibrations.sqlite")
     stored = _stored_into(db, fresh)
@@ -211,7 +211,7 @@ def _measures(
     classes: int,
     trace_check: bool,
 ) -> tuple[Any, float | None, float]:
-    from memprobe.nnunet.planner import topology_arch
+    from memprobe.integrations.nnunet.planner import topology_arch
 
     architecture = plan["architecture"]
     arch = topology_arch(architecture["network_class_name"], architecture["arch_kwargs"])

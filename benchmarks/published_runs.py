@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memprobe.units import parse_bytes
+from memprobe.core.units import parse_bytes
 
 DATA = Path(__file__).parent / "data" / "published_runs.json"
 EVIDENCE = Path(__file__).resolve().parents[1] / "memprobe" / "data" / "gpu_evidence.json"
@@ -45,7 +45,7 @@ def published_runs() -> list[dict[str, Any]]:
 def compare(run: dict[str, Any]) -> Comparison:
     """Probe ``run``'s configuration on trace and pair it with the published figures."""
     from memprobe.backends.trace_backend import TraceBackend
-    from memprobe.config import make_step_config
+    from memprobe.core.config import make_step_config
 
     config = make_step_config(
         run["arch"], run["patch"], run["batch"], precision=run["precision"], optimizer=run["optimizer"],

@@ -38,11 +38,11 @@ from benchmarks.harness import (
     selected_archs,
     write_results,
 )
-from memprobe.archs.registry import ArchSpec, get_arch
-from memprobe.calibrated_formula import Calibration
 from memprobe.calibration_run import design_points
-from memprobe.config import StepConfig, make_step_config
-from memprobe.measurement import Measurement
+from memprobe.core.archs.registry import ArchSpec, get_arch
+from memprobe.core.config import StepConfig, make_step_config
+from memprobe.core.measurement import Measurement
+from memprobe.formula.calibration import Calibration
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda_measurements"
 REFERENCE_PATCH = (128, 128, 128)  # the nnU-Net proxy's one reference step, at batch 1
@@ -162,8 +162,8 @@ def cuda_rows(measurements: list[Measurement]) -> list[Row]:
     The step the nnU-Net proxy is scaled to is left out: the proxy is exact there by construction;
     so are the design points, which the fair fit (and a GPU calibration) were fitted to.
     """
-    from memprobe.errors import NoCalibrationError
-    from memprobe.sources import choose_calibration, shipped_calibrations
+    from memprobe.core.errors import NoCalibrationError
+    from memprobe.store.calibration_sources import choose_calibration, shipped_calibrations
 
     shipped = shipped_calibrations()
     rows = []

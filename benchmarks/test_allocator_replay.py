@@ -16,7 +16,7 @@ from benchmarks.harness import (
     selected_archs,
     write_results,
 )
-from memprobe.config import make_step_config
+from memprobe.core.config import make_step_config
 
 SIZES = ((64, 64, 64), (128, 128, 128))
 REPLAY_SHARE_LIMIT = 0.20  # the replay may add at most this share to a trace probe

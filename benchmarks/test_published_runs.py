@@ -9,7 +9,7 @@ from benchmarks.published_runs import EVIDENCE, Comparison, compare, evidence, p
 
 
 def write_table(comparisons: list[Comparison]) -> None:
-    from memprobe.overheads import CONTEXT_DEFAULTS, CUBLAS_WORKSPACE_BYTES, trace_evidence
+    from memprobe.planning.overheads import CONTEXT_DEFAULTS, CUBLAS_WORKSPACE_BYTES, trace_evidence
 
     found = evidence(comparisons)
     rows, records = [], []

@@ -30,12 +30,9 @@ from benchmarks.harness import (
     selected_archs,
     write_results,
 )
-from memprobe.archs.registry import get_arch
-from memprobe.calibrated_formula import Calibration
 from memprobe.calibration_run import MAX_BATCH, design_points, patch_unit
-from memprobe.config import StepConfig, make_step_config
-from memprobe.errors import NothingFitsError
-from memprobe.search import (
+from memprobe.core.archs.registry import get_arch
+from memprobe.core.bisection import (
     Outcome,
     SearchResult,
     doubling_search,
@@ -43,7 +40,10 @@ from memprobe.search import (
     guided_search,
     largest_at_most,
 )
-from memprobe.size_planner import plan_batch
+from memprobe.core.config import StepConfig, make_step_config
+from memprobe.core.errors import NothingFitsError
+from memprobe.formula.calibration import Calibration
+from memprobe.planning.size_search import plan_batch
 
 Patch = tuple[int, int, int]
 # (architecture, patch): an odd-unit cube and an anisotropic patch each, none of them a design or

@@ -21,7 +21,7 @@ from benchmarks.harness import (
     selected_archs,
     write_results,
 )
-from memprobe.config import make_step_config
+from memprobe.core.config import make_step_config
 
 SUGGEST_TARGET_SECONDS = 0.3
 ESTIMATE_TARGET_SECONDS = 1e-3
@@ -43,7 +43,7 @@ def _median_process_seconds(command: list[str], runs: int) -> float:
 
 def _calibration_db(calibrations: Calibrations, arch: str, directory: Path) -> Path:
     """A database holding just ``arch``'s trace calibration, as after `memprobe calibrate`."""
-    from memprobe.db import Database
+    from memprobe.store.database import Database
 
     path = directory / "speed.sqlite"
     with Database.open(path) as db:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memprobe.enums import OptimizerName, Precision, parse_enum
-from memprobe.errors import NoCalibrationError, NothingFitsError
-from memprobe.size_planner import BatchPlan, PatchPlan
+from memprobe.core.enums import OptimizerName, Precision, parse_enum
+from memprobe.core.errors import NoCalibrationError, NothingFitsError
+from memprobe.planning.size_search import BatchPlan, PatchPlan
 
 ALTERNATIVE_PATCH_BATCH = 2
 

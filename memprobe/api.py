@@ -10,8 +10,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from memprobe.archs.registry import resolve_arch, smallest_patch
-from memprobe.arguments import (
+from memprobe.core.archs.registry import resolve_arch, smallest_patch
+from memprobe.core.checks import (
     check_bool,
     check_db,
     check_fraction,
@@ -20,20 +20,25 @@ from memprobe.arguments import (
     check_spacing,
     check_text,
 )
-from memprobe.calibrated_formula import Calibration
-from memprobe.config import StepConfig, make_step_config
-from memprobe.errors import InvalidInputError, StandInCalibrationWarning
-from memprobe.input_files import shown
-from memprobe.memory_need import MemoryNeed, memory_need
-from memprobe.size_planner import DEFAULT_SAFETY, BatchPlan, PatchPlan, plan_batch, plan_patch
-from memprobe.sources import NO_SHIPPED_VARIABLE, Choice, all_calibrations, choose_calibration
-from memprobe.units import parse_bytes
+from memprobe.core.config import StepConfig, make_step_config
+from memprobe.core.errors import InvalidInputError, StandInCalibrationWarning
+from memprobe.core.input_files import shown
+from memprobe.core.units import parse_bytes
+from memprobe.formula.calibration import Calibration
+from memprobe.planning.need import MemoryNeed, memory_need
+from memprobe.planning.size_search import DEFAULT_SAFETY, BatchPlan, PatchPlan, plan_batch, plan_patch
+from memprobe.store.calibration_sources import (
+    NO_SHIPPED_VARIABLE,
+    Choice,
+    all_calibrations,
+    choose_calibration,
+)
 
 if TYPE_CHECKING:
+    from memprobe.backends.recorder import ProgressCallback
     from memprobe.calibration_run import CalibrationReport
-    from memprobe.gpu_info import GpuInfo
-    from memprobe.measurement import Environment, Measurement
-    from memprobe.measurement_log import ProgressCallback
+    from memprobe.core.gpus import GpuInfo
+    from memprobe.core.measurement import Environment, Measurement
 
 DEFAULT_TRACE_BUDGET_BYTES = 24 * 2**30
 
@@ -94,7 +99,7 @@ def _load(
 
 def load_calibrations(db: str | Path | None = None) -> list[Calibration]:
     """User and shipped calibrations, re-read whenever the database file changes."""
-    from memprobe.db import database_url, default_db_path
+    from memprobe.store.database import database_url, default_db_path
 
     if database_url(None if db is None else str(db)) is not None:
         return all_calibrations(db)  # a server has no file to tell when it changed: read it each time
@@ -113,7 +118,7 @@ def resolve_device(device: str | None) -> tuple[str, str | None]:
 
 def target_gpu(device: str | None) -> GpuInfo | None:
     """The GPU a plan is for: the detected one by default, one named by ``device``, or none (trace)."""
-    from memprobe.gpu_info import GpuInfo, detect_gpu
+    from memprobe.core.gpus import GpuInfo, detect_gpu
 
     if device is None:
         return detect_gpu()
@@ -314,7 +319,7 @@ def max_patch_size(
     safety = check_fraction(safety, "safety")
     spacing = check_spacing(spacing)
     median_shape = check_shape(median_shape)
-    from memprobe.nnunet.patch_plan import is_preset, plan_over_topologies
+    from memprobe.integrations.nnunet.patch_plan import is_preset, plan_over_topologies
 
     if is_preset(arch):  # nnU-Net's network changes with the patch: one calibration per topology
         return plan_over_topologies(
@@ -376,7 +381,7 @@ def _with_stored_rule(arch: str, db: str | Path | None) -> str:
     """A custom model named without its shape rule: the name it was calibrated under, with the rule."""
     if not isinstance(arch, str) or ":" not in arch or "[" in arch:
         return arch
-    from memprobe.sources import with_stored_shape_rule
+    from memprobe.store.calibration_sources import with_stored_shape_rule
 
     return with_stored_shape_rule(arch, load_calibrations(db))
 
@@ -469,10 +474,10 @@ def calibrate(
         The CalibrationReport: the calibration, the measured points and the searches.
     """
     from memprobe.backends import get_backend
+    from memprobe.backends.recorder import MeasurementLog
     from memprobe.calibration_run import calibrate as run_calibration
-    from memprobe.db import Database
-    from memprobe.measurement_log import MeasurementLog
-    from memprobe.step_registry import load_step
+    from memprobe.store.database import Database
+    from memprobe.training.named_steps import load_step
 
     db, device = _checked_source(db, device)
     isolate = check_bool(isolate, "isolate")
@@ -510,11 +515,11 @@ def _calibration_arch(arch: str, in_channels: int, out_channels: int, *, find: b
     """A custom model's name with its shape rule attached; without ``find``, only a declared rule."""
     if not isinstance(arch, str) or ":" not in arch or "[" in arch:
         return arch
-    from memprobe.archs.shape_probe import shape_rule_arch
+    from memprobe.planning.shape_probe import shape_rule_arch
 
     if not find:
-        from memprobe.archs.build import load_factory
-        from memprobe.archs.shape_rules import declared_rule
+        from memprobe.core.archs.shape_rules import declared_rule
+        from memprobe.training.networks import load_factory
 
         if declared_rule(load_factory(resolve_arch(arch).factory)) is None:
             return arch  # an isolated run must not try the model in this process

@@ -6,14 +6,17 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, cast
 
-from memprobe.archs.registry import ArchSpec, axis_divisors, resolve_arch, smallest_patch
-from memprobe.calibrated_formula import Calibration
-from memprobe.config import StepConfig
-from memprobe.enums import Strategy
-from memprobe.errors import InvalidInputError, ModelError
-from memprobe.exports import DDP_DEFAULT_BUCKET_CAP_MB, DDP_DEFAULT_GRADIENT_AS_BUCKET_VIEW
-from memprobe.fit import (
+from memprobe.backends.recorder import MeasurementLog
+from memprobe.core.archs.registry import ArchSpec, axis_divisors, resolve_arch, smallest_patch
+from memprobe.core.bisection import Outcome, SearchResult, guided_search
+from memprobe.core.config import StepConfig
+from memprobe.core.enums import Strategy
+from memprobe.core.errors import InvalidInputError, ModelError
+from memprobe.core.measurement import Measurement
+from memprobe.formula.calibration import Calibration
+from memprobe.formula.fit import (
     RESERVED,
     fit_parameter_model,
     fit_phase_coefficients,
@@ -21,11 +24,12 @@ from memprobe.fit import (
     fit_reserved_coefficients,
     has_reserved,
 )
-from memprobe.measurement import Measurement
-from memprobe.measurement_log import MeasurementLog
-from memprobe.memory_need import memory_need, need_from_peaks
-from memprobe.search import Outcome, SearchResult, guided_search
-from memprobe.size_planner import DEFAULT_SAFETY
+from memprobe.planning.exports import DDP_DEFAULT_BUCKET_CAP_MB, DDP_DEFAULT_GRADIENT_AS_BUCKET_VIEW
+from memprobe.planning.need import memory_need, need_from_peaks
+from memprobe.planning.size_search import DEFAULT_SAFETY
+
+if TYPE_CHECKING:
+    from memprobe.store.database import Database
 
 MAX_BATCH = 512
 
@@ -289,7 +293,7 @@ def calibrate(
     recorded = environment.to_dict() | _bucket_settings(log.backend, base)
     calibration = fit_calibration(spec, base, environment.calibration_device, fitted, heldout, recorded)
     if log.db is not None:  # stored before the searches: a search that fails must not lose the fit
-        log.db.add_calibration(calibration, environment)
+        cast("Database", log.db).add_calibration(calibration, environment)
     searches = _limit_searches(log, base, spec, budget_bytes, calibration) if search else []
     return CalibrationReport(
         calibration,

@@ -26,10 +26,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from memprobe.errors import InvalidInputError
-from memprobe.input_files import read_input_text, shown
-from memprobe.output_paths import write_atomically
-from memprobe.user_code import describe
+from memprobe.core.errors import InvalidInputError
+from memprobe.core.input_files import read_input_text, shown
+from memprobe.core.output_paths import write_atomically
+from memprobe.core.user_code import describe
 
 STATE_FILE = "sweep.json"
 _MAX_RESULT_BYTES = 1 << 20  # a job's outcome is a few hundred bytes
@@ -348,7 +348,7 @@ def _write_state(folder: Path, jobs: dict[str, str], executors: dict[str, str]) 
 
 def default_folder(db: str) -> Path:
     """Beside a database file (``FILE.sweep``); for a server, ``memprobe-sweep`` here."""
-    from memprobe.db import database_url
+    from memprobe.store.database import database_url
 
     return Path("memprobe-sweep") if database_url(db) else Path(f"{db}.sweep")
 

@@ -13,14 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from memprobe.api import estimate, max_batch_size, max_patch_size
-from memprobe.archs.registry import resolve_arch
-from memprobe.calibrated_formula import Calibration
-from memprobe.enums import Precision, parse_enum
-from memprobe.exports import batch_exports, data_parallel_note, ddp_buckets, ddp_buckets_note, pytc_config
-from memprobe.gpu_info import GpuInfo
-from memprobe.memory_need import MemoryNeed
-from memprobe.size_planner import DEFAULT_SAFETY, describe_need, largest_batch_rule
-from memprobe.units import format_bytes
+from memprobe.core.archs.registry import resolve_arch
+from memprobe.core.enums import Precision, parse_enum
+from memprobe.core.gpus import GpuInfo
+from memprobe.core.units import format_bytes
+from memprobe.formula.calibration import Calibration
+from memprobe.planning.exports import (
+    batch_exports,
+    data_parallel_note,
+    ddp_buckets,
+    ddp_buckets_note,
+    pytc_config,
+)
+from memprobe.planning.need import MemoryNeed
+from memprobe.planning.size_search import DEFAULT_SAFETY, describe_need, largest_batch_rule
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ def precision_with_reason(given: str | None, gpu: GpuInfo | None) -> tuple[str, 
     ``calibrate``, ``suggest``, ``plan`` and ``report`` share this rule, so that a calibration
     made with the defaults is the one the plans read.
     """
-    from memprobe.enums import Precision, parse_enum
+    from memprobe.core.enums import Precision, parse_enum
 
     if given is not None:
         value = parse_enum(Precision, given, "precision").value

@@ -12,12 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-from memprobe.archs.registry import ARCHS, smallest_patch_size
 from memprobe.backends import get_backend
+from memprobe.backends.recorder import MeasurementLog
 from memprobe.calibration_run import calibrate
-from memprobe.config import make_step_config
-from memprobe.db import Database
-from memprobe.measurement_log import MeasurementLog
+from memprobe.core.archs.registry import ARCHS, smallest_patch_size
+from memprobe.core.config import make_step_config
+from memprobe.store.database import Database
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")

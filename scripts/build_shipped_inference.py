@@ -15,11 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from memprobe.archs.registry import ARCHS, axis_divisors, resolve_arch
-from memprobe.db import Database
+from memprobe.backends.sliding_window import InferenceRunner
+from memprobe.core.archs.registry import ARCHS, axis_divisors, resolve_arch
+from memprobe.core.inference_config import make_inference_config
 from memprobe.inference.calibration_run import calibrate_inference
-from memprobe.inference.config import make_inference_config
-from memprobe.inference.run import InferenceRunner
+from memprobe.store.database import Database
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("fp32", "bf16-mixed")

@@ -68,7 +68,7 @@ PY
 
 # Calibrations run in process: --isolate would start a child per probe (about 8 s of imports
 # each), more than the slot allows; an OOM is a result either way.
-memprobe=("$PYTHON" -m memprobe.cli)
+memprobe=("$PYTHON" -m memprobe.cli.main)
 step verify "${memprobe[@]}" verify "${verify_args[@]}" --out "$out/verify"
 for arch in "${archs[@]}"; do
   for precision in "${precisions[@]}"; do

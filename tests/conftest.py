@@ -48,7 +48,7 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def fresh_db() -> Iterator[object]:
     """An in-memory database with the current schema."""
-    from memprobe.db import Database
+    from memprobe.store.database import Database
 
     database = Database.open(":memory:")
     yield database

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memprobe.calibrated_formula import Calibration, FitQuality
+from memprobe.formula.calibration import Calibration, FitQuality
 
 
 def make_calibration(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-MEMPROBE = [sys.executable, "-m", "memprobe.cli"]
+MEMPROBE = [sys.executable, "-m", "memprobe.cli.main"]
 TINY = "tests.tiny_models:tiny_net"
 # Small enough that every search stops at its first probe: a calibration is its design points.
 SMALL_BUDGET = "1MiB"
@@ -35,7 +35,7 @@ class Result:
 
 def invoke(capsys: pytest.CaptureFixture[str], *arguments: str) -> Result:
     """Run ``memprobe ARGUMENTS`` in this process, through ``main`` (where errors become one line)."""
-    from memprobe.cli import main
+    from memprobe.cli.main import main
 
     sigterm = signal.getsignal(signal.SIGTERM)
     capsys.readouterr()
@@ -128,7 +128,7 @@ def shipped_calibration(key: tuple[str, str, str, str, bool]) -> object:
     from dataclasses import replace
     from importlib import resources
 
-    from memprobe.calibrated_formula import Calibration
+    from memprobe.formula.calibration import Calibration
 
     text = resources.files("memprobe.data").joinpath("calibrations.json").read_text()
     found = next(c for c in map(Calibration.from_dict, json.loads(text)) if c.key[:5] == key)
@@ -137,9 +137,9 @@ def shipped_calibration(key: tuple[str, str, str, str, bool]) -> object:
 
 def make_calibrated_db(path: Path, measurements: int = 0) -> Path:
     """A memprobe database with a trace calibration of MedNeXt (fp32, AdamW) and some measurements."""
-    from memprobe.config import StepConfig
-    from memprobe.db import Database
-    from memprobe.measurement import Environment, Measurement
+    from memprobe.core.config import StepConfig
+    from memprobe.core.measurement import Environment, Measurement
+    from memprobe.store.database import Database
 
     environment = Environment("trace", "trace", host="test")
     with Database.open(path) as database:

@@ -1,4 +1,4 @@
-"""The package's import graph: no cycles, no two modules that import each other, every module importable."""
+"""The package's import rule: layers imported top to bottom only, no cycle at any level, every module importable."""
 
 from __future__ import annotations
 
@@ -11,13 +11,60 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "memprobe"
 
-# Pairs that still import each other inside functions, each owned by work outside #16's reach:
-# mend them there, then drop them here. A new pair fails the test.
-KNOWN_PAIRS = {
-    ("memprobe.archs.registry", "memprobe.nnunet.specs"),  # nnU-Net presets registered lazily
-    ("memprobe.backends.distributed", "memprobe.backends.trace_backend"),  # the fake process group
-    ("memprobe.db", "memprobe.db_postgres"),  # the server database subclasses the SQLite one
-}
+# The layers, top to bottom: a module may import from its own layer or any layer below it,
+# never above. Longest prefix wins, so an integration's modules sit where their job does.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("memprobe.cli",),
+    (
+        "memprobe.api",
+        "memprobe.calibration_run",
+        "memprobe.sweep",
+        "memprobe.training_plan",
+        "memprobe.alternatives",
+        "memprobe.compat",
+        "memprobe.inference",
+        "memprobe.verify",
+        "memprobe.snapshots",
+        "memprobe.reporting",
+        "memprobe.integrations.pytc",
+        "memprobe.integrations.lightning",
+    ),
+    (
+        "memprobe.planning",
+        "memprobe.store",
+        "memprobe.integrations.nnunet.planner",
+        "memprobe.integrations.nnunet.patch_plan",
+    ),
+    ("memprobe.backends", "memprobe.integrations.nnunet.predictor"),
+    (
+        "memprobe.training",
+        "memprobe.formula",
+        "memprobe.integrations.nnunet.networks",
+    ),
+    (
+        "memprobe.core",
+        "memprobe.core.archs",
+        "memprobe.__version__",
+        "memprobe.data",
+        "memprobe.integrations.nnunet.fingerprint",
+        "memprobe.integrations.nnunet.dataset_files",
+    ),
+)
+PACKAGE_ROOTS = ("memprobe", "memprobe.integrations", "memprobe.integrations.nnunet")
+MAX_TOP_LEVEL_MODULES = 10
+MAX_PARAMETERS = 15
+
+
+def layer_of(module: str) -> int:
+    """The layer index of ``module`` (0 is the top), by its longest listed prefix."""
+    best = (-1, -1)
+    for index, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best[0]:
+                best = (len(prefix), index)
+    if best[1] < 0:
+        raise AssertionError(f"{module} is in no layer: add it to LAYERS in tests/test_imports.py")
+    return best[1]
 
 
 def _modules() -> dict[str, Path]:
@@ -98,19 +145,68 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_module_level_imports_form_no_cycle() -> None:
-    cycle = _cycle(_graph(module_level=True))
+def test_no_import_cycle_at_any_level() -> None:
+    """Imports inside functions count too: a cycle of any length fails, naming its modules."""
+    cycle = _cycle(_graph(module_level=False))
     assert cycle is None, " -> ".join(cycle or [])
 
 
-def test_no_two_modules_import_each_other() -> None:
-    """Protocols and results live in leaf modules; a package ``__init__`` picks the implementation."""
+def test_no_cycle_between_packages() -> None:
+    """Packages form no cycle either: planning and the store, say, may not lean on each other."""
     graph = _graph(module_level=False)
-    pairs = {tuple(sorted((a, b))) for a in graph for b in graph[a] if a in graph[b]}
-    assert pairs - KNOWN_PAIRS == set()
+    packages: dict[str, set[str]] = {}
+    for source, targets in graph.items():
+        owner = _package(source)
+        packages.setdefault(owner, set()).update(_package(t) for t in targets if _package(t) != owner)
+    cycle = _cycle({name: {t for t in targets if t in packages} for name, targets in packages.items()})
+    assert cycle is None, " -> ".join(cycle or [])
 
 
-@pytest.mark.parametrize("leaf", ["memprobe.backends.base", "memprobe.reporters.base"])
+def _package(module: str) -> str:
+    """The package a module belongs to, one level below a package root (``memprobe.store``)."""
+    parts = module.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:depth]) in PACKAGE_ROOTS:
+            return ".".join(parts[: depth + 1])
+    return module
+
+
+def test_every_module_is_in_a_layer() -> None:
+    for module in _modules():
+        if module not in PACKAGE_ROOTS:
+            layer_of(module)
+
+
+def test_no_import_against_the_layer_order() -> None:
+    upward = sorted(
+        f"{source} -> {target}"
+        for source, targets in _graph(module_level=False).items()
+        if source not in PACKAGE_ROOTS
+        for target in targets
+        if target not in PACKAGE_ROOTS and layer_of(target) < layer_of(source)
+    )
+    assert upward == []
+
+
+def test_at_most_ten_modules_directly_under_the_package() -> None:
+    flat = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(flat) <= MAX_TOP_LEVEL_MODULES, flat
+
+
+def test_no_function_takes_more_than_fifteen_parameters() -> None:
+    """Long parameter lists are what a ``Setup`` value replaces."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                arguments = node.args
+                count = len(arguments.posonlyargs) + len(arguments.args) + len(arguments.kwonlyargs)
+                if count > MAX_PARAMETERS:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.name} ({count})")
+    assert long == []
+
+
+@pytest.mark.parametrize("leaf", ["memprobe.backends.base", "memprobe.cli.render.base"])
 def test_protocol_modules_import_no_implementation(leaf: str) -> None:
     package = leaf.rpartition(".")[0]
     assert not {t for t in _graph(module_level=False)[leaf] if t.startswith(package)}

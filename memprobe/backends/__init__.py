@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from memprobe.backends.base import Backend
-from memprobe.enums import DeviceKind, parse_enum
-from memprobe.errors import DeviceUnavailableError
+from memprobe.core.enums import DeviceKind, parse_enum
+from memprobe.core.errors import DeviceUnavailableError
 
 __all__ = ["Backend", "cuda_available", "default_device_kind", "get_backend"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from memprobe.config import StepConfig
-from memprobe.enums import DeviceKind
-from memprobe.measurement import Environment, Measurement
+from memprobe.core.config import StepConfig
+from memprobe.core.enums import DeviceKind
+from memprobe.core.measurement import Environment, Measurement
 
 
 class Backend(Protocol):

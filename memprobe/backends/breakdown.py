@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from memprobe.backends.allocation_tracker import AllocationTracker
-from memprobe.step import PhaseCallback, TrainingState
+from memprobe.training.step import PhaseCallback, TrainingState
 
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "inputs", "activations", "temporaries")
 

@@ -13,15 +13,15 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from memprobe.archs.build import build_for_config
-from memprobe.config import StepConfig
-from memprobe.enums import DeviceKind, Strategy
-from memprobe.environment import software_environment
-from memprobe.errors import DeviceUnavailableError, MemprobeError, ModelError
-from memprobe.measurement import Environment, Measurement
-from memprobe.step import TrainingState, parameter_count, prepare_training, train_step
-from memprobe.step_registry import load_step
-from memprobe.user_code import model_exited, raised_by_user_code
+from memprobe.core.config import StepConfig
+from memprobe.core.enums import DeviceKind, Strategy
+from memprobe.core.environment import software_environment
+from memprobe.core.errors import DeviceUnavailableError, MemprobeError, ModelError
+from memprobe.core.measurement import Environment, Measurement
+from memprobe.core.user_code import model_exited, raised_by_user_code
+from memprobe.training.named_steps import load_step
+from memprobe.training.networks import build_for_config
+from memprobe.training.step import TrainingState, parameter_count, prepare_training, train_step
 
 _HISTORY_ENTRIES = 1_000_000  # allocator events PyTorch keeps while recording a snapshot
 
@@ -73,7 +73,7 @@ class TorchCudaRuntime:
         return torch.cuda.get_device_name()
 
     def versions(self) -> dict[str, Any]:
-        from memprobe.gpu_info import nvml_driver_version
+        from memprobe.core.gpus import nvml_driver_version
 
         cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
         return {
@@ -88,7 +88,7 @@ class TorchCudaRuntime:
         NVML's per-process figure minus the allocator's reserve; where NVML cannot say, the
         device's used memory (``mem_get_info``) minus the reserve, which assumes no other process.
         """
-        from memprobe.gpu_info import nvml_process_used_bytes
+        from memprobe.core.gpus import nvml_process_used_bytes
 
         reserved = torch.cuda.memory_reserved()
         used = nvml_process_used_bytes(os.getpid())

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from memprobe.backends.allocation_tracker import cuda_block_size
-from memprobe.enums import Strategy
-from memprobe.errors import InvalidInputError
+from memprobe.core.enums import Strategy
+from memprobe.core.errors import InvalidInputError
 
 __all__ = ["DistributedOptions", "Strategy", "measure_per_rank", "options_for", "wrap"]
 
@@ -229,7 +229,7 @@ def sharded_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | Non
 class RankMeasurement:
     """One rank's step under ``options``, and what the strategy adds or removes per rank."""
 
-    measurement: Any  # memprobe.measurement.Measurement of rank 0
+    measurement: Any  # memprobe.core.measurement.Measurement of rank 0
     options: DistributedOptions
     gradient_bucket_bytes: int  # DDP's buckets (0 under FSDP)
     state_bytes: dict[str, int]  # parameters, gradients, optimizer state held by one rank
@@ -258,8 +258,8 @@ def measure_per_rank(config: Any, options: DistributedOptions, device: str = "tr
     """
     from dataclasses import replace
 
-    from memprobe.archs.build import build_for_config
     from memprobe.backends import get_backend
+    from memprobe.training.networks import build_for_config
 
     config = replace(config, strategy=options.strategy, world_size=options.world_size)
     backend: Any = get_backend(

@@ -17,11 +17,11 @@ import threading
 import time
 from typing import Any
 
-from memprobe import errors
 from memprobe.backends.base import Backend
-from memprobe.config import StepConfig
-from memprobe.enums import DeviceKind
-from memprobe.measurement import Environment, Measurement
+from memprobe.core import errors
+from memprobe.core.config import StepConfig
+from memprobe.core.enums import DeviceKind
+from memprobe.core.measurement import Environment, Measurement
 
 CHILD_TIMEOUT_SECONDS = 3600
 _ERROR_KEY = "memprobe_error"

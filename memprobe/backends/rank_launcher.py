@@ -25,8 +25,8 @@ from typing import Any
 
 from memprobe.backends.distributed import DistributedOptions, wrap
 from memprobe.backends.rank_spec import LaunchSpec, worst_rank
-from memprobe.config import StepConfig
-from memprobe.measurement import Environment, Measurement
+from memprobe.core.config import StepConfig
+from memprobe.core.measurement import Environment, Measurement
 
 RESULT_FILE = "rank{rank}.json"
 __all__ = ["LaunchSpec", "launch_ranks", "worst_rank"]
@@ -115,10 +115,10 @@ def _rank_step_runner(options: DistributedOptions, device: Any) -> Callable[...,
     """``run_real_step`` with the network wrapped for this rank, on ``device``."""
     import time
 
-    from memprobe.archs.build import build_for_config
     from memprobe.backends.cuda import StepRun, warm_up
-    from memprobe.step import parameter_count, prepare_training
-    from memprobe.step_registry import load_step
+    from memprobe.training.named_steps import load_step
+    from memprobe.training.networks import build_for_config
+    from memprobe.training.step import parameter_count, prepare_training
 
     def run(config: StepConfig, _: object, on_phase: Any, before_measured: Any) -> StepRun:
         step = load_step(config.step)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from memprobe.backends.distributed import DEFAULT_BUCKET_CAP_MB, DistributedOptions, options_for
-from memprobe.config import StepConfig
-from memprobe.measurement import Measurement
+from memprobe.core.config import StepConfig
+from memprobe.core.measurement import Measurement
 
 
 @dataclass(frozen=True)

@@ -18,19 +18,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from memprobe.archs.build import build_for_config
 from memprobe.backends.allocation_tracker import AllocationTracker
 from memprobe.backends.allocator_replay import replay
 from memprobe.backends.distributed import DEFAULT_BUCKET_CAP_MB, fake_process_group, options_for, wrap
 from memprobe.backends.traced_step import TracedStep
-from memprobe.config import StepConfig
-from memprobe.enums import DeviceKind
-from memprobe.environment import software_environment
-from memprobe.errors import MemprobeError, ModelError
-from memprobe.measurement import Environment, Measurement
-from memprobe.step import TrainingState, parameter_count, prepare_training
-from memprobe.step_registry import load_step
-from memprobe.user_code import model_exited, raised_by_user_code
+from memprobe.core.config import StepConfig
+from memprobe.core.enums import DeviceKind
+from memprobe.core.environment import software_environment
+from memprobe.core.errors import MemprobeError, ModelError
+from memprobe.core.measurement import Environment, Measurement
+from memprobe.core.user_code import model_exited, raised_by_user_code
+from memprobe.training.named_steps import load_step
+from memprobe.training.networks import build_for_config
+from memprobe.training.step import TrainingState, parameter_count, prepare_training
 
 _CPU = torch.device("cpu")
 # Windows each phase's peak is also recorded in (see AllocationTracker.split_phases). A user's
@@ -78,7 +78,7 @@ def _first_line(error: BaseException) -> str:
 
 def _assumed_rule(config: StepConfig) -> str:
     """For a custom model, the divisors and smallest patch memprobe assumed: the likely cause."""
-    from memprobe.archs.registry import axis_divisors, resolve_arch, smallest_patch
+    from memprobe.core.archs.registry import axis_divisors, resolve_arch, smallest_patch
 
     spec = resolve_arch(config.arch)
     if not spec.custom:

@@ -9,24 +9,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memprobe.archs.registry import resolve_arch
-from memprobe.arguments import check_db, check_fraction, check_text
-from memprobe.errors import InvalidInputError, NoCalibrationError
-from memprobe.inference.calibration import InferenceCalibration
-from memprobe.inference.config import InferenceConfig, Predictor, StitchDevice, make_inference_config
-from memprobe.inference.plan import InferencePlan, plan_inference
-from memprobe.input_files import read_input_text, shown
-from memprobe.units import parse_bytes
+from memprobe.core.archs.registry import resolve_arch
+from memprobe.core.checks import check_db, check_fraction, check_text
+from memprobe.core.errors import InvalidInputError, NoCalibrationError
+from memprobe.core.inference_config import InferenceConfig, Predictor, StitchDevice, make_inference_config
+from memprobe.core.input_files import read_input_text, shown
+from memprobe.core.units import parse_bytes
+from memprobe.formula.inference_calibration import InferenceCalibration
+from memprobe.planning.inference_plan import InferencePlan, plan_inference
 
 if TYPE_CHECKING:
+    from memprobe.core.inference_measurement import InferenceMeasurement
     from memprobe.inference.calibration_run import InferenceCalibrationReport
-    from memprobe.inference.measurement import InferenceMeasurement
 
 
 def inference_calibrations(db: str | Path | None = None) -> list[InferenceCalibration]:
     """The inference calibrations in the user's database (none while it does not exist, however named)."""
-    from memprobe.db import Database, database_exists
-    from memprobe.inference.store import inference_calibrations as stored
+    from memprobe.store.database import Database, database_exists
+    from memprobe.store.inference_rows import inference_calibrations as stored
 
     if not database_exists(db):
         return []
@@ -39,7 +39,7 @@ INFERENCE_SHIPPED_FILE = "inference_calibrations.json"
 
 def shipped_inference_calibrations() -> list[InferenceCalibration]:
     """Inference calibrations packaged with memprobe (`make shipped`); none with MEMPROBE_NO_SHIPPED=1."""
-    from memprobe.sources import shipped_items
+    from memprobe.store.calibration_sources import shipped_items
 
     return shipped_items(INFERENCE_SHIPPED_FILE, "shipped inference calibration", _shipped_inference)
 
@@ -47,8 +47,8 @@ def shipped_inference_calibrations() -> list[InferenceCalibration]:
 def _shipped_inference(item: Any) -> InferenceCalibration:
     import dataclasses
 
-    from memprobe.inference.calibration import INFERENCE
-    from memprobe.row_checks import BadRowError, calibration_from_fields
+    from memprobe.formula.inference_calibration import INFERENCE
+    from memprobe.store.row_checks import BadRowError, calibration_from_fields
 
     if not isinstance(item, dict) or item.get("optimizer") != INFERENCE:
         raise BadRowError("not an inference calibration")
@@ -205,7 +205,7 @@ def max_sw_batch_size(
         buffer_steps=buffer_steps,
     )
     if base.nnunet:
-        from memprobe.inference.config import require_nnunet
+        from memprobe.core.inference_config import require_nnunet
 
         require_nnunet()
     calibration = choose_inference_calibration(base.arch, base.precision.value, db, device, base.predictor)
@@ -222,7 +222,7 @@ def max_sw_batch_size(
 
 def probe_inference(config: InferenceConfig, device: str | None = None) -> InferenceMeasurement:
     """Run and measure one sliding-window inference (imports torch)."""
-    from memprobe.inference.run import InferenceRunner
+    from memprobe.backends.sliding_window import InferenceRunner
 
     return InferenceRunner(device).measure(config)
 
@@ -239,14 +239,14 @@ def calibrate_inference(
 
     ``precision`` defaults to fp32 for MONAI and fp16-mixed (its autocast) for nnU-Net's predictor.
     """
-    from memprobe.db import Database
+    from memprobe.backends.sliding_window import InferenceRunner
     from memprobe.inference.calibration_run import calibrate_inference as run_calibration
-    from memprobe.inference.run import InferenceRunner
+    from memprobe.store.database import Database
 
     spec = resolve_arch(arch)
     nnunet = predictor == Predictor.NNUNET.value
     if nnunet:
-        from memprobe.inference.config import require_nnunet
+        from memprobe.core.inference_config import require_nnunet
 
         require_nnunet()
     base = make_inference_config(

@@ -10,10 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from memprobe.archs.registry import ArchSpec, axis_divisors, resolve_arch
+from memprobe.backends.sliding_window import InferenceRunner
 from memprobe.calibration_run import patch_unit, patch_units
-from memprobe.errors import InvalidInputError
-from memprobe.fit import (
+from memprobe.core.archs.registry import ArchSpec, axis_divisors, resolve_arch
+from memprobe.core.errors import InvalidInputError
+from memprobe.core.inference_config import BlendMode, InferenceConfig, StitchDevice
+from memprobe.core.inference_measurement import InferenceMeasurement
+from memprobe.formula.fit import (
     RESERVED,
     fit_parameter_model,
     fit_phase_coefficients,
@@ -21,11 +24,8 @@ from memprobe.fit import (
     fit_reserved_coefficients,
     has_reserved,
 )
-from memprobe.inference.calibration import INFERENCE, InferenceCalibration
-from memprobe.inference.config import BlendMode, InferenceConfig, StitchDevice
-from memprobe.inference.formula import inference_terms
-from memprobe.inference.measurement import InferenceMeasurement
-from memprobe.inference.run import InferenceRunner
+from memprobe.formula.inference_calibration import INFERENCE, InferenceCalibration
+from memprobe.formula.inference_terms import inference_terms
 
 GPU, CPU = StitchDevice.GPU, StitchDevice.CPU
 Progress = Callable[[InferenceMeasurement, bool], None]
@@ -269,8 +269,8 @@ def calibrate_inference(
 
     ``base`` fixes the architecture and precision; its sizes are ignored.
     """
-    from memprobe.db import Database
-    from memprobe.inference.store import (
+    from memprobe.store.database import Database
+    from memprobe.store.inference_rows import (
         add_inference_calibration,
         add_inference_measurement,
         find_inference_measurement,
@@ -310,6 +310,6 @@ def calibrate_inference(
 def _model_hash(arch: str) -> str | None:
     if ":" not in arch:
         return None
-    from memprobe.archs.build import factory_source_hash
+    from memprobe.training.networks import factory_source_hash
 
     return factory_source_hash(resolve_arch(arch))

@@ -20,7 +20,7 @@ otherwise ``gpu_mem`` (default 24 GiB). From it the fixed overheads a plan charg
 free (the CUDA context on trace, the cuBLAS workspace, cuDNN's and other CUDA-only buffers),
 and each traced peak is charged more: the reserve under-prediction published real-GPU runs
 showed against trace, and the 10% a reserve that was not fitted is charged
-(``memprobe/overheads.py``, ``memprobe/data/gpu_evidence.json``). Supported precisions: ``32-true``,
+(``memprobe/planning/overheads.py``, ``memprobe/data/gpu_evidence.json``). Supported precisions: ``32-true``,
 ``16-mixed`` and ``bf16-mixed``; automatic optimisation only.
 """
 
@@ -38,16 +38,16 @@ from lightning.pytorch.utilities.parsing import lightning_setattr
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from memprobe.arguments import check_bool, check_db
-from memprobe.enums import Precision
-from memprobe.errors import InvalidInputError, NothingFitsError
-from memprobe.overheads import (
+from memprobe.core.checks import check_bool, check_db
+from memprobe.core.enums import Precision
+from memprobe.core.errors import InvalidInputError, NothingFitsError
+from memprobe.core.units import format_bytes, parse_bytes
+from memprobe.planning.overheads import (
     CONTEXT_DEFAULTS,
     CUBLAS_WORKSPACE_SM90_BYTES,
     UNCALIBRATED_RESERVE_ALLOWANCE,
     trace_evidence,
 )
-from memprobe.units import format_bytes, parse_bytes
 
 DEFAULT_GPU_MEM = "24GiB"
 PEAK_ALLOWANCE = trace_evidence().reserved_underprediction + UNCALIBRATED_RESERVE_ALLOWANCE
@@ -136,7 +136,7 @@ def _repeated(batch: Any, size: int, device: torch.device) -> Any:
 
 def _lightning_step(module: LightningModule, batch: Any, precision: Precision) -> Callable[[], None]:
     """One automatic-optimisation step of ``module``, in Lightning's order."""
-    from memprobe.step import ForeachGradScaler, autocast_factory
+    from memprobe.training.step import ForeachGradScaler, autocast_factory
 
     device = next(module.parameters()).device
     optimizer = _first_optimizer(module.configure_optimizers())
@@ -217,7 +217,7 @@ class MemprobeBatchSizeFinder(BatchSizeFinder):
 
     def scale_batch_size(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Measure (or recall) the peaks, set the largest batch that fits, and reload the data."""
-        from memprobe.db import Database
+        from memprobe.store.database import Database
 
         precision = _precision(trainer)
         sample = next(iter(trainer.fit_loop._data_source.dataloader()))

@@ -16,7 +16,7 @@ from memprobe.backends.caching_allocator import (
     round_size_power2,
     should_split,
 )
-from memprobe.errors import InvalidInputError
+from memprobe.core.errors import InvalidInputError
 from memprobe.snapshots.settings import FollowedSettings
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from memprobe.backends.caching_allocator import SMALL_SEGMENT_BYTES, round_size
 from memprobe.backends.expandable_segments import ExpandableSegmentsModel
-from memprobe.errors import InvalidInputError
+from memprobe.core.errors import InvalidInputError
 from memprobe.snapshots.addressed_model import AddressedAllocatorModel
 from memprobe.snapshots.events import (
     ALLOC,

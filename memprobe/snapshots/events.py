@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from memprobe.errors import InvalidInputError
+from memprobe.core.errors import InvalidInputError
 
 ALLOC = "alloc"
 FREE_REQUESTED = "free_requested"

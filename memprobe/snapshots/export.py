@@ -17,7 +17,7 @@ from typing import Any
 
 from memprobe.backends.caching_allocator import FREE, Block
 from memprobe.backends.traced_step import TracedStep
-from memprobe.output_paths import write_atomically
+from memprobe.core.output_paths import write_atomically
 from memprobe.snapshots.addressed_model import AddressedAllocatorModel
 from memprobe.snapshots.check import SIMULATED_MARK
 from memprobe.snapshots.settings import FollowedSettings

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memprobe.config import StepConfig
-from memprobe.errors import InvalidInputError
-from memprobe.input_files import read_input_text
-from memprobe.measurement import Environment, Measurement
+from memprobe.core.config import StepConfig
+from memprobe.core.errors import InvalidInputError
+from memprobe.core.input_files import read_input_text
+from memprobe.core.measurement import Environment, Measurement
 from memprobe.snapshots.check import SnapshotCheck, check_snapshot
-from memprobe.snapshots.evidence import SNAPSHOT_SOURCE
 from memprobe.snapshots.reader import LoadedSnapshot, load_snapshot
 from memprobe.snapshots.record import sidecar_path
+from memprobe.store.snapshot_evidence import SNAPSHOT_SOURCE
 
 UNNAMED_GPU = "unnamed GPU (snapshot)"
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memprobe.errors import InvalidInputError
-from memprobe.input_files import read_input_bytes, shown
+from memprobe.core.errors import InvalidInputError
+from memprobe.core.input_files import read_input_bytes, shown
 
 MAX_SNAPSHOT_BYTES = 4 << 30  # a ring buffer of a million events with frames stays well below
 _GZIP_MAGIC = b"\x1f\x8b"

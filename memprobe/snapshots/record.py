@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from memprobe.backends.memory_history import MemoryHistory, TorchMemoryHistory
-from memprobe.config import StepConfig, make_step_config
-from memprobe.output_paths import check_output_path, write_atomically
+from memprobe.core.config import StepConfig, make_step_config
+from memprobe.core.output_paths import check_output_path, write_atomically
 
 SIDECAR_SUFFIX = ".memprobe.json"
 MAX_ENTRIES = 1_000_000  # events kept by PyTorch's ring buffer: a 3D step makes tens of thousands

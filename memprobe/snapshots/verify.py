@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from memprobe.measurement import Measurement
-from memprobe.snapshots.evidence import snapshot_measurements
+from memprobe.core.measurement import Measurement
+from memprobe.store.snapshot_evidence import snapshot_measurements
 from memprobe.verify.results import VerifyRow
 
 

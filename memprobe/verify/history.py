@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
 
-from memprobe.archs.build import build_for_config
 from memprobe.backends.allocation_tracker import AllocationTracker, cuda_block_size
 from memprobe.backends.caching_allocator import FREE
-from memprobe.config import StepConfig
-from memprobe.step import prepare_training, train_step
+from memprobe.core.config import StepConfig
+from memprobe.training.networks import build_for_config
+from memprobe.training.step import prepare_training, train_step
 from memprobe.verify.results import UnseenAllocation
 
 Allocation = tuple[int, str]  # (bytes, op that made it)

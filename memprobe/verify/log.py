@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from memprobe.errors import InvalidInputError
-from memprobe.input_files import read_input_text, shown
+from memprobe.core.errors import InvalidInputError
+from memprobe.core.input_files import read_input_text, shown
 
 LOG_NAME = "measurements.jsonl"
 

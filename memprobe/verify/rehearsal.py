@@ -15,9 +15,9 @@ from typing import Any
 from memprobe.backends.allocation_tracker import AllocationTracker, cuda_block_size
 from memprobe.backends.caching_allocator import FREE
 from memprobe.backends.trace_backend import CpuBackend, TraceBackend
-from memprobe.config import StepConfig
-from memprobe.enums import DeviceKind
-from memprobe.measurement import Environment, Measurement
+from memprobe.core.config import StepConfig
+from memprobe.core.enums import DeviceKind
+from memprobe.core.measurement import Environment, Measurement
 from memprobe.verify.extras import Snapshot
 from memprobe.verify.history import trace_allocations
 from memprobe.verify.results import ContextSize

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memprobe.backends.base import Backend
-from memprobe.config import StepConfig, make_step_config
-from memprobe.errors import MemprobeError
-from memprobe.units import format_bytes
+from memprobe.core.config import StepConfig, make_step_config
+from memprobe.core.errors import MemprobeError
+from memprobe.core.units import format_bytes
 from memprobe.verify.extras import CudaExtras
 from memprobe.verify.history import Allocation, allocations_from_snapshot, unseen_allocations
 from memprobe.verify.log import ResultLog
@@ -51,7 +51,7 @@ def cuda_tools(db: Any = None) -> VerifyTools:
     """The real collaborators on the current CUDA device."""
     from memprobe.backends.cuda import CudaBackend, run_real_step
     from memprobe.backends.trace_backend import TraceBackend
-    from memprobe.gpu_info import detect_gpu
+    from memprobe.core.gpus import detect_gpu
     from memprobe.verify.extras import TorchCudaExtras
     from memprobe.verify.history import trace_allocations
     from memprobe.verify.safety import run_consecutive_steps, suggest_from_calibrations

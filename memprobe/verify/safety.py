@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from memprobe.config import StepConfig
-from memprobe.errors import NoCalibrationError
-from memprobe.search import Outcome, doubling_search, linear_boundary
+from memprobe.core.bisection import Outcome, doubling_search, linear_boundary
+from memprobe.core.config import StepConfig
+from memprobe.core.errors import NoCalibrationError
 from memprobe.verify.results import SafetyRow
 from memprobe.verify.table import SafetyCase
 
@@ -75,7 +75,7 @@ def suggest_from_calibrations(case: SafetyCase, budget_bytes: int, db: Any = Non
 
 def _suggest_from_two_probes(case: SafetyCase, budget_bytes: int) -> int:
     from memprobe.backends.trace_backend import TraceBackend
-    from memprobe.config import make_step_config
+    from memprobe.core.config import make_step_config
 
     backend = TraceBackend()
     points = []
@@ -90,8 +90,8 @@ def run_consecutive_steps(
     config: StepConfig, device: torch.device, on_phase: Any, before_measured: Any
 ) -> tuple[float, int]:
     """A CudaBackend step runner: three steps in a row, all of them measured as one phase."""
-    from memprobe.archs.build import build_for_config
-    from memprobe.step import parameter_count, prepare_training, train_step
+    from memprobe.training.networks import build_for_config
+    from memprobe.training.step import parameter_count, prepare_training, train_step
 
     model = build_for_config(config).to(device)
     state = prepare_training(config, model, device)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from memprobe.archs.registry import ARCHS, resolve_arch
-from memprobe.config import StepConfig, make_step_config
-from memprobe.enums import Precision
+from memprobe.core.archs.registry import ARCHS, resolve_arch
+from memprobe.core.config import StepConfig, make_step_config
+from memprobe.core.enums import Precision
 
 Patch = tuple[int, int, int]
 

@@ -1,0 +1,495 @@
+"""``--mode inference`` of probe, calibrate and suggest: a thin view over ``memprobe.inference``.
+
+Each of those commands takes ``@inference_mode(view, training_only)``: with ``--mode inference``
+the command's arguments go to the view here, and a training-only option given on the command
+line is refused (exit 2, naming it); with ``--mode training`` an inference-only option is refused.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from memprobe.cli.options import BATCH
+from memprobe.cli.render import Report
+from memprobe.core.units import format_bytes
+
+F = Callable[..., Any]
+
+
+class MirrorAxes(click.ParamType):
+    """nnU-Net's mirroring axes: ``012``, ``0,1,2``, ``12``, or ``none``."""
+
+    name = "axes"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip().lower().replace(",", "").replace(" ", "")
+        if text in ("none", "off"):
+            return ()
+        if not text or any(axis not in "012" for axis in text) or len(set(text)) != len(text):
+            self.fail(f"{value!r}: give distinct axes 0, 1, 2 (e.g. 012 or 1,2), or none", param, ctx)
+        return tuple(sorted(int(axis) for axis in text))
+
+
+# Options of the training commands that mean nothing to an inference: refused with --mode
+# inference wherever a command has them, beside the ones each command names.
+_TRAINING_ONLY = (
+    "training_step",
+    "checkpointing",
+    "gpus",
+    "strategy",
+    "bucket_cap_mb",
+    "gradient_as_bucket_view",
+    "show_options",
+    "nnunet_fingerprint",
+    "min_patch",
+    "divisor",
+    "no_search",
+)
+
+_INFERENCE_OPTIONS = (
+    click.option(
+        "--mode",
+        type=click.Choice(["training", "inference"]),
+        default="training",
+        show_default=True,
+        help="training: one training step; inference: a sliding-window prediction over a whole image.",
+    ),
+    click.option(
+        "--predictor",
+        type=click.Choice(["monai", "nnunet"]),
+        default="monai",
+        show_default=True,
+        help="Inference: MONAI's sliding_window_inference, or nnU-Net v2's nnUNetPredictor "
+        "(one window at a time, fp16 autocast, --overlap is 1 - tile_step_size; needs nnunetv2).",
+    ),
+    click.option(
+        "--mirror-axes",
+        type=MirrorAxes(),
+        default=None,
+        help="Inference, nnU-Net: mirroring axes of its test-time augmentation (default 012; none: off).",
+    ),
+    click.option(
+        "--buffer-steps",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Inference, MONAI: sliding_window_inference's buffer_steps (buffer_dim -1); suggest plans its buffer.",
+    ),
+    click.option(
+        "--image-shape",
+        nargs=3,
+        default=None,
+        metavar="D H W",
+        help="Inference: the whole image in voxels (--patch is the window, roi_size).",
+    ),
+    click.option(
+        "--sw-batch-size",
+        default=1,
+        show_default=True,
+        type=BATCH,
+        help="Inference: windows the network sees at once.",
+    ),
+    click.option(
+        "--overlap",
+        default=0.25,
+        show_default=True,
+        type=click.FloatRange(0, 1, max_open=True),
+        help="Inference: overlap of windows, in [0, 1).",
+    ),
+    click.option(
+        "--blend",
+        type=click.Choice(["constant", "gaussian"]),
+        default="constant",
+        show_default=True,
+        help="Inference: how overlapping windows are blended (MONAI's mode).",
+    ),
+    click.option(
+        "--stitch",
+        type=click.Choice(["gpu", "cpu"]),
+        default=None,
+        help="Inference: where the output is stitched (MONAI's device); suggest chooses when not given.",
+    ),
+)
+_SUGGEST_OPTIONS = (
+    click.option(
+        "--max-image-shape",
+        nargs=3,
+        default=None,
+        metavar="D H W",
+        help="Inference: the dataset's largest image (same as --image-shape).",
+    ),
+    click.option(
+        "--fingerprint",
+        default=None,
+        metavar="FILE",
+        help="Inference: nnU-Net dataset_fingerprint.json; its largest image is planned for.",
+    ),
+)
+_NAMES = (
+    "mode",
+    "predictor",
+    "mirror_axes",
+    "buffer_steps",
+    "image_shape",
+    "sw_batch_size",
+    "overlap",
+    "blend",
+    "stitch",
+)
+_SUGGEST_NAMES = ("max_image_shape", "fingerprint")
+
+
+def _given(context: click.Context, name: str) -> bool:
+    return context.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+
+
+def _refuse(context: click.Context, names: tuple[str, ...], why: str) -> None:
+    from memprobe.core.errors import InvalidInputError
+
+    flags = {param.name: param.opts[0] for param in context.command.params}
+    for name in names:
+        if _given(context, name):
+            raise InvalidInputError(f"{flags.get(name, '--' + name.replace('_', '-'))} {why}")
+
+
+def inference_mode(view: F, training_only: tuple[str, ...], suggest: bool = False) -> Callable[[F], F]:
+    """Add ``--mode`` and the inference options to a command, branching early into ``view``."""
+    extra = _INFERENCE_OPTIONS + (_SUGGEST_OPTIONS if suggest else ())
+    names = _NAMES + (_SUGGEST_NAMES if suggest else ())
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def branch(**kwargs: Any) -> Any:
+            context = click.get_current_context()
+            mode = kwargs.pop("mode")
+            inference = {name: kwargs.pop(name) for name in names if name != "mode"}
+            if mode == "inference":
+                also = tuple(name for name in _TRAINING_ONLY if name in kwargs and name not in training_only)
+                _refuse(context, training_only + also, "is a training option: drop it with --mode inference")
+                return view(**kwargs, **inference)
+            _refuse(context, tuple(n for n in names if n != "mode"), "needs --mode inference")
+            return command(**kwargs)
+
+        for option in reversed(extra):
+            branch = option(branch)
+        return branch
+
+    return decorate
+
+
+def _shape(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    return tuple(values) if values else None
+
+
+def _base(arch: str, patch: Any, image_shape: Any, sw_batch_size: Any, options: dict[str, Any]) -> Any:
+    from memprobe.core.errors import InvalidInputError
+    from memprobe.core.inference_config import make_inference_config
+
+    if patch is None:
+        raise InvalidInputError("give the window as --patch D H W (MONAI's roi_size) with --mode inference")
+    if image_shape is None:
+        raise InvalidInputError("give the whole image as --image-shape D H W with --mode inference")
+    return make_inference_config(
+        arch,
+        patch,
+        image_shape,
+        sw_batch_size,
+        in_channels=options["in_channels"],
+        out_channels=options["out_channels"],
+        stitch=options.get("stitch") or "gpu",
+        buffer_steps=options.get("buffer_steps"),
+        **predictor_options(options),
+    )
+
+
+def predictor_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The predictor's settings, with nnU-Net's defaults where its options were left out.
+
+    nnU-Net's predictor: tile_step_size 0.5 (--overlap 0.5), gaussian weighting, mirroring on
+    all axes, fp16 autocast; MONAI's: the options as given. nnunetv2 must be installed.
+    """
+    predictor = options.get("predictor") or "monai"
+    chosen = {
+        "predictor": predictor,
+        "overlap": options["overlap"],
+        "blend": options["blend"],
+        "precision": options["precision"],
+        "mirror_axes": options.get("mirror_axes"),
+    }
+    if predictor == "nnunet":
+        from memprobe.core.inference_config import require_nnunet
+
+        require_nnunet()
+        context = click.get_current_context()
+        nnunet_defaults = {"overlap": "0.5", "blend": "gaussian", "precision": "fp16-mixed"}
+        chosen |= {name: value for name, value in nnunet_defaults.items() if not _given(context, name)}
+    return chosen
+
+
+COUNTED = {
+    "gpu": "the network, importance map, window batches and activations, the input image, the whole-image "
+    "output and the count map (nnU-Net: predicted_logits and n_predictions, in half precision)",
+    "cpu": "the network, importance map, window batches and activations (the input image, output and count map "
+    "are on the CPU)",
+}
+
+
+def probe_view(
+    *,
+    arch: str,
+    patch: Any,
+    image_shape: Any,
+    sw_batch_size: int,
+    device: str | None,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """``memprobe probe --mode inference``."""
+    from memprobe.backends.sliding_window import InferenceRunner
+
+    config = _base(arch, patch, _shape(image_shape), sw_batch_size, options)
+    runner = InferenceRunner(device)
+    click.echo(
+        f"measuring {config.label()} ({config.windows()} windows) on {runner.kind.value} ...", err=True
+    )
+    m = runner.measure(config)
+    notes = [f"on the GPU: {COUNTED[config.stitch.value]}; peak reserved {m.reserved_source or '-'}"]
+    notes += [config.padding_note()] if config.padded else []
+    if not config.nnunet and config.sw_batch_size > config.window_batch:
+        notes.append(
+            f"sw_batch_size {config.sw_batch_size} is more than the {config.window_batch} windows "
+            f"{'a buffer holds' if config.buffer_steps else 'the image has'}: MONAI runs batches of "
+            f"{config.window_batch}, which is what was measured"
+        )
+    if m.environment.device_kind != "cuda":
+        notes.append("the CUDA context and cuDNN workspaces are not in either figure (plans charge them)")
+    row = {
+        "configuration": config.label(),
+        "windows": config.windows(),
+        "peak allocated": "OOM" if m.oom else format_bytes(m.peak_allocated_bytes),
+        f"peak reserved ({m.reserved_source or '-'})": format_bytes(m.peak_reserved_bytes),
+        "forward": format_bytes(m.phase_peaks_bytes.get("forward")),
+        "stitch": format_bytes(m.phase_peaks_bytes.get("stitch")),
+        "s": round(m.seconds or 0, 2),
+    }
+    from memprobe.cli.options import emit
+
+    emit(Report(m.to_dict(), (("", [row]),), tuple(n for n in notes if n)), as_json)
+
+
+def calibrate_view(
+    *,
+    arch: str,
+    device: str | None,
+    precision: str,
+    predictor: str,
+    db_path: str | None,
+    as_json: bool,
+    **_: Any,
+) -> None:
+    """``memprobe calibrate --mode inference``."""
+    from memprobe.backends.sliding_window import InferenceRunner
+    from memprobe.cli.options import emit
+    from memprobe.cli.progress import Progress
+    from memprobe.core.archs.registry import resolve_arch
+    from memprobe.core.inference_config import make_inference_config
+    from memprobe.inference.calibration_run import calibrate_inference
+    from memprobe.store.database import Database
+
+    _refuse(
+        click.get_current_context(),
+        ("image_shape", "sw_batch_size", "overlap", "blend", "stitch", "mirror_axes", "buffer_steps"),
+        "is not for calibrate: it measures its own windows, images, batches and mirroring",
+    )
+    spec = resolve_arch(arch)
+    chosen = predictor_options(
+        # MONAI inference is calibrated at fp32 unless asked; nnU-Net's predictor at its fp16 autocast.
+        {"predictor": predictor, "overlap": 0.0, "blend": "constant", "precision": precision or "fp32"}
+    )
+    base = make_inference_config(arch, (2 * spec.divisor,) * 3, (4 * spec.divisor,) * 3, **chosen)
+    runner = InferenceRunner(device)
+    with Database.open(db_path) as database:
+        label = f"calibrating inference of {spec.name} on {runner.kind.value}"
+        with Progress(label, 17) as progress:
+            report = calibrate_inference(
+                runner,
+                base,
+                database,
+                lambda m, reused: progress.advance(m.config.label() + (" (stored)" if reused else "")),
+            )
+        emit(_calibration_report(report, spec, database.path or database.location), as_json)
+
+
+def _calibration_report(report: Any, spec: Any, db_path: object) -> Report:
+    calibration = report.calibration
+    quality = calibration.quality
+    rows = []
+    for m, role in [(m, "fit") for m in report.fitted] + [(m, "held out") for m in report.heldout]:
+        predicted = calibration.inference_peak_bytes(spec, m.config)
+        rows.append(
+            {
+                "configuration": m.config.label(),
+                "role": role,
+                "allocated": format_bytes(m.peak_allocated_bytes) if m.ok else "OOM",
+                "formula": format_bytes(predicted),
+                "error %": round(100 * (predicted - m.peak_allocated_bytes) / m.peak_allocated_bytes, 2)
+                if m.ok
+                else "-",
+            }
+        )
+    reserved = calibration.reserved_quality
+    notes = (
+        f"inference formula vs {calibration.device}, allocated peak: fit on {quality.points} points, median "
+        f"{100 * quality.median_relative_error:.2f}%, worst {100 * quality.max_relative_error:.2f}%; held out "
+        f"{quality.heldout_points}, median {100 * (quality.heldout_median_relative_error or 0):.2f}%, worst "
+        f"{100 * (quality.heldout_max_relative_error or 0):.2f}%",
+        "reserved peak: "
+        + (
+            f"held out worst {100 * (reserved.heldout_max_relative_error or 0):.2f}%"
+            if reserved
+            else "not fitted"
+        ),
+        f"{report.measured} inferences measured, {report.reused} reused from {db_path or 'memory'}; stored apart "
+        "from training calibrations",
+    )
+    data = {
+        "mode": "inference",
+        "calibration": calibration.to_dict(),
+        "measurements": [
+            dict(m.to_dict(), role=r)
+            for m, r in [(m, "fit") for m in report.fitted] + [(m, "held out") for m in report.heldout]
+        ],
+        "measured": report.measured,
+        "reused": report.reused,
+    }
+    return Report(data, (("Measured inferences", rows),), notes)
+
+
+def suggest_view(
+    *,
+    arch: str,
+    patch: Any,
+    gpu_mem: int | None,
+    precision: str | None,
+    in_channels: int,
+    out_channels: int,
+    safety: float,
+    device: str | None,
+    db_path: str | None,
+    as_json: bool,
+    as_yaml: bool,
+    image_shape: Any,
+    max_image_shape: Any,
+    fingerprint: str | None,
+    overlap: float,
+    blend: str,
+    stitch: str | None,
+    sw_batch_size: int,
+    predictor: str,
+    mirror_axes: tuple[int, ...] | None,
+    buffer_steps: int | None,
+    **_: Any,
+) -> None:
+    """``memprobe suggest --mode inference``."""
+    from memprobe.cli.budget import budget_note, resolve_budget
+    from memprobe.cli.options import emit
+    from memprobe.core.errors import InvalidInputError
+    from memprobe.inference.api import largest_image_shape, max_sw_batch_size
+
+    if click.get_current_context().get_parameter_source("sw_batch_size") is not ParameterSource.DEFAULT:
+        raise InvalidInputError("--sw-batch-size is what suggest plans: drop it")
+    chosen = predictor_options(
+        {
+            "predictor": predictor,
+            "overlap": overlap,
+            "blend": blend,
+            "precision": precision,
+            "mirror_axes": mirror_axes,
+        }
+    )
+    shapes = [s for s in (_shape(image_shape), _shape(max_image_shape)) if s]
+    if fingerprint:
+        shapes.append(tuple(map(str, largest_image_shape(fingerprint))))
+    if len(shapes) != 1:
+        raise InvalidInputError(
+            "give the largest image once: --max-image-shape D H W, --image-shape or --fingerprint"
+        )
+    if patch is None:
+        raise InvalidInputError("give the window as --patch D H W (MONAI's roi_size) with --mode inference")
+    budget_bytes, gpu = resolve_budget(gpu_mem)
+    plan = max_sw_batch_size(
+        arch,
+        patch,
+        shapes[0],
+        budget_bytes,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        stitch=stitch,
+        safety=safety,
+        db=db_path,
+        device=device,
+        buffer_steps=buffer_steps,
+        **chosen,
+    )
+    emit(_plan_report(plan, budget_note(budget_bytes, gpu, gpu_mem)), as_json, "yaml" if as_yaml else None)
+
+
+def _plan_report(plan: Any, budget_text: str) -> Report:
+    from memprobe.cli.render.plans import calibration_data, calibration_text, need_rows
+    from memprobe.core.inference_config import StitchDevice
+
+    c = plan.config
+    row = {
+        "arch": c.arch,
+        "roi": "x".join(map(str, c.roi)),
+        "image": "x".join(map(str, c.image_shape)),
+        "sw_batch_size": c.sw_batch_size,
+        "stitch": c.stitch.value,
+        **({"buffer_steps": c.buffer_steps} if c.buffer_steps else {}),
+        "windows": c.windows(),
+        "total need": format_bytes(plan.need.total_bytes),
+        "of budget": f"{plan.utilisation:.0%}",
+        "calibration": calibration_text(plan.calibration),
+    }
+    data = {
+        "mode": "inference",
+        "arch": c.arch,
+        "roi_size": list(c.roi),
+        "image_shape": list(c.image_shape),
+        "sw_batch_size": c.sw_batch_size,
+        "stitch": c.stitch.value,
+        "windows": c.windows(),
+        "need": plan.need.to_dict(),
+        "next_batch_total_bytes": round(plan.next_need.total_bytes) if plan.next_need else None,
+        "gpu_stitch_total_bytes": round(plan.gpu_stitch_need.total_bytes),
+        "budget_bytes": plan.budget_bytes,
+        "safety": plan.safety,
+        "utilisation": round(plan.utilisation, 4),
+        "precision": c.precision.value,
+        "reasons": list(plan.reasons),
+        "warnings": list(plan.warnings),
+        "calibration": calibration_data(plan.calibration),
+        "predictor": c.predictor.value,
+        "sliding_window_inference": None if c.nnunet else plan.sliding_window_kwargs(),
+        "nnunet_predictor": plan.nnunet_predictor_kwargs(),
+    }
+    if c.nnunet:
+        data["nnunet_allowed_mirroring_axes"] = list(c.mirror_axes)
+    if c.buffer_steps:
+        data["buffer_steps"] = c.buffer_steps
+    notes = [*plan.reasons, *(f"warning: {w}" for w in plan.warnings), budget_text]
+    title = (
+        f"What sw_batch_size {c.sw_batch_size} of {c.arch}, stitching on the {c.stitch.value.upper()}, needs"
+        if not c.nnunet
+        else f"What nnU-Net's predictor with {c.arch}, perform_everything_on_device="
+        f"{c.stitch is StitchDevice.GPU}, needs"
+    )
+    return Report(data, (("", [row]), (title, need_rows(plan.need, plan.usable_bytes))), tuple(notes))

@@ -1,0 +1,35 @@
+"""Human-readable output: GitHub-markdown tables (tabulate) with notes; and CSV of the tables."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from memprobe.cli.render.base import Report
+
+
+class TableReporter:
+    def render(self, report: Report) -> str:
+        from tabulate import tabulate
+
+        parts = []
+        for title, rows in report.tables:
+            if title:
+                parts.append(title)
+            parts.append(
+                tabulate(rows, headers="keys", tablefmt="github", floatfmt=".3g") if rows else "(none)"
+            )
+            parts.append("")
+        parts.extend(report.notes)
+        return "\n".join(parts).rstrip()
+
+
+class CsvReporter:
+    def render(self, report: Report) -> str:
+        buffer = io.StringIO()
+        for _, rows in report.tables:
+            if rows:
+                writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        return buffer.getvalue().rstrip()

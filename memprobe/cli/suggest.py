@@ -1,0 +1,422 @@
+"""``memprobe suggest``: the largest batch (or patch) that fits, from calibrations, in milliseconds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from memprobe.cli.budget import budget_note
+from memprobe.cli.inference import inference_mode, suggest_view
+from memprobe.cli.options import (
+    BATCH,
+    BYTES,
+    CHANNELS,
+    SHAPE_SIZE,
+    SPACING_MM,
+    arch_option,
+    checkpointing_option,
+    data_parallel_options,
+    db_option,
+    emit,
+    patch_option,
+    training_step_option,
+)
+from memprobe.cli.render import Report
+from memprobe.cli.render.plans import calibration_data, calibration_text, check_prediction, need_rows
+from memprobe.core.units import format_bytes
+from memprobe.planning.size_search import DEFAULT_SAFETY, largest_batch_rule
+
+
+@click.command()
+@inference_mode(
+    suggest_view,
+    ("batch", "optimizer", "deep_supervision", "effective_batch", "spacing", "median_shape", "all_archs"),
+    suggest=True,
+)
+@arch_option
+@patch_option(required=False)
+@click.option(
+    "--batch",
+    default=None,
+    type=BATCH,
+    help="Plan the largest patch for this batch (when --patch is not given).",
+)
+@click.option(
+    "--gpu-mem",
+    default=None,
+    type=BYTES,
+    help="Memory to plan for, e.g. 24GiB, 24GB, 24000MiB or 24; default the detected GPU's free memory.",
+)
+@click.option(
+    "--precision",
+    default=None,
+    help="fp32, fp16-mixed (fp16) or bf16-mixed (bf16); default as `plan`: bf16-mixed, "
+    "fp16-mixed on a GPU without bf16.",
+)
+@click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
+@click.option("--in-channels", default=1, show_default=True, type=CHANNELS, help="Input channels.")
+@click.option("--out-channels", default=2, show_default=True, type=CHANNELS, help="Output classes.")
+@click.option("--deep-supervision", is_flag=True, help="Plan for training with deep-supervision heads.")
+@training_step_option
+@checkpointing_option
+@data_parallel_options
+@click.option(
+    "--options",
+    "show_options",
+    is_flag=True,
+    help="Also list what would make it fit: other precisions, checkpointing, SGD, a smaller patch, "
+    "accumulation (each from its own calibration). Shown by itself when nothing fits.",
+)
+@click.option(
+    "--safety",
+    default=DEFAULT_SAFETY,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Share of the budget the whole need may use, on top of the calibrated margin.",
+)
+@click.option(
+    "--effective-batch",
+    default=None,
+    type=BATCH,
+    help="Batch to reach by gradient accumulation.",
+)
+@click.option(
+    "--spacing",
+    nargs=3,
+    type=SPACING_MM,
+    default=None,
+    metavar="Z Y X",
+    help="Voxel spacing in mm (shapes the patch).",
+)
+@click.option(
+    "--median-shape",
+    nargs=3,
+    type=SHAPE_SIZE,
+    default=None,
+    metavar="D H W",
+    help="Median image shape (caps the patch).",
+)
+@click.option(
+    "--nnunet-fingerprint",
+    "nnunet_fingerprint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="nnU-Net's dataset_fingerprint.json: spacing and median shape as its planner derives them.",
+)
+@click.option("--all-archs", is_flag=True, help="Compare every calibrated architecture.")
+@click.option(
+    "--device",
+    default=None,
+    help="Whose calibration: trace or a GPU name (default: the detected GPU, else trace).",
+)
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option(
+    "--yaml", "as_yaml", is_flag=True, help="Print YAML (with PyTorch Connectomics and nnU-Net fragments)."
+)
+def suggest(
+    arch: str,
+    patch: tuple[int, ...] | None,
+    batch: int | None,
+    gpu_mem: int | None,
+    precision: str | None,
+    optimizer: str,
+    in_channels: int,
+    out_channels: int,
+    deep_supervision: bool,
+    training_step: str,
+    checkpointing: bool,
+    gpus: int,
+    strategy: str | None,
+    show_options: bool,
+    safety: float,
+    effective_batch: int | None,
+    spacing: tuple[float, ...] | None,
+    median_shape: tuple[int, ...] | None,
+    nnunet_fingerprint: str | None,
+    all_archs: bool,
+    device: str | None,
+    db_path: str | None,
+    as_json: bool,
+    as_yaml: bool,
+) -> None:
+    """Suggest the largest batch for a patch, or the largest patch for a batch.
+
+    Answers from calibrations (your database first, then those shipped with memprobe),
+    without importing torch. When even batch 1 does not fit, the alternatives that would
+    (as with --options) are listed and the exit code is 3, with the smallest need.
+
+    \b
+    memprobe suggest --patch 128 128 128 --gpu-mem 24GiB
+    memprobe suggest --patch 96 96 96 --arch basicunet --precision bf16-mixed --effective-batch 8
+    memprobe suggest --batch 2 --spacing 5 0.8 0.8 --median-shape 64 320 320 --gpu-mem 24GiB
+    memprobe suggest --patch 128 128 128 --gpu-mem 80GiB --all-archs --json
+    memprobe suggest --patch 192 192 192 --gpu-mem 12GiB --options --effective-batch 4
+    memprobe suggest --patch 128 128 128 --gpu-mem 40GiB --gpus 4 --strategy ddp --json
+
+    With --gpus N the plan is per rank, from a calibration of that layout (`memprobe calibrate
+    --gpus N --strategy ...`); the output gives the global batch and nnU-Net's and Lightning's
+    batch_size for it.
+    """
+    from memprobe.api import load_calibrations, max_batch_size, max_patch_size
+    from memprobe.cli.budget import resolve_budget
+    from memprobe.core.archs.registry import known_arch_names
+    from memprobe.core.errors import InvalidInputError, NothingFitsError
+    from memprobe.training_plan import precision_with_reason
+
+    budget_bytes, gpu = resolve_budget(gpu_mem)
+    precision, precision_text = precision_with_reason(precision, gpu)
+    if nnunet_fingerprint is not None:
+        from memprobe.cli.options import geometry_from_fingerprint
+
+        spacing, median_shape = geometry_from_fingerprint(nnunet_fingerprint, spacing, median_shape)
+    if patch is None and batch is None:
+        raise InvalidInputError("give --patch D H W (to plan the batch) or --batch N (to plan the patch)")
+    if patch is not None and batch is not None:
+        raise InvalidInputError(
+            "give --patch (to plan the batch) or --batch (to plan the patch), not both; "
+            "`memprobe plan --patch D H W --batch N` checks one configuration"
+        )
+    archs = [arch]
+    if all_archs:
+        from memprobe.core.config import data_parallel
+        from memprobe.core.enums import Precision, parse_enum
+
+        wanted_precision = parse_enum(Precision, precision, "precision").value
+        layout = data_parallel(strategy, gpus)
+        calibrated = {
+            c.arch
+            for c in load_calibrations(db_path)
+            if c.precision == wanted_precision and (c.strategy, c.world_size) == tuple(layout.values())
+        }
+        archs = [name for name in known_arch_names() if name in calibrated]
+        if deep_supervision:
+            archs = _with_deep_supervision(archs)
+    common: dict[str, Any] = dict(
+        safety=safety,
+        optimizer=optimizer,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        deep_supervision=deep_supervision,
+        db=db_path,
+        device=device,
+        step=training_step,
+        checkpointing=checkpointing,
+        strategy=strategy,
+        world_size=gpus,
+    )
+    if show_options and all_archs:
+        raise InvalidInputError("--options plans the batch of one architecture: drop --all-archs")
+    if show_options and patch is None:
+        raise InvalidInputError(
+            "--options plans the batch of one architecture for a patch: give --patch D H W, not --batch"
+        )
+    if patch is not None:
+        sizes: Any = patch  # whole numbers (click); the library checks them against the network
+        note = budget_note(budget_bytes, gpu, gpu_mem)
+        notes = (precision_text, note)
+        try:
+            batch_plans = [
+                max_batch_size(a, sizes, budget_bytes, precision, effective_batch=effective_batch, **common)
+                for a in archs
+            ]
+        except NothingFitsError:
+            if all_archs:
+                raise
+            emit(
+                _options_report(None, arch, sizes, budget_bytes, precision, effective_batch, common, notes),
+                as_json,
+            )
+            raise  # exit 3, with the smallest need
+        report = _batch_report(batch_plans, budget_bytes, notes)
+        if show_options:
+            report = _options_report(
+                report, arch, sizes, budget_bytes, precision, effective_batch, common, notes
+            )
+    else:
+        assert batch is not None
+        patch_plans = [
+            max_patch_size(
+                a,
+                batch,
+                budget_bytes,
+                precision,
+                spacing=list(spacing) if spacing else None,
+                median_shape=list(median_shape) if median_shape else None,
+                **common,
+            )
+            for a in archs
+        ]
+        report = _patch_report(
+            patch_plans, budget_bytes, (precision_text, budget_note(budget_bytes, gpu, gpu_mem))
+        )
+    emit(report, as_json, "yaml" if as_yaml else None)
+
+
+def _options_report(
+    report: Report | None,
+    arch: str,
+    patch: Any,
+    budget_bytes: int,
+    precision: str,
+    effective_batch: int | None,
+    common: dict[str, Any],
+    budget_text: tuple[str, ...],
+) -> Report:
+    """``report`` (None: nothing fits as asked) with the alternatives' table and data added."""
+    from memprobe.alternatives import alternatives
+    from memprobe.cli.render.alternatives import options_data, options_rows
+
+    found = alternatives(arch, patch, budget_bytes, precision, effective_batch=effective_batch, **common)
+    title = "What would make it fit" if report is None else "Alternatives"
+    table = (f"{title} (same patch and budget, one change each)", options_rows(found))
+    if report is None:
+        data: dict[str, Any] = {"fits": False, "alternatives": options_data(found)}
+        return Report(data, (table,), ("nothing fits as asked", *budget_text))
+    data = {**report.data, "alternatives": options_data(found)}
+    return Report(data, (*report.tables, table), report.notes)
+
+
+def _with_deep_supervision(archs: list[str]) -> list[str]:
+    """The networks that have deep-supervision heads; the others are named once on stderr and skipped."""
+    from memprobe.core.archs.registry import resolve_arch
+
+    kept = [a for a in archs if resolve_arch(a).supports_deep_supervision]
+    skipped = [a for a in archs if a not in kept]
+    if skipped:
+        click.echo(f"skipped {', '.join(skipped)}: no deep supervision", err=True)
+    return kept
+
+
+def _batch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, ...]) -> Report:
+    from memprobe.core.enums import Precision
+    from memprobe.planning.exports import pytc_config
+
+    rows, data, notes = [], [], []
+    tables: list[tuple[str, list[dict[str, Any]]]] = []
+    for p in plans:
+        check_prediction(p.need.total_bytes, p.arch)
+        rows.append(
+            {
+                "arch": p.arch,
+                "patch": "x".join(map(str, p.patch)),
+                "batch": p.batch,
+                "precision": p.calibration.precision,
+                "allocated": format_bytes(p.need.allocated_bytes),
+                "total need": format_bytes(p.need.total_bytes),
+                "of budget": f"{p.utilisation:.0%}",
+                "accumulate": p.accumulate_grad_batches,
+                "calibration": calibration_text(p.calibration),
+            }
+        )
+        precision = Precision(p.calibration.precision)
+        data.append(
+            {
+                "arch": p.arch,
+                "patch": list(p.patch),
+                "batch": p.batch,
+                "predicted_peak_bytes": round(p.predicted_peak_bytes),
+                "next_batch_peak_bytes": round(p.next_batch_peak_bytes),
+                "need": p.need.to_dict(),
+                "next_batch_total_bytes": round(p.next_need.total_bytes),
+                "budget_bytes": p.budget_bytes,
+                "safety": p.safety,
+                "largest_batch_rule": largest_batch_rule(p.budget_bytes, p.safety),
+                "utilisation": round(p.utilisation, 4),
+                "accumulate_grad_batches": p.accumulate_grad_batches,
+                "effective_batch": p.effective_batch,
+                "precision": precision.value,
+                "calibration": calibration_data(p.calibration),
+                "warnings": list(p.warnings),
+                "pytorch_connectomics": pytc_config(
+                    p.patch, p.batch, precision.lightning_name, p.accumulate_grad_batches
+                ),
+                **_data_parallel(p.patch, p.batch, p.calibration),
+            }
+        )
+        if len(plans) <= 3:
+            tables.append((f"What batch {p.batch} of {p.arch} needs", need_rows(p.need, p.usable_bytes)))
+        notes += _data_parallel_notes(p.batch, p.calibration)
+        notes += [f"warning: {w}" for w in p.warnings]
+    notes += [
+        *budget_text[:-1],
+        budget_text[-1] + (f" x safety {plans[0].safety}" if plans and plans[0].safety != 1 else ""),
+    ]
+    if plans:
+        notes.append(f"the {largest_batch_rule(budget_bytes, plans[0].safety)}")
+    if len(plans) > 3:
+        notes.append("each plan's term-by-term need is in --json")
+    return Report(data if len(data) != 1 else data[0], (("", rows), *tables), tuple(notes))
+
+
+def _patch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, ...]) -> Report:
+    from memprobe.core.enums import Precision
+    from memprobe.planning.exports import pytc_config
+
+    rows, data, notes = [], [], []
+    tables: list[tuple[str, list[dict[str, Any]]]] = []
+    for p in plans:
+        check_prediction(p.need.total_bytes, p.arch)
+        precision = Precision(p.calibration.precision)
+        rows.append(
+            {
+                "arch": p.arch,
+                "batch": p.batch,
+                "patch": "x".join(map(str, p.patch)),
+                "precision": precision.value,
+                "allocated": format_bytes(p.need.allocated_bytes),
+                "total need": format_bytes(p.need.total_bytes),
+                "of budget": f"{p.utilisation:.0%}",
+                "calibration": calibration_text(p.calibration),
+            }
+        )
+        data.append(
+            {
+                "arch": p.arch,
+                "batch": p.batch,
+                "patch": list(p.patch),
+                "predicted_peak_bytes": round(p.predicted_peak_bytes),
+                "need": p.need.to_dict(),
+                "budget_bytes": p.budget_bytes,
+                "safety": p.safety,
+                "precision": precision.value,
+                "reasons": list(p.reasons),
+                "warnings": list(p.warnings),
+                "calibration": calibration_data(p.calibration),
+                "pytorch_connectomics": pytc_config(p.patch, p.batch, precision.lightning_name, 1),
+                **_data_parallel(p.patch, p.batch, p.calibration),
+            }
+        )
+        notes += _data_parallel_notes(p.batch, p.calibration)
+        if len(plans) <= 3:
+            patch = "x".join(map(str, p.patch))
+            tables.append(
+                (
+                    f"What {patch} at batch {p.batch} of {p.arch} needs",
+                    need_rows(p.need, p.budget_bytes * p.safety),
+                )
+            )
+        notes += [f"{p.arch}: {reason}" for reason in p.reasons]
+        notes += [f"warning: {w}" for w in p.warnings]
+    notes += budget_text
+    if plans:
+        notes.append(
+            f"the largest patch whose whole need fits {format_bytes(plans[0].budget_bytes * plans[0].safety)}"
+        )
+    return Report(data if len(data) != 1 else data[0], (("", rows), *tables), tuple(notes))
+
+
+def _data_parallel(patch: Any, per_rank_batch: int, calibration: Any) -> dict[str, Any]:
+    from memprobe.planning.exports import batch_exports
+
+    return batch_exports(patch, per_rank_batch, calibration.strategy, calibration.world_size)
+
+
+def _data_parallel_notes(per_rank_batch: int, calibration: Any) -> list[str]:
+    from memprobe.planning.exports import data_parallel_note
+
+    if calibration.strategy == "single":
+        return []
+    return [data_parallel_note(per_rank_batch, calibration.strategy, calibration.world_size)]

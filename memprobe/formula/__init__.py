@@ -1,0 +1,1 @@
+"""Analytic memory formulas: their terms, their fit to measurements, calibrated coefficients."""

@@ -1,0 +1,204 @@
+"""Where calibrations come from: the user's database first, then the ones memprobe ships.
+
+Reading them needs neither torch nor numpy, so planning answers in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from memprobe.core.errors import NoCalibrationError
+from memprobe.formula.calibration import Calibration
+from memprobe.store.database import Database, database_exists
+from memprobe.store.row_checks import BadRowError, calibration_from_fields, warn_bad_row
+
+SHIPPED_FILE = "calibrations.json"
+
+
+NO_SHIPPED_VARIABLE = "MEMPROBE_NO_SHIPPED"
+T = TypeVar("T")
+
+
+def shipped_calibrations() -> list[Calibration]:
+    """Calibrations packaged with memprobe (made by `make shipped`); none with MEMPROBE_NO_SHIPPED=1."""
+    return shipped_items(
+        SHIPPED_FILE, "shipped calibration", lambda item: calibration_from_fields(item, source="shipped")
+    )
+
+
+def shipped_items(file: str, what: str, read: Callable[[Any], T]) -> list[T]:
+    """Each item of a JSON list in ``memprobe/data``, read by ``read``; a bad one is skipped with a warning."""
+    if os.environ.get(NO_SHIPPED_VARIABLE):
+        return []
+    try:
+        text = resources.files("memprobe.data").joinpath(file).read_text()
+    except FileNotFoundError:
+        return []
+    result = []
+    for number, item in enumerate(json.loads(text)):
+        try:
+            result.append(read(item))
+        except BadRowError as error:
+            warn_bad_row(file, what, number, str(error), "reinstall memprobe")
+    return result
+
+
+def user_calibrations(db_path: str | Path | None = None) -> list[Calibration]:
+    """Calibrations in the user's database; one that does not exist yet holds none.
+
+    The same whether it is named by ``db_path`` (``--db``), by ``$MEMPROBE_DB`` or is the
+    default: plans then come from the shipped calibrations, and say so in their source.
+
+    Raises:
+        DatabaseError: the database exists but cannot be read.
+    """
+    if not database_exists(db_path):
+        return []
+    with Database.open(db_path, create=False, readonly=True) as db:
+        return db.calibrations()
+
+
+def all_calibrations(db_path: str | Path | None = None) -> list[Calibration]:
+    """User calibrations, then shipped ones for keys the user has not calibrated."""
+    from memprobe.store.snapshot_evidence import charge_snapshot_evidence, snapshot_measurements
+
+    own = user_calibrations(db_path)
+    keys = {c.key for c in own}
+    return charge_snapshot_evidence(own + [c for c in shipped_calibrations() if c.key not in keys],
+                                    snapshot_measurements(db_path))  # fmt: skip
+
+
+def with_stored_shape_rule(arch: str, calibrations: list[Calibration]) -> str:
+    """``package.module:factory`` as the newest calibration of it names it, shape rule attached."""
+    prefix = arch.strip() + "["
+    return next((c.arch for c in calibrations if c.arch.startswith(prefix)), arch)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The calibration that answers a question, and a warning when it is a stand-in."""
+
+    calibration: Calibration
+    warning: str | None = None
+
+
+def choose_calibration(
+    calibrations: list[Calibration],
+    arch: str,
+    precision: str,
+    optimizer: str,
+    deep_supervision: bool,
+    device: str | None,
+    fallback_device: str | None = "trace",
+    step: str = "memprobe",
+    checkpointing: bool = False,
+    strategy: str = "single",
+    world_size: int = 1,
+) -> Choice:
+    """Pick the calibration for (arch, device, precision, optimizer, deep supervision, training step,
+    strategy and world size).
+
+    ``device`` None means "trace". When the asked-for GPU has no calibration, the
+    ``fallback_device`` one is used with a warning; nothing else is ever substituted: a
+    calibration of another training step, or of one GPU for a rank of DDP (and vice versa),
+    never answers.
+    """
+    wanted = device or "trace"
+    matching = [
+        c
+        for c in calibrations
+        if c.arch == arch
+        and c.precision == precision
+        and c.optimizer == optimizer
+        and c.deep_supervision == deep_supervision
+        and c.step == step
+        and c.checkpointing == checkpointing
+        and (c.strategy, c.world_size) == (strategy, world_size)
+    ]
+    exact = [c for c in matching if c.device == wanted]
+    if exact:
+        return Choice(exact[0])
+    stand_in = [c for c in matching if c.device == fallback_device]
+    if stand_in:
+        return Choice(
+            stand_in[0],
+            warning=(
+                f"no calibration of {arch} for {wanted}; using the {fallback_device} calibration, which counts "
+                f"tensors only (no CUDA context or cuDNN workspace): run `memprobe calibrate --arch {arch} "
+                f"--device cuda --precision {precision}` on that GPU"
+            ),
+        )
+    flags = " --deep-supervision" if deep_supervision else ""
+    flags += "" if step == "memprobe" else f" --step {step}"
+    flags += " --checkpointing" if checkpointing else ""
+    flags += "" if strategy == "single" else f" --gpus {world_size} --strategy {strategy}"
+    modes = precision + ", " + optimizer + (", deep supervision" if deep_supervision else "")
+    modes += ", checkpointing" if checkpointing else ""
+    modes += "" if step == "memprobe" else f", step {step}"
+    modes += "" if strategy == "single" else f", one rank of {strategy} x{world_size}"
+    raise NoCalibrationError(
+        f"no calibration of {arch} ({modes}) "
+        f"for {wanted}: run `memprobe calibrate --arch {arch} --precision {precision} --optimizer {optimizer}"
+        f"{flags} --device {'cuda' if device not in (None, 'trace', 'cpu') else wanted}`"
+        + _other_steps(calibrations, arch, precision, optimizer, deep_supervision, step)
+        + _other_layouts(
+            matching_modes(calibrations, arch, precision, optimizer, deep_supervision, step),
+            strategy,
+            world_size,
+        )
+    )
+
+
+def matching_modes(
+    calibrations: list[Calibration],
+    arch: str,
+    precision: str,
+    optimizer: str,
+    deep_supervision: bool,
+    step: str,
+) -> list[Calibration]:
+    """The calibrations of ``arch`` in these modes, whatever their device and data parallelism."""
+    return [
+        c
+        for c in calibrations
+        if (c.arch, c.precision, c.optimizer, c.deep_supervision, c.step)
+        == (arch, precision, optimizer, deep_supervision, step)
+    ]
+
+
+def _other_layouts(calibrations: list[Calibration], strategy: str, world_size: int) -> str:
+    """A hint naming the GPU layouts ``arch`` is calibrated for, when not the one asked for."""
+    layouts = sorted({(c.strategy, c.world_size) for c in calibrations} - {(strategy, world_size)})
+    if not layouts:
+        return ""
+    named = ", ".join(
+        "one GPU: no --gpus" if s == "single" else f"{s} x{n}: --gpus {n} --strategy {s}" for s, n in layouts
+    )
+    return f" (calibrated for {named}; another GPU layout never stands in)"
+
+
+def _other_steps(
+    calibrations: list[Calibration],
+    arch: str,
+    precision: str,
+    optimizer: str,
+    deep_supervision: bool,
+    step: str,
+) -> str:
+    """A hint naming the training steps ``arch`` is calibrated for, when not the one asked for."""
+    others = sorted(
+        {
+            c.step
+            for c in calibrations
+            if (c.arch, c.precision, c.optimizer, c.deep_supervision)
+            == (arch, precision, optimizer, deep_supervision)
+            and c.step != step
+        }
+    )
+    return f" (it is calibrated for the training step {', '.join(others)}: pass --step)" if others else ""

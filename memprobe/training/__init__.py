@@ -1,0 +1,1 @@
+"""What a training step is: networks, losses, steps (built-in and users'), checkpointing, autocast."""

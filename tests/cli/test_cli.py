@@ -1,0 +1,576 @@
+"""Tests of the memprobe command line: help, JSON/YAML output, and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from memprobe.cli.main import cli, main
+from memprobe.cli.render.plans import TRACE_NOTE
+from memprobe.core.archs.registry import ARCHS, get_arch
+from memprobe.planning.size_search import plan_batch
+from memprobe.store.database import Database
+from tests.factories import make_calibration
+
+GIB = 2**30
+TINY = "tests.tiny_models:tiny_net"
+
+
+@pytest.fixture
+def calibrated_db(db_path: Path) -> Path:
+    """A database with trace calibrations of MedNeXt (fp32, bf16-mixed) and BasicUNet (fp32)."""
+    with Database.open(db_path) as db:
+        for calibration in (
+            make_calibration(),
+            make_calibration(precision="bf16-mixed"),
+            make_calibration(arch="basicunet"),
+        ):
+            db.add_calibration(calibration)
+    return db_path
+
+
+def _walk(
+    command: click.Command, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _walk(sub, (*path, name))
+
+
+COMMAND_PATHS = [path for path, _ in _walk(cli)]
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=[" ".join(p) or "memprobe" for p in COMMAND_PATHS])
+def test_every_command_has_help(path: tuple[str, ...]) -> None:
+    """Every command and subcommand documents itself and each of its options."""
+    command = dict(_walk(cli))[path]
+    assert command.help and command.help.strip()
+    for parameter in command.params:
+        if isinstance(parameter, click.Option) and parameter.name not in ("help", "version"):
+            assert parameter.help, f"{' '.join(path)} {parameter.opts} has no help"
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+    first_line = " ".join(command.help.strip().splitlines()[0].split())
+    assert first_line in " ".join(result.output.split())
+
+
+def test_commands_are_registered() -> None:
+    """The documented commands exist."""
+    assert {"archs", "probe", "calibrate", "suggest", "plan", "db"} <= set(cli.commands)
+
+
+def test_version() -> None:
+    """--version prints the package version."""
+    from memprobe import __version__
+
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_archs_json_lists_the_registry() -> None:
+    """archs --json is parseable and lists every registered architecture with its divisor."""
+    result = CliRunner().invoke(cli, ["archs", "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert [item["name"] for item in data][: len(ARCHS)] == list(ARCHS)
+    assert all(item["divisor"] == ARCHS[item["name"]].divisor for item in data if item["name"] in ARCHS)
+
+
+def test_archs_table() -> None:
+    """archs without --json prints a table naming every architecture."""
+    result = CliRunner().invoke(cli, ["archs"])
+    assert result.exit_code == 0 and all(name in result.output for name in ARCHS)
+
+
+def test_probe_tiny_model_on_trace() -> None:
+    """probe of a user model on trace prints a measurement with its peak as JSON."""
+    result = CliRunner().invoke(
+        cli,
+        ["probe", "--arch", TINY, "--patch", "16", "16", "16", "--batch", "2", "--device", "trace", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["arch"] == TINY and data["patch"] == [16, 16, 16] and data["batch"] == 2
+    assert data["device"] == "trace" and not data["oom"]
+    assert isinstance(data["peak_allocated_bytes"], int) and data["peak_allocated_bytes"] > 0
+    assert data["peak_allocated_bytes"] % 512 == 0
+
+
+def test_suggest_json_is_a_consistent_plan(calibrated_db: Path) -> None:
+    """suggest --json gives the largest batch: it fits budget*safety and the next does not."""
+    result = CliRunner().invoke(
+        cli,
+        [
+            "suggest",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24GiB",
+            "--db",
+            str(calibrated_db),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    budget = 24 * GIB
+    assert data["budget_bytes"] == budget and data["safety"] == 1.0
+    assert data["need"]["total_bytes"] <= budget < data["next_batch_total_bytes"]
+    expected = plan_batch(make_calibration(), get_arch("mednext"), (128, 128, 128), budget)
+    assert data["batch"] == expected.batch == 4  # the margin charges published runs' reserve gap
+    assert data["pytorch_connectomics"]["data.batch_size"] == data["batch"]
+    assert data["nnunet_plans"] == {"batch_size": 4, "patch_size": [128, 128, 128]}
+    assert data["calibration"]["device"] == "trace" and data["warnings"] == []
+    assert data["calibration"]["note"] == TRACE_NOTE
+    terms = data["need"]["terms"]
+    assert [t["name"] for t in terms] == [
+        "allocated (tensors)",
+        "allocator reserve",
+        "CUDA context",
+        "cuBLAS workspace",
+        "cuDNN workspaces and CUDA-only buffers",
+        "margin",
+    ]
+    assert sum(t["bytes"] for t in terms) == pytest.approx(data["need"]["total_bytes"], abs=len(terms))
+
+
+def test_suggest_yaml_parses(calibrated_db: Path) -> None:
+    """suggest --yaml is valid YAML with the same plan as --json."""
+    result = CliRunner().invoke(
+        cli,
+        [
+            "suggest",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24GiB",
+            "--db",
+            str(calibrated_db),
+            "--yaml",
+            "--effective-batch",
+            "16",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = yaml.safe_load(result.stdout)
+    # 5 fit; 16 needs 4 steps of 5, and then 4 steps of 4 reach it exactly with a smaller batch
+    assert data["batch"] == 4 and data["accumulate_grad_batches"] == 4 and data["effective_batch"] == 16
+    assert data["pytorch_connectomics"]["training.accumulate_grad_batches"] == 4
+
+
+def test_suggest_patch_for_a_batch(calibrated_db: Path) -> None:
+    """suggest --batch plans a divisible patch within the budget and the median shape."""
+    result = CliRunner().invoke(
+        cli,
+        [
+            "suggest",
+            "--batch",
+            "2",
+            "--gpu-mem",
+            "24GiB",
+            "--spacing",
+            "5",
+            "0.8",
+            "0.8",
+            "--median-shape",
+            "64",
+            "320",
+            "320",
+            "--db",
+            str(calibrated_db),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert all(size % 16 == 0 for size in data["patch"])
+    assert all(size <= limit for size, limit in zip(data["patch"], (64, 320, 320), strict=True))
+    assert data["predicted_peak_bytes"] <= 24 * GIB * 0.9 and data["reasons"]
+
+
+def test_suggest_all_archs(calibrated_db: Path) -> None:
+    """--all-archs compares every architecture calibrated at the precision."""
+    result = CliRunner().invoke(
+        cli,
+        [
+            "suggest",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24GiB",
+            "--all-archs",
+            "--precision",
+            "fp32",
+            "--db",
+            str(calibrated_db),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert [plan["arch"] for plan in json.loads(result.stdout)] == ["mednext", "basicunet"]
+
+
+def test_suggest_all_archs_reads_precision_in_any_case(calibrated_db: Path) -> None:
+    """--all-archs finds the calibrated networks whatever the case of --precision, as planning does."""
+    result = CliRunner().invoke(
+        cli,
+        [
+            "suggest",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24GiB",
+            "--all-archs",
+            "--precision",
+            "FP32",
+            "--db",
+            str(calibrated_db),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert [plan["arch"] for plan in json.loads(result.stdout)] == ["mednext", "basicunet"]
+
+
+def test_suggest_table(calibrated_db: Path) -> None:
+    """The default table shows the batch and the budget."""
+    result = CliRunner().invoke(
+        cli, ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--db", str(calibrated_db)]
+    )
+    assert result.exit_code == 0 and "| mednext" in result.output and "24.00 GiB" in result.output
+
+
+def test_plan_json(calibrated_db: Path) -> None:
+    """plan --json fills every value, with a reason for each."""
+    result = CliRunner().invoke(
+        cli, ["plan", "--gpu-mem", "24GiB", "--precision", "fp32", "--db", str(calibrated_db), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    for name in (
+        "precision",
+        "patch_size",
+        "batch_size",
+        "accumulate_grad_batches",
+        "num_workers",
+        "lr",
+        "scheduler",
+    ):
+        assert name in data and data["reasons"][name]
+    assert data["precision"] == "fp32" and data["reasons"]["precision"] == "manual override"
+
+
+def _run_main(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the console entry point; its exit code (0 when it returns), stdout and stderr."""
+    try:
+        main(arguments)
+        code = 0
+    except SystemExit as exited:
+        code = int(exited.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+BAD_INPUT = [
+    pytest.param(
+        ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "abc"],
+        "cannot read memory size",
+        id="budget-abc",
+    ),
+    pytest.param(["suggest", "--gpu-mem", "24GiB", "--patch", "128", "128"], "--patch", id="patch-of-two"),
+    pytest.param(
+        ["suggest", "--patch", "128", "128", "--gpu-mem", "24GiB"], "", id="patch-of-two-then-option"
+    ),
+    pytest.param(
+        ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--precision", "fp8"],
+        "unknown precision",
+        id="unknown-precision",
+    ),
+    pytest.param(
+        ["suggest", "--patch", "100", "128", "128", "--gpu-mem", "24GiB"],
+        "nearest valid: 96 or 112",
+        id="not-divisible",
+    ),
+    pytest.param(
+        ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--arch", "resnet"],
+        "unknown architecture",
+        id="unknown-arch",
+    ),
+    pytest.param(["suggest", "--batch", "x", "--gpu-mem", "24GiB"], "--batch", id="batch-x"),
+    pytest.param(["suggest", "--patch", "128", "128", "128"], "--gpu-mem", id="no-budget-no-gpu"),
+    pytest.param(
+        ["probe", "--patch", "16", "16", "16", "--arch", TINY, "--batch", "0", "--device", "trace"],
+        "'--batch': '0' is not a positive whole number",
+        id="probe-batch-0",
+    ),
+    pytest.param(
+        ["plan", "--gpu-mem", "24GiB", "--precision", "fp9"], "unknown precision", id="plan-precision"
+    ),
+    pytest.param(["nonsense"], "No such command", id="unknown-command"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "fragment"), BAD_INPUT)
+def test_bad_input_is_one_line_exit_2(
+    arguments: list[str], fragment: str, calibrated_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad input exits with code 2 and a single 'memprobe: error:' line, no traceback."""
+    if arguments[0] in ("suggest", "plan"):
+        arguments = [arguments[0], "--db", str(calibrated_db), *arguments[1:]]
+    code, out, err = _run_main(arguments, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memprobe: error:"), err
+    assert fragment in lines[0] and "Traceback" not in err + out
+
+
+def test_unknown_device_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown measuring device is refused with the known ones, exit code 2, no traceback."""
+    code, _, err = _run_main(["probe", "--patch", "32", "32", "32", "--device", "tpu"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert (
+        err.strip().splitlines()[-1]
+        == "memprobe: error: unknown device 'tpu': choose one of cuda, trace, cpu"
+    )
+
+
+def test_a_missing_database_is_read_the_same_named_by_db_or_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--db and $MEMPROBE_DB naming a file that does not exist: the same answer, nothing created."""
+    monkeypatch.delenv("MEMPROBE_NO_SHIPPED")
+    missing = tmp_path / "missing.sqlite"
+    suggest = ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--json"]
+    by_option = _run_main([*suggest, "--db", str(missing)], capsys)
+    monkeypatch.setenv("MEMPROBE_DB", str(missing))
+    by_environment = _run_main(suggest, capsys)
+    assert by_option[0] == by_environment[0] == 0, by_option[2]
+    assert json.loads(by_option[1])["calibration"] == json.loads(by_environment[1])["calibration"]
+    assert json.loads(by_option[1])["calibration"]["source"] == "shipped"
+    listed = [_run_main(["db", "list", "--json", *db], capsys) for db in (["--db", str(missing)], [])]
+    assert listed[0] == listed[1] and listed[0][0] == 0
+    for db in (["--db", str(missing)], []):  # measurements live only in that file: there are none to show
+        code, _, err = _run_main(["db", "measurements", *db], capsys)
+        assert code == 2 and err.strip() == (
+            f"memprobe: error: no database at {missing}: run `memprobe calibrate` first or pass --db"
+        )
+    assert not missing.exists()
+
+
+def test_no_calibration_is_exit_2_naming_the_command(
+    calibrated_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Planning an uncalibrated network says which calibrate command to run."""
+    code, _, err = _run_main(
+        [
+            "suggest",
+            "--arch",
+            "unet",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24GiB",
+            "--db",
+            str(calibrated_db),
+        ],
+        capsys,
+    )
+    assert code == 2 and "memprobe calibrate --arch unet" in err and len(err.strip().splitlines()) == 1
+
+
+def test_model_failure_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """A model whose forward raises is a one-line error with exit code 1."""
+    code, _, err = _run_main(
+        ["probe", "--arch", "tests.tiny_models:raising_net", "--patch", "8", "8", "8", "--device", "trace"],
+        capsys,
+    )
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("memprobe: error:") and "forward failed on purpose" in err
+    assert "Traceback" not in err
+
+
+def test_success_exits_zero(calibrated_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """main() exits 0 after printing the report on stdout."""
+    code, out, err = _run_main(
+        [
+            "suggest",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24GiB",
+            "--db",
+            str(calibrated_db),
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0 and json.loads(out)["batch"] == 4 and "error" not in err
+
+
+def test_console_script_reports_errors_in_one_line(tmp_path: Path) -> None:
+    """The installed command (python -m memprobe.cli.main) prints one error line and exits 2."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "memprobe.cli.main",
+            "suggest",
+            "--patch",
+            "128",
+            "128",
+            "128",
+            "--gpu-mem",
+            "24XB",
+            "--db",
+            str(tmp_path / "none.sqlite"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines() == [
+        "memprobe: error: Invalid value for '--gpu-mem': cannot read memory size '24XB': write e.g. "
+        "24GiB, 24GB, 24000MiB or 24 (GiB) (see `memprobe suggest --help`)"
+    ]
+    assert completed.stdout == ""
+
+
+def test_bare_memprobe_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """`memprobe` alone prints the help and exits 0, not a usage error."""
+    code, out, err = _run_main([], capsys)
+    assert code == 0 and "Usage: memprobe" in out and "Commands:" in out and not err
+
+
+def test_a_patch_of_two_sizes_says_it_needs_three(capsys: pytest.CaptureFixture[str]) -> None:
+    """--patch 128 128 --gpu-mem 24GiB names the real mistake, not the option it swallowed."""
+    code, _, err = _run_main(["suggest", "--patch", "128", "128", "--gpu-mem", "24GiB"], capsys)
+    assert code == 2 and "--patch needs 3 values" in err and err.count("\n") == 1
+
+
+def test_a_stand_in_calibration_is_warned_about_once(
+    calibrated_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A GPU without its own calibration: one memprobe warning line, no raw UserWarning."""
+    arguments = ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--db", str(calibrated_db)]
+    code, out, err = _run_main([*arguments, "--device", "NVIDIA A100-SXM4-80GB"], capsys)
+    assert code == 0
+    assert (out + err).count("no calibration of mednext for NVIDIA A100-SXM4-80GB") == 1
+    assert "UserWarning" not in out + err
+
+
+@pytest.mark.parametrize(
+    ("typed", "precision"), [("bf16", "bf16-mixed"), ("fp16", "fp16-mixed"), ("32-true", "fp32")]
+)
+def test_short_precision_names_are_understood(typed: str, precision: str) -> None:
+    from memprobe.core.enums import Precision, parse_enum
+
+    assert parse_enum(Precision, typed, "precision") is Precision(precision)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--patch", "128", "128", "128", "--batch", "2"], "not both"),
+        (["--patch", "128", "128", "128", "--json", "--yaml"], "--json and --yaml"),
+    ],
+)
+def test_flags_that_contradict_each_other_are_refused(
+    calibrated_db: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Options that would be silently ignored or combined end in one line and exit 2."""
+    code, out, err = _run_main(
+        ["suggest", *arguments, "--gpu-mem", "24GiB", "--db", str(calibrated_db)], capsys
+    )
+    assert code == 2 and message in err and err.count("\n") == 1 and not out
+
+
+def test_suggest_and_plan_default_to_one_precision_and_show_it(calibrated_db: Path) -> None:
+    """Without --precision both plan at bf16-mixed (plan's rule for a GPU with bf16, or none) and say so."""
+    patch = ["--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--db", str(calibrated_db)]
+    table = CliRunner().invoke(cli, ["suggest", *patch])
+    assert table.exit_code == 0, table.output
+    assert "| precision" in table.stdout and "precision bf16-mixed (the default;" in table.stdout
+    suggested = CliRunner().invoke(cli, ["suggest", *patch, "--json"])
+    assert json.loads(suggested.stdout)["precision"] == "bf16-mixed"
+    batch = ["--batch", "2", "--gpu-mem", "24GiB", "--db", str(calibrated_db), "--json"]
+    assert json.loads(CliRunner().invoke(cli, ["suggest", *batch]).stdout)["precision"] == "bf16-mixed"
+    planned = CliRunner().invoke(cli, ["plan", "--gpu-mem", "24GiB", "--db", str(calibrated_db), "--json"])
+    assert planned.exit_code == 0, planned.output
+    assert json.loads(planned.stdout)["precision"] == "bf16-mixed"
+
+
+def test_all_archs_with_deep_supervision_skips_networks_without_it(db_path: Path) -> None:
+    """--all-archs --deep-supervision names the networks without heads once and plans the others."""
+    from dataclasses import replace
+
+    with Database.open(db_path) as db:
+        db.add_calibration(replace(make_calibration(), deep_supervision=True))
+        db.add_calibration(make_calibration(arch="basicunet"))
+    arguments = ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--precision", "fp32"]
+    result = CliRunner().invoke(
+        cli, [*arguments, "--all-archs", "--deep-supervision", "--db", str(db_path), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == ["skipped basicunet: no deep supervision"]
+    assert json.loads(result.stdout)["arch"] == "mednext"
+
+
+NUMERIC_OPTIONS = {
+    "--batch",
+    "--budget",
+    "--gpu-mem",
+    "--safety",
+    "--in-channels",
+    "--out-channels",
+    "--patch",
+    "--effective-batch",
+    "--sw-batch-size",
+    "--overlap",
+    "--lr",
+    "--num-gpus",
+    "--gpus",
+    "--spacing",
+    "--median-shape",
+}
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=[" ".join(p) or "memprobe" for p in COMMAND_PATHS])
+def test_every_numeric_option_is_read_by_a_click_type(path: tuple[str, ...]) -> None:
+    """Numbers and sizes are checked where the option is declared, never as text in the command body."""
+    for parameter in dict(_walk(cli))[path].params:
+        if isinstance(parameter, click.Option) and NUMERIC_OPTIONS & set(parameter.opts):
+            assert parameter.type is not click.STRING, f"{' '.join(path)} {parameter.opts}"
+
+
+def test_a_memory_size_is_read_into_bytes_by_its_type() -> None:
+    from memprobe.cli.options import BYTES
+
+    assert BYTES.convert("24GiB", None, None) == 24 * GIB
+    assert BYTES.convert("24GB", None, None) == 24 * 10**9
+    with pytest.raises(click.BadParameter, match="less than 1 MiB"):
+        BYTES.convert("512KiB", None, None)
+    with pytest.raises(click.BadParameter, match="cannot read memory size 'abc'"):
+        BYTES.convert("abc", None, None)
