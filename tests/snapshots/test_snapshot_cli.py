@@ -16,9 +16,9 @@ from memprobe.backends.cuda import CudaBackend
 from memprobe.core.config import make_step_config
 from memprobe.core.errors import InvalidInputError
 from memprobe.snapshots.record import record_step, sidecar_path
+from tests.backends.test_cuda_backend import FakeRuntime, fake_step_runner
 from tests.robustness_helpers import invoke
 from tests.snapshot_helpers import load_shared, shared_trace, write_pickle
-from tests.backends.test_cuda_backend import FakeRuntime, fake_step_runner
 
 PROBE = ("probe", "--arch", "basicunet", "--patch", "32", "32", "32", "--batch", "1", "--device", "trace")
 

@@ -21,8 +21,8 @@ from memprobe.store.inference_rows import (
 )
 from memprobe.store.merge import merge_databases
 from memprobe.store.schema import SCHEMA_VERSION, schema_columns
-from tests.store.test_db import ENVIRONMENT
 from tests.cli.test_inference_cli import _calibration
+from tests.store.test_db import ENVIRONMENT
 
 TABLES = ("inference_measurements", "inference_calibrations")
 MONAI = InferenceConfig("unet", (32, 32, 32), (64, 64, 64))
