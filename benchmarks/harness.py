@@ -1,9 +1,8 @@
 """What the benchmarks share: the architectures to run, trace steps measured once per session,
-calibrations, and writing each result table as markdown, CSV and JSON."""
+calibrations, and writing each result table, a pandas DataFrame, as markdown, CSV and JSON."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
@@ -12,7 +11,9 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
+
+import pandas as pd
 
 from memprobe.core.archs.registry import ARCHS, get_arch, smallest_patch_size
 from memprobe.core.config import StepConfig, make_step_config
@@ -175,16 +176,43 @@ class Calibrations:
             return calibrate(log, base_config(arch), BUDGET_BYTES, search=False).calibration
 
 
+Rows: TypeAlias = list[dict[str, Any]] | pd.DataFrame
+
+
 @dataclass(frozen=True)
 class ResultTable:
-    """One benchmark table: display rows for markdown, raw records for CSV and JSON."""
+    """One benchmark table: display rows for markdown, raw records for CSV and JSON.
+
+    Each is a DataFrame, or the list of dicts one is built from (:func:`table_frame`).
+    """
 
     name: str
     title: str
-    rows: list[dict[str, Any]]
-    records: list[dict[str, Any]]
+    rows: Rows
+    records: Rows
     notes: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def table_frame(rows: Rows) -> pd.DataFrame:
+    """``rows`` as a DataFrame of the values as given: columns in order of first appearance.
+
+    Object columns keep each value as it is (an int stays ``2``, never ``2.0``); a value that
+    is missing, or a key a row lacks, is None, which the tables show empty.
+    """
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, dtype=object)
+    frame = frame.astype(object)
+    return frame.where(frame.notna(), None)
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """The CSV file of ``frame``, as Python's csv module writes it (CRLF line ends, None empty)."""
+    return frame.to_csv(index=False, lineterminator="\r\n")
+
+
+def _json_records(records: Rows) -> list[dict[str, Any]]:
+    """Records for the JSON file; a list keeps each record's own keys (a DataFrame has them all)."""
+    return table_frame(records).to_dict(orient="records") if isinstance(records, pd.DataFrame) else records
 
 
 def environment_info() -> dict[str, Any]:
@@ -233,14 +261,8 @@ def _git_commit() -> str | None:
 
 
 def markdown(table: ResultTable, environment: dict[str, Any]) -> str:
-    from tabulate import tabulate
-
-    lines = [
-        f"### {table.title}",
-        "",
-        tabulate(table.rows, headers="keys", tablefmt="github", disable_numparse=True),
-        "",
-    ]
+    rows = table_frame(table.rows).to_markdown(index=False, tablefmt="github", disable_numparse=True)
+    lines = [f"### {table.title}", "", rows, ""]
     lines += [f"- {note}" for note in table.notes]
     e = environment
     lines += [
@@ -258,16 +280,12 @@ def write_results(table: ResultTable, results_dir: Path = RESULTS_DIR) -> Path:
     environment = environment_info()
     path = results_dir / f"{table.name}.md"
     path.write_text(markdown(table, environment))
-    with (results_dir / f"{table.name}.csv").open("w", newline="") as handle:
-        fields = list(dict.fromkeys(key for record in table.records for key in record))
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(table.records)
+    (results_dir / f"{table.name}.csv").write_bytes(csv_text(table_frame(table.records)).encode("utf-8"))
     document = {
         "table": table.name,
         "title": table.title,
         "environment": environment,
-        "records": table.records,
+        "records": _json_records(table.records),
         "notes": list(table.notes),
         **table.extra,
     }

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import platform
@@ -256,16 +255,18 @@ dataset; memprobe's is the largest that fits, capped the same way.
 
 
 def write(result: dict[str, Any]) -> None:
+    from benchmarks.harness import csv_text, table_frame
+
     rows = result["rows"]
+    frame = table_frame(rows)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "nnunet_side_by_side.json").write_text(json.dumps(result, indent=1) + "\n")
-    with open(RESULTS / "nnunet_side_by_side.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("-" if r[h] is None else str(r[h]) for h in header) + " |" for r in rows]
+    (RESULTS / "nnunet_side_by_side.csv").write_bytes(csv_text(frame).encode("utf-8"))
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += [
+        "| " + " | ".join("-" if value is None else str(value) for value in row) + " |"
+        for row in frame.itertuples(index=False)
+    ]
     calibrated = result["calibrated"]
     run_note = (
         f"\nReproduce: `{result['command']}` (needs `memprobe[nnunet]`). This run: {len(rows)} plans in "

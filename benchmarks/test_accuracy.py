@@ -182,15 +182,7 @@ def cuda_rows(measurements: list[Measurement]) -> list[Row]:
         if m is reference or _shape(c) in fit_shapes:
             continue
         try:
-            choice = choose_calibration(
-                shipped,
-                c.arch,
-                c.precision.value,
-                c.optimizer.value,
-                c.deep_supervision,
-                m.environment.device_name,
-                "trace",
-            )
+            choice = choose_calibration(shipped, c, m.environment.device_name, "trace")
         except NoCalibrationError:
             continue
         origin = "shipped" if choice.calibration.device != "trace" else "shipped trace (stand-in)"

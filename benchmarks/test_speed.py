@@ -23,7 +23,7 @@ from benchmarks.harness import (
 )
 from memprobe.core.config import make_step_config
 
-SUGGEST_TARGET_SECONDS = 0.3
+SUGGEST_TARGET_SECONDS = 0.15  # over a bare `python -c pass`: the start-up memprobe itself adds
 ESTIMATE_TARGET_SECONDS = 1e-3
 SUGGEST_RUNS = 5
 IMPORT_TORCH_RUNS = 3
@@ -31,12 +31,17 @@ PROBE_PATCH = (128, 128, 128)
 
 
 def _median_process_seconds(command: list[str], runs: int) -> float:
-    """Median wall time of ``command`` in a new process, after one untimed run to warm the file cache."""
-    subprocess.run(command, check=True, capture_output=True)
+    """Median wall time of ``command`` in a new process, after one untimed run to warm the file cache.
+
+    Bytecode is cached as an installed package's is (a machine with PYTHONDONTWRITEBYTECODE set
+    would otherwise time Python compiling memprobe's source on every run).
+    """
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run(command, check=True, capture_output=True, env=environment)
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
+        subprocess.run(command, check=True, capture_output=True, env=environment)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -92,8 +97,10 @@ def test_speed_table(
         arch,
         "--db",
         str(db),
+        "--json",
     ]
-    suggest_seconds = _median_process_seconds(suggest, SUGGEST_RUNS)
+    bare_seconds = _median_process_seconds([sys.executable, "-c", "pass"], SUGGEST_RUNS)
+    suggest_seconds = _median_process_seconds(suggest, SUGGEST_RUNS) - bare_seconds
     torch_seconds = _median_process_seconds([sys.executable, "-c", "import torch"], IMPORT_TORCH_RUNS)
     estimate(arch, PROBE_PATCH, 2, db=db, device="trace")  # warm: calibrations loaded and cached
     estimate_seconds, estimate_runs = _benchmarked_seconds(
@@ -102,7 +109,8 @@ def test_speed_table(
 
     rows: list[dict[str, Any]] = [
         {
-            "measurement": f"`memprobe suggest --patch 128 128 128 --gpu-mem 24GiB --arch {arch}` (new process)",
+            "measurement": f"`memprobe suggest --patch 128 128 128 --gpu-mem 24GiB --arch {arch} --json` "
+            f"(new process, beyond a bare `python -c pass` of {_seconds_text(bare_seconds)})",
             "time": _seconds_text(suggest_seconds),
             "runs": f"median of {SUGGEST_RUNS}",
             "target": f"< {SUGGEST_TARGET_SECONDS} s",
@@ -113,7 +121,7 @@ def test_speed_table(
             "time": _seconds_text(torch_seconds),
             "runs": f"median of {IMPORT_TORCH_RUNS}",
             "target": "-",
-            "result": f"suggest is {torch_seconds / suggest_seconds:.0f}x faster",
+            "result": f"suggest is {torch_seconds / (suggest_seconds + bare_seconds):.0f}x faster",
         },
         {
             "measurement": f"`memprobe.estimate('{arch}', (128, 128, 128), 2)` (warm)",
@@ -125,7 +133,7 @@ def test_speed_table(
     ]
     records: list[dict[str, Any]] = [
         {
-            "measurement": "suggest_cold_start",
+            "measurement": "suggest_cold_start_beyond_bare_python",
             "seconds": round(suggest_seconds, 4),
             "target_seconds": SUGGEST_TARGET_SECONDS,
             "ratio_to_target": round(suggest_seconds / SUGGEST_TARGET_SECONDS, 3),

@@ -25,6 +25,8 @@ _EXPORTS = {
     "report": "memprobe.reporting.run",
     "check_snapshot": "memprobe.snapshots.check",
     "load_snapshot": "memprobe.snapshots.reader",
+    "load_measurements": "memprobe.store.frames",
+    "load_calibrations": "memprobe.store.frames",
     # Results.
     "Estimate": "memprobe.api",
     "BatchPlan": "memprobe.planning.size_search",

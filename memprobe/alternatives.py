@@ -8,12 +8,14 @@ without a calibration is listed with the command that would calibrate it. No tor
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from memprobe.core.enums import OptimizerName, Precision, parse_enum
+from memprobe.core.config import Setup
+from memprobe.core.enums import OptimizerName, Precision
 from memprobe.core.errors import NoCalibrationError, NothingFitsError
+from memprobe.core.gpus import target_gpu
 from memprobe.planning.size_search import BatchPlan, PatchPlan
 
 ALTERNATIVE_PATCH_BATCH = 2
@@ -44,22 +46,23 @@ def _attempt(change: str, plan: Callable[[], BatchPlan | PatchPlan]) -> Alternat
 
 
 def alternatives(
-    arch: str,
+    setup: str | Setup,
     patch: Sequence[int],
     gpu_mem: str | int | float,
-    precision: str = "fp32",
+    precision: str | None = None,
     *,
-    optimizer: str = "adamw",
     effective_batch: int | None = None,
-    checkpointing: bool = False,
     db: str | Path | None = None,
-    **common: Any,
+    device: str | None = None,
+    safety: float | None = None,
+    **overrides: Any,
 ) -> list[Alternative]:
-    """The alternatives to (``arch``, ``patch``, ``precision``, ``optimizer``) within ``gpu_mem``.
+    """The alternatives to ``setup`` at ``patch`` within ``gpu_mem``: each ``replace(setup, ...)``.
 
     Args:
-        common: passed to every plan: ``safety``, ``in_channels``, ``out_channels``,
-            ``deep_supervision``, ``step``, ``device``.
+        setup: an architecture (with ``overrides``: Setup's fields) or a Setup.
+        precision: the precision asked for; default the Setup's, or the default rule's.
+        device: whose calibrations answer (as ``memprobe.max_batch_size``).
 
     Returns:
         Other precisions, activation checkpointing, SGD instead of AdamW, the largest patch at
@@ -68,32 +71,30 @@ def alternatives(
     """
     from memprobe.api import max_batch_size, max_patch_size
 
-    asked = parse_enum(Precision, precision, "precision")
-    optimizer_name = parse_enum(OptimizerName, optimizer, "optimizer")
-    base: dict[str, Any] = dict(optimizer=optimizer_name.value, checkpointing=checkpointing, db=db, **common)
-    batch = lambda **changes: (
-        lambda: max_batch_size(arch, patch, gpu_mem, **{"precision": asked.value, **base, **changes})
-    )
+    given = {} if precision is None and isinstance(setup, Setup) else {"precision": precision}
+    asked = Setup.of(setup, gpu=target_gpu(device), **{**overrides, **given})
+    sources: dict[str, Any] = dict(db=db, device=device, **({} if safety is None else {"safety": safety}))
+    batch = lambda changed, **options: lambda: max_batch_size(changed, patch, gpu_mem, **sources, **options)
     found = [
-        _attempt(f"{other.value} instead of {asked.value}", batch(precision=other.value))
+        _attempt(f"{other.value} instead of {asked.precision.value}", batch(replace(asked, precision=other)))
         for other in Precision
-        if other is not asked
+        if other is not asked.precision
     ]
-    if not checkpointing:
-        found.append(_attempt("activation checkpointing", batch(checkpointing=True)))
-    if optimizer_name is OptimizerName.ADAMW:
-        found.append(_attempt("SGD instead of AdamW", batch(optimizer=OptimizerName.SGD.value)))
+    if not asked.checkpointing:
+        found.append(_attempt("activation checkpointing", batch(replace(asked, checkpointing=True))))
+    if asked.optimizer is OptimizerName.ADAMW:
+        found.append(_attempt("SGD instead of AdamW", batch(replace(asked, optimizer=OptimizerName.SGD))))
     found.append(
         _attempt(
             f"largest patch at batch {ALTERNATIVE_PATCH_BATCH}",
-            lambda: max_patch_size(arch, ALTERNATIVE_PATCH_BATCH, gpu_mem, asked.value, **base),
+            lambda: max_patch_size(asked, ALTERNATIVE_PATCH_BATCH, gpu_mem, **sources),
         )
     )
     if effective_batch is not None:
         found.append(
             _attempt(
                 f"gradient accumulation to reach batch {effective_batch}",
-                batch(effective_batch=effective_batch),
+                batch(asked, effective_batch=effective_batch),
             )
         )
     return found

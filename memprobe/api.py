@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from memprobe.core.archs.registry import resolve_arch, smallest_patch
 from memprobe.core.checks import (
@@ -20,10 +20,11 @@ from memprobe.core.checks import (
     check_spacing,
     check_text,
 )
-from memprobe.core.config import StepConfig, make_step_config
-from memprobe.core.errors import InvalidInputError, StandInCalibrationWarning
+from memprobe.core.config import Setup, StepConfig
+from memprobe.core.errors import InvalidInputError, NoCalibrationError, StandInCalibrationWarning
+from memprobe.core.gpus import measuring_gpu, target_gpu
 from memprobe.core.input_files import shown
-from memprobe.core.units import parse_bytes
+from memprobe.core.units import DEFAULT_GPU_MEM_BYTES, parse_bytes
 from memprobe.formula.calibration import Calibration
 from memprobe.planning.need import MemoryNeed, memory_need
 from memprobe.planning.size_search import DEFAULT_SAFETY, BatchPlan, PatchPlan, plan_batch, plan_patch
@@ -35,12 +36,12 @@ from memprobe.store.calibration_sources import (
 )
 
 if TYPE_CHECKING:
+    from memprobe.backends.distributed import RankMeasurement
     from memprobe.backends.recorder import ProgressCallback
     from memprobe.calibration_run import CalibrationReport
-    from memprobe.core.gpus import GpuInfo
     from memprobe.core.measurement import Environment, Measurement
 
-DEFAULT_TRACE_BUDGET_BYTES = 24 * 2**30
+DEFAULT_TRACE_BUDGET_BYTES = DEFAULT_GPU_MEM_BYTES
 
 P = TypeVar("P", BatchPlan, PatchPlan)
 
@@ -116,72 +117,40 @@ def resolve_device(device: str | None) -> tuple[str, str | None]:
     return (gpu.name, "trace") if gpu else ("trace", None)
 
 
-def target_gpu(device: str | None) -> GpuInfo | None:
-    """The GPU a plan is for: the detected one by default, one named by ``device``, or none (trace)."""
-    from memprobe.core.gpus import GpuInfo, detect_gpu
-
-    if device is None:
-        return detect_gpu()
-    if device in ("trace", "cpu"):
-        return None
-    detected = detect_gpu()
-    return detected if detected and detected.name == device else GpuInfo(device, 0)
-
-
-def _choose(config: StepConfig, db: str | Path | None, device: str | None) -> Choice:
-    """The calibration for ``config``'s architecture and modes on ``device``; warn on a stand-in."""
+def _choose(setup: Setup, db: str | Path | None, device: str | None) -> Choice:
+    """The calibration that answers for ``setup`` on ``device``; warn on a stand-in."""
     wanted, fallback = resolve_device(device)
-    choice = choose_calibration(
-        load_calibrations(db),
-        config.arch,
-        config.precision.value,
-        config.optimizer.value,
-        config.deep_supervision,
-        wanted,
-        fallback,
-        config.step,
-        config.checkpointing,
-        config.strategy.value,
-        config.world_size,
-    )
+    choice = choose_calibration(load_calibrations(db), setup, wanted, fallback)
     if choice.warning:
         warnings.warn(choice.warning, StandInCalibrationWarning, stacklevel=3)
     return choice
 
 
 def estimate(
-    arch: str,
+    arch: str | Setup,
     patch: Sequence[int],
     batch: int,
-    precision: str = "fp32",
+    precision: str | None = None,
     *,
-    optimizer: str = "adamw",
-    in_channels: int = 1,
-    out_channels: int = 2,
-    deep_supervision: bool = False,
-    step: str = "memprobe",
-    checkpointing: bool = False,
-    strategy: str | None = None,
-    world_size: int = 1,
     db: str | Path | None = None,
     device: str | None = None,
+    **setup: Any,
 ) -> Estimate:
     """Predict the peak allocated memory of a training step from the calibrations.
 
     Args:
-        arch: a registered architecture, e.g. ``"mednext"``.
         patch: three patch sizes (depth, height, width).
         batch: batch size.
-        precision: ``fp32``, ``fp16-mixed`` or ``bf16-mixed``.
-        step: the training step calibrated: ``memprobe``, ``monai`` or ``package.module:function``;
-            only a calibration of that step answers.
-        strategy: ``ddp`` or ``fsdp`` for one rank of data parallelism over ``world_size`` GPUs
-            (default: ddp when ``world_size`` is above 1); only a calibration of that layout
-            answers, and ``batch`` is per rank.
         db: the database to read (default: ``$MEMPROBE_DB`` or the user data directory),
             after which the calibrations shipped with memprobe are consulted.
         device: whose calibration to use: ``"trace"`` or a GPU name; default the detected GPU,
             else trace.
+        arch: an architecture (``"mednext"``, ``package.module:factory``) or a Setup.
+        precision: ``fp32``, ``fp16-mixed`` or ``bf16-mixed``; default by the GPU's bf16
+            support (``memprobe.core.config.default_precision``), or the Setup's own.
+        **setup: other fields of a Setup (``optimizer``, ``in_channels``, ``out_channels``,
+            ``deep_supervision``, ``step``, ``checkpointing``, ``strategy``, ``world_size``);
+            only a calibration of the same Setup answers, and a batch is one rank's.
 
     Returns:
         An Estimate with ``peak_allocated_bytes``.
@@ -190,21 +159,7 @@ def estimate(
         InvalidInputError: an argument of the wrong type or without meaning.
     """
     db, device = _checked_source(db, device)
-    arch = _with_stored_rule(arch, db)
-    config = _step_config(
-        arch,
-        patch,
-        batch,
-        precision,
-        optimizer,
-        in_channels,
-        out_channels,
-        deep_supervision,
-        step,
-        checkpointing,
-        strategy=strategy,
-        world_size=world_size,
-    )
+    config = _setup(arch, precision, setup, db, device).at(patch, _not_text(batch, "batch size"))
     choice = _choose(config, db, device)
     need = memory_need(
         choice.calibration,
@@ -228,57 +183,45 @@ def estimate(
 
 
 def max_batch_size(
-    arch: str,
+    arch: str | Setup,
     patch: Sequence[int],
     gpu_mem: str | int | float,
-    precision: str = "fp32",
+    precision: str | None = None,
     *,
     safety: float = DEFAULT_SAFETY,
-    optimizer: str = "adamw",
-    in_channels: int = 1,
-    out_channels: int = 2,
-    deep_supervision: bool = False,
-    step: str = "memprobe",
-    checkpointing: bool = False,
-    strategy: str | None = None,
-    world_size: int = 1,
     effective_batch: int | None = None,
     db: str | Path | None = None,
     device: str | None = None,
+    **setup: Any,
 ) -> BatchPlan:
     """The largest batch for ``patch`` whose whole need fits ``gpu_mem * safety``.
 
     The need is the calibrated allocated peak, the allocator's reserve, the CUDA context,
     cuBLAS/cuDNN workspaces and a margin from the calibration's error (``plan.need``).
 
+    Args:
+        arch: an architecture (``"mednext"``, ``package.module:factory``) or a Setup.
+        precision: ``fp32``, ``fp16-mixed`` or ``bf16-mixed``; default by the GPU's bf16
+            support (``memprobe.core.config.default_precision``), or the Setup's own.
+        **setup: other fields of a Setup (``optimizer``, ``in_channels``, ``out_channels``,
+            ``deep_supervision``, ``step``, ``checkpointing``, ``strategy``, ``world_size``);
+            only a calibration of the same Setup answers, and a batch is one rank's.
+
     Raises:
         NothingFitsError: even batch 1 does not fit.
         InvalidInputError: an argument of the wrong type or without meaning.
     """
     db, device = _checked_source(db, device)
-    arch = _with_stored_rule(arch, db)
     safety = check_fraction(safety, "safety")
     effective_batch = check_optional_count(effective_batch, "effective_batch")
-    config = _step_config(
-        arch,
-        patch,
-        1,
-        precision,
-        optimizer,
-        in_channels,
-        out_channels,
-        deep_supervision,
-        step,
-        checkpointing,
-        strategy=strategy,
-        world_size=world_size,
-    )
+    budget_bytes = parse_bytes(gpu_mem)  # every input is checked before a calibration is looked up
+    config = _setup(arch, precision, setup, db, device).at(patch, 1)
     choice = _choose(config, db, device)
     plan = plan_batch(
         choice.calibration,
         resolve_arch(config.arch),
         config.patch,
-        parse_bytes(gpu_mem),
+        budget_bytes,
         safety=safety,
         in_channels=config.in_channels,
         out_channels=config.out_channels,
@@ -289,84 +232,67 @@ def max_batch_size(
 
 
 def max_patch_size(
-    arch: str,
+    arch: str | Setup,
     batch: int,
     gpu_mem: str | int | float,
-    precision: str = "fp32",
+    precision: str | None = None,
     *,
     safety: float = DEFAULT_SAFETY,
     spacing: Sequence[float] | None = None,
     median_shape: Sequence[int] | None = None,
-    optimizer: str = "adamw",
-    in_channels: int = 1,
-    out_channels: int = 2,
-    deep_supervision: bool = False,
-    step: str = "memprobe",
-    checkpointing: bool = False,
-    strategy: str | None = None,
-    world_size: int = 1,
     db: str | Path | None = None,
     device: str | None = None,
+    **setup: Any,
 ) -> PatchPlan:
     """The largest patch for ``batch`` (shaped by ``spacing``, within ``median_shape``) whose whole need fits.
+
+    Args:
+        arch: an architecture (``"mednext"``, ``package.module:factory``) or a Setup.
+        precision: ``fp32``, ``fp16-mixed`` or ``bf16-mixed``; default by the GPU's bf16
+            support (``memprobe.core.config.default_precision``), or the Setup's own.
+        **setup: other fields of a Setup (``optimizer``, ``in_channels``, ``out_channels``,
+            ``deep_supervision``, ``step``, ``checkpointing``, ``strategy``, ``world_size``);
+            only a calibration of the same Setup answers, and a batch is one rank's.
 
     Raises:
         NothingFitsError: even the smallest patch the network takes does not fit.
         InvalidInputError: an argument of the wrong type or without meaning.
     """
     db, device = _checked_source(db, device)
-    arch = _with_stored_rule(arch, db)
     safety = check_fraction(safety, "safety")
     spacing = check_spacing(spacing)
     median_shape = check_shape(median_shape)
+    budget_bytes = parse_bytes(gpu_mem)
     from memprobe.integrations.nnunet.patch_plan import is_preset, plan_over_topologies
 
-    if is_preset(arch):  # nnU-Net's network changes with the patch: one calibration per topology
+    name = arch.arch if isinstance(arch, Setup) else arch
+    if is_preset(name):  # nnU-Net's network changes with the patch: one calibration per topology
+        chosen = _setup(arch, precision, setup, db, device, check_arch=False)
+        topology_plan = lambda topology_arch: max_patch_size(
+            Setup.of(replace(chosen, arch=topology_arch)),
+            batch,
+            gpu_mem,
+            safety=safety,
+            spacing=spacing,
+            median_shape=median_shape,
+            db=db,
+            device=device,
+        )
         return plan_over_topologies(
-            arch,
+            name,
             spacing,
             median_shape,
-            lambda topology_arch: max_patch_size(
-                topology_arch,
-                batch,
-                gpu_mem,
-                precision,
-                safety=safety,
-                spacing=spacing,
-                median_shape=median_shape,
-                optimizer=optimizer,
-                in_channels=in_channels,
-                out_channels=out_channels,
-                deep_supervision=deep_supervision,
-                step=step,
-                checkpointing=checkpointing,
-                strategy=strategy,
-                world_size=world_size,
-                db=db,
-                device=device,
-            ),
+            _or_predicted(topology_plan, chosen, batch, budget_bytes, db, device, (spacing, median_shape)),
         )
-    spec = resolve_arch(arch)
-    config = _step_config(
-        arch,
-        smallest_patch(spec),
-        batch,
-        precision,
-        optimizer,
-        in_channels,
-        out_channels,
-        deep_supervision,
-        step,
-        checkpointing,
-        strategy=strategy,
-        world_size=world_size,
-    )
+    chosen = _setup(arch, precision, setup, db, device)
+    spec = resolve_arch(chosen.arch)
+    config = chosen.at(smallest_patch(spec), _not_text(batch, "batch size"))
     choice = _choose(config, db, device)
     plan = plan_patch(
         choice.calibration,
         spec,
         config.batch,
-        parse_bytes(gpu_mem),
+        budget_bytes,
         safety=safety,
         spacing=spacing,
         median_shape=median_shape,
@@ -375,6 +301,77 @@ def max_patch_size(
         gpu=target_gpu(device),
     )
     return _with_warning(plan, choice.warning)
+
+
+def _or_predicted(
+    plan: Callable[[str], PatchPlan],
+    setup: Setup,
+    batch: int,
+    budget_bytes: int,
+    db: object,
+    device: str | None,
+    geometry: tuple[Sequence[float] | None, Sequence[int] | None],
+) -> Callable[[str], PatchPlan]:
+    """A topology's plan from its own calibration; else, in nnU-Net's own training modes, from the
+    topology family's prediction where it was validated (``memprobe nnunet plan`` calibrates the rest).
+
+    Nothing is measured here: an estimate never imports torch.
+    """
+
+    def planned(topology_arch: str) -> PatchPlan:
+        try:
+            return plan(topology_arch)
+        except NoCalibrationError:
+            if (setup.step, setup.precision.value, setup.optimizer.value) != ("nnunet", "fp16-mixed", "sgd"):
+                raise
+        from memprobe.integrations.nnunet.topology_sources import TopologyCalibrations
+
+        sources = TopologyCalibrations(check_db(db), device, calibrate=False)
+        calibration = sources.calibration(topology_arch)  # raises, naming `memprobe nnunet plan`, if not
+        found = plan_patch(
+            calibration,
+            resolve_arch(topology_arch),
+            batch,
+            budget_bytes,
+            spacing=geometry[0],
+            median_shape=geometry[1],
+            in_channels=setup.in_channels,
+            out_channels=setup.out_channels,
+            gpu=target_gpu(device),
+        )
+        answer = sources.answers[topology_arch]
+        return replace(
+            found, reasons=(*found.reasons, f"{topology_arch}: {answer.figure.value} ({answer.source})")
+        )
+
+    return planned
+
+
+def _setup(
+    arch: str | Setup,
+    precision: str | None,
+    overrides: dict[str, Any],
+    db: str | Path | None,
+    device: str | None,
+    *,
+    check_arch: bool = True,
+) -> Setup:
+    """The checked Setup a planning function answers for; a custom model gets its stored shape rule."""
+    given = {} if precision is None and isinstance(arch, Setup) else {"precision": precision}
+    if isinstance(arch, Setup):
+        arch = replace(arch, arch=_with_stored_rule(arch.arch, db))
+    elif isinstance(arch, str):
+        arch = _with_stored_rule(arch, db)
+    if not check_arch:
+        from memprobe.core.archs.nnunet_specs import DEFAULT_TOPOLOGY
+        from memprobe.core.archs.nnunet_topology import arch_name
+
+        name = arch.arch if isinstance(arch, Setup) else arch
+        checked = Setup.of(
+            arch_name(name, DEFAULT_TOPOLOGY), gpu=target_gpu(device), **{**overrides, **given}
+        )
+        return replace(checked, arch=name)
+    return Setup.of(arch, gpu=target_gpu(device), **{**overrides, **given})
 
 
 def _with_stored_rule(arch: str, db: str | Path | None) -> str:
@@ -397,78 +394,140 @@ def _with_warning(plan: P, warning: str | None) -> P:
 
 
 def probe(
-    arch: str,
+    arch: str | Setup,
     patch: Sequence[int],
     batch: int,
-    precision: str = "fp32",
+    precision: str | None = None,
     *,
     device: str | None = None,
-    optimizer: str = "adamw",
-    in_channels: int = 1,
-    out_channels: int = 2,
-    deep_supervision: bool = False,
-    step: str = "memprobe",
-    checkpointing: bool = False,
-    strategy: str | None = None,
-    world_size: int = 1,
-    budget: str | int | None = None,
+    gpu_mem: str | int | None = None,
     isolate: bool = False,
+    snapshot: str | Path | None = None,
+    on_start: Callable[[StepConfig, str], None] | None = None,
+    **setup: Any,
 ) -> Measurement:
     """Run and measure one real training step (imports torch; seconds to minutes).
 
-    ``device`` is ``cuda``, ``trace`` or ``cpu`` (default: cuda if available, else trace).
+    Args:
+        device: ``cuda``, ``trace`` or ``cpu`` (default: cuda if available, else trace).
+        gpu_mem: cap CUDA memory at this size (emulates a smaller GPU); ``budget`` is its old name.
+        isolate: run the step in a child process; a crash becomes a result.
+        snapshot: write the step as a PyTorch memory snapshot (``.pickle`` or ``.json``): on
+            trace and cpu the simulated allocator's, on cuda the real one recorded.
+        on_start: called with the checked configuration and the device kind once every input
+            is checked, just before the step runs (the CLI says what it measures).
+        arch: an architecture (``"mednext"``, ``package.module:factory``) or a Setup.
+        precision: ``fp32``, ``fp16-mixed`` or ``bf16-mixed``; default by the GPU's bf16
+            support (``memprobe.core.config.default_precision``), or the Setup's own.
+        **setup: other fields of a Setup (``optimizer``, ``in_channels``, ``out_channels``,
+            ``deep_supervision``, ``step``, ``checkpointing``); one rank of several GPUs is
+            ``probe_ranks``.
     """
     from memprobe.backends import get_backend
+    from memprobe.training.named_steps import load_step
 
     device = check_text(device, "device")
     isolate = check_bool(isolate, "isolate")
-    config = _step_config(
-        arch,
-        patch,
-        batch,
-        precision,
-        optimizer,
-        in_channels,
-        out_channels,
-        deep_supervision,
-        step,
-        checkpointing,
-        strategy=strategy,
-        world_size=world_size,
+    gpu_mem = _renamed(setup, "budget", "gpu_mem", gpu_mem)
+    config = Setup.of(arch, gpu=measuring_gpu(device), **_given(arch, precision, setup)).at(
+        patch, _not_text(batch, "batch size")
     )
-    budget_bytes = parse_bytes(budget) if budget is not None else None
-    return get_backend(device, budget_bytes=budget_bytes, isolate=isolate).measure(config)
+    if config.world_size > 1:
+        raise InvalidInputError("one rank of several GPUs is measured by probe_ranks (--gpus N on the CLI)")
+    load_step(config.step)  # a wrong reference is refused before anything runs
+    budget_bytes = parse_bytes(gpu_mem) if gpu_mem is not None else None
+    backend = get_backend(device, budget_bytes=budget_bytes, isolate=isolate)  # refuses a bad device first
+    if snapshot is not None:
+        _prepare_snapshot(backend, snapshot, isolate)
+    if on_start is not None:
+        on_start(config, backend.kind.value)
+    measurement = backend.measure(config)
+    if snapshot is not None and measurement.ok and getattr(backend, "last_trace", None) is not None:
+        from memprobe.snapshots.export import snapshot_from_trace, write_snapshot
+
+        write_snapshot(str(snapshot), snapshot_from_trace(backend.last_trace))  # type: ignore[attr-defined]
+    return measurement
+
+
+def probe_ranks(
+    arch: str | Setup,
+    patch: Sequence[int],
+    batch: int,
+    precision: str | None = None,
+    *,
+    device: str | None = None,
+    bucket_cap_mb: float = 25.0,
+    gradient_as_bucket_view: bool = False,
+    on_start: Callable[[StepConfig, str], None] | None = None,
+    **setup: Any,
+) -> RankMeasurement:
+    """Measure one rank of data-parallel training (``world_size`` GPUs, ``strategy`` ddp or fsdp).
+
+    On trace and cpu one process stands in for every rank (a fake process group); on cuda the
+    ranks are launched, one per GPU, and the worst is reported. ``bucket_cap_mb`` and
+    ``gradient_as_bucket_view`` are DDP's. The batch is one rank's.
+    """
+    from memprobe.backends import default_device_kind
+    from memprobe.backends.distributed import DistributedOptions, measure_per_rank
+    from memprobe.core.enums import Strategy
+    from memprobe.training.named_steps import load_step
+
+    device = check_text(device, "device") or default_device_kind().value
+    config = Setup.of(arch, gpu=measuring_gpu(device), **_given(arch, precision, setup)).at(
+        patch, _not_text(batch, "batch size")
+    )
+    if check_bool(gradient_as_bucket_view, "gradient_as_bucket_view") and config.strategy is not Strategy.DDP:
+        raise InvalidInputError("--gradient-as-bucket-view is DDP's: add --gpus N (N of 2 or more)")
+    if config.strategy is Strategy.SINGLE:
+        raise InvalidInputError("give world_size=N (2 or more) for ranks of data parallelism (--gpus N)")
+    load_step(config.step)
+    options = DistributedOptions(config.strategy, config.world_size, bucket_cap_mb, gradient_as_bucket_view)
+    if on_start is not None:
+        on_start(config, device)
+    return measure_per_rank(config, options, device)
+
+
+def _prepare_snapshot(backend: Any, path: str | Path, isolate: bool) -> None:
+    """Check the snapshot's file and ask the backend to keep what it needs, before measuring."""
+    from memprobe.core.output_paths import check_output_path
+
+    check_output_path(path, "--snapshot", suffixes=(".pickle", ".pkl", ".json"))
+    if isolate:
+        raise InvalidInputError("--snapshot records in this process: drop --isolate")
+    if hasattr(backend, "record_trace"):
+        backend.record_trace = True
+    else:
+        backend.snapshot_path = str(path)
 
 
 def calibrate(
-    arch: str,
-    precision: str = "fp32",
+    arch: str | Setup,
+    precision: str | None = None,
     *,
     device: str | None = None,
-    optimizer: str = "adamw",
-    in_channels: int = 1,
-    out_channels: int = 2,
-    deep_supervision: bool = False,
-    step: str = "memprobe",
-    checkpointing: bool = False,
-    strategy: str | None = None,
-    world_size: int = 1,
-    budget: str | int | None = None,
+    gpu_mem: str | int | None = None,
     db: str | Path | None = None,
     isolate: bool = False,
     search: bool = True,
     on_measurement: ProgressCallback | None = None,
+    **setup: Any,
 ) -> CalibrationReport:
     """Measure ``arch``, fit its formula and store measurements and calibration in ``db``.
 
     Args:
-        arch: a registered architecture or ``package.module:factory`` (its shape rule attached).
         device: ``cuda``, ``trace`` or ``cpu`` (default: cuda if available, else trace).
-        budget: memory for the limit searches (default: the GPU's memory; 24 GiB on trace).
+        gpu_mem: memory for the limit searches (default: the GPU's memory; 24 GiB on trace);
+            ``budget`` is its old name.
         isolate: run every probe in a child process; a crash is recorded and skipped.
         search: after the fit, search the largest batch and patch within the budget.
         on_measurement: called with each measurement and whether it was reused from ``db``;
             the CLI draws its progress from it (the library prints nothing).
+        arch: an architecture (``"mednext"``, ``package.module:factory``) or a Setup.
+        precision: ``fp32``, ``fp16-mixed`` or ``bf16-mixed``; default by the GPU's bf16
+            support (``memprobe.core.config.default_precision``), or the Setup's own.
+        **setup: other fields of a Setup (``optimizer``, ``in_channels``, ``out_channels``,
+            ``deep_supervision``, ``step``, ``checkpointing``, ``strategy``, ``world_size``);
+            only a calibration of the same Setup answers, and a batch is one rank's.
 
     Returns:
         The CalibrationReport: the calibration, the measured points and the searches.
@@ -481,34 +540,45 @@ def calibrate(
 
     db, device = _checked_source(db, device)
     isolate = check_bool(isolate, "isolate")
-    arch = _calibration_arch(arch, in_channels, out_channels, find=not isolate)
-    spec = resolve_arch(arch)
-    base = _step_config(
-        arch,
-        smallest_patch(spec),
-        1,
-        precision,
-        optimizer,
-        in_channels,
-        out_channels,
-        deep_supervision,
-        step,
-        checkpointing,
-        strategy=strategy,
-        world_size=world_size,
+    gpu_mem = _renamed(setup, "budget", "gpu_mem", gpu_mem)
+    chosen = Setup.of(arch, gpu=measuring_gpu(device), **_given(arch, precision, setup))
+    chosen = replace(
+        chosen, arch=_calibration_arch(chosen.arch, chosen.in_channels, chosen.out_channels, find=not isolate)
     )
+    spec = resolve_arch(chosen.arch)
+    base = chosen.at(smallest_patch(spec), 1)
     load_step(base.step)  # a wrong reference is refused before anything runs
     # Every input is checked before the database is opened: a mistake must leave it untouched.
     backend = get_backend(
-        device, budget_bytes=parse_bytes(budget) if budget is not None else None, isolate=isolate
+        device, budget_bytes=parse_bytes(gpu_mem) if gpu_mem is not None else None, isolate=isolate
     )
-    budget_bytes = default_budget_bytes(backend.environment(), budget)
-    with Database.open(db) as database:
-        log = MeasurementLog(backend, database, budget_bytes)
-        if on_measurement is not None:
-            log.on_measurement = on_measurement
-        report = run_calibration(log, base, budget_bytes, search=search)
-        return replace(report, stored_in=str(database.path or database.location))
+    try:
+        budget_bytes = default_budget_bytes(backend.environment(), gpu_mem)
+        with Database.open(db) as database:
+            log = MeasurementLog(backend, database, budget_bytes)
+            if on_measurement is not None:
+                log.on_measurement = on_measurement
+            report = run_calibration(log, base, budget_bytes, search=search)
+            return replace(report, stored_in=str(database.path or database.location))
+    finally:
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()  # stops the pool of ranks of a --gpus N calibration on CUDA
+
+
+def _given(arch: str | Setup, precision: str | None, setup: dict[str, Any]) -> dict[str, Any]:
+    """The Setup fields a caller gave: a precision of None on a Setup keeps the Setup's own."""
+    return setup if precision is None and isinstance(arch, Setup) else {**setup, "precision": precision}
+
+
+def _renamed(arguments: dict[str, Any], old: str, new: str, value: Any) -> Any:
+    """Take a keyword argument under its old name, with a DeprecationWarning naming the new one."""
+    if old not in arguments:
+        return value
+    warnings.warn(f"{old}= is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
+    if value is not None:
+        raise InvalidInputError(f"{old} and {new} name the same value: give only {new}")
+    return arguments.pop(old)
 
 
 def _calibration_arch(arch: str, in_channels: int, out_channels: int, *, find: bool) -> str:
@@ -524,41 +594,6 @@ def _calibration_arch(arch: str, in_channels: int, out_channels: int, *, find: b
         if declared_rule(load_factory(resolve_arch(arch).factory)) is None:
             return arch  # an isolated run must not try the model in this process
     return shape_rule_arch(arch, in_channels=in_channels, out_channels=out_channels)[0]
-
-
-def _step_config(
-    arch: str,
-    patch: Sequence[object],
-    batch: object,
-    precision: str,
-    optimizer: str,
-    in_channels: object,
-    out_channels: object,
-    deep_supervision: bool,
-    step: str,
-    checkpointing: bool,
-    strategy: str | None = None,
-    world_size: object = 1,
-) -> StepConfig:
-    """The validated step configuration every public function starts from.
-
-    A batch is an int (numpy's too): the CLI reads text into one, and ``"2"`` from Python is a
-    mistake the way ``2.0`` is.
-    """
-    return make_step_config(
-        arch,
-        patch,
-        _not_text(batch, "batch size"),
-        precision=precision,
-        optimizer=optimizer,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        deep_supervision=deep_supervision,
-        step=step,
-        checkpointing=checkpointing,
-        strategy=strategy,
-        world_size=world_size,
-    )
 
 
 def _not_text(value: object, name: str) -> object:

@@ -15,6 +15,7 @@ from memprobe.core.config import StepConfig
 from memprobe.core.enums import Strategy
 from memprobe.core.errors import InvalidInputError, ModelError
 from memprobe.core.measurement import Measurement
+from memprobe.core.units import format_shape
 from memprobe.formula.calibration import Calibration
 from memprobe.formula.fit import (
     RESERVED,
@@ -23,6 +24,7 @@ from memprobe.formula.fit import (
     fit_quality,
     fit_reserved_coefficients,
     has_reserved,
+    measured_range,
 )
 from memprobe.planning.exports import DDP_DEFAULT_BUCKET_CAP_MB, DDP_DEFAULT_GRADIENT_AS_BUCKET_VIEW
 from memprobe.planning.need import memory_need, need_from_peaks
@@ -31,7 +33,7 @@ from memprobe.planning.size_search import DEFAULT_SAFETY
 if TYPE_CHECKING:
     from memprobe.store.database import Database
 
-MAX_BATCH = 512
+MAX_MEASURED_BATCH = 512  # the limit search measures at most this batch: a bound on its cost, not on plans
 
 
 @dataclass(frozen=True)
@@ -180,17 +182,6 @@ def fit_calibration(
     )
 
 
-def measured_range(measurements: list[Measurement]) -> dict[str, list[int]]:
-    """The smallest and largest batch, voxels and channel counts among ``measurements``."""
-    values = {
-        "batch": [m.config.batch for m in measurements],
-        "voxels": [m.config.voxels for m in measurements],
-        "in_channels": [m.config.in_channels for m in measurements],
-        "out_channels": [m.config.out_channels for m in measurements],
-    }
-    return {name: [min(seen), max(seen)] for name, seen in values.items()}
-
-
 def search_largest_batch(
     log: MeasurementLog,
     base: StepConfig,
@@ -212,7 +203,7 @@ def search_largest_batch(
         predict = lambda b: (
             memory_need(calibration, spec, base.patch, b, base.in_channels, base.out_channels).total_bytes
         )
-    return guided_search(probe, budget_bytes * DEFAULT_SAFETY, predict=predict, upper=MAX_BATCH)
+    return guided_search(probe, budget_bytes * DEFAULT_SAFETY, predict=predict, upper=MAX_MEASURED_BATCH)
 
 
 def _judged_by_need(
@@ -330,7 +321,7 @@ def _limit_searches(
     searches: list[LimitSearch] = []
     for k in (4, 8):
         patch = design_patch(spec, (k, k, k))
-        fixed = "x".join(map(str, patch))
+        fixed = format_shape(patch)
         try:
             result = search_largest_batch(
                 log, replace(base, patch=patch, batch=1), budget_bytes, calibration, spec

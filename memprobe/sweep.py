@@ -37,6 +37,9 @@ _MAX_DETAIL_CHARS = 500
 ANY_CARD = "any"  # whatever card the node has (the executor's own --slurm-constraint, if any)
 
 
+DEFAULT_PRECISION = "default"  # a job's precision when none is named: the default rule on its node
+
+
 class JobState(StrEnum):
     MISSING = "missing"  # never submitted
     SUBMITTED = "submitted"  # queued or running
@@ -55,10 +58,12 @@ class SweepJob:
     job_id: str | None = None
     detail: str | None = None  # the error's last line, or the calibration's held-out error
     layout: str = ""  # "" for one GPU, else "ddp x4" (a rank of data parallelism)
+    variant: str = ""  # the Setup's other fields where they differ from the defaults: "sgd c4->3 ds"
 
     @property
     def key(self) -> str:
-        return f"{self.arch}/{self.precision}/{self.card}" + (f"/{self.layout}" if self.layout else "")
+        key = f"{self.arch}/{self.precision}/{self.card}" + (f"/{self.layout}" if self.layout else "")
+        return key + (f"/{self.variant}" if self.variant else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +71,7 @@ class SweepJob:
             "precision": self.precision,
             "card": self.card,
             "layout": self.layout or "single",
+            "variant": self.variant,
             "state": self.state.value,
             "job_id": self.job_id,
             "detail": self.detail,
@@ -87,14 +93,24 @@ class SweepSpec:
     slurm: dict[str, str] = field(default_factory=dict)  # partition, gres, constraint, time
     strategy: str = "single"  # each job calibrates one rank of ddp or fsdp over world_size GPUs
     world_size: int = 1
+    setup: dict[str, Any] = field(default_factory=dict)  # optimizer, channels, deep supervision, step, ...
 
     @property
     def layout(self) -> str:
         return "" if self.strategy == "single" else f"{self.strategy} x{self.world_size}"
 
+    @property
+    def variant(self) -> str:
+        """The Setup's fields besides architecture, precision and layout that differ from the defaults."""
+        defaults = {"optimizer": "adamw", "in_channels": 1, "out_channels": 2, "deep_supervision": False,
+                    "step": "memprobe", "checkpointing": False}  # fmt: skip
+        return " ".join(
+            f"{name}={value}" for name, value in self.setup.items() if defaults.get(name) != value
+        )
+
     def jobs(self) -> list[SweepJob]:
         return [
-            SweepJob(arch, precision, card, layout=self.layout)
+            SweepJob(arch, precision, card, layout=self.layout, variant=self.variant)
             for arch in self.archs
             for precision in self.precisions
             for card in self.cards
@@ -105,10 +121,11 @@ def calibration_job(
     arch: str,
     precision: str,
     device: str | None,
-    budget: str | None,
+    gpu_mem: str | None,
     db: str,
     strategy: str = "single",
     world_size: int = 1,
+    setup: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run on the node: calibrate one (architecture, precision, GPU layout) into ``db``.
 
@@ -120,7 +137,14 @@ def calibration_job(
     result_path = _own_result_path()
     try:
         report = calibrate(
-            arch, precision, device=device, budget=budget, db=db, strategy=strategy, world_size=world_size
+            arch,
+            None if precision == DEFAULT_PRECISION else precision,
+            device=device,
+            gpu_mem=gpu_mem,
+            db=db,
+            strategy=strategy,
+            world_size=world_size,
+            **(setup or {}),
         )
     except Exception as error:
         if result_path is not None:
@@ -201,6 +225,7 @@ def run_sweep(
             spec.db,
             spec.strategy,
             spec.world_size,
+            spec.setup,
         )
         handles[job.key] = handle
         state[job.key] = str(handle.job_id)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from memprobe.api import estimate, max_batch_size, max_patch_size
 from memprobe.core.archs.registry import resolve_arch
-from memprobe.core.enums import Precision, parse_enum
+from memprobe.core.config import Setup, default_precision
+from memprobe.core.enums import Precision
 from memprobe.core.gpus import GpuInfo
 from memprobe.core.units import format_bytes
 from memprobe.formula.calibration import Calibration
@@ -80,37 +81,16 @@ class FullPlan:
 
 
 def choose_precision(gpu: GpuInfo | None) -> PlanValue:
-    """bf16 where the GPU has bf16 tensor cores (compute capability 8.0+), else fp16 autocast."""
-    if gpu is None:
-        return PlanValue("bf16-mixed", "no GPU detected: bf16-mixed, supported by every GPU since Ampere")
-    if gpu.supports_bf16:
-        return PlanValue(
-            "bf16-mixed", f"{gpu.name} supports bf16 (compute capability {gpu.compute_capability})"
-        )
-    return PlanValue("fp16-mixed", f"{gpu.name} lacks bf16 tensor cores: fp16 autocast with loss scaling")
-
-
-def precision_with_reason(given: str | None, gpu: GpuInfo | None) -> tuple[str, str]:
-    """The precision to use and where it came from: given, else :func:`choose_precision`.
-
-    ``calibrate``, ``suggest``, ``plan`` and ``report`` share this rule, so that a calibration
-    made with the defaults is the one the plans read.
-    """
-    from memprobe.core.enums import Precision, parse_enum
-
-    if given is not None:
-        value = parse_enum(Precision, given, "precision").value
-        return value, f"precision {value} (given)"
-    chosen = choose_precision(gpu)
-    return chosen.value, f"precision {chosen.value} (the default; {chosen.reason})"
+    """The default precision for ``gpu``, with its reason (``default_precision``'s rule)."""
+    precision, reason = default_precision(gpu)
+    return PlanValue(precision.value, reason)
 
 
 def make_plan(
-    arch: str,
+    setup: str | Setup,
     gpu_mem: int,
     *,
     gpu: GpuInfo | None = None,
-    precision: str | None = None,
     patch: Sequence[int] | None = None,
     batch: int | None = None,
     spacing: Sequence[float] | None = None,
@@ -120,64 +100,52 @@ def make_plan(
     num_gpus: int = 1,
     cpu_count: int | None = None,
     lr: float | None = None,
-    in_channels: int = 1,
-    out_channels: int = 2,
-    deep_supervision: bool = False,
     db: str | Path | None = None,
     device: str | None = None,
-    step: str = "memprobe",
-    checkpointing: bool = False,
-    optimizer: str = "adamw",
-    strategy: str | None = None,
-    world_size: int = 1,
+    **overrides: Any,
 ) -> FullPlan:
     """Plan patch, batch, precision, accumulation, workers and learning rate; given values win.
 
-    With ``world_size`` above 1 (``strategy`` ddp or fsdp) the batch is one rank's, planned from
-    a calibration of that layout; ``num_gpus`` (for workers) defaults to it.
+    ``setup`` is an architecture name or a Setup; ``overrides`` are Setup's fields
+    (``precision``, ``optimizer``, channels, ...). Without a precision, the default for ``gpu``
+    (``default_precision``). With ``world_size`` above 1 (``strategy`` ddp or fsdp) the batch
+    is one rank's, planned from a calibration of that layout; ``num_gpus`` (for workers)
+    defaults to it.
     """
-    num_gpus = max(num_gpus, world_size)
-    spec = resolve_arch(arch)
+    from memprobe.integrations.nnunet.patch_plan import is_preset
+
+    name = setup.arch if isinstance(setup, Setup) else setup
+    given = overrides.get("precision") is not None or isinstance(setup, Setup)
+    chosen = Setup.of(setup, gpu=gpu, **overrides)
+    if isinstance(name, str) and is_preset(name):
+        chosen = replace(chosen, arch=name)  # nnU-Net's presets plan over their topologies
+    num_gpus = max(num_gpus, chosen.world_size)
+    spec = resolve_arch(chosen.arch)
     values: dict[str, PlanValue] = {}
-    # Normalised here, as every other entry point does: "BF16-Mixed" must not fail later in exports().
     values["precision"] = (
-        PlanValue(parse_enum(Precision, precision, "precision").value, "manual override")
-        if precision
-        else choose_precision(gpu)
+        PlanValue(chosen.precision.value, "manual override") if given else choose_precision(gpu)
     )
-    common: dict[str, Any] = dict(
-        optimizer=optimizer,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        deep_supervision=deep_supervision,
-        db=db,
-        device=device,
-        step=step,
-        checkpointing=checkpointing,
-        strategy=strategy,
-        world_size=world_size,
-    )
+    sources: dict[str, Any] = dict(db=db, device=device)
     warnings: list[str] = []
     if patch is not None:
         values["patch_size"] = PlanValue(list(patch), "manual override")
     else:
         patch_plan = max_patch_size(
-            arch,
+            chosen,
             batch or 2,
             gpu_mem,
-            values["precision"].value,
             spacing=spacing,
             median_shape=median_shape,
             safety=safety,
-            **common,
+            **sources,
         )
         values["patch_size"] = PlanValue(list(patch_plan.patch), "; ".join(patch_plan.reasons))
         warnings += patch_plan.warnings
     if batch is not None:
         values["batch_size"] = PlanValue(batch, "manual override")
-        given = estimate(arch, values["patch_size"].value, batch, values["precision"].value, **common)
-        need, calibration = given.need, given.calibration
-        warnings += [given.warning] if given.warning else []
+        given_batch = estimate(chosen, values["patch_size"].value, batch, **sources)
+        need, calibration = given_batch.need, given_batch.calibration
+        warnings += [given_batch.warning] if given_batch.warning else []
         if need.total_bytes > gpu_mem * safety:
             warnings.append(
                 f"batch {batch} is predicted to need {describe_need(need)}, over the usable "
@@ -185,13 +153,12 @@ def make_plan(
             )
     else:
         batch_plan = max_batch_size(
-            arch,
+            chosen,
             values["patch_size"].value,
             gpu_mem,
-            values["precision"].value,
             effective_batch=effective_batch,
             safety=safety,
-            **common,
+            **sources,
         )
         warnings += batch_plan.warnings
         need, calibration = batch_plan.need, batch_plan.calibration

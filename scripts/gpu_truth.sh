@@ -27,7 +27,7 @@ else
 fi
 
 if [ -n "${MEMPROBE_VERIFY_REHEARSAL:-}" ]; then
-  verify_args=(--rehearse --arch tests.tiny_models:tiny_net --precision fp32 --budget 16MiB)
+  verify_args=(--rehearse --arch tests.tiny_models:tiny_net --precision fp32 --gpu-mem 16MiB)
   archs=(tests.tiny_models:tiny_net) precisions=(fp32) device=trace budget=16MiB
 else
   verify_args=(--quick)
@@ -73,7 +73,7 @@ step verify "${memprobe[@]}" verify "${verify_args[@]}" --out "$out/verify"
 for arch in "${archs[@]}"; do
   for precision in "${precisions[@]}"; do
     step "calibrate_${arch##*:}_$precision" "${memprobe[@]}" calibrate --arch "$arch" --device "$device" \
-      --precision "$precision" --budget "$budget" --db "$out/calibrations.sqlite"
+      --precision "$precision" --gpu-mem "$budget" --db "$out/calibrations.sqlite"
   done
 done
 step export "${memprobe[@]}" db export --db "$out/calibrations.sqlite" --out "$out/calibrations.json"

@@ -28,6 +28,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "memprobe.reporting",
         "memprobe.integrations.pytc",
         "memprobe.integrations.lightning",
+        "memprobe.integrations.nnunet.plan_run",
+        "memprobe.integrations.nnunet.topology_sources",
     ),
     (
         "memprobe.planning",
@@ -48,6 +50,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "memprobe.data",
         "memprobe.integrations.nnunet.fingerprint",
         "memprobe.integrations.nnunet.dataset_files",
+        "memprobe.integrations.nnunet.parameters",
     ),
 )
 PACKAGE_ROOTS = ("memprobe", "memprobe.integrations", "memprobe.integrations.nnunet")

@@ -49,10 +49,11 @@ def get_backend(
             raise DeviceUnavailableError(
                 "no CUDA GPU is available here: use --device trace to measure without a GPU"
             )
-        from memprobe.backends.cuda import CudaBackend
-        from memprobe.backends.rank_launcher import launch_ranks
+        from memprobe.backends.rank_launcher import PooledCudaBackend
 
-        return CudaBackend(budget_bytes=budget_bytes, rank_launcher=launch_ranks, **ddp)  # type: ignore[arg-type]
+        # Data-parallel configurations share one pool of ranks, started on the first and kept
+        # until the backend is closed (or collected): a calibration starts its ranks once.
+        return PooledCudaBackend(budget_bytes=budget_bytes, **ddp)  # type: ignore[arg-type]
     from memprobe.backends.trace_backend import CpuBackend, TraceBackend
 
     return (TraceBackend if kind is DeviceKind.TRACE else CpuBackend)(**ddp)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ and optimizer state to 1/N per rank and all-gathers each module's parameters aro
 
 The strategy and world size are part of the step's configuration (``StepConfig.strategy``,
 ``world_size``), so a rank's measurements and calibration are stored under their own key. On
-CUDA with several GPUs the ranks are launched for real (memprobe.backends.rank_launcher).
+CUDA with several GPUs the ranks are launched for real (memprobe.backends.rank_pool).
 """
 
 from __future__ import annotations
@@ -254,7 +254,8 @@ def measure_per_rank(config: Any, options: DistributedOptions, device: str = "tr
     """Measure one rank of ``config`` trained under ``options`` on ``device``.
 
     On trace and cpu one process stands in for every rank (the fake process group); on cuda the
-    ranks are launched for real, one process per GPU, and the worst rank is reported.
+    ranks are launched for real, one process per GPU, the worst rank is reported, and the
+    ranks are stopped before this returns.
     """
     from dataclasses import replace
 
@@ -265,7 +266,11 @@ def measure_per_rank(config: Any, options: DistributedOptions, device: str = "tr
     backend: Any = get_backend(
         device, bucket_cap_mb=options.bucket_cap_mb, gradient_as_bucket_view=options.gradient_as_bucket_view
     )
-    measurement = backend.measure(config)
+    try:
+        measurement = backend.measure(config)
+    finally:
+        if hasattr(backend, "close"):  # a CUDA backend's pool of ranks
+            backend.close()
     fresh_model = getattr(backend, "_fresh_model", build_for_config)
     buckets = (
         gradient_bucket_bytes(fresh_model(config), options.bucket_cap_mb)

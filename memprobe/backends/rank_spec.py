@@ -1,7 +1,8 @@
 """What a launch of DDP or FSDP2 ranks is given, and how its ranks' measurements are judged.
 
-A leaf of ``rank_launcher`` (which spawns the ranks, each measuring through a CudaBackend)
-and of ``cuda`` (whose backend asks for a launch): both import it, neither the other.
+A leaf of ``rank_pool`` (which spawns the ranks, each measuring through a CudaBackend) and of
+``cuda`` (whose backend asks for its ranks' measurements): both import it; cuda never imports
+the pool, which builds on cuda's backend.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from memprobe.core.measurement import Measurement
 
 @dataclass(frozen=True)
 class LaunchSpec:
-    """What every rank needs (pickled into each spawned process)."""
+    """What every rank needs to measure one configuration (sent to each rank of a pool).
+
+    ``device_type`` and ``runtime`` choose how the ranks are started: a pool restarts its ranks
+    when they change. ``port`` is where they meet (0: a free one, chosen at each start).
+    """
 
     config: StepConfig
     bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB

@@ -127,7 +127,7 @@ def _inference_context(config: InferenceConfig, compute: torch.device) -> ExitSt
 
 
 def _autocast(precision: Precision, device_type: str) -> Any:
-    """CUDA's autocast on a GPU; its cast lists emulated on CPU and fake tensors (``cuda_autocast.py``)."""
+    """CUDA's autocast on a GPU; its cast lists emulated on CPU and fake tensors (``training/autocast.py``)."""
     if not precision.is_mixed:
         return None
     dtype = torch.bfloat16 if precision is Precision.BF16_MIXED else torch.float16

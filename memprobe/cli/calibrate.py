@@ -9,19 +9,16 @@ import click
 from memprobe.cli.inference import calibrate_view, inference_mode
 from memprobe.cli.options import (
     BYTES,
-    CHANNELS,
-    arch_option,
-    checkpointing_option,
     custom_arch_with_rule,
-    data_parallel_options,
     db_option,
     emit,
     json_option,
     shape_rule_options,
-    training_step_option,
+    training_option,
 )
 from memprobe.cli.progress import Progress
 from memprobe.cli.render import Report
+from memprobe.cli.setup_options import SetupChoice, command, setup_options
 from memprobe.core.measurement import Measurement
 from memprobe.planning.exports import ddp_buckets, ddp_buckets_note
 
@@ -34,52 +31,31 @@ from memprobe.planning.size_search import largest_batch_rule
 _EXPECTED_STEPS = 10 + 4 + 6
 
 
-@click.command()
-@inference_mode(calibrate_view, ("optimizer", "deep_supervision", "budget", "isolate"))
-@arch_option
+@command(renamed={"--budget": "--gpu-mem"})
+@inference_mode(calibrate_view)
+@setup_options()
 @click.option("--device", default=None, help="cuda, trace or cpu; default cuda if present, else trace.")
-@click.option(
-    "--precision",
-    default=None,
-    help="fp32, fp16-mixed (fp16) or bf16-mixed (bf16); default as `suggest` and `plan`: bf16-mixed, "
-    "fp16-mixed on a GPU without bf16.",
-)
-@click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
-@click.option("--deep-supervision", is_flag=True, help="Calibrate with deep-supervision heads.")
-@click.option("--in-channels", default=1, show_default=True, type=CHANNELS, help="Input channels.")
-@click.option("--out-channels", default=2, show_default=True, type=CHANNELS, help="Output classes.")
-@training_step_option
-@checkpointing_option
 @shape_rule_options
-@data_parallel_options
-@click.option("--no-search", is_flag=True, help="Fit and store the formula; skip the limit searches.")
-@click.option(
-    "--budget",
+@training_option("--no-search", is_flag=True, help="Fit and store the formula; skip the limit searches.")
+@training_option(
+    "--gpu-mem",
     default=None,
     type=BYTES,
-    help="Memory budget for the searches (default: the GPU's memory; 24GiB on trace).",
+    help="Memory the limit searches plan for (default: the GPU's memory; 24GiB on trace); "
+    "--budget is its old name.",
 )
-@click.option(
+@training_option(
     "--isolate", is_flag=True, help="Run every probe in a child process; a crash is recorded and skipped."
 )
 @db_option
 @json_option
 def calibrate(
-    arch: str,
+    setup: SetupChoice,
     device: str | None,
-    precision: str | None,
-    optimizer: str,
-    deep_supervision: bool,
-    in_channels: int,
-    out_channels: int,
-    training_step: str,
-    checkpointing: bool,
     divisors: tuple[int, int, int] | None,
     min_patch: tuple[int, int, int] | None,
-    gpus: int,
-    strategy: str | None,
     no_search: bool,
-    budget: int | None,
+    gpu_mem: int | None,
     isolate: bool,
     db_path: str | None,
     as_json: bool,
@@ -94,7 +70,7 @@ def calibrate(
     \b
     memprobe calibrate --arch mednext
     memprobe calibrate --arch basicunet --device trace --precision bf16-mixed
-    memprobe calibrate --arch mednext --device cuda --budget 24GiB --isolate
+    memprobe calibrate --arch mednext --device cuda --gpu-mem 24GiB --isolate
     memprobe calibrate --arch mynet:build --device trace --divisor 4 32 32 --min-patch 8 64 64
     memprobe calibrate --arch basicunet --device trace --gpus 4 --strategy ddp
 
@@ -112,12 +88,14 @@ def calibrate(
     from memprobe.api import calibrate as run_calibration
     from memprobe.backends import default_device_kind
     from memprobe.core.archs.registry import resolve_arch
-    from memprobe.core.gpus import detect_gpu
-    from memprobe.training_plan import precision_with_reason
+    from memprobe.core.config import precision_with_reason
+    from memprobe.core.gpus import measuring_gpu
 
-    arch = custom_arch_with_rule(arch, divisors, min_patch, in_channels, out_channels, find=not isolate)
+    arch = custom_arch_with_rule(
+        setup.arch, divisors, min_patch, setup.in_channels, setup.out_channels, find=not isolate
+    )
     kind = device or default_device_kind().value
-    precision, _ = precision_with_reason(precision, detect_gpu() if kind == "cuda" else None)
+    precision, _ = precision_with_reason(setup.precision, measuring_gpu(kind))
     label = f"calibrating {resolve_arch(arch).name} ({precision}) on {kind}"
     with Progress(label, _EXPECTED_STEPS) as progress:
 
@@ -128,19 +106,12 @@ def calibrate(
             arch,
             precision,
             device=device,
-            optimizer=optimizer,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            deep_supervision=deep_supervision,
-            step=training_step,
-            checkpointing=checkpointing,
-            budget=budget,
+            gpu_mem=gpu_mem,
             db=db_path,
             isolate=isolate,
             search=not no_search,
             on_measurement=advance,
-            strategy=strategy,
-            world_size=gpus,
+            **setup.overrides(),
         )
     emit(_report(report), as_json)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -12,6 +13,7 @@ from memprobe.cli.render import Report
 from memprobe.core.units import format_bytes
 
 if TYPE_CHECKING:
+    from memprobe.store.frames import Export
     from memprobe.store.merge import MergeResult
 
 
@@ -86,33 +88,72 @@ def list_measurements(db_path: str | None, arch: str | None, as_json: bool) -> N
     emit(Report([m.to_dict() for m in measurements], (("Measurements", rows),)), as_json)
 
 
+_SUFFIX_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
 @db.command("export")
 @db_option
+@click.option("-o", "--out", "out_path", required=True, type=str, help="File to write.")
 @click.option(
-    "--out",
-    "out_path",
-    required=True,
-    type=str,
-    help="JSON file to write (memprobe/data/calibrations.json to ship them).",
+    "--format",
+    "fmt",
+    type=click.Choice(["shipped", "csv", "json", "parquet"]),
+    default=None,
+    help="shipped: the newest calibrations as the JSON memprobe ships and `db import` reads; "
+    "csv, json (a list of records) or parquet: a --table as pandas writes it.  [default: from "
+    "--out's extension: .csv, .parquet; else shipped]",
 )
-def export(db_path: str | None, out_path: str) -> None:
-    """Export the newest calibrations as JSON (the format memprobe ships its defaults in).
+@click.option(
+    "--table",
+    type=click.Choice(["measurements", "calibrations"]),
+    default=None,
+    help="With csv, json or parquet: the rows to write, as memprobe.load_measurements() and "
+    "load_calibrations() give them.  [default: measurements]",
+)
+@json_option
+def export(db_path: str | None, out_path: str, fmt: str | None, table: str | None, as_json: bool) -> None:
+    """Export the database: calibrations as memprobe ships them, or a table for pandas.
+
+    Parquet needs pyarrow: pip install 'memprobe[parquet]'. The file is written whole or not
+    at all, and never over the database itself.
 
     \b
     memprobe db export --db build/shipped.sqlite --out memprobe/data/calibrations.json
+    memprobe db export -o measurements.csv
+    memprobe db export --format parquet --table calibrations -o calibrations.parquet
     """
     from memprobe.core.errors import InvalidInputError
-    from memprobe.core.output_paths import check_output_path, write_atomically
-    from memprobe.store.calibration_sources import user_calibrations
+    from memprobe.core.output_paths import check_output_path
     from memprobe.store.database import database_files
 
-    check_output_path(out_path, reading=database_files(db_path))
+    fmt = fmt or _SUFFIX_FORMATS.get(Path(out_path).suffix.lower(), "shipped")
+    if fmt == "shipped" and table == "measurements":
+        raise InvalidInputError("--format shipped writes calibrations: use --format csv, json or parquet")
+    target = check_output_path(out_path, reading=database_files(db_path))
+    if fmt == "shipped":
+        result = _export_shipped(db_path, target)
+    else:
+        from memprobe.store.frames import export_table
+
+        result = export_table(db_path, table or "measurements", fmt, target)
+    if as_json:
+        emit(Report(result.to_dict()), as_json)
+    click.echo(f"wrote {result.rows} {result.table} to {out_path} ({result.format})", err=True)
+
+
+def _export_shipped(db_path: str | None, target: Path) -> Export:
+    """The newest calibrations as the JSON memprobe ships its defaults in (``make shipped``)."""
+    from memprobe.core.errors import InvalidInputError
+    from memprobe.core.output_paths import write_atomically
+    from memprobe.store.calibration_sources import user_calibrations
+    from memprobe.store.frames import Export
+
     calibrations = [dict(c.to_dict(), source="shipped") for c in user_calibrations(db_path)]
     try:
-        write_atomically(out_path, json.dumps(calibrations, indent=1, sort_keys=True) + "\n")
+        write_atomically(target, json.dumps(calibrations, indent=1, sort_keys=True) + "\n")
     except OSError as error:
-        raise InvalidInputError(f"cannot write {out_path}: {error.strerror or error}") from None
-    click.echo(f"wrote {len(calibrations)} calibrations to {out_path}", err=True)
+        raise InvalidInputError(f"cannot write {target}: {error.strerror or error}") from None
+    return Export(str(target), "calibrations", len(calibrations), "shipped")
 
 
 @db.command("merge")

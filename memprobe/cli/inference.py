@@ -1,8 +1,8 @@
 """``--mode inference`` of probe, calibrate and suggest: a thin view over ``memprobe.inference``.
 
-Each of those commands takes ``@inference_mode(view, training_only)``: with ``--mode inference``
-the command's arguments go to the view here, and a training-only option given on the command
-line is refused (exit 2, naming it); with ``--mode training`` an inference-only option is refused.
+Each of those commands takes ``@inference_mode(view)``: with ``--mode inference`` the command's
+arguments go to the view here. Each option declares its modes (``memprobe.cli.setup_options``):
+one given on the command line that the chosen mode does not take is refused, exit 2, naming it.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
-from memprobe.cli.options import BATCH
+from memprobe.cli.options import BATCH, INFERENCE, SHAPE_SIZE, inference_option, refuse_other_modes
 from memprobe.cli.render import Report
-from memprobe.core.units import format_bytes
+from memprobe.core.gpus import measuring_gpu
+from memprobe.core.units import format_bytes, format_shape
 
 F = Callable[..., Any]
 
@@ -39,22 +39,6 @@ class MirrorAxes(click.ParamType):
         return tuple(sorted(int(axis) for axis in text))
 
 
-# Options of the training commands that mean nothing to an inference: refused with --mode
-# inference wherever a command has them, beside the ones each command names.
-_TRAINING_ONLY = (
-    "training_step",
-    "checkpointing",
-    "gpus",
-    "strategy",
-    "bucket_cap_mb",
-    "gradient_as_bucket_view",
-    "show_options",
-    "nnunet_fingerprint",
-    "min_patch",
-    "divisor",
-    "no_search",
-)
-
 _INFERENCE_OPTIONS = (
     click.option(
         "--mode",
@@ -63,7 +47,7 @@ _INFERENCE_OPTIONS = (
         show_default=True,
         help="training: one training step; inference: a sliding-window prediction over a whole image.",
     ),
-    click.option(
+    inference_option(
         "--predictor",
         type=click.Choice(["monai", "nnunet"]),
         default="monai",
@@ -71,47 +55,48 @@ _INFERENCE_OPTIONS = (
         help="Inference: MONAI's sliding_window_inference, or nnU-Net v2's nnUNetPredictor "
         "(one window at a time, fp16 autocast, --overlap is 1 - tile_step_size; needs nnunetv2).",
     ),
-    click.option(
+    inference_option(
         "--mirror-axes",
         type=MirrorAxes(),
         default=None,
         help="Inference, nnU-Net: mirroring axes of its test-time augmentation (default 012; none: off).",
     ),
-    click.option(
+    inference_option(
         "--buffer-steps",
         type=click.IntRange(min=1),
         default=None,
         help="Inference, MONAI: sliding_window_inference's buffer_steps (buffer_dim -1); suggest plans its buffer.",
     ),
-    click.option(
+    inference_option(
         "--image-shape",
         nargs=3,
+        type=SHAPE_SIZE,
         default=None,
         metavar="D H W",
         help="Inference: the whole image in voxels (--patch is the window, roi_size).",
     ),
-    click.option(
+    inference_option(
         "--sw-batch-size",
         default=1,
         show_default=True,
         type=BATCH,
         help="Inference: windows the network sees at once.",
     ),
-    click.option(
+    inference_option(
         "--overlap",
         default=0.25,
         show_default=True,
         type=click.FloatRange(0, 1, max_open=True),
         help="Inference: overlap of windows, in [0, 1).",
     ),
-    click.option(
+    inference_option(
         "--blend",
         type=click.Choice(["constant", "gaussian"]),
         default="constant",
         show_default=True,
         help="Inference: how overlapping windows are blended (MONAI's mode).",
     ),
-    click.option(
+    inference_option(
         "--stitch",
         type=click.Choice(["gpu", "cpu"]),
         default=None,
@@ -119,18 +104,21 @@ _INFERENCE_OPTIONS = (
     ),
 )
 _SUGGEST_OPTIONS = (
-    click.option(
+    inference_option(
         "--max-image-shape",
         nargs=3,
+        type=SHAPE_SIZE,
         default=None,
         metavar="D H W",
         help="Inference: the dataset's largest image (same as --image-shape).",
     ),
     click.option(
         "--fingerprint",
+        type=click.Path(dir_okay=False),
         default=None,
         metavar="FILE",
-        help="Inference: nnU-Net dataset_fingerprint.json; its largest image is planned for.",
+        help="nnU-Net's dataset_fingerprint.json: in training the spacing and median shape as its planner "
+        "derives them; in inference its largest image.",
     ),
 )
 _NAMES = (
@@ -145,9 +133,12 @@ _NAMES = (
     "stitch",
 )
 _SUGGEST_NAMES = ("max_image_shape", "fingerprint")
+_SHARED_NAMES = ("fingerprint",)  # taken in both modes
 
 
 def _given(context: click.Context, name: str) -> bool:
+    from click.core import ParameterSource
+
     return context.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
 
 
@@ -160,27 +151,32 @@ def _refuse(context: click.Context, names: tuple[str, ...], why: str) -> None:
             raise InvalidInputError(f"{flags.get(name, '--' + name.replace('_', '-'))} {why}")
 
 
-def inference_mode(view: F, training_only: tuple[str, ...], suggest: bool = False) -> Callable[[F], F]:
-    """Add ``--mode`` and the inference options to a command, branching early into ``view``."""
+def inference_mode(view: F, suggest: bool = False) -> Callable[[F], F]:
+    """Add ``--mode`` and the inference options to a command, branching early into ``view``.
+
+    Each option says which mode it belongs to (``ModeOption``): one given on the command line
+    that the chosen mode does not take is refused by name, exit 2.
+    """
     extra = _INFERENCE_OPTIONS + (_SUGGEST_OPTIONS if suggest else ())
     names = _NAMES + (_SUGGEST_NAMES if suggest else ())
 
     def decorate(command: F) -> F:
         @functools.wraps(command)
         def branch(**kwargs: Any) -> Any:
-            context = click.get_current_context()
             mode = kwargs.pop("mode")
-            inference = {name: kwargs.pop(name) for name in names if name != "mode"}
-            if mode == "inference":
-                also = tuple(name for name in _TRAINING_ONLY if name in kwargs and name not in training_only)
-                _refuse(context, training_only + also, "is a training option: drop it with --mode inference")
+            refuse_other_modes(click.get_current_context(), mode)
+            if mode == INFERENCE:
+                inference = {name: kwargs.pop(name) for name in names if name != "mode"}
                 return view(**kwargs, **inference)
-            _refuse(context, tuple(n for n in names if n != "mode"), "needs --mode inference")
+            for name in names:
+                if name != "mode" and name not in _SHARED_NAMES:
+                    kwargs.pop(name)
             return command(**kwargs)
 
+        declared: F = branch
         for option in reversed(extra):
-            branch = option(branch)
-        return branch
+            declared = option(declared)
+        return declared
 
     return decorate
 
@@ -206,11 +202,11 @@ def _base(arch: str, patch: Any, image_shape: Any, sw_batch_size: Any, options: 
         out_channels=options["out_channels"],
         stitch=options.get("stitch") or "gpu",
         buffer_steps=options.get("buffer_steps"),
-        **predictor_options(options),
+        **predictor_options(options, options.get("gpu")),
     )
 
 
-def predictor_options(options: dict[str, Any]) -> dict[str, Any]:
+def predictor_options(options: dict[str, Any], gpu: Any = None) -> dict[str, Any]:
     """The predictor's settings, with nnU-Net's defaults where its options were left out.
 
     nnU-Net's predictor: tile_step_size 0.5 (--overlap 0.5), gaussian weighting, mirroring on
@@ -231,6 +227,10 @@ def predictor_options(options: dict[str, Any]) -> dict[str, Any]:
         context = click.get_current_context()
         nnunet_defaults = {"overlap": "0.5", "blend": "gaussian", "precision": "fp16-mixed"}
         chosen |= {name: value for name, value in nnunet_defaults.items() if not _given(context, name)}
+    if chosen["precision"] is None:  # the one default rule, for the GPU it runs on
+        from memprobe.core.config import default_precision
+
+        chosen["precision"] = default_precision(gpu)[0].value
     return chosen
 
 
@@ -253,14 +253,14 @@ def probe_view(
     **options: Any,
 ) -> None:
     """``memprobe probe --mode inference``."""
-    from memprobe.backends.sliding_window import InferenceRunner
+    from memprobe.inference.api import probe_inference
 
-    config = _base(arch, patch, _shape(image_shape), sw_batch_size, options)
-    runner = InferenceRunner(device)
+    config = _base(arch, patch, _shape(image_shape), sw_batch_size, {**options, "gpu": measuring_gpu(device)})
     click.echo(
-        f"measuring {config.label()} ({config.windows()} windows) on {runner.kind.value} ...", err=True
+        f"measuring {config.label()} ({config.windows()} windows) on {device or 'the default device'} ...",
+        err=True,
     )
-    m = runner.measure(config)
+    m = probe_inference(config, device)
     notes = [f"on the GPU: {COUNTED[config.stitch.value]}; peak reserved {m.reserved_source or '-'}"]
     notes += [config.padding_note()] if config.padded else []
     if not config.nnunet and config.sw_batch_size > config.window_batch:
@@ -296,13 +296,10 @@ def calibrate_view(
     **_: Any,
 ) -> None:
     """``memprobe calibrate --mode inference``."""
-    from memprobe.backends.sliding_window import InferenceRunner
     from memprobe.cli.options import emit
     from memprobe.cli.progress import Progress
     from memprobe.core.archs.registry import resolve_arch
-    from memprobe.core.inference_config import make_inference_config
-    from memprobe.inference.calibration_run import calibrate_inference
-    from memprobe.store.database import Database
+    from memprobe.inference.api import calibrate_inference
 
     _refuse(
         click.get_current_context(),
@@ -310,22 +307,19 @@ def calibrate_view(
         "is not for calibrate: it measures its own windows, images, batches and mirroring",
     )
     spec = resolve_arch(arch)
-    chosen = predictor_options(
-        # MONAI inference is calibrated at fp32 unless asked; nnU-Net's predictor at its fp16 autocast.
-        {"predictor": predictor, "overlap": 0.0, "blend": "constant", "precision": precision or "fp32"}
-    )
-    base = make_inference_config(arch, (2 * spec.divisor,) * 3, (4 * spec.divisor,) * 3, **chosen)
-    runner = InferenceRunner(device)
-    with Database.open(db_path) as database:
-        label = f"calibrating inference of {spec.name} on {runner.kind.value}"
-        with Progress(label, 17) as progress:
-            report = calibrate_inference(
-                runner,
-                base,
-                database,
-                lambda m, reused: progress.advance(m.config.label() + (" (stored)" if reused else "")),
-            )
-        emit(_calibration_report(report, spec, database.path or database.location), as_json)
+    label = f"calibrating inference of {spec.name} on {device or 'the default device'}"
+    with Progress(label, 17) as progress:
+        report = calibrate_inference(
+            arch,
+            precision,
+            device=device,
+            db=db_path,
+            predictor=predictor,
+            on_measurement=lambda m, reused: progress.advance(
+                m.config.label() + (" (stored)" if reused else "")
+            ),
+        )
+    emit(_calibration_report(report, spec, report.stored_in), as_json)
 
 
 def _calibration_report(report: Any, spec: Any, db_path: object) -> Report:
@@ -378,43 +372,29 @@ def suggest_view(
     arch: str,
     patch: Any,
     gpu_mem: int | None,
-    precision: str | None,
-    in_channels: int,
-    out_channels: int,
-    safety: float,
-    device: str | None,
+    calibrated_on: str | None,
     db_path: str | None,
     as_json: bool,
     as_yaml: bool,
     image_shape: Any,
     max_image_shape: Any,
     fingerprint: str | None,
-    overlap: float,
-    blend: str,
-    stitch: str | None,
-    sw_batch_size: int,
-    predictor: str,
-    mirror_axes: tuple[int, ...] | None,
-    buffer_steps: int | None,
-    **_: Any,
+    **options: Any,
 ) -> None:
     """``memprobe suggest --mode inference``."""
+    device = calibrated_on
     from memprobe.cli.budget import budget_note, resolve_budget
     from memprobe.cli.options import emit
     from memprobe.core.errors import InvalidInputError
     from memprobe.inference.api import largest_image_shape, max_sw_batch_size
 
-    if click.get_current_context().get_parameter_source("sw_batch_size") is not ParameterSource.DEFAULT:
+    if _given(click.get_current_context(), "sw_batch_size"):
         raise InvalidInputError("--sw-batch-size is what suggest plans: drop it")
     chosen = predictor_options(
-        {
-            "predictor": predictor,
-            "overlap": overlap,
-            "blend": blend,
-            "precision": precision,
-            "mirror_axes": mirror_axes,
-        }
+        {name: options[name] for name in ("predictor", "overlap", "blend", "precision", "mirror_axes")}
     )
+    if chosen["predictor"] != "nnunet" and options["precision"] is None:
+        chosen["precision"] = None  # the default rule, for the GPU planned for (below)
     shapes = [s for s in (_shape(image_shape), _shape(max_image_shape)) if s]
     if fingerprint:
         shapes.append(tuple(map(str, largest_image_shape(fingerprint))))
@@ -430,13 +410,14 @@ def suggest_view(
         patch,
         shapes[0],
         budget_bytes,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        stitch=stitch,
-        safety=safety,
+        chosen.pop("precision"),
+        in_channels=options["in_channels"],
+        out_channels=options["out_channels"],
+        stitch=options["stitch"],
+        safety=options["safety"],
         db=db_path,
         device=device,
-        buffer_steps=buffer_steps,
+        buffer_steps=options["buffer_steps"],
         **chosen,
     )
     emit(_plan_report(plan, budget_note(budget_bytes, gpu, gpu_mem)), as_json, "yaml" if as_yaml else None)
@@ -449,8 +430,8 @@ def _plan_report(plan: Any, budget_text: str) -> Report:
     c = plan.config
     row = {
         "arch": c.arch,
-        "roi": "x".join(map(str, c.roi)),
-        "image": "x".join(map(str, c.image_shape)),
+        "roi": format_shape(c.roi),
+        "image": format_shape(c.image_shape),
         "sw_batch_size": c.sw_batch_size,
         "stitch": c.stitch.value,
         **({"buffer_steps": c.buffer_steps} if c.buffer_steps else {}),

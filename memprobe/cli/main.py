@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from memprobe.__version__ import __version__
-from memprobe.cli.commands import COMMANDS
+from memprobe.cli.commands import LazyGroup
 from memprobe.core.errors import MemprobeError, StandInCalibrationWarning, TerminatedError
 from memprobe.core.input_files import shown
 from memprobe.core.user_code import note_interrupt
@@ -34,7 +34,9 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise TerminatedError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="memprobe")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
 @click.pass_context
@@ -47,10 +49,6 @@ def cli(context: click.Context, debug: bool) -> None:
     memprobe suggest --patch 128 128 128 --gpu-mem 24GiB
     """
     context.obj = {"debug": debug}
-
-
-for command in COMMANDS:
-    cli.add_command(command)
 
 
 def _fail(message: str, code: int) -> None:

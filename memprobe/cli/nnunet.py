@@ -1,17 +1,21 @@
-"""``memprobe nnunet plan``: nnU-Net's planner with memprobe's measured estimate."""
+"""``memprobe nnunet plan``: nnU-Net's planner with memprobe's measured need, in one command."""
 
 from __future__ import annotations
 
 import contextlib
-import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import click
 
 from memprobe.cli.options import BYTES, db_option, emit, json_option
+from memprobe.cli.progress import Progress
 from memprobe.cli.render import Report
 from memprobe.core.units import format_bytes
+
+if TYPE_CHECKING:
+    from memprobe.integrations.nnunet.plan_run import NnunetPlan
+    from memprobe.integrations.nnunet.topology_sources import CalibrationStep, StepCallback
 
 
 @click.group()
@@ -38,7 +42,17 @@ def nnunet() -> None:
     show_default=True,
     help="nnU-Net's planner to run: the default (PlainConvUNet) or a ResEnc preset.",
 )
-@click.option("--device", default=None, help="Whose calibrations: trace or a GPU name.")
+@click.option(
+    "--device",
+    default=None,
+    help="What calibrates a missing topology, and whose calibrations answer: trace, cpu, cuda or a GPU's "
+    "name (default: the GPU present, else trace).",
+)
+@click.option(
+    "--no-calibrate",
+    is_flag=True,
+    help="Calibrate nothing: list the topologies without a calibration or a validated prediction (exit 3).",
+)
 @db_option
 @json_option
 def plan(
@@ -47,6 +61,7 @@ def plan(
     gpu_mem: int,
     preset: str,
     device: str | None,
+    no_calibrate: bool,
     db_path: str | None,
     as_json: bool,
 ) -> None:
@@ -54,55 +69,85 @@ def plan(
 
     Reads dataset.json (nnUNet_raw) and dataset_fingerprint.json (nnUNet_preprocessed); the
     plans are written beside nnU-Net's as ``<plans>_memprobe.json``. Each topology the planner
-    visits needs a calibration (with --step nnunet --precision fp16-mixed --deep-supervision);
-    a missing one is named, ready to run.
+    visits is answered by its own calibration (yours, or shipped with memprobe), else by a
+    prediction from its network's topology family where that was validated, else it is
+    calibrated on the spot (nnU-Net's step, fp16-mixed, deep supervision) and stored, so an
+    interrupted plan resumes and a second run measures nothing.
 
     \b
     memprobe nnunet plan -d 4 --gpu-mem 24GiB --preset resenc-l
     nnUNetv2_preprocess -d 4 -plans_name nnUNetResEncUNetLPlans_memprobe -c 3d_fullres
     nnUNetv2_train 4 3d_fullres 0 -p nnUNetResEncUNetLPlans_memprobe
     """
-    from memprobe.integrations.nnunet.dataset_files import (
-        check_configuration,
-        check_dataset,
-        dataset_argument,
-    )
-    from memprobe.integrations.nnunet.planner import memprobe_plans_name, planner_base
+    from memprobe.integrations.nnunet.plan_run import plan_dataset
 
-    check_configuration(configuration)
-    planner_base(preset)  # nnunetv2 missing: named before anything is read
-    dataset = str(dataset_argument(dataset))
-    check_dataset(_dataset_id(dataset))
-    budget_bytes = gpu_mem
-    used: dict[str, str] = {}  # arch -> the calibration that answered for it
-    planner = _planner(preset, dataset, budget_bytes, configuration, db_path, device, used)
-    with contextlib.redirect_stdout(sys.stderr):  # nnU-Net's planner prints its progress
-        plans = planner.plan_experiment()
-    chosen = plans["configurations"].get(configuration)
-    if chosen is None:
-        from memprobe.core.errors import InvalidInputError
-
-        raise InvalidInputError(
-            f"nnU-Net planned no {configuration!r}: choose one of {', '.join(plans['configurations'])}"
+    with _progress() as on_step:
+        result = plan_dataset(
+            dataset,
+            gpu_mem,
+            preset,
+            configuration,
+            device=device,
+            db=db_path,
+            calibrate=not no_calibrate,
+            on_step=on_step,
         )
+    emit(_report(result), as_json)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[StepCallback]:
+    """One progress display for every calibration of the plan; nothing shows when none is needed."""
+    with Progress("nnunet plan: calibrating topologies", 1) as progress:
+
+        def on_step(step: CalibrationStep) -> None:
+            progress.length = max(progress.length, step.number * step.expected_steps)
+            stored = " (stored)" if step.reused else ""
+            progress.advance(f"{step.measurement.config.label()}{stored}")  # the label names the topology
+
+        yield on_step
+
+
+def _report(result: NnunetPlan) -> Report:
     row = {
-        "configuration": configuration,
-        "patch": "x".join(map(str, chosen["patch_size"])),
-        "batch": chosen["batch_size"],
-        "network": chosen["architecture"]["network_class_name"].rsplit(".", 1)[-1],
-        "strides": _strides(chosen["architecture"]["arch_kwargs"]["strides"]),
+        "configuration": result.configuration,
+        "patch": "x".join(map(str, result.patch)),
+        "batch": result.batch,
+        "network": result.network,
+        "strides": result.arch.split("[", 1)[1].rstrip("]"),
+        "need": format_bytes(result.need.total_bytes),
     }
-    name = memprobe_plans_name(preset)
-    transpose = [int(axis) for axis in plans["transpose_forward"]]
+    topologies = [
+        {"topology": a.arch, "figure": a.figure.value, "chosen": "yes" if a.arch == result.arch else ""}
+        for a in result.topologies
+    ]
+    name = result.plans_name
     notes = (
-        f"planned within {format_bytes(budget_bytes)} with measured need; plans file {name}.json",
-        *_transpose_note(transpose),
-        *(f"calibration of {arch}: {calibration}" for arch, calibration in used.items()),
-        f"next: nnUNetv2_preprocess -d {dataset} -plans_name {name} -c {configuration}; "
-        f"nnUNetv2_train {dataset} {configuration} FOLD -p {name}",
+        f"planned within {format_bytes(result.budget_bytes)} with measured need; plans file {result.plans_file}",
+        *_transpose_note(result.transpose_forward),
+        *(f"calibration of {a.arch}: {a.figure.value}, {a.source}" for a in result.topologies),
+        f"{len(result.calibrated)} topologies calibrated, {result.steps_measured} steps measured, "
+        f"{result.seconds:.0f} s",
+        *(f"warning: {warning}" for warning in result.warnings),
+        f"next: nnUNetv2_preprocess -d {result.dataset} -plans_name {name} -c {result.configuration}; "
+        f"nnUNetv2_train {result.dataset} {result.configuration} FOLD -p {name}",
     )
-    data = {"plans_name": name, **row, "transpose_forward": transpose, "calibrations": used}
-    emit(Report(data, (("", [row]),), notes), as_json)
+    data = {
+        "plans_name": name,
+        "plans_file": result.plans_file,
+        **row,
+        "need_bytes": round(result.need.total_bytes),
+        "transpose_forward": list(result.transpose_forward),
+        "topologies": [
+            {"topology": a.arch, "figure": a.figure.value, "from": a.source} for a in result.topologies
+        ],
+        "calibrations": {a.arch: a.source for a in result.topologies},
+        "calibrated": list(result.calibrated),
+        "steps_measured": result.steps_measured,
+        "seconds": round(result.seconds, 1),
+        "warnings": list(result.warnings),
+    }
+    return Report(data, (("", [row]), ("topologies the planner visited", topologies)), notes)
 
 
 def _transpose_note(transpose: Sequence[int]) -> tuple[str, ...]:
@@ -113,64 +158,3 @@ def _transpose_note(transpose: Sequence[int]) -> tuple[str, ...]:
         f"axes transposed as nnU-Net does (transpose_forward {order}: the largest spacing first); "
         "the patch and strides are in that order",
     )
-
-
-def _strides(strides: Sequence[Sequence[int]]) -> str:
-    return ".".join("".join(map(str, s)) for s in strides[1:])
-
-
-def _planner(
-    preset: str,
-    dataset: str,
-    budget_bytes: int,
-    configuration: str,
-    db: str | None,
-    device: str | None,
-    used: dict[str, str],
-) -> Any:
-    from memprobe.api import estimate
-    from memprobe.integrations.nnunet.planner import measured_planner
-
-    def need(arch: str, patch: Sequence[int], batch: int, in_channels: int, out_channels: int) -> float:
-        found = estimate(
-            arch,
-            patch,
-            batch,
-            "fp16-mixed",
-            optimizer="sgd",
-            in_channels=in_channels,
-            out_channels=out_channels,
-            deep_supervision=True,
-            step="nnunet",
-            db=db,
-            device=device,
-        )
-        calibration = found.calibration
-        used[arch] = f"{calibration.device}, {calibration.source}, created {calibration.created_at[:19]}"
-        return found.need.total_bytes
-
-    return _with_dataset_errors(
-        lambda: measured_planner(preset, _dataset_id(dataset), budget_bytes, need, configuration)
-    )
-
-
-def _dataset_id(dataset: str) -> str | int:
-    return int(dataset) if dataset.isdigit() else dataset
-
-
-def _with_dataset_errors(make: Callable[[], Any]) -> Any:
-    """nnU-Net's own errors for a missing dataset or fingerprint, as one line with the fix."""
-    from memprobe.core.errors import InvalidInputError
-    from memprobe.integrations.nnunet.fingerprint import EXTRACT_HINT
-
-    try:
-        return make()
-    except RuntimeError as error:
-        if "Fingerprint" in str(error) or "fingerprint" in str(error):
-            raise InvalidInputError(f"the dataset has no fingerprint: {EXTRACT_HINT}") from error
-        raise InvalidInputError(f"nnU-Net cannot plan this dataset: {error}") from error
-    except (FileNotFoundError, KeyError, TypeError) as error:
-        raise InvalidInputError(
-            f"nnU-Net cannot find the dataset ({type(error).__name__}: {error}): check nnUNet_raw and "
-            "nnUNet_preprocessed"
-        ) from error

@@ -2,16 +2,53 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from memprobe.cli.render import Report, get_reporter
 from memprobe.core.checks import MAX_BATCH_SIZE, MAX_LEARNING_RATE
 from memprobe.core.input_files import shown
 
 F = Callable[..., Any]
+TRAINING, INFERENCE = "training", "inference"
+
+
+class ModeOption(click.Option):
+    """An option that means something in some modes only (``--mode training|inference``)."""
+
+    def __init__(self, *args: Any, modes: Collection[str] = (TRAINING, INFERENCE), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.modes = frozenset(modes)
+
+
+def training_option(*declarations: str, **attributes: Any) -> Callable[[F], F]:
+    """``click.option`` for an option of the training step only: refused with ``--mode inference``."""
+    return click.option(*declarations, cls=ModeOption, modes=(TRAINING,), **attributes)
+
+
+def inference_option(*declarations: str, **attributes: Any) -> Callable[[F], F]:
+    """``click.option`` for an option of inference only: refused with ``--mode training``."""
+    return click.option(*declarations, cls=ModeOption, modes=(INFERENCE,), **attributes)
+
+
+def refuse_other_modes(context: click.Context, mode: str) -> None:
+    """Refuse, naming it, an option given on the command line that the chosen mode does not take."""
+    from memprobe.core.errors import InvalidInputError
+
+    for parameter in context.command.params:
+        modes = getattr(parameter, "modes", None)
+        if modes is None or mode in modes or parameter.name is None:
+            continue
+        if context.get_parameter_source(parameter.name) not in (None, ParameterSource.DEFAULT):
+            flag = parameter.opts[0]
+            raise InvalidInputError(
+                f"{flag} is a training option: drop it with --mode inference"
+                if mode == INFERENCE
+                else f"{flag} needs --mode inference"
+            )
 
 
 def json_option(function: F) -> F:
@@ -27,80 +64,9 @@ def emit(report: Report, as_json: bool = False, fmt: str | None = None) -> None:
     click.echo(get_reporter("json" if as_json else fmt or "table").render(report))
 
 
-def arch_option(function: F) -> F:
-    return click.option(
-        "--arch",
-        default="mednext",
-        show_default=True,
-        help="Registered architecture (see `memprobe archs`) or package.module:factory.",
-    )(function)
-
-
-def training_step_option(function: F) -> F:
-    return click.option(
-        "--step",
-        "training_step",
-        default="memprobe",
-        show_default=True,
-        help="Training step: memprobe (Dice+CE, AdamW), monai (DiceCELoss(to_onehot_y, softmax)), "
-        "nnunet (nnU-Net v2's: SGD Nesterov 0.99, Dice+CE with deep supervision; --precision fp16-mixed), "
-        "or package.module:function(model, optimizer, inputs, labels, scaler) doing one full step.",
-    )(function)
-
-
-def checkpointing_option(function: F) -> F:
-    return click.option(
-        "--checkpointing",
-        is_flag=True,
-        help="Activation checkpointing: the network's own switch (SwinUNETR), else each top-level stage.",
-    )(function)
-
-
-def data_parallel_options(function: F) -> F:
-    """``--gpus N --strategy ddp|fsdp``: one rank of N-GPU data parallelism; its own calibration key."""
-    function = click.option(
-        "--strategy",
-        type=click.Choice(["ddp", "fsdp"]),
-        default=None,
-        help="With --gpus: DistributedDataParallel (default) or FSDP2's fully_shard.",
-    )(function)
-    return click.option(
-        "--gpus",
-        type=click.IntRange(1, 1024),
-        default=1,
-        show_default=True,
-        help="Data-parallel GPUs: plan or measure one rank of N; the batch is per rank.",
-    )(function)
-
-
-def step_options(function: F) -> F:
-    """Options that choose the training step: precision, optimizer, channels, deep supervision, step."""
-    for option in reversed(
-        (
-            training_step_option,
-            checkpointing_option,
-            click.option(
-                "--precision", default="fp32", show_default=True, help="fp32, fp16-mixed or bf16-mixed."
-            ),
-            click.option(
-                "--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's)."
-            ),
-            click.option(
-                "--in-channels", default=1, show_default=True, type=CHANNELS, help="Input channels."
-            ),
-            click.option(
-                "--out-channels", default=2, show_default=True, type=CHANNELS, help="Output classes."
-            ),
-            click.option("--deep-supervision", is_flag=True, help="Train with deep-supervision heads."),
-        )
-    ):
-        function = option(function)
-    return function
-
-
 def shape_rule_options(function: F) -> F:
     """``--divisor`` and ``--min-patch``: the patches a custom model takes."""
-    function = click.option(
+    function = training_option(
         "--min-patch",
         nargs=3,
         type=DIVISOR,
@@ -108,7 +74,7 @@ def shape_rule_options(function: F) -> F:
         metavar="D H W",
         help="Custom model: the smallest patch it takes (default twice the divisors).",
     )(function)
-    return click.option(
+    return training_option(
         "--divisor",
         "divisors",
         nargs=3,
@@ -166,7 +132,7 @@ def geometry_from_fingerprint(
 
     if spacing or median_shape:
         raise InvalidInputError(
-            "--nnunet-fingerprint gives the spacing and median shape: drop --spacing/--median-shape"
+            "--fingerprint gives the spacing and median shape: drop --spacing/--median-shape"
         )
     found = read_fingerprint(path)
     order = " ".join(map(str, found.transpose_forward))

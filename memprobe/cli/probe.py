@@ -10,16 +10,15 @@ from memprobe.cli.inference import inference_mode, probe_view
 from memprobe.cli.options import (
     BATCH,
     BYTES,
-    arch_option,
     custom_arch_with_rule,
-    data_parallel_options,
     emit,
     json_option,
     patch_option,
     shape_rule_options,
-    step_options,
+    training_option,
 )
 from memprobe.cli.render import Report
+from memprobe.cli.setup_options import SetupChoice, command, setup_options
 from memprobe.core.measurement import Measurement
 from memprobe.core.units import format_bytes
 
@@ -36,26 +35,27 @@ def measurement_row(m: Measurement) -> dict[str, object]:
     }
 
 
-@click.command()
-@inference_mode(probe_view, ("batch", "optimizer", "deep_supervision", "budget", "isolate"))
-@arch_option
+@command(renamed={"--budget": "--gpu-mem"})
+@inference_mode(probe_view)
+@setup_options()
 @patch_option(required=True)
-@click.option("--batch", default=2, show_default=True, type=BATCH, help="Batch size.")
-@step_options
+@training_option("--batch", default=2, show_default=True, type=BATCH, help="Batch size.")
 @shape_rule_options
 @click.option(
     "--device",
     default=None,
     help="cuda, trace (fake tensors, no GPU) or cpu; default cuda if present, else trace.",
 )
-@click.option(
-    "--budget",
+@training_option(
+    "--gpu-mem",
     default=None,
     type=BYTES,
-    help="Cap CUDA memory at this size, e.g. 24GiB (emulates a smaller GPU).",
+    help="Cap CUDA memory at this size, e.g. 24GiB (emulates a smaller GPU); --budget is its old name.",
 )
-@click.option("--isolate", is_flag=True, help="Run the step in a child process (a crash becomes a result).")
-@click.option(
+@training_option(
+    "--isolate", is_flag=True, help="Run the step in a child process (a crash becomes a result)."
+)
+@training_option(
     "--snapshot",
     "snapshot_path",
     default=None,
@@ -63,30 +63,20 @@ def measurement_row(m: Measurement) -> dict[str, object]:
     help="Write the step as a PyTorch memory snapshot (.pickle, or .json): on trace/cpu the simulated "
     "allocator's, on cuda the real one recorded. Read it with python -m torch.cuda._memory_viz.",
 )
-@data_parallel_options
-@click.option("--bucket-cap-mb", type=click.FloatRange(min=0, min_open=True), default=25.0, show_default=True,
-              help="DDP's bucket_cap_mb.")  # fmt: skip
-@click.option("--gradient-as-bucket-view", is_flag=True, help="DDP's gradient_as_bucket_view.")
+@training_option("--bucket-cap-mb", type=click.FloatRange(min=0, min_open=True), default=25.0,
+                 show_default=True, help="DDP's bucket_cap_mb.")  # fmt: skip
+@training_option("--gradient-as-bucket-view", is_flag=True, help="DDP's gradient_as_bucket_view.")
 @json_option
 def probe(
-    arch: str,
+    setup: SetupChoice,
     patch: tuple[int, int, int],
     batch: int,
-    precision: str,
-    optimizer: str,
-    in_channels: int,
-    out_channels: int,
-    deep_supervision: bool,
-    training_step: str,
-    checkpointing: bool,
     divisors: tuple[int, int, int] | None,
     min_patch: tuple[int, int, int] | None,
     device: str | None,
-    budget: int | None,
+    gpu_mem: int | None,
     isolate: bool,
     snapshot_path: str | None,
-    gpus: int,
-    strategy: str | None,
     bucket_cap_mb: float,
     gradient_as_bucket_view: bool,
     as_json: bool,
@@ -105,43 +95,23 @@ def probe(
     memprobe probe --arch basicunet --patch 96 96 96 --step mytrain:step --device trace
     memprobe probe --arch basicunet --patch 96 96 96 --batch 2 --gpus 4 --strategy fsdp --device trace
     """
-    from memprobe.backends import get_backend
-    from memprobe.core.config import make_step_config
-    from memprobe.training.named_steps import load_step
+    from memprobe import api
 
-    arch = custom_arch_with_rule(arch, divisors, min_patch, in_channels, out_channels, find=False)
-    config = make_step_config(
-        arch,
-        patch,
-        batch,
-        precision=precision,
-        optimizer=optimizer,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        deep_supervision=deep_supervision,
-        step=training_step,
-        checkpointing=checkpointing,
+    arch = custom_arch_with_rule(
+        setup.arch, divisors, min_patch, setup.in_channels, setup.out_channels, find=False
     )
-    load_step(config.step)  # a wrong reference is refused before anything runs
-    if gpus > 1 or strategy is not None or gradient_as_bucket_view:
-        from memprobe.backends.distributed import DistributedOptions
-        from memprobe.core.config import data_parallel
-        from memprobe.core.errors import InvalidInputError
-
-        layout = data_parallel(strategy, gpus)
-        if gradient_as_bucket_view and layout["strategy"] != "ddp":
-            raise InvalidInputError("--gradient-as-bucket-view is DDP's: add --gpus N (N of 2 or more)")
-        options = DistributedOptions(layout["strategy"], gpus, bucket_cap_mb, gradient_as_bucket_view)  # type: ignore[arg-type]
-        _probe_per_rank(config, options, device, as_json)
+    if setup.world_size > 1 or setup.strategy is not None or gradient_as_bucket_view:
+        rank = api.probe_ranks(arch, patch, batch, setup.precision, device=device, bucket_cap_mb=bucket_cap_mb,
+                               gradient_as_bucket_view=gradient_as_bucket_view, on_start=_say_rank,
+                               **setup.overrides())  # fmt: skip
+        _show_rank(rank, as_json)
         return
-    budget_bytes = budget
-    backend = get_backend(device, budget_bytes=budget_bytes, isolate=isolate)  # refuses a bad device first
-    if snapshot_path is not None:
-        _prepare_snapshot(backend, snapshot_path, isolate)
-    click.echo(f"measuring {config.label()} on {backend.kind.value} ...", err=True)
-    measurement = backend.measure(config)
-    if snapshot_path is not None and measurement.ok:
-        _write_snapshot(backend, snapshot_path)
+    measurement = api.probe(arch, patch, batch, setup.precision, device=device, gpu_mem=gpu_mem, isolate=isolate,
+                            snapshot=snapshot_path, on_start=_say, **setup.overrides())  # fmt: skip
+    if snapshot_path is not None and measurement.ok and measurement.environment.device_kind != "cuda":
+        click.echo(
+            f"wrote {snapshot_path}: the step as the simulated caching allocator would record it", err=True
+        )
     if measurement.error is not None:  # an isolated probe's process crashed or exited
         from memprobe.core.errors import ModelError
 
@@ -166,42 +136,20 @@ def probe(
     emit(Report(measurement.to_dict(), (("", [measurement_row(measurement)]),), tuple(notes)), as_json)
 
 
-def _prepare_snapshot(backend: Any, path: str, isolate: bool) -> None:
-    """Check ``--snapshot``'s file and ask the backend to keep what it needs, before measuring."""
-    from memprobe.core.errors import InvalidInputError
-    from memprobe.core.output_paths import check_output_path
-
-    check_output_path(path, "--snapshot", suffixes=(".pickle", ".pkl", ".json"))
-    if isolate:
-        raise InvalidInputError("--snapshot records in this process: drop --isolate")
-    if hasattr(backend, "record_trace"):
-        backend.record_trace = True
-    else:
-        backend.snapshot_path = path
+def _say(config: Any, kind: str) -> None:
+    click.echo(f"measuring {config.label()} on {kind} ...", err=True)
 
 
-def _write_snapshot(backend: Any, path: str) -> None:
-    if getattr(backend, "last_trace", None) is None:
-        return  # cuda: the backend dumped the real snapshot itself
-    from memprobe.snapshots.export import snapshot_from_trace, write_snapshot
-
-    write_snapshot(path, snapshot_from_trace(backend.last_trace))
-    click.echo(f"wrote {path}: the step as the simulated caching allocator would record it", err=True)
+def _say_rank(config: Any, kind: str) -> None:
+    click.echo(f"measuring {config.label()} as 1 of {config.world_size} {config.strategy.value} ranks on {kind} ...",
+               err=True)  # fmt: skip
 
 
-def _probe_per_rank(config: Any, options: Any, device: str | None, as_json: bool) -> None:
+def _show_rank(rank: Any, as_json: bool) -> None:
     """One rank's step under DDP or FSDP2, with the per-rank and global batch."""
-    from memprobe.backends import default_device_kind
-    from memprobe.backends.distributed import measure_per_rank
     from memprobe.planning.exports import data_parallel, data_parallel_note
 
-    device = device or default_device_kind().value
-
-    click.echo(
-        f"measuring {config.label()} as 1 of {options.world_size} {options.strategy.value} ranks on {device} ...",
-        err=True,
-    )
-    rank = measure_per_rank(config, options, device)
+    config, options = rank.measurement.config, rank.options
     global_batch = config.batch * options.world_size
     row = {
         **measurement_row(rank.measurement),

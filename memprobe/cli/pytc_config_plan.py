@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -52,12 +54,39 @@ def _layout(result: AutoPlanResult) -> dict[str, Any]:
     return layout | ({"ddp_buckets": result.ddp_buckets} if result.ddp_buckets else {})
 
 
+def config_file_mode(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--config``/``--out`` to ``plan``: with them, the command plans that config file instead."""
+
+    @functools.wraps(command)
+    def branch(config_path: str | None, out_path: str | None, **kwargs: Any) -> Any:
+        if config_path is None and out_path is None:
+            return command(**kwargs)
+        setup = kwargs["setup"]
+        return plan_config_view(config_path, out_path, kwargs["gpu_mem"], kwargs["safety"], kwargs["db_path"],
+                                kwargs["calibrated_on"], kwargs["as_json"], setup.world_size, setup.strategy)  # fmt: skip
+
+    declared: Callable[..., Any] = branch
+    declared = click.option(
+        "--out",
+        "out_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Write the planned config here.",
+    )(declared)
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="Plan this PyTorch Connectomics YAML config: fill the values it leaves unset.",
+    )(declared)
+
+
 def plan_config_view(
     config_path: str | None,
     out_path: str | None,
     gpu_mem: int | None,
     safety: float,
-    num_gpus: int,
     db_path: str | None,
     device: str | None,
     as_json: bool,
@@ -76,7 +105,7 @@ def plan_config_view(
         config_path,
         out_path,
         gpu_memory_gb=budget_bytes / 2**30,
-        num_gpus=num_gpus if _given(context, "num_gpus") else None,
+        num_gpus=gpus if _given(context, "gpus") else None,
         safety_margin=safety if _given(context, "safety") else None,
         db=db_path,
         device=device,

@@ -9,14 +9,14 @@ import click
 
 from memprobe.cli.options import BYTES, PATCH_SIZE, db_option, emit, json_option
 from memprobe.cli.render import Report
+from memprobe.cli.setup_options import SetupChoice, command, setup_options
 from memprobe.core.errors import InvalidInputError
-from memprobe.core.units import format_bytes
+from memprobe.core.units import DEFAULT_GPU_MEM_BYTES, format_bytes, format_shape
 from memprobe.planning.size_search import DEFAULT_SAFETY, largest_batch_rule
 
 
-@click.command()
-@click.option("--arch", "archs", multiple=True, default=("mednext",), show_default=True,
-              help="Architecture to report on; more --arch set them side by side (memory per voxel, largest batch).")  # fmt: skip
+@command(renamed={"--budget": "--gpu-mem"})
+@setup_options(many_archs=True)
 @click.option("--all-archs", is_flag=True, help="Set every registered architecture side by side.")
 @click.option(
     "--out",
@@ -28,7 +28,11 @@ from memprobe.planning.size_search import DEFAULT_SAFETY, largest_batch_rule
               help="Write an interactive HTML report (one file, opens offline): the step's timeline, the "
               "calibration, the plan and the architectures side by side.")  # fmt: skip
 @click.option(
-    "--budget", default="24GiB", show_default=True, type=BYTES, help="Memory budget drawn and planned for."
+    "--gpu-mem",
+    default=DEFAULT_GPU_MEM_BYTES,
+    show_default="24GiB",
+    type=BYTES,
+    help="Memory drawn and planned for.",
 )
 @click.option(
     "--safety",
@@ -36,12 +40,6 @@ from memprobe.planning.size_search import DEFAULT_SAFETY, largest_batch_rule
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True),
     help="Share of the budget the whole need may use, as in suggest.",
-)
-@click.option(
-    "--precision",
-    default=None,
-    help="fp32, fp16-mixed (fp16) or bf16-mixed (bf16); default as `calibrate` and `suggest`: bf16-mixed, "
-    "fp16-mixed on a GPU without bf16.",
 )
 @click.option(
     "--patch",
@@ -59,13 +57,12 @@ from memprobe.planning.size_search import DEFAULT_SAFETY, largest_batch_rule
 @db_option
 @json_option
 def report(
-    archs: tuple[str, ...],
+    setup: SetupChoice,
     all_archs: bool,
     out_path: str | None,
     html_path: str | None,
-    budget: int,
+    gpu_mem: int,
     safety: float,
-    precision: str | None,
     patches: tuple[Any, ...],
     options: bool,
     device: str,
@@ -83,7 +80,7 @@ def report(
 
     \b
     memprobe report --arch mednext
-    memprobe report --arch basicunet --out basicunet.png --budget 80GiB
+    memprobe report --arch basicunet --out basicunet.png --gpu-mem 80GiB
     memprobe report --arch mednext --html mednext.html --options
     memprobe report --arch mednext --arch unet --arch segresnet --html three.html
     memprobe report --arch mednext --patch 64 64 64 --patch 32 160 160 --json
@@ -110,13 +107,14 @@ def report(
         raise InvalidInputError("--out and --html name the same file: give two")
     if out is None and page is None:
         out = check_output_path("report.png", reading=reading, suffixes=IMAGE_SUFFIXES)
-    arch, *others = [resolve_arch(name).name for name in archs]
+    arch, *others = [resolve_arch(name).name for name in setup.archs]
     compare = [name for name in ARCHS if name != arch] if all_archs else others
     length = 3 * max(len(patches), 3) + 1
     with Progress(f"measuring {arch}", length) as progress:
         content = build_report(
-            arch, patches=patches, budget=budget, safety=safety, precision=precision, device=device, db=db_path,
-            compare=compare, options=options, progress=lambda item, done: progress.advance(item, int(done)),
+            arch, patches=patches, gpu_mem=gpu_mem, safety=safety, precision=setup.precision, device=device,
+            db=db_path, compare=compare, options=options,
+            progress=lambda item, done: progress.advance(item, int(done)), **setup.overrides(),
         )  # fmt: skip
     written = [draw_report(content.figure, out)] if out is not None else []
     if page is not None:
@@ -142,7 +140,7 @@ def _report(content: Any, written: list[Path]) -> Report:
     ]
     largest = [
         {
-            "patch": "x".join(map(str, c.patch)),
+            "patch": format_shape(c.patch),
             "largest batch": c.largest_batch,
             "predicted peak": format_bytes(c.largest_peak_bytes),
         }

@@ -128,11 +128,9 @@ def _setting_notes(result: SnapshotCheck) -> list[str]:
 @device_index_option
 @db_option
 @json_option
-def import_snapshot(file: str, arch: str | None, patch: tuple[int, int, int] | None, batch: int | None,
-                    precision: str | None, optimizer: str | None, in_channels: int | None,
-                    out_channels: int | None, deep_supervision: bool | None, gpu: str | None,
-                    gpu_memory: int | None, from_event: int | None, to_event: int | None,
-                    device_index: int | None, db_path: str | None, as_json: bool) -> None:  # fmt: skip
+def import_snapshot(file: str, gpu: str | None, gpu_memory: int | None, from_event: int | None,
+                    to_event: int | None, device_index: int | None, db_path: str | None, as_json: bool,
+                    **trained: Any) -> None:  # fmt: skip
     """Store a real GPU run's peak allocated and reserved as a CUDA measurement (source "snapshot").
 
     The configuration comes from the options, else from the FILE.memprobe.json that
@@ -150,9 +148,8 @@ def import_snapshot(file: str, arch: str | None, patch: tuple[int, int, int] | N
 
     recorded = read_sidecar(file)
     stored = StepConfig.from_dict(recorded["config"]).to_dict() if recorded else {}
-    given = {"arch": arch, "patch": patch, "batch": batch, "precision": precision, "optimizer": optimizer,
-             "in_channels": in_channels, "out_channels": out_channels, "deep_supervision": deep_supervision}  # fmt: skip
-    values: dict[str, Any] = {**stored, **{key: value for key, value in given.items() if value is not None}}
+    # What the step trained (--arch, --patch, --batch, --precision, ...): given wins, else record_step's file.
+    values: dict[str, Any] = {**stored, **{key: value for key, value in trained.items() if value is not None}}
     missing = [f"--{key}" for key in ("arch", "patch", "batch") if values.get(key) is None]
     if missing:
         raise InvalidInputError(
@@ -207,8 +204,8 @@ def verify(db_path: str | None, as_json: bool) -> None:
     memprobe snapshot verify --db lab.sqlite --json
     """
     from memprobe.cli.progress import Progress
-    from memprobe.snapshots.verify import verify_snapshots
     from memprobe.verify.results import to_record
+    from memprobe.verify.snapshot_runs import verify_snapshots
 
     with Progress("tracing imported snapshots", 1) as progress:
 

@@ -11,32 +11,25 @@ from memprobe.cli.inference import inference_mode, suggest_view
 from memprobe.cli.options import (
     BATCH,
     BYTES,
-    CHANNELS,
     SHAPE_SIZE,
     SPACING_MM,
-    arch_option,
-    checkpointing_option,
-    data_parallel_options,
     db_option,
     emit,
     patch_option,
-    training_step_option,
+    training_option,
 )
 from memprobe.cli.render import Report
 from memprobe.cli.render.plans import calibration_data, calibration_text, check_prediction, need_rows
-from memprobe.core.units import format_bytes
+from memprobe.cli.setup_options import SetupChoice, command, setup_options
+from memprobe.core.units import format_bytes, format_shape
 from memprobe.planning.size_search import DEFAULT_SAFETY, largest_batch_rule
 
 
-@click.command()
-@inference_mode(
-    suggest_view,
-    ("batch", "optimizer", "deep_supervision", "effective_batch", "spacing", "median_shape", "all_archs"),
-    suggest=True,
-)
-@arch_option
+@command(renamed={"--nnunet-fingerprint": "--fingerprint", "--device": "--calibrated-on"})
+@inference_mode(suggest_view, suggest=True)
+@setup_options()
 @patch_option(required=False)
-@click.option(
+@training_option(
     "--batch",
     default=None,
     type=BATCH,
@@ -48,20 +41,7 @@ from memprobe.planning.size_search import DEFAULT_SAFETY, largest_batch_rule
     type=BYTES,
     help="Memory to plan for, e.g. 24GiB, 24GB, 24000MiB or 24; default the detected GPU's free memory.",
 )
-@click.option(
-    "--precision",
-    default=None,
-    help="fp32, fp16-mixed (fp16) or bf16-mixed (bf16); default as `plan`: bf16-mixed, "
-    "fp16-mixed on a GPU without bf16.",
-)
-@click.option("--optimizer", default="adamw", show_default=True, help="adamw, or sgd (nnU-Net's).")
-@click.option("--in-channels", default=1, show_default=True, type=CHANNELS, help="Input channels.")
-@click.option("--out-channels", default=2, show_default=True, type=CHANNELS, help="Output classes.")
-@click.option("--deep-supervision", is_flag=True, help="Plan for training with deep-supervision heads.")
-@training_step_option
-@checkpointing_option
-@data_parallel_options
-@click.option(
+@training_option(
     "--options",
     "show_options",
     is_flag=True,
@@ -75,13 +55,13 @@ from memprobe.planning.size_search import DEFAULT_SAFETY, largest_batch_rule
     type=click.FloatRange(0, 1, min_open=True),
     help="Share of the budget the whole need may use, on top of the calibrated margin.",
 )
-@click.option(
+@training_option(
     "--effective-batch",
     default=None,
     type=BATCH,
     help="Batch to reach by gradient accumulation.",
 )
-@click.option(
+@training_option(
     "--spacing",
     nargs=3,
     type=SPACING_MM,
@@ -89,7 +69,7 @@ from memprobe.planning.size_search import DEFAULT_SAFETY, largest_batch_rule
     metavar="Z Y X",
     help="Voxel spacing in mm (shapes the patch).",
 )
-@click.option(
+@training_option(
     "--median-shape",
     nargs=3,
     type=SHAPE_SIZE,
@@ -97,19 +77,12 @@ from memprobe.planning.size_search import DEFAULT_SAFETY, largest_batch_rule
     metavar="D H W",
     help="Median image shape (caps the patch).",
 )
+@training_option("--all-archs", is_flag=True, help="Compare every calibrated architecture.")
 @click.option(
-    "--nnunet-fingerprint",
-    "nnunet_fingerprint",
-    type=click.Path(dir_okay=False),
+    "--calibrated-on",
     default=None,
-    metavar="FILE",
-    help="nnU-Net's dataset_fingerprint.json: spacing and median shape as its planner derives them.",
-)
-@click.option("--all-archs", is_flag=True, help="Compare every calibrated architecture.")
-@click.option(
-    "--device",
-    default=None,
-    help="Whose calibration: trace or a GPU name (default: the detected GPU, else trace).",
+    help="Whose calibration: trace or a GPU name (default: the detected GPU, else trace); "
+    "--device is its old name.",
 )
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -117,27 +90,18 @@ from memprobe.planning.size_search import DEFAULT_SAFETY, largest_batch_rule
     "--yaml", "as_yaml", is_flag=True, help="Print YAML (with PyTorch Connectomics and nnU-Net fragments)."
 )
 def suggest(
-    arch: str,
+    setup: SetupChoice,
     patch: tuple[int, ...] | None,
     batch: int | None,
     gpu_mem: int | None,
-    precision: str | None,
-    optimizer: str,
-    in_channels: int,
-    out_channels: int,
-    deep_supervision: bool,
-    training_step: str,
-    checkpointing: bool,
-    gpus: int,
-    strategy: str | None,
     show_options: bool,
     safety: float,
     effective_batch: int | None,
     spacing: tuple[float, ...] | None,
     median_shape: tuple[int, ...] | None,
-    nnunet_fingerprint: str | None,
+    fingerprint: str | None,
     all_archs: bool,
-    device: str | None,
+    calibrated_on: str | None,
     db_path: str | None,
     as_json: bool,
     as_yaml: bool,
@@ -163,15 +127,16 @@ def suggest(
     from memprobe.api import load_calibrations, max_batch_size, max_patch_size
     from memprobe.cli.budget import resolve_budget
     from memprobe.core.archs.registry import known_arch_names
+    from memprobe.core.config import precision_with_reason
     from memprobe.core.errors import InvalidInputError, NothingFitsError
-    from memprobe.training_plan import precision_with_reason
 
+    arch, device = setup.arch, calibrated_on
     budget_bytes, gpu = resolve_budget(gpu_mem)
-    precision, precision_text = precision_with_reason(precision, gpu)
-    if nnunet_fingerprint is not None:
+    precision, precision_text = precision_with_reason(setup.precision, gpu)
+    if fingerprint is not None:
         from memprobe.cli.options import geometry_from_fingerprint
 
-        spacing, median_shape = geometry_from_fingerprint(nnunet_fingerprint, spacing, median_shape)
+        spacing, median_shape = geometry_from_fingerprint(fingerprint, spacing, median_shape)
     if patch is None and batch is None:
         raise InvalidInputError("give --patch D H W (to plan the batch) or --batch N (to plan the patch)")
     if patch is not None and batch is not None:
@@ -185,28 +150,16 @@ def suggest(
         from memprobe.core.enums import Precision, parse_enum
 
         wanted_precision = parse_enum(Precision, precision, "precision").value
-        layout = data_parallel(strategy, gpus)
+        layout = data_parallel(setup.strategy, setup.world_size)
         calibrated = {
             c.arch
             for c in load_calibrations(db_path)
             if c.precision == wanted_precision and (c.strategy, c.world_size) == tuple(layout.values())
         }
         archs = [name for name in known_arch_names() if name in calibrated]
-        if deep_supervision:
+        if setup.deep_supervision:
             archs = _with_deep_supervision(archs)
-    common: dict[str, Any] = dict(
-        safety=safety,
-        optimizer=optimizer,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        deep_supervision=deep_supervision,
-        db=db_path,
-        device=device,
-        step=training_step,
-        checkpointing=checkpointing,
-        strategy=strategy,
-        world_size=gpus,
-    )
+    common: dict[str, Any] = dict(safety=safety, db=db_path, device=device, **setup.overrides())
     if show_options and all_archs:
         raise InvalidInputError("--options plans the batch of one architecture: drop --all-archs")
     if show_options and patch is None:
@@ -301,7 +254,7 @@ def _batch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, .
         rows.append(
             {
                 "arch": p.arch,
-                "patch": "x".join(map(str, p.patch)),
+                "patch": format_shape(p.patch),
                 "batch": p.batch,
                 "precision": p.calibration.precision,
                 "allocated": format_bytes(p.need.allocated_bytes),
@@ -364,7 +317,7 @@ def _patch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, .
             {
                 "arch": p.arch,
                 "batch": p.batch,
-                "patch": "x".join(map(str, p.patch)),
+                "patch": format_shape(p.patch),
                 "precision": precision.value,
                 "allocated": format_bytes(p.need.allocated_bytes),
                 "total need": format_bytes(p.need.total_bytes),
@@ -391,7 +344,7 @@ def _patch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, .
         )
         notes += _data_parallel_notes(p.batch, p.calibration)
         if len(plans) <= 3:
-            patch = "x".join(map(str, p.patch))
+            patch = format_shape(p.patch)
             tables.append(
                 (
                     f"What {patch} at batch {p.batch} of {p.arch} needs",

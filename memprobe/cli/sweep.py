@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import click
 
-from memprobe.cli.options import BYTES, MINUTES, data_parallel_options, db_option, emit, json_option
+from memprobe.cli.options import BYTES, MINUTES, db_option, emit, json_option
 from memprobe.cli.render import Report
+from memprobe.cli.setup_options import SetupChoice, command, setup_options
 
 
-@click.command()
-@click.option("--arch", "archs", multiple=True, required=True, help="Architecture to calibrate (repeat).")
-@click.option("--precision", "precisions", multiple=True, default=("fp32",), show_default=True,
-              help="fp32, fp16-mixed or bf16-mixed (repeat).")  # fmt: skip
+@command(renamed={"--budget": "--gpu-mem"})
+@setup_options(many_archs=True, many_precisions=True, arch_default=None)
 @click.option("--card", "cards", multiple=True,
               help="Card type, one job each (on SLURM its --constraint); default any card.")  # fmt: skip
 @click.option("--device", default=None, help="cuda, trace or cpu on each node; default cuda if present.")
 @click.option(
-    "--budget", default=None, type=BYTES, help="Memory budget of each calibration (default: the card's)."
+    "--gpu-mem",
+    default=None,
+    type=BYTES,
+    help="Memory each calibration's searches plan for (default: the card's).",
 )
-@data_parallel_options
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
               help="local: processes on this machine; slurm: jobs on a SLURM cluster.")  # fmt: skip
 @click.option("--slurm-partition", default=None, help="SLURM partition.")
@@ -33,13 +34,10 @@ from memprobe.cli.render import Report
 @db_option
 @json_option
 def sweep(
-    archs: tuple[str, ...],
-    precisions: tuple[str, ...],
+    setup: SetupChoice,
     cards: tuple[str, ...],
     device: str | None,
-    budget: int | None,
-    gpus: int,
-    strategy: str | None,
+    gpu_mem: int | None,
     executor: str,
     slurm_partition: str | None,
     slurm_gres: str | None,
@@ -70,22 +68,24 @@ def sweep(
 
     from memprobe.core.config import data_parallel
     from memprobe.store.database import ENV_VARIABLE, database_url, default_db_path
-    from memprobe.sweep import SweepJob, SweepSpec, default_folder, run_sweep, sweep_status
+    from memprobe.sweep import DEFAULT_PRECISION, SweepJob, SweepSpec, default_folder, run_sweep, sweep_status
     from memprobe.sweep import cards as card_types
 
     db = db_path or os.environ.get(ENV_VARIABLE) or str(default_db_path())
     if database_url(db) is None:
         db = str(Path(db).expanduser().resolve())  # the jobs run elsewhere
-    layout = data_parallel(strategy, gpus)  # a wrong layout is refused before any job is submitted
+    layout = data_parallel(setup.strategy, setup.world_size)  # a wrong layout is refused before any job runs
+    gpus = setup.world_size
+    overrides = {k: v for k, v in setup.overrides().items() if k not in ("strategy", "world_size")}
     spec = SweepSpec(
-        archs,
-        precisions,
+        setup.archs,
+        tuple(p or DEFAULT_PRECISION for p in setup.precisions),
         card_types(cards),
         db,
         Path(folder) if folder else default_folder(db),
         executor,
         device,
-        None if budget is None else f"{budget}B",  # the jobs read it as text
+        None if gpu_mem is None else f"{gpu_mem}B",  # the jobs read it as text
         {
             "partition": slurm_partition or "",
             "gres": slurm_gres or f"gpu:{gpus}",
@@ -94,6 +94,7 @@ def sweep(
         },
         str(layout["strategy"]),
         gpus,
+        overrides,
     )
 
     def progress(job: SweepJob) -> None:

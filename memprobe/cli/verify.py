@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING
 import click
 
 from memprobe.cli.options import BYTES, db_option, emit, json_option
+from memprobe.cli.setup_options import command
 from memprobe.core.enums import Precision
 from memprobe.core.errors import DeviceUnavailableError
+from memprobe.core.units import DEFAULT_GPU_MEM_BYTES
 
 if TYPE_CHECKING:
     from memprobe.verify.run import VerifyTools
@@ -23,7 +25,7 @@ NEEDS_CUDA = (
 )
 
 
-@click.command()
+@command(renamed={"--budget": "--gpu-mem"})
 @click.option(
     "--arch", "archs", multiple=True, help="Only these architectures (repeat); default: the whole table."
 )
@@ -35,9 +37,9 @@ NEEDS_CUDA = (
     help="Only these precisions (repeat).",
 )
 @click.option(
-    "--budget",
-    default="24GiB",
-    show_default=True,
+    "--gpu-mem",
+    default=DEFAULT_GPU_MEM_BYTES,
+    show_default="24GiB",
     type=BYTES,
     help="Emulated GPU size for the suggestion checks (set_per_process_memory_fraction).",
 )
@@ -66,7 +68,7 @@ NEEDS_CUDA = (
 def verify(
     archs: tuple[str, ...],
     precisions: tuple[str, ...],
-    budget: int,
+    gpu_mem: int,
     quick: bool,
     out_dir: Path,
     time_limit: float | None,
@@ -79,15 +81,15 @@ def verify(
     For each configuration of a fixed table (every architecture at fp32 and bf16-mixed in two
     sizes, MedNeXt and BasicUNet also fp16-mixed) runs trace and CUDA and compares peak
     allocated and reserved memory; measures the CUDA context; runs each `suggest` answer at the
-    emulated --budget for 3 steps, and batch + 1; lists the allocations CUDA made that trace did
+    emulated --gpu-mem for 3 steps, and batch + 1; lists the allocations CUDA made that trace did
     not see in one step of MedNeXt and SwinUNETR. Each result is appended to
     OUT/measurements.jsonl as it is taken: a run cut short continues where it stopped when run
     again. Exit code 75: stopped at the time limit; 1: a suggestion did not fit.
 
     \b
     memprobe verify --quick --out gpu_truth
-    memprobe verify --arch mednext --precision bf16-mixed --budget 16GiB
-    memprobe verify --rehearse --arch tests.tiny_models:tiny_net --precision fp32 --budget 16MiB
+    memprobe verify --arch mednext --precision bf16-mixed --gpu-mem 16GiB
+    memprobe verify --rehearse --arch tests.tiny_models:tiny_net --precision fp32 --gpu-mem 16MiB
     """
     from memprobe.cli.render.verify_tables import OUTPUT_NAMES, build_report, write_outputs
     from memprobe.core.output_paths import check_output_folder
@@ -100,7 +102,7 @@ def verify(
 
         if not cuda_available():  # before anything is written
             raise DeviceUnavailableError(NEEDS_CUDA)
-    plan = build_plan(archs or None, precisions or None, quick=quick, budget_bytes=budget)
+    plan = build_plan(archs or None, precisions or None, quick=quick, budget_bytes=gpu_mem)
     reading = database_files(db_path)
     *_, log_path = check_output_folder(out_dir, (*OUTPUT_NAMES, LOG_NAME), reading=reading)
     tools = _tools(rehearse, db_path)

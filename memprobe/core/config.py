@@ -1,12 +1,12 @@
-"""What one measured training step is: the architecture, sizes and training modes."""
+"""What is trained (a Setup) and what one measured step is (a StepConfig: a Setup at a patch and batch)."""
 
 from __future__ import annotations
 
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from memprobe.core.archs.registry import ArchSpec, axis_divisors, resolve_arch, smallest_patch
 from memprobe.core.checks import MAX_BATCH_SIZE, check_bool, check_triple
@@ -14,6 +14,10 @@ from memprobe.core.enums import OptimizerName, Precision, Strategy, parse_enum
 from memprobe.core.errors import InvalidInputError
 from memprobe.core.input_files import shown
 from memprobe.core.step_names import DEFAULT_STEP, check_step_name
+from memprobe.core.units import format_shape
+
+if TYPE_CHECKING:
+    from memprobe.core.gpus import GpuInfo
 
 # A patch larger than this many voxels is refused before anything is built: 1024^3 voxels of
 # float32 are 4 GiB for the input alone, beyond what any training step on one card can hold.
@@ -22,12 +26,16 @@ MAX_CHANNELS = 100_000
 
 
 @dataclass(frozen=True)
-class StepConfig:
-    """One training-step configuration, the key every measurement is stored under."""
+class Setup:
+    """What is trained, apart from its sizes: one value, checked once (``Setup.of``), passed whole.
+
+    A calibration answers for a Setup (less the channels, which it spans) on one device; a
+    StepConfig is a Setup with a patch and a batch; the alternatives a plan offers are
+    ``replace(setup, precision=...)``. The field defaults are a raw value's; ``Setup.of`` gives
+    users' defaults (the precision for the GPU, see ``default_precision``).
+    """
 
     arch: str
-    patch: tuple[int, int, int]
-    batch: int
     precision: Precision = Precision.FP32
     optimizer: OptimizerName = OptimizerName.ADAMW
     in_channels: int = 1
@@ -37,6 +45,74 @@ class StepConfig:
     checkpointing: bool = False  # activation checkpointing (the network's own, else per stage)
     strategy: Strategy = Strategy.SINGLE  # one GPU, or one rank of DDP or FSDP2 ...
     world_size: int = 1  # ... out of this many ranks (the batch is per rank)
+
+    @classmethod
+    def of(cls, arch: str | Setup, *, gpu: GpuInfo | None = None, **overrides: Any) -> Setup:
+        """A checked Setup: an architecture name with overrides, or a Setup with some replaced.
+
+        ``overrides`` are Setup's fields (``precision``, ``optimizer``, ``in_channels``,
+        ``out_channels``, ``deep_supervision``, ``step``, ``checkpointing``, ``strategy``,
+        ``world_size``); a precision of None is the default for ``gpu`` (``default_precision``).
+
+        Raises:
+            InvalidInputError: an unknown field, or a value without meaning, in one line.
+        """
+        unknown = sorted(set(overrides) - set(SETUP_OVERRIDES))
+        if unknown:
+            raise InvalidInputError(
+                f"unknown setting {shown(repr(unknown[0]))}: choose among {', '.join(SETUP_OVERRIDES)}"
+            )
+        if isinstance(arch, Setup):
+            base = {name: getattr(arch, name) for name in SETUP_OVERRIDES}
+            if "strategy" not in overrides and "world_size" in overrides:
+                base["strategy"] = None  # a new world size chooses its strategy again
+            return _checked_setup(arch.arch, gpu, {**base, **overrides})
+        return _checked_setup(arch, gpu, overrides)
+
+    @property
+    def setup(self) -> Setup:
+        """The Setup alone (a StepConfig less its patch and batch)."""
+        return Setup(**{name: getattr(self, name) for name in ("arch", *SETUP_OVERRIDES)})
+
+    def at(self, patch: Sequence[object], batch: object) -> StepConfig:
+        """This Setup at ``patch`` and ``batch``, both checked against the network."""
+        return StepConfig(
+            **{name: getattr(self, name) for name in ("arch", *SETUP_OVERRIDES)},
+            patch=validate_patch(patch, resolve_arch(self.arch)),
+            batch=_positive_int(batch, "batch size", MAX_BATCH_SIZE),
+        )
+
+    def describe(self) -> str:
+        """The modes that differ from the defaults, in a few words: ``bf16-mixed c4->3 ds``."""
+        extras = [self.precision.value]
+        if (self.in_channels, self.out_channels) != (1, 2):
+            extras.append(f"c{self.in_channels}->{self.out_channels}")
+        extras += ["ds"] if self.deep_supervision else []
+        extras += ["checkpointing"] if self.checkpointing else []
+        extras += [] if self.step == DEFAULT_STEP else [f"step {self.step}"]
+        extras += [] if self.strategy is Strategy.SINGLE else [f"{self.strategy.value} x{self.world_size}"]
+        return " ".join(extras)
+
+
+SETUP_OVERRIDES = (
+    "precision",
+    "optimizer",
+    "in_channels",
+    "out_channels",
+    "deep_supervision",
+    "step",
+    "checkpointing",
+    "strategy",
+    "world_size",
+)
+
+
+@dataclass(frozen=True)
+class StepConfig(Setup):
+    """One training-step configuration: a Setup at a patch and batch, the key of every measurement."""
+
+    patch: tuple[int, int, int] = field(kw_only=True)
+    batch: int = field(kw_only=True)
 
     @property
     def voxels(self) -> int:
@@ -49,12 +125,20 @@ class StepConfig:
         return _replace(self, patch=tuple(patch))
 
     def to_dict(self) -> dict[str, object]:
-        data = asdict(self)
-        data["patch"] = list(self.patch)
-        data["precision"] = self.precision.value
-        data["optimizer"] = self.optimizer.value
-        data["strategy"] = self.strategy.value
-        return data
+        return {
+            "arch": self.arch,
+            "patch": list(self.patch),
+            "batch": self.batch,
+            "precision": self.precision.value,
+            "optimizer": self.optimizer.value,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "deep_supervision": self.deep_supervision,
+            "step": self.step,
+            "checkpointing": self.checkpointing,
+            "strategy": self.strategy.value,
+            "world_size": self.world_size,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StepConfig:
@@ -77,17 +161,66 @@ class StepConfig:
 
     def label(self) -> str:
         """Short human-readable form: ``mednext 128x128x128 b2 fp32``."""
-        size = "x".join(map(str, self.patch))
-        extras = (
-            []
-            if self.in_channels == 1 and self.out_channels == 2
-            else [f"c{self.in_channels}->{self.out_channels}"]
+        size = format_shape(self.patch)
+        return " ".join([self.arch, size, f"b{self.batch}", self.describe()])
+
+
+def default_precision(gpu: GpuInfo | None) -> tuple[Precision, str]:
+    """The precision every command and function uses unless told, and why.
+
+    bf16 where the GPU has bf16 tensor cores (compute capability 8.0+), else fp16 autocast;
+    with no GPU in view (trace, planning for an unnamed card) bf16, which every GPU since
+    Ampere runs. One rule everywhere, so a calibration made with the defaults is the one
+    the plans read.
+    """
+    if gpu is None:
+        return Precision.BF16_MIXED, "no GPU detected: bf16-mixed, supported by every GPU since Ampere"
+    if gpu.supports_bf16:
+        return Precision.BF16_MIXED, f"{gpu.name} supports bf16 (compute capability {gpu.compute_capability})"
+    return Precision.FP16_MIXED, f"{gpu.name} lacks bf16 tensor cores: fp16 autocast with loss scaling"
+
+
+def precision_with_reason(given: object, gpu: GpuInfo | None) -> tuple[str, str]:
+    """The precision to use and where it came from: given, else :func:`default_precision`."""
+    if given is not None:
+        value = parse_enum(Precision, str(given), "precision").value
+        return value, f"precision {value} (given)"
+    chosen, reason = default_precision(gpu)
+    return chosen.value, f"precision {chosen.value} (the default; {reason})"
+
+
+def _checked_setup(arch: str, gpu: GpuInfo | None, values: Mapping[str, object]) -> Setup:
+    """Check every field of a Setup, raising one-line InvalidInputErrors."""
+    spec = resolve_arch(arch)
+    deep_supervision = check_bool(values.get("deep_supervision", False), "deep_supervision")
+    if deep_supervision and not spec.custom and not spec.supports_deep_supervision:
+        raise InvalidInputError(
+            f"{spec.name} has no deep supervision: drop --deep-supervision or choose one of mednext*, dynunet"
         )
-        extras += ["ds"] if self.deep_supervision else []
-        extras += ["checkpointing"] if self.checkpointing else []
-        extras += [] if self.step == DEFAULT_STEP else [f"step {self.step}"]
-        extras += [] if self.strategy is Strategy.SINGLE else [f"{self.strategy.value} x{self.world_size}"]
-        return " ".join([self.arch, size, f"b{self.batch}", self.precision.value, *extras])
+    step = check_step_name(values.get("step", DEFAULT_STEP))
+    precision_value = values.get("precision")
+    if precision_value is None:
+        precision = Precision.FP16_MIXED if step == "nnunet" else default_precision(gpu)[0]
+    else:
+        precision = parse_enum(Precision, str(precision_value), "precision")
+    optimizer = values.get("optimizer", OptimizerName.ADAMW)
+    if step == "nnunet" and precision is not Precision.FP16_MIXED:
+        raise InvalidInputError(
+            "nnU-Net's step trains with fp16 autocast and a GradScaler: add --precision fp16-mixed"
+        )
+    if step == "nnunet":
+        optimizer = OptimizerName.SGD  # the step is nnU-Net's whole iteration, its SGD included
+    return Setup(
+        arch=spec.name,
+        precision=precision,
+        optimizer=parse_enum(OptimizerName, str(optimizer), "optimizer"),
+        in_channels=_positive_int(values.get("in_channels", 1), "in_channels", MAX_CHANNELS),
+        out_channels=_positive_int(values.get("out_channels", 2), "out_channels", MAX_CHANNELS),
+        deep_supervision=deep_supervision,
+        step=step,
+        checkpointing=check_bool(values.get("checkpointing", False), "checkpointing"),
+        **data_parallel(values.get("strategy"), values.get("world_size", 1)),  # type: ignore[arg-type]
+    )
 
 
 def _replace(config: StepConfig, **changes: object) -> StepConfig:
@@ -152,7 +285,7 @@ def validate_patch(patch: Sequence[object], spec: ArchSpec) -> tuple[int, int, i
             )
     smallest = smallest_patch(spec)
     if any(size < least for size, least in zip(sizes, smallest, strict=True)):
-        least_text = str(smallest[0]) if len(set(smallest)) == 1 else "x".join(map(str, smallest))
+        least_text = str(smallest[0]) if len(set(smallest)) == 1 else format_shape(smallest)
         raise InvalidInputError(
             f"{spec.name} needs every patch size to be at least {least_text} "
             "(its bottleneck needs more than one voxel)"
@@ -161,45 +294,16 @@ def validate_patch(patch: Sequence[object], spec: ArchSpec) -> tuple[int, int, i
 
 
 def make_step_config(
-    arch: str,
-    patch: Sequence[object],
-    batch: object,
-    *,
-    precision: str | Precision = Precision.FP32,
-    optimizer: str | OptimizerName = OptimizerName.ADAMW,
-    in_channels: object = 1,
-    out_channels: object = 2,
-    deep_supervision: bool = False,
-    step: str = DEFAULT_STEP,
-    checkpointing: bool = False,
-    strategy: str | Strategy | None = None,
-    world_size: object = 1,
+    arch: str | Setup, patch: Sequence[object], batch: object, **setup: object
 ) -> StepConfig:
-    """Validate user input into a StepConfig, raising one-line InvalidInputErrors."""
-    spec = resolve_arch(arch)
-    if deep_supervision and not spec.custom and not spec.supports_deep_supervision:
-        raise InvalidInputError(
-            f"{spec.name} has no deep supervision: drop --deep-supervision or choose one of mednext*, dynunet"
-        )
-    if check_step_name(step) == "nnunet" and str(precision).lower() != Precision.FP16_MIXED.value:
-        raise InvalidInputError(
-            "nnU-Net's step trains with fp16 autocast and a GradScaler: add --precision fp16-mixed"
-        )
-    if check_step_name(step) == "nnunet":
-        optimizer = OptimizerName.SGD  # the step is nnU-Net's whole iteration, its SGD included
-    return StepConfig(
-        arch=spec.name,
-        patch=validate_patch(patch, spec),
-        batch=_positive_int(batch, "batch size", MAX_BATCH_SIZE),
-        precision=parse_enum(Precision, str(precision), "precision"),
-        optimizer=parse_enum(OptimizerName, str(optimizer), "optimizer"),
-        in_channels=_positive_int(in_channels, "in_channels", MAX_CHANNELS),
-        out_channels=_positive_int(out_channels, "out_channels", MAX_CHANNELS),
-        deep_supervision=check_bool(deep_supervision, "deep_supervision"),
-        step=check_step_name(step),
-        checkpointing=check_bool(checkpointing, "checkpointing"),
-        **data_parallel(strategy, world_size),  # type: ignore[arg-type]
-    )
+    """Validate user input into a StepConfig, raising one-line InvalidInputErrors.
+
+    ``setup`` holds Setup's fields; a precision not given is fp32 here, the raw default
+    (``Setup.of`` with ``precision=None`` applies the users' default rule).
+    """
+    if not isinstance(arch, Setup):
+        setup.setdefault("precision", Precision.FP32)
+    return Setup.of(arch, gpu=None, **setup).at(patch, batch)
 
 
 MAX_WORLD_SIZE = 1024

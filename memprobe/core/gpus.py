@@ -17,8 +17,22 @@ class GpuInfo:
 
     @property
     def supports_bf16(self) -> bool:
-        """bf16 tensor cores arrived with Ampere (compute capability 8.0)."""
-        return self.compute_capability is not None and self.compute_capability >= (8, 0)
+        """bf16 tensor cores arrived with Ampere (compute capability 8.0).
+
+        A GPU named but not detected (planning for another machine) has no capability: its
+        name decides, for the Ampere-or-later families people name.
+        """
+        if self.compute_capability is not None:
+            return self.compute_capability >= (8, 0)
+        return any(family in f" {self.name.upper()} " for family in _BF16_FAMILIES)
+
+
+# Ampere and later data-centre and workstation names, as NVML spells them (" A100-SXM4-80GB").
+_BF16_FAMILIES = (
+    " A100", " A800", " A10", " A30", " A40", " A16", " A2 ", " H100", " H200", " H800", " H20",
+    " GH200", " B100", " B200", " GB200", " L4", " L40", " RTX 30", " RTX 40", " RTX 50", " RTX A",
+    " ADA GENERATION",
+)  # fmt: skip
 
 
 def detect_gpu(index: int = 0) -> GpuInfo | None:
@@ -112,3 +126,20 @@ def nvml_process_used_bytes(pid: int, index: int = 0) -> int | None:
         return None
     used = [p.usedGpuMemory for p in processes if p.pid == pid and p.usedGpuMemory]
     return int(used[0]) if used else None
+
+
+def target_gpu(device: str | None) -> GpuInfo | None:
+    """The GPU a plan is for: the detected one by default, one named by ``device``, or none (trace)."""
+    if device is None:
+        return detect_gpu()
+    if device in ("trace", "cpu"):
+        return None
+    detected = detect_gpu()
+    return detected if detected and detected.name == device else GpuInfo(device, 0)
+
+
+def measuring_gpu(device: str | None) -> GpuInfo | None:
+    """The GPU a measurement on ``device`` runs on (its precision default follows it): none on trace or cpu."""
+    if device in ("trace", "cpu"):
+        return None
+    return detect_gpu()

@@ -14,6 +14,7 @@ from memprobe.core.config import _positive_int, validate_patch
 from memprobe.core.enums import Precision, parse_enum
 from memprobe.core.errors import InvalidInputError
 from memprobe.core.input_files import shown
+from memprobe.core.units import format_shape
 
 # An image beyond this is refused: 2048^3 voxels of one float32 class are 32 GiB on the host alone.
 MAX_IMAGE_VOXELS = 2048**3
@@ -131,12 +132,6 @@ class InferenceConfig:
         step = min(along, self.buffer_steps)
         return tuple(across * (min(first + step, along) - first) for first in range(0, along, step))
 
-    def with_sw_batch(self, sw_batch_size: int) -> InferenceConfig:
-        return replace(self, sw_batch_size=sw_batch_size)
-
-    def with_stitch(self, stitch: StitchDevice) -> InferenceConfig:
-        return replace(self, stitch=stitch)
-
     def padding_note(self) -> str | None:
         """What MONAI (or nnU-Net) does when the window is larger than the image, in words; None when it is not."""
         if not self.padded:
@@ -208,7 +203,7 @@ class InferenceConfig:
 
 
 def _x(sizes: Sequence[int]) -> str:
-    return "x".join(map(str, sizes))
+    return format_shape(sizes)
 
 
 def _windows_along(image: int, roi: int, overlap: float) -> int:

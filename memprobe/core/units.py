@@ -26,6 +26,12 @@ _UNITS = {
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 GIB = 1024**3
 MIB = 1024**2
+DEFAULT_GPU_MEM_BYTES = 24 * GIB  # planned for when no GPU is in view and none is named (a common card)
+
+
+def format_shape(sizes: object) -> str:
+    """A patch, window or image as people write it: ``128x128x96``."""
+    return "x".join(map(str, sizes))  # type: ignore[call-overload]
 
 
 def parse_bytes(text: str | int | float) -> int:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from memprobe.core.archs.registry import ArchSpec
+from memprobe.core.config import Setup
+from memprobe.core.enums import OptimizerName, Precision, Strategy
 from memprobe.formula.terms import evaluate, evaluate_reserved, predict_parameter_count, term_values
 
 
@@ -104,7 +106,26 @@ class Calibration:
         )
 
     @property
+    def setup(self) -> Setup:
+        """What this calibration answers for (its channels span every count, so they are the defaults)."""
+        return Setup(
+            arch=self.arch,
+            precision=Precision(self.precision),
+            optimizer=OptimizerName(self.optimizer),
+            deep_supervision=self.deep_supervision,
+            step=self.step,
+            checkpointing=self.checkpointing,
+            strategy=Strategy(self.strategy),
+            world_size=self.world_size,
+        )
+
+    def answers(self, setup: Setup) -> bool:
+        """Whether this calibration answers for ``setup`` (on its own device): the same Setup but channels."""
+        return self.setup == replace(setup.setup, in_channels=1, out_channels=2)
+
+    @property
     def key(self) -> tuple[str, str, str, str, bool, str, bool, str, int]:
+        """A Setup (less channels) and a device: the calibration store keeps one per key."""
         return (
             self.arch,
             self.device,

@@ -271,3 +271,14 @@ def fit_quality(
         heldout_median_relative_error=statistics.median(held) if held else None,
         heldout_max_relative_error=max(held) if held else None,
     )
+
+
+def measured_range(measurements: Sequence[Fittable]) -> dict[str, list[int]]:
+    """The smallest and largest batch, voxels and channel counts among ``measurements``."""
+    values = {
+        "batch": [m.config.batch for m in measurements],
+        "voxels": [m.config.voxels for m in measurements],
+        "in_channels": [m.config.in_channels for m in measurements],
+        "out_channels": [m.config.out_channels for m in measurements],
+    }
+    return {name: [min(seen), max(seen)] for name, seen in values.items()}

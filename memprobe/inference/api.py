@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,6 +149,17 @@ def _image_shape(shape: object, number: int, fingerprint: str | Path) -> tuple[i
     return depth, height, width
 
 
+INFERENCE_SETTINGS = (
+    "in_channels",
+    "out_channels",
+    "overlap",
+    "blend",
+    "predictor",
+    "mirror_axes",
+    "buffer_steps",
+)
+
+
 def max_sw_batch_size(
     arch: str,
     roi: Sequence[Any],
@@ -156,17 +167,11 @@ def max_sw_batch_size(
     gpu_mem: str | int | float,
     precision: str | None = None,
     *,
-    in_channels: int = 1,
-    out_channels: int = 2,
-    overlap: float | str | None = None,
-    blend: str | None = None,
     stitch: str | None = None,
     safety: float = 1.0,
     db: str | Path | None = None,
     device: str | None = None,
-    predictor: str = "monai",
-    mirror_axes: Sequence[int] | None = None,
-    buffer_steps: int | None = None,
+    **settings: Any,
 ) -> InferencePlan:
     """The largest ``sw_batch_size`` (and whether stitching fits on the GPU) for the largest image.
 
@@ -178,18 +183,32 @@ def max_sw_batch_size(
     Args:
         roi: the window (``roi_size``), three sizes the network's divisor divides.
         image_shape: the largest image of the dataset, in voxels.
+        precision: default bf16-mixed, or fp16-mixed on a GPU without bf16 (the rule every
+            command uses); nnU-Net's predictor: its fp16 autocast.
         stitch: ``gpu`` or ``cpu`` to force where the output is stitched; default: the GPU if
             one window at a time fits with it, else the CPU.
-        buffer_steps: MONAI's ``buffer_steps`` (``buffer_dim`` -1), planned with the buffer it keeps
-            on the GPU as a term of its own, sized from the shapes (MONAI only).
+        **settings: ``in_channels``, ``out_channels``, ``overlap``, ``blend``, ``predictor``
+            (``monai`` or ``nnunet``), ``mirror_axes`` and MONAI's ``buffer_steps``
+            (``buffer_dim`` -1, planned with the buffer it keeps on the GPU as a term of its own).
 
     Raises:
         NothingFitsError: even one window at a time does not fit stitching on the CPU.
     """
-    from memprobe.api import target_gpu
+    from memprobe.core.gpus import target_gpu
 
     safety, db, device = check_fraction(safety, "safety"), check_db(db), check_text(device, "device")
+    unknown = sorted(set(settings) - set(INFERENCE_SETTINGS))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown setting {unknown[0]!r}: choose among {', '.join(INFERENCE_SETTINGS)}"
+        )
+    predictor = settings.get("predictor", "monai")
+    overlap, blend = settings.get("overlap"), settings.get("blend")
     nnunet = predictor == Predictor.NNUNET.value
+    if precision is None and not nnunet:
+        from memprobe.core.config import default_precision
+
+        precision = default_precision(target_gpu(device))[0].value
     base = make_inference_config(
         arch,
         roi,
@@ -198,11 +217,11 @@ def max_sw_batch_size(
         overlap=(0.5 if nnunet else 0.25) if overlap is None else overlap,
         blend=blend or ("gaussian" if nnunet else "constant"),
         precision=precision or ("fp16-mixed" if nnunet else "fp32"),
-        in_channels=in_channels,
-        out_channels=out_channels,
+        in_channels=settings.get("in_channels", 1),
+        out_channels=settings.get("out_channels", 2),
         predictor=predictor,
-        mirror_axes=mirror_axes,
-        buffer_steps=buffer_steps,
+        mirror_axes=settings.get("mirror_axes"),
+        buffer_steps=settings.get("buffer_steps"),
     )
     if base.nnunet:
         from memprobe.core.inference_config import require_nnunet
@@ -234,12 +253,22 @@ def calibrate_inference(
     device: str | None = None,
     db: str | Path | None = None,
     predictor: str = "monai",
+    on_measurement: Callable[[InferenceMeasurement, bool], None] | None = None,
 ) -> InferenceCalibrationReport:
     """Measure ``arch``'s inference across windows, batches, images and classes; fit and store it in ``db``.
 
-    ``precision`` defaults to fp32 for MONAI and fp16-mixed (its autocast) for nnU-Net's predictor.
+    Args:
+        precision: default bf16-mixed, or fp16-mixed on a GPU without bf16 (the rule every
+            command uses); nnU-Net's predictor: its fp16 autocast.
+        device: ``cuda``, ``trace`` or ``cpu`` (default: cuda if available, else trace).
+        predictor: ``monai`` (sliding_window_inference) or ``nnunet`` (nnUNetPredictor).
+        on_measurement: called with each measurement and whether it was reused from ``db``.
     """
+    from dataclasses import replace
+
     from memprobe.backends.sliding_window import InferenceRunner
+    from memprobe.core.config import default_precision
+    from memprobe.core.gpus import measuring_gpu
     from memprobe.inference.calibration_run import calibrate_inference as run_calibration
     from memprobe.store.database import Database
 
@@ -249,13 +278,18 @@ def calibrate_inference(
         from memprobe.core.inference_config import require_nnunet
 
         require_nnunet()
+    if precision is None:
+        precision = "fp16-mixed" if nnunet else default_precision(measuring_gpu(device))[0].value
     base = make_inference_config(
         arch,
         (2 * spec.divisor,) * 3,
         (4 * spec.divisor,) * 3,
-        precision=precision or ("fp16-mixed" if nnunet else "fp32"),
+        precision=precision,
         predictor=predictor,
+        overlap=0.5 if nnunet else 0.0,  # as nnU-Net predicts; MONAI's calibration needs no overlap
+        blend="gaussian" if nnunet else "constant",
     )
     runner = InferenceRunner(device)
     with Database.open(db) as database:
-        return run_calibration(runner, base, database)
+        report = run_calibration(runner, base, database, on_measurement)
+        return replace(report, stored_in=str(database.path or database.location))

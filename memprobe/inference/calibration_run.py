@@ -197,6 +197,7 @@ class InferenceCalibrationReport:
     heldout: tuple[InferenceMeasurement, ...]
     measured: int = 0
     reused: int = 0
+    stored_in: str | None = None  # the database it was stored in
 
 
 def inference_range(measurements: list[InferenceMeasurement]) -> dict[str, list[int]]:

@@ -41,7 +41,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from memprobe.core.checks import check_bool, check_db
 from memprobe.core.enums import Precision
 from memprobe.core.errors import InvalidInputError, NothingFitsError
-from memprobe.core.units import format_bytes, parse_bytes
+from memprobe.core.units import DEFAULT_GPU_MEM_BYTES, format_bytes, parse_bytes
 from memprobe.planning.overheads import (
     CONTEXT_DEFAULTS,
     CUBLAS_WORKSPACE_SM90_BYTES,
@@ -49,7 +49,7 @@ from memprobe.planning.overheads import (
     trace_evidence,
 )
 
-DEFAULT_GPU_MEM = "24GiB"
+DEFAULT_GPU_MEM = DEFAULT_GPU_MEM_BYTES
 PEAK_ALLOWANCE = trace_evidence().reserved_underprediction + UNCALIBRATED_RESERVE_ALLOWANCE
 _PRECISIONS = {precision.lightning_name: precision for precision in Precision} | {"32-true": Precision.FP32}
 

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from memprobe.core.gpus import GpuInfo
+from memprobe.core.units import GIB
 from memprobe.formula.calibration import Calibration
-
-MIB = 2**20
-GIB = 2**30
 
 # The CUDA context (driver state, loaded kernels of CUDA, cuBLAS and cuDNN) is outside
 # PyTorch's allocator. Ampere: nnU-Net ResEnc L on an A100 showed 23.5 GB in nvidia-smi

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 
 from memprobe.core.archs.registry import ArchSpec, axis_divisors, smallest_patch
 from memprobe.core.bisection import largest_at_most
+from memprobe.core.checks import MAX_BATCH_SIZE
 from memprobe.core.errors import InvalidInputError, NothingFitsError
 from memprobe.core.gpus import GpuInfo
-from memprobe.core.units import format_bytes
+from memprobe.core.units import format_bytes, format_shape
 from memprobe.formula.calibration import Calibration
 from memprobe.planning.need import MemoryNeed, extrapolation_warnings, memory_need
 
-MAX_BATCH = 4096
 # The one rule for "the largest batch" in suggest, plan, report and calibrate's searches: the
 # whole need (allocated, allocator reserve, CUDA context, workspaces, margin) within budget x safety.
 DEFAULT_SAFETY = 1.0
@@ -97,7 +97,7 @@ class PatchPlan:
 
 
 def _size(patch: Sequence[int]) -> str:
-    return "x".join(map(str, patch))
+    return format_shape(patch)
 
 
 def largest_batch_rule(budget_bytes: float, safety: float = DEFAULT_SAFETY) -> str:
@@ -155,16 +155,16 @@ def plan_batch(
     need = lambda b: memory_need(calibration, spec, patch, b, in_channels, out_channels, gpu)
     first = need(1)
     _check_fixed_overheads(first, usable)
-    size = "x".join(map(str, patch))
+    size = format_shape(patch)
     if first.total_bytes > usable:
         raise NothingFitsError(
             f"nothing fits: batch 1 of {calibration.arch} at {size} needs {describe_need(first)}, "
             f"more than the {format_bytes(usable)} usable: choose a smaller patch, bf16-mixed, or a larger GPU"
         )
-    batch = largest_at_most(lambda b: need(b).total_bytes, usable, 1, MAX_BATCH)
+    batch = largest_at_most(lambda b: need(b).total_bytes, usable, 1, MAX_BATCH_SIZE)
     warnings = []
-    if batch == MAX_BATCH:
-        warnings.append(f"batch capped at {MAX_BATCH}: more would fit")
+    if batch == MAX_BATCH_SIZE:
+        warnings.append(f"batch capped at {MAX_BATCH_SIZE}: more would fit")
     accumulation = 1
     if effective_batch:
         accumulation = math.ceil(effective_batch / batch)
@@ -239,7 +239,7 @@ def plan_patch(
     need = lambda p: memory_need(calibration, spec, p, batch, in_channels, out_channels, gpu)
     _check_fixed_overheads(need(patch), usable)
     cap = "capped by the median shape" if median_shape else "no median shape: never beyond this start"
-    multiples = str(units[0]) if len(set(units)) == 1 else "x".join(map(str, units))
+    multiples = str(units[0]) if len(set(units)) == 1 else format_shape(units)
     reasons = [f"start: {'x'.join(map(str, patch))} (isotropic in mm, {cap}, multiples of {multiples})"]
     reference = list(median_shape) if median_shape else list(limit)
     while need(patch).total_bytes > usable:

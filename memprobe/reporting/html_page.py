@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from memprobe.core.output_paths import write_atomically
-from memprobe.core.units import format_bytes
+from memprobe.core.units import GIB, format_bytes, format_shape
 
 # The content is a memprobe.reporting.content.ReportContent; not imported here, since that module
 # imports this one to draw itself (``ReportContent.to_html``).
 ReportContent = Any
 
-GIB = 2**30
 _PHASE_COLOURS = {"forward": "rgba(31,119,180,0.10)", "backward": "rgba(255,127,14,0.10)",
                   "optimizer": "rgba(44,160,44,0.12)", "step": "rgba(148,103,189,0.10)"}  # fmt: skip
 _ROLE_SYMBOLS = {"fit": "circle", "held out": "diamond", "report": "x"}
@@ -204,7 +203,7 @@ def _calibration_section(content: ReportContent) -> str:
     usable = content.figure.usable_bytes / GIB
     by_batch = go.Figure()
     for patch, curve in view.batch_curves:
-        label = "x".join(map(str, patch))
+        label = format_shape(patch)
         by_batch.add_scatter(x=[b for b, _, _ in curve], y=[a / GIB for _, a, _ in curve], mode="lines",
                              name=f"{label} allocated (formula)")  # fmt: skip
         if any(r is not None for _, _, r in curve):
@@ -297,7 +296,7 @@ def _archs_section(content: ReportContent) -> str:
     figure.add_trace(
         go.Bar(x=names, y=[row.largest_batch for row in rows], name="largest batch"), row=1, col=2
     )
-    patch = "x".join(map(str, content.archs_patch or ()))
+    patch = format_shape(content.archs_patch or ())
     figure.update_layout(
         title=f"Architectures at {patch}, from their calibrations", height=420, showlegend=False
     )

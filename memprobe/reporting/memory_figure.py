@@ -18,19 +18,19 @@ from memprobe.backends.recorder import MeasurementLog
 from memprobe.calibration_run import patch_unit
 from memprobe.core.archs.registry import ArchSpec
 from memprobe.core.bisection import largest_at_most
+from memprobe.core.checks import MAX_BATCH_SIZE
 from memprobe.core.config import StepConfig
 from memprobe.core.errors import InvalidInputError, NoCalibrationError
 from memprobe.core.measurement import Measurement
 from memprobe.core.output_paths import write_atomically
+from memprobe.core.units import GIB, MIB, format_shape
 from memprobe.formula.calibration import Calibration
 from memprobe.planning.need import memory_need
-from memprobe.planning.size_search import DEFAULT_SAFETY, MAX_BATCH, largest_batch_rule
+from memprobe.planning.size_search import DEFAULT_SAFETY, largest_batch_rule
 
 if TYPE_CHECKING:
     from memprobe.store.database import Database
 
-GIB = 2**30
-MIB = 2**20
 MEASURED_BATCHES = (1, 2)
 BREAKDOWN_ORDER = ("parameters", "gradients", "optimizer_state", "inputs", "activations", "temporaries")
 _COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
@@ -88,15 +88,7 @@ def find_or_calibrate(log: MeasurementLog, base: StepConfig, budget_bytes: int) 
     keys = {c.key for c in own}
     candidates = own + [c for c in shipped_calibrations() if c.key not in keys]
     try:
-        return choose_calibration(
-            candidates,
-            base.arch,
-            base.precision.value,
-            base.optimizer.value,
-            base.deep_supervision,
-            device,
-            fallback_device=None,
-        ).calibration
+        return choose_calibration(candidates, base, device, fallback_device=None).calibration
     except NoCalibrationError:
         return calibrate(log, base, budget_bytes, search=False).calibration
 
@@ -112,7 +104,7 @@ def largest_batch(calibration: Calibration, spec: ArchSpec, config: StepConfig, 
     )
     if need(1) > usable_bytes:
         return 0
-    return largest_at_most(need, usable_bytes, 1, MAX_BATCH)
+    return largest_at_most(need, usable_bytes, 1, MAX_BATCH_SIZE)
 
 
 def patch_curve(
@@ -168,7 +160,7 @@ def memory_report(
 
 
 def _patch_label(patch: Sequence[int]) -> str:
-    return f"{patch[0]}³" if len(set(patch)) == 1 else "x".join(map(str, patch))
+    return f"{patch[0]}³" if len(set(patch)) == 1 else format_shape(patch)
 
 
 def draw_report(report: MemoryReport, out: str | Path, *, dpi: int = 120) -> Path:

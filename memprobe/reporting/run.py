@@ -10,7 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from memprobe.core.config import Setup
 from memprobe.core.measurement import Measurement
+from memprobe.core.units import DEFAULT_GPU_MEM_BYTES
 from memprobe.formula.calibration import Calibration
 from memprobe.planning.size_search import DEFAULT_SAFETY
 from memprobe.reporting.content import ReportContent, arch_rows, calibration_view, plan_view, step_timeline
@@ -19,10 +21,10 @@ Progress = Callable[[str, bool], None]  # (item, done): done False announces wha
 
 
 def report(
-    arch: str = "mednext",
+    arch: str | Setup = "mednext",
     *,
     patches: Sequence[Sequence[int]] = (),
-    budget: int | str = "24GiB",
+    gpu_mem: int | str = DEFAULT_GPU_MEM_BYTES,
     safety: float = DEFAULT_SAFETY,
     precision: str | None = None,
     device: str = "trace",
@@ -30,19 +32,23 @@ def report(
     compare: Sequence[str] = (),
     options: bool = False,
     progress: Progress | None = None,
+    **setup: Any,
 ) -> ReportContent:
     """Measure ``arch`` at a few patches, trace one step event by event, and plan it.
 
     Args:
-        arch: the architecture shown in detail.
+        arch: the architecture shown in detail, or a Setup.
         patches: patches to measure (default cubes of 4, 6 and 8 units of its divisor).
-        budget, safety: the memory planned for, as in ``suggest``.
-        precision: default as ``calibrate`` and ``suggest`` (bf16-mixed, fp16-mixed on a GPU without bf16).
+        gpu_mem: the memory planned for, as in ``suggest`` (``budget`` is its old name).
+        safety: the share of it the whole need may use, as in ``suggest``.
+        precision: default bf16-mixed, fp16-mixed on a GPU without bf16 (the default rule).
         device: the backend that measures (trace, cpu or cuda); the step timeline is always traced.
         db: the benchmark database (stored steps are reused, new ones stored).
         compare: more architectures to set side by side (memory per voxel, largest batch), from calibrations.
         options: also plan the alternatives ``suggest --options`` lists.
         progress: called with each step measured.
+        **setup: other fields of a Setup (``optimizer``, ``in_channels``, ``out_channels``,
+            ``deep_supervision``, ``step``, ``checkpointing``, ``strategy``, ``world_size``).
 
     Returns:
         A ``ReportContent``: ``.figure`` for the PNG, ``.to_html(path)`` for the page.
@@ -51,17 +57,20 @@ def report(
     from memprobe.backends.recorder import MeasurementLog
     from memprobe.backends.trace_backend import TraceBackend
     from memprobe.core.archs.registry import resolve_arch, smallest_patch_size
-    from memprobe.core.config import make_step_config, validate_patch
-    from memprobe.core.gpus import detect_gpu
+    from memprobe.core.config import validate_patch
+    from memprobe.core.gpus import measuring_gpu
     from memprobe.core.units import parse_bytes
     from memprobe.reporting.memory_figure import default_patches, find_or_calibrate, memory_report
     from memprobe.store.database import Database
-    from memprobe.training_plan import precision_with_reason
 
-    budget_bytes = parse_bytes(budget)
-    spec = resolve_arch(arch)
-    precision, _ = precision_with_reason(precision, detect_gpu() if device == "cuda" else None)
-    base = make_step_config(arch, (smallest_patch_size(spec),) * 3, 1, precision=precision)
+    if "budget" in setup:  # its old name
+        gpu_mem = setup.pop("budget")
+    budget_bytes = parse_bytes(gpu_mem)
+    given = {} if precision is None and isinstance(arch, Setup) else {"precision": precision}
+    chosen_setup = Setup.of(arch, gpu=measuring_gpu(device), **{**setup, **given})
+    spec = resolve_arch(chosen_setup.arch)
+    base = chosen_setup.at((smallest_patch_size(spec),) * 3, 1)
+    precision = chosen_setup.precision.value
     chosen = [validate_patch(p, spec) for p in patches] or default_patches(spec)
     backend = get_backend(device, budget_bytes=budget_bytes)
     tracer = TraceBackend(breakdown=True)
@@ -119,13 +128,16 @@ def _calibration_of(
 ) -> Calibration | None:
     """The calibration another architecture is compared with: same precision and device as ``shown``."""
     from memprobe.core.archs.registry import resolve_arch
+    from memprobe.core.config import Setup
     from memprobe.core.errors import NoCalibrationError
     from memprobe.store.calibration_sources import all_calibrations, choose_calibration
 
     if resolve_arch(arch).name == shown.arch:
         return shown
     try:
-        return choose_calibration(all_calibrations(db), resolve_arch(arch).name, precision, shown.optimizer,
-                                  False, shown.device, fallback_device=None).calibration  # fmt: skip
+        wanted = Setup.of(arch, precision=precision, optimizer=shown.optimizer)
+        return choose_calibration(
+            all_calibrations(db), wanted, shown.device, fallback_device=None
+        ).calibration
     except NoCalibrationError:
         return None

@@ -8,17 +8,23 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from memprobe.core.config import Setup
 from memprobe.core.errors import NoCalibrationError
 from memprobe.formula.calibration import Calibration
 from memprobe.store.database import Database, database_exists
 from memprobe.store.row_checks import BadRowError, calibration_from_fields, warn_bad_row
 
+if TYPE_CHECKING:  # its fit needs numpy and scipy: imported only where nnU-Net plans read families
+    from memprobe.formula.topology_family import TopologyFamily
+
 SHIPPED_FILE = "calibrations.json"
+# nnU-Net's topologies and their families (scripts/build_shipped_nnunet.py)
+NNUNET_FILE, FAMILIES_FILE = "nnunet_calibrations.json", "nnunet_families.json"
 
 
 NO_SHIPPED_VARIABLE = "MEMPROBE_NO_SHIPPED"
@@ -27,8 +33,36 @@ T = TypeVar("T")
 
 def shipped_calibrations() -> list[Calibration]:
     """Calibrations packaged with memprobe (made by `make shipped`); none with MEMPROBE_NO_SHIPPED=1."""
-    return shipped_items(
-        SHIPPED_FILE, "shipped calibration", lambda item: calibration_from_fields(item, source="shipped")
+    read = lambda item: calibration_from_fields(item, source="shipped")
+    return [
+        *shipped_items(SHIPPED_FILE, "shipped calibration", read),
+        *shipped_items(NNUNET_FILE, "shipped calibration", read),
+    ]
+
+
+def shipped_topology_families() -> list[TopologyFamily]:
+    """nnU-Net's topology families packaged with memprobe; none with MEMPROBE_NO_SHIPPED=1."""
+    return shipped_items(FAMILIES_FILE, "shipped topology family", _family_from_fields)
+
+
+def _family_from_fields(item: Any) -> TopologyFamily:
+    """A family's fields checked as a calibration's are (coefficients finite, quality complete)."""
+    from memprobe.formula.topology_family import TopologyFamily
+
+    if not isinstance(item, dict):
+        raise BadRowError("the topology family is not a JSON object")
+    checked = calibration_from_fields(
+        {**item, "arch": item.get("network"), "parameter_model": {}}, source="shipped"
+    )
+    try:
+        family = TopologyFamily.from_dict(item)
+    except (KeyError, TypeError, ValueError) as error:
+        raise BadRowError(f"{type(error).__name__}: {error}") from None
+    return replace(
+        family,
+        phase_coefficients=checked.phase_coefficients,
+        reserved_coefficients=checked.reserved_coefficients,
+        source="shipped",
     )
 
 
@@ -89,42 +123,21 @@ class Choice:
 
 
 def choose_calibration(
-    calibrations: list[Calibration],
-    arch: str,
-    precision: str,
-    optimizer: str,
-    deep_supervision: bool,
-    device: str | None,
-    fallback_device: str | None = "trace",
-    step: str = "memprobe",
-    checkpointing: bool = False,
-    strategy: str = "single",
-    world_size: int = 1,
+    calibrations: list[Calibration], setup: Setup, device: str | None, fallback_device: str | None = "trace"
 ) -> Choice:
-    """Pick the calibration for (arch, device, precision, optimizer, deep supervision, training step,
-    strategy and world size).
+    """Pick the calibration that answers for ``setup`` on ``device`` (None means "trace").
 
-    ``device`` None means "trace". When the asked-for GPU has no calibration, the
-    ``fallback_device`` one is used with a warning; nothing else is ever substituted: a
-    calibration of another training step, or of one GPU for a rank of DDP (and vice versa),
-    never answers.
+    When the asked-for GPU has no calibration, the ``fallback_device`` one is used with a
+    warning; nothing else is ever substituted: a calibration of another training step, or of
+    one GPU for a rank of DDP (and vice versa), never answers.
     """
     wanted = device or "trace"
-    matching = [
-        c
-        for c in calibrations
-        if c.arch == arch
-        and c.precision == precision
-        and c.optimizer == optimizer
-        and c.deep_supervision == deep_supervision
-        and c.step == step
-        and c.checkpointing == checkpointing
-        and (c.strategy, c.world_size) == (strategy, world_size)
-    ]
+    matching = [c for c in calibrations if c.answers(setup)]
     exact = [c for c in matching if c.device == wanted]
     if exact:
         return Choice(exact[0])
     stand_in = [c for c in matching if c.device == fallback_device]
+    arch, precision, optimizer = setup.arch, setup.precision.value, setup.optimizer.value
     if stand_in:
         return Choice(
             stand_in[0],
@@ -134,6 +147,8 @@ def choose_calibration(
                 f"--device cuda --precision {precision}` on that GPU"
             ),
         )
+    deep_supervision, step, checkpointing = setup.deep_supervision, setup.step, setup.checkpointing
+    strategy, world_size = setup.strategy.value, setup.world_size
     flags = " --deep-supervision" if deep_supervision else ""
     flags += "" if step == "memprobe" else f" --step {step}"
     flags += " --checkpointing" if checkpointing else ""

@@ -257,22 +257,22 @@ def environment_from_row(row: Row) -> Environment:
 def measurement_from_row(row: Row, environment: Environment) -> Measurement:
     """A Measurement from a row of the ``measurements`` table."""
     config = StepConfig(
-        _text(row["arch"], "arch"),
-        (
+        arch=_text(row["arch"], "arch"),
+        patch=(
             _whole(row["patch_d"], "patch_d", minimum=1),
             _whole(row["patch_h"], "patch_h", minimum=1),
             _whole(row["patch_w"], "patch_w", minimum=1),
         ),
-        _whole(row["batch"], "batch", minimum=1),
-        Precision(_enum_value(Precision, row["precision"], "precision")),
-        OptimizerName(_enum_value(OptimizerName, row["optimizer"], "optimizer")),
-        _whole(row["in_channels"], "in_channels", minimum=1),
-        _whole(row["out_channels"], "out_channels", minimum=1),
-        _flag(row["deep_supervision"], "deep_supervision"),
-        _text(row["step"], "step"),
-        _flag(row["checkpointing"], "checkpointing"),
-        Strategy(_enum_value(Strategy, column(row, "strategy", Strategy.SINGLE.value), "strategy")),
-        _whole(column(row, "world_size", 1), "world_size", minimum=1),
+        batch=_whole(row["batch"], "batch", minimum=1),
+        precision=Precision(_enum_value(Precision, row["precision"], "precision")),
+        optimizer=OptimizerName(_enum_value(OptimizerName, row["optimizer"], "optimizer")),
+        in_channels=_whole(row["in_channels"], "in_channels", minimum=1),
+        out_channels=_whole(row["out_channels"], "out_channels", minimum=1),
+        deep_supervision=_flag(row["deep_supervision"], "deep_supervision"),
+        step=_text(row["step"], "step"),
+        checkpointing=_flag(row["checkpointing"], "checkpointing"),
+        strategy=Strategy(_enum_value(Strategy, column(row, "strategy", Strategy.SINGLE.value), "strategy")),
+        world_size=_whole(column(row, "world_size", 1), "world_size", minimum=1),
     )
     step_seconds = row["step_seconds"]
     return Measurement(

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from memprobe.core.errors import InvalidInputError, MemprobeError, ModelError
 from memprobe.core.step_names import PROTOCOL, is_custom_step
+from memprobe.core.units import format_shape
 from memprobe.core.user_code import describe, message, running_user_code
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def _as_user_code(name: str, runner: StepRunner) -> StepRunner:
 
     def run(state: TrainingState, on_phase: PhaseCallback) -> None:
         try:
-            shape = "x".join(map(str, state.inputs.shape))
+            shape = format_shape(state.inputs.shape)
             with running_user_code(f"running training step {name!r} on inputs {shape}"):
                 runner(state, on_phase)
         except MemprobeError:

@@ -2,7 +2,7 @@
 
 One implementation serves every backend, so that what the trace backend counts is what a real
 GPU runs. Mixed precision uses ``torch.autocast("cuda")`` on CUDA and the same cast lists,
-emulated, on CPU and fake tensors (see ``backends/cuda_autocast.py``).
+emulated, on CPU and fake tensors (see ``training/autocast.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from memprobe.core.enums import OptimizerName, Precision
 from memprobe.training.losses import deep_supervision_loss
 
 PhaseCallback = Callable[[str | None], None]
-PHASES = ("forward", "backward", "optimizer")
 _LOW_PRECISION_DTYPES = {Precision.FP16_MIXED: torch.float16, Precision.BF16_MIXED: torch.bfloat16}
 
 

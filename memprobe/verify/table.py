@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from memprobe.core.archs.registry import ARCHS, resolve_arch
 from memprobe.core.config import StepConfig, make_step_config
 from memprobe.core.enums import Precision
+from memprobe.core.units import DEFAULT_GPU_MEM_BYTES
 
 Patch = tuple[int, int, int]
 
@@ -89,7 +90,7 @@ def build_plan(
     precisions: Sequence[str] | None = None,
     *,
     quick: bool = False,
-    budget_bytes: int = 24 * 2**30,
+    budget_bytes: int = DEFAULT_GPU_MEM_BYTES,
 ) -> VerifyPlan:
     """The fixed table, narrowed to ``archs`` and ``precisions`` when given.
 

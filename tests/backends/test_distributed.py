@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from memprobe.api import make_step_config
 from memprobe.backends.allocation_tracker import cuda_block_size
 from memprobe.backends.distributed import (
     DistributedOptions,
@@ -16,6 +15,7 @@ from memprobe.backends.distributed import (
     measure_per_rank,
 )
 from memprobe.backends.trace_backend import CpuBackend, TraceBackend
+from memprobe.core.config import make_step_config
 from tests.tiny_models import tiny_net
 
 TINY = "tests.tiny_models:tiny_net"
@@ -74,7 +74,7 @@ PROBE = ("probe", "--arch", TINY, "--patch", "16", "16", "16", "--batch", "2", "
 def test_probe_gives_the_per_rank_and_global_batch(capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from tests.robustness_helpers import invoke
+    from tests.helpers import invoke
 
     result = invoke(capsys, *PROBE, "--gpus", "4", "--strategy", "ddp", "--json")
     assert result.code == 0, result.err
@@ -86,7 +86,7 @@ def test_probe_gives_the_per_rank_and_global_batch(capsys: pytest.CaptureFixture
 def test_probe_refuses_fsdp_on_a_network_it_cannot_shard_in_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from tests.robustness_helpers import invoke
+    from tests.helpers import invoke
 
     arguments = [*PROBE, "--gpus", "2", "--strategy", "fsdp"]
     arguments[2] = "tests.tiny_models:scalar_scale_net"
@@ -96,7 +96,7 @@ def test_probe_refuses_fsdp_on_a_network_it_cannot_shard_in_one_line(
 
 
 def test_per_rank_on_cuda_without_a_gpu_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.robustness_helpers import invoke
+    from tests.helpers import invoke
 
     arguments = [*PROBE[:-1], "cuda", "--gpus", "2"]
     result = invoke(capsys, *arguments)
@@ -136,7 +136,7 @@ def test_a_rank_measurement_carries_its_strategy_and_world_size() -> None:
 def test_probe_refuses_a_layout_without_data_parallelism(
     arguments: tuple[str, ...], says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.robustness_helpers import invoke
+    from tests.helpers import invoke
 
     result = invoke(capsys, *PROBE, *arguments)
     assert result.code == 2 and says in result.err
@@ -149,10 +149,12 @@ def test_probe_refuses_a_layout_without_data_parallelism(
 def ddp_database(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A database holding a trace calibration of the tiny network as one rank of DDP over 2 GPUs."""
     from memprobe.api import calibrate
-    from tests.robustness_helpers import SMALL_BUDGET
+    from tests.helpers import SMALL_BUDGET
 
     path = str(tmp_path_factory.mktemp("ddp") / "ddp.sqlite")
-    report = calibrate(TINY, device="trace", budget=SMALL_BUDGET, db=path, strategy="ddp", world_size=2)
+    report = calibrate(
+        TINY, "fp32", device="trace", gpu_mem=SMALL_BUDGET, db=path, strategy="ddp", world_size=2
+    )
     assert (report.calibration.strategy, report.calibration.world_size) == ("ddp", 2)
     return path
 
@@ -160,7 +162,7 @@ def ddp_database(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_calibrate_stores_each_rank_measurement_and_the_calibration_under_the_layout(
     ddp_database: str,
 ) -> None:
-    from tests.robustness_helpers import query
+    from tests.helpers import query
 
     assert set(query(Path(ddp_database), "SELECT strategy, world_size FROM measurements")) == {("ddp", 2)}
     assert query(Path(ddp_database), "SELECT strategy, world_size FROM calibrations") == [("ddp", 2)]
@@ -171,7 +173,7 @@ def test_suggest_for_two_ddp_ranks_gives_the_per_rank_and_global_batch_in_each_c
 ) -> None:
     import json
 
-    from tests.robustness_helpers import invoke
+    from tests.helpers import invoke
 
     asked = ("suggest", "--arch", TINY, "--patch", "32", "32", "32", "--gpu-mem", "2GiB", "--device", "trace")
     asked += ("--precision", "fp32")  # the API's default, which the fixture calibrated
@@ -193,7 +195,7 @@ def test_plan_for_two_ddp_ranks_in_yaml_has_both_batches(
 ) -> None:
     import yaml
 
-    from tests.robustness_helpers import invoke
+    from tests.helpers import invoke
 
     result = invoke(
         capsys,
@@ -210,7 +212,7 @@ def test_plan_for_two_ddp_ranks_in_yaml_has_both_batches(
 def test_calibrate_with_fsdp_on_a_network_it_cannot_shard_is_one_line(
     db_path: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.robustness_helpers import invoke
+    from tests.helpers import invoke
 
     result = invoke(
         capsys,

@@ -1,4 +1,4 @@
-"""Ranks launched for real with torch.multiprocessing: on CPU with gloo here, one per GPU with NCCL on CUDA."""
+"""Ranks launched for real, for one configuration: on CPU with gloo here, one per GPU with NCCL on CUDA."""
 
 from __future__ import annotations
 
@@ -97,5 +97,9 @@ def test_cuda_with_fewer_gpus_than_ranks_is_refused_in_one_line() -> None:
 def test_two_nccl_ranks_on_two_gpus_read_their_own_peaks() -> None:
     from memprobe.backends import get_backend
 
-    measurement = get_backend("cuda").measure(DDP2)
+    backend: Any = get_backend("cuda")
+    try:
+        measurement = backend.measure(DDP2)
+    finally:
+        backend.close()
     assert measurement.ok and measurement.peak_allocated_bytes and measurement.reserved_source == "measured"

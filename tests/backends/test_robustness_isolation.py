@@ -14,7 +14,7 @@ import pytest
 
 from memprobe.core.config import StepConfig
 from memprobe.core.errors import InvalidInputError, MemprobeError, ModelError
-from tests.robustness_helpers import SMALL_BUDGET, query, run_cli
+from tests.helpers import SMALL_BUDGET, query, run_cli
 
 SEGFAULTS_ABOVE_BATCH_2 = "tests.crashy_models:segfaults_above_batch_2"
 
@@ -27,7 +27,7 @@ def _isolated_trace() -> object:
 
 
 def _config(arch: str, batch: int = 1) -> StepConfig:
-    return StepConfig(arch, (16, 16, 16), batch)
+    return StepConfig(arch=arch, patch=(16, 16, 16), batch=batch)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_calibrate_isolate_records_crashes_and_finishes(db_path: Path) -> None:
         "--precision",
         "fp32",  # as seeded
         "--isolate",
-        "--budget",
+        "--gpu-mem",
         SMALL_BUDGET,
         "--db",
         str(db_path),

@@ -28,7 +28,7 @@ MIB = 2**20
 TOTAL_BYTES = 1024 * MIB
 WEIGHTS_BYTES = 10 * MIB
 ACTIVATION_BYTES_PER_SAMPLE = 12 * MIB
-CONFIG = StepConfig("fake", (32, 32, 32), 2)
+CONFIG = StepConfig(arch="fake", patch=(32, 32, 32), batch=2)
 
 
 CONTEXT_BYTES = 500 * 2**20  # what a fake CUDA context holds outside the allocator

@@ -16,11 +16,11 @@ import pytest
 import memprobe
 from memprobe.core.errors import DeviceUnavailableError, InvalidInputError, MemprobeError, ModelError
 from memprobe.store.database import default_db_path
-from tests.robustness_helpers import TINY, file_state, invoke, make_calibrated_db, run_cli
+from tests.helpers import TINY, file_state, invoke, make_calibrated_db, run_cli
 
 PATCH = ("--patch", "32", "32", "32")
 PROBE = ("probe", "--arch", TINY, "--device", "trace", "--batch", "1")
-CALIBRATE = ("calibrate", "--arch", TINY, "--device", "trace", "--budget", "1MiB")
+CALIBRATE = ("calibrate", "--arch", TINY, "--device", "trace", "--gpu-mem", "1MiB")
 SUGGEST = ("suggest", "--arch", "mednext", "--gpu-mem", "24GiB")
 PLAN = ("plan", "--arch", "mednext", "--gpu-mem", "24GiB")
 
@@ -70,9 +70,9 @@ MODEL_CASES = {
 STEP_CASES = {
     "unknown precision": (
         ("--precision", "fp8"),
-        "unknown precision 'fp8': choose one of fp32, fp16-mixed, bf16-mixed",
+        "'fp8' is not one of 'fp32', 'fp16-mixed', 'bf16-mixed', 'fp16', 'bf16'",
     ),
-    "unknown optimizer": (("--optimizer", "lion"), "unknown optimizer 'lion': choose one of adamw, sgd"),
+    "unknown optimizer": (("--optimizer", "lion"), "'lion' is not one of 'adamw', 'sgd'"),
 }
 DEVICE_CASES = {
     "unknown device": (("--device", "tpu"), "unknown device 'tpu': choose one of cuda, trace, cpu"),
@@ -118,8 +118,8 @@ def _cases() -> list[Any]:
     add("batch abc", (*SUGGEST, "--batch", "abc"), 2, "'--batch': 'abc' is not a positive whole number")
     add("batch 0", (*PLAN, "--batch", "0"), 2, "'0' is not a positive whole number")
     for budget, fragment in BUDGET_CASES.items():
-        add(f"budget {budget}", (*PROBE, *PATCH, "--budget", budget), 2, fragment)
-        add(f"budget {budget}", (*CALIBRATE, "--budget", budget), 2, fragment)
+        add(f"budget {budget}", (*PROBE, *PATCH, "--gpu-mem", budget), 2, fragment)
+        add(f"budget {budget}", (*CALIBRATE, "--gpu-mem", budget), 2, fragment)
         add(f"gpu-mem {budget}", ("suggest", *PATCH, "--gpu-mem", budget), 2, fragment)
         add(f"gpu-mem {budget}", ("plan", "--gpu-mem", budget), 2, fragment)
     for name, (extra, fragment) in STEP_CASES.items():
@@ -169,7 +169,9 @@ def existing_db(tmp_path: Path) -> Path:
     path = tmp_path / "existing.sqlite"
     with Database.open(path) as database:
         database.add_measurement(
-            Measurement(StepConfig(TINY, (32, 32, 32), 1), Environment("trace", "trace"), 1000)
+            Measurement(
+                StepConfig(arch=TINY, patch=(32, 32, 32), batch=1), Environment("trace", "trace"), 1000
+            )
         )
     return path
 
@@ -207,11 +209,11 @@ def test_bad_input_is_one_line_and_writes_nothing(
 def test_console_script_prints_no_traceback_without_debug() -> None:
     result = run_cli(*PROBE, *PATCH, "--precision", "fp8")
     assert result.code == 2
-    assert result.err.splitlines() == [f"memprobe: error: {STEP_CASES['unknown precision'][1]}"]
+    assert len(result.err.splitlines()) == 1 and STEP_CASES["unknown precision"][1] in result.err
 
 
 def test_console_script_shows_the_traceback_with_debug() -> None:
-    result = run_cli("--debug", *PROBE, *PATCH, "--precision", "fp8")
+    result = run_cli("--debug", *PROBE, *PATCH, "--step", "nosuch")  # refused by the library, not by click
     assert result.code == 2  # --debug shows more, and keeps the exit code
     assert "Traceback" in result.err and "InvalidInputError" in result.err
 
@@ -311,12 +313,12 @@ API_CASES: dict[str, tuple[Callable[[Path], object], type[MemprobeError], str]] 
         "no CUDA GPU is available here",
     ),
     "probe: budget 24XB": (
-        lambda db: memprobe.probe(TINY, (32,) * 3, 1, device="trace", budget="24XB"),
+        lambda db: memprobe.probe(TINY, (32,) * 3, 1, device="trace", gpu_mem="24XB"),
         InvalidInputError,
         "cannot read memory size",
     ),
     "probe: budget 0": (
-        lambda db: memprobe.probe(TINY, (32,) * 3, 1, device="trace", budget=0),
+        lambda db: memprobe.probe(TINY, (32,) * 3, 1, device="trace", gpu_mem=0),
         InvalidInputError,
         "must be greater than zero",
     ),
@@ -329,7 +331,7 @@ API_CASES: dict[str, tuple[Callable[[Path], object], type[MemprobeError], str]] 
         for name, (arch, code, fragment, _) in MODEL_CASES.items()
     },
     "calibrate: budget abc": (
-        lambda db: memprobe.api.calibrate(TINY, device="trace", budget="abc", db=db),
+        lambda db: memprobe.api.calibrate(TINY, device="trace", gpu_mem="abc", db=db),
         InvalidInputError,
         "cannot read memory size",
     ),
@@ -345,7 +347,7 @@ API_CASES: dict[str, tuple[Callable[[Path], object], type[MemprobeError], str]] 
     ),
     **{
         f"calibrate: {name}": (
-            lambda db, arch=arch: memprobe.api.calibrate(arch, device="trace", budget="1MiB", db=db),
+            lambda db, arch=arch: memprobe.api.calibrate(arch, device="trace", gpu_mem="1MiB", db=db),
             ModelError if code == 1 else InvalidInputError,
             fragment,
         )

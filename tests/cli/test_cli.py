@@ -18,7 +18,7 @@ from memprobe.cli.render.plans import TRACE_NOTE
 from memprobe.core.archs.registry import ARCHS, get_arch
 from memprobe.planning.size_search import plan_batch
 from memprobe.store.database import Database
-from tests.factories import make_calibration
+from tests.helpers import make_calibration, write_calibrations
 
 GIB = 2**30
 TINY = "tests.tiny_models:tiny_net"
@@ -27,14 +27,12 @@ TINY = "tests.tiny_models:tiny_net"
 @pytest.fixture
 def calibrated_db(db_path: Path) -> Path:
     """A database with trace calibrations of MedNeXt (fp32, bf16-mixed) and BasicUNet (fp32)."""
-    with Database.open(db_path) as db:
-        for calibration in (
-            make_calibration(),
-            make_calibration(precision="bf16-mixed"),
-            make_calibration(arch="basicunet"),
-        ):
-            db.add_calibration(calibration)
-    return db_path
+    return write_calibrations(
+        db_path,
+        make_calibration(),
+        make_calibration(precision="bf16-mixed"),
+        make_calibration(arch="basicunet"),
+    )
 
 
 def _walk(
@@ -300,7 +298,7 @@ BAD_INPUT = [
     ),
     pytest.param(
         ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--precision", "fp8"],
-        "unknown precision",
+        "'fp8' is not one of",
         id="unknown-precision",
     ),
     pytest.param(
@@ -321,7 +319,7 @@ BAD_INPUT = [
         id="probe-batch-0",
     ),
     pytest.param(
-        ["plan", "--gpu-mem", "24GiB", "--precision", "fp9"], "unknown precision", id="plan-precision"
+        ["plan", "--gpu-mem", "24GiB", "--precision", "fp9"], "'fp9' is not one of", id="plan-precision"
     ),
     pytest.param(["nonsense"], "No such command", id="unknown-command"),
 ]
@@ -538,31 +536,63 @@ def test_all_archs_with_deep_supervision_skips_networks_without_it(db_path: Path
     assert json.loads(result.stdout)["arch"] == "mednext"
 
 
-NUMERIC_OPTIONS = {
-    "--batch",
-    "--budget",
-    "--gpu-mem",
-    "--safety",
-    "--in-channels",
-    "--out-channels",
-    "--patch",
-    "--effective-batch",
-    "--sw-batch-size",
-    "--overlap",
-    "--lr",
-    "--num-gpus",
-    "--gpus",
-    "--spacing",
-    "--median-shape",
-}
+# Metavars the options use for numbers: a size per axis, a spacing per axis, a memory size.
+NUMERIC_METAVARS = {"D H W", "Z Y X", "SIZE"}
+
+
+def _takes_numbers(parameter: click.Option) -> bool:
+    """Whether an option's declaration says it holds numbers: a numeric default, or a numeric metavar."""
+    default = parameter.default
+    values = default if isinstance(default, (tuple, list)) else (default,)
+    numeric_default = any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    return (numeric_default and not parameter.is_flag) or parameter.metavar in NUMERIC_METAVARS
 
 
 @pytest.mark.parametrize("path", COMMAND_PATHS, ids=[" ".join(p) or "memprobe" for p in COMMAND_PATHS])
 def test_every_numeric_option_is_read_by_a_click_type(path: tuple[str, ...]) -> None:
     """Numbers and sizes are checked where the option is declared, never as text in the command body."""
+    checked = 0
     for parameter in dict(_walk(cli))[path].params:
-        if isinstance(parameter, click.Option) and NUMERIC_OPTIONS & set(parameter.opts):
+        if isinstance(parameter, click.Option) and _takes_numbers(parameter):
+            checked += 1
             assert parameter.type is not click.STRING, f"{' '.join(path)} {parameter.opts}"
+    numeric = {("probe",), ("calibrate",), ("suggest",), ("plan",), ("report",), ("sweep",)}
+    assert checked > 0 or path not in numeric, f"{' '.join(path)} declares no numeric option?"
+
+
+NUMERIC_TYPES = (click.types.IntParamType, click.types.FloatParamType)
+
+
+def _numeric_options() -> list[tuple[tuple[str, ...], click.Option]]:
+    """Every option whose click type reads numbers (click's own, or memprobe's counts and sizes)."""
+    from memprobe.cli.options import ByteSize, _Count, _PositiveNumber
+
+    found = []
+    for path, command in _walk(cli):
+        for parameter in command.params:
+            kind = parameter.type
+            if (
+                isinstance(parameter, click.Option)
+                and not parameter.is_flag
+                and (isinstance(kind, (*NUMERIC_TYPES, ByteSize, _Count, _PositiveNumber)))
+            ):
+                found.append((path, parameter))
+    return found
+
+
+NUMERIC = _numeric_options()
+
+
+@pytest.mark.parametrize(("path", "option"), NUMERIC, ids=[f"{' '.join(p)} {o.opts[0]}" for p, o in NUMERIC])
+def test_every_numeric_option_refuses_text_in_one_line_naming_itself(
+    path: tuple[str, ...], option: click.Option, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Derived from the click types: each numeric option refuses ``abc`` where it is parsed, exit 2."""
+    from tests.helpers import invoke
+
+    result = invoke(capsys, *path, option.opts[0], *(["abc"] * option.nargs))
+    assert result.code == 2 and len(result.error_lines) == 1, result.err
+    assert option.opts[0] in result.err or option.name in result.err
 
 
 def test_a_memory_size_is_read_into_bytes_by_its_type() -> None:
@@ -574,3 +604,70 @@ def test_a_memory_size_is_read_into_bytes_by_its_type() -> None:
         BYTES.convert("512KiB", None, None)
     with pytest.raises(click.BadParameter, match="cannot read memory size 'abc'"):
         BYTES.convert("abc", None, None)
+
+
+def test_a_calibration_made_with_defaults_is_the_one_plans_read_with_defaults(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """calibrate, suggest and memprobe.estimate share one default precision (the auto rule)."""
+    import memprobe
+    from tests.helpers import SMALL_BUDGET, invoke
+
+    tiny = "tests.tiny_models:tiny_net"
+    made = invoke(capsys, "calibrate", "--arch", tiny, "--device", "trace", "--gpu-mem", SMALL_BUDGET,
+                  "--no-search", "--db", str(db_path), "--json")  # fmt: skip
+    assert made.code == 0, made.err
+    precision = json.loads(made.out)["calibration"]["precision"]
+    suggested = invoke(capsys, "suggest", "--arch", tiny, "--patch", "16", "16", "16", "--gpu-mem", "2GiB",
+                       "--calibrated-on", "trace", "--db", str(db_path), "--json")  # fmt: skip
+    assert suggested.code == 0, suggested.err
+    assert json.loads(suggested.out)["precision"] == precision == "bf16-mixed"
+    estimated = memprobe.estimate(tiny, (16, 16, 16), 1, db=db_path, device="trace")
+    assert estimated.calibration.precision == precision
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "arguments"),
+    [
+        (
+            "--budget",
+            "--gpu-mem",
+            (
+                "probe",
+                "--arch",
+                "tests.tiny_models:tiny_net",
+                "--patch",
+                "16",
+                "16",
+                "16",
+                "--device",
+                "trace",
+                "--json",
+            ),
+        ),
+        ("--nnunet-fingerprint", "--fingerprint", ("suggest", "--patch", "128", "128", "128", "--json")),
+        ("--device", "--calibrated-on", ("suggest", "--patch", "128", "128", "128", "--json")),
+        ("--num-gpus", "--gpus", ("plan", "--json")),
+    ],
+)
+def test_a_renamed_option_still_works_and_names_its_new_name(
+    old: str, new: str, arguments: tuple[str, ...], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Users' scripts keep working: the old flag is read as the new one, with a warning on stderr."""
+    from tests.helpers import invoke
+
+    values = {"--budget": "1GiB", "--nnunet-fingerprint": str(tmp_path / "missing.json"), "--device": "trace",
+              "--num-gpus": "0"}  # fmt: skip
+    before = invoke(capsys, *arguments, old, values[old])
+    after = invoke(capsys, *arguments, new, values[old])
+    assert f"memprobe: warning: {old} is deprecated: use {new}" in before.err
+    assert before.code == after.code and _steady(before.out) == _steady(after.out)
+    assert before.err.splitlines()[1:] == after.err.splitlines()
+    assert all(old not in parameter.opts for parameter in cli.commands[arguments[0]].params)
+
+
+def _steady(out: str) -> object:
+    """A command's JSON without its timings (two runs of one step differ in those alone)."""
+    if not out.strip().startswith("{"):
+        return out
+    return {key: value for key, value in json.loads(out).items() if "seconds" not in key}

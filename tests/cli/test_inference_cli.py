@@ -18,12 +18,15 @@ TINY = "tests.tiny_models:tiny_net"
 GIB = 2**30
 
 
-def _calibration(per_window_voxel: float = 400.0) -> InferenceCalibration:
-    """Hand-made: 4 bytes per output and image voxel, ``per_window_voxel`` bytes of activations."""
+def _calibration(per_window_voxel: float = 400.0, precision: str = "bf16-mixed") -> InferenceCalibration:
+    """Hand-made: 4 bytes per output and image voxel, ``per_window_voxel`` bytes of activations.
+
+    At bf16-mixed, the precision every command defaults to with no GPU in view.
+    """
     return InferenceCalibration(
         arch="unet",
         device="trace",
-        precision="fp32",
+        precision=precision,
         optimizer=INFERENCE,
         deep_supervision=False,
         phase_coefficients={
@@ -231,10 +234,12 @@ def test_probe_inference_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 BAD = [
     pytest.param(
-        ["--image-shape", "0", "64", "64"], "each image size must be a positive whole number", id="zero"
+        ["--image-shape", "0", "64", "64"], "--image-shape': '0' is not a positive whole number", id="zero"
     ),
     pytest.param(
-        ["--image-shape", "64", "6.5", "64"], "each image size must be a positive whole number", id="fraction"
+        ["--image-shape", "64", "6.5", "64"],
+        "--image-shape': '6.5' is not a positive whole number",
+        id="fraction",
     ),
     pytest.param(
         ["--image-shape", "64", "64", "64", "--optimizer", "sgd"],

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from memprobe.cli.progress import Progress
-from tests.robustness_helpers import SMALL_BUDGET, TINY
+from tests.helpers import SMALL_BUDGET, TINY
 
 
 class _Terminal(io.StringIO):
@@ -57,7 +57,7 @@ def test_calibrate_runs_the_library_function_with_a_callback(
     monkeypatch.setattr(memprobe.api, "calibrate", recording)
     result = CliRunner().invoke(
         cli,
-        ["calibrate", "--arch", TINY, "--device", "trace", "--budget", SMALL_BUDGET, "--db", str(db_path)],
+        ["calibrate", "--arch", TINY, "--device", "trace", "--gpu-mem", SMALL_BUDGET, "--db", str(db_path)],
     )
     assert result.exit_code == 0, result.output
     assert len(calls) == 1 and callable(calls[0]["on_measurement"])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.crashy_models import FORWARD_SECONDS_VARIABLE
-from tests.robustness_helpers import (
+from tests.helpers import (
     SMALL_BUDGET,
     measurement_count,
     query,
@@ -58,7 +58,7 @@ def test_interrupted_calibration_keeps_its_measurements_and_resumes(db_path: Pat
         SLOW,
         "--device",
         "trace",
-        "--budget",
+        "--gpu-mem",
         SMALL_BUDGET,
         "--db",
         str(db_path),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.robustness_helpers import TINY, make_calibrated_db, run_cli
+from tests.helpers import TINY, make_calibrated_db, run_cli
 
 
 def _checksums(folder: Path) -> dict[str, str]:

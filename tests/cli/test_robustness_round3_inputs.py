@@ -21,8 +21,7 @@ import pytest
 import memprobe
 from memprobe.core.errors import InvalidInputError
 from memprobe.store.database import Database
-from tests.factories import make_calibration
-from tests.robustness_helpers import Result, invoke, run_cli
+from tests.helpers import Result, invoke, make_calibration, run_cli
 
 GPU_MEM = ("--gpu-mem", "24GiB")
 SHORT_ERROR = 400  # characters: an error line names the problem, never the whole value

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from memprobe.core.errors import TerminatedError
-from tests.robustness_helpers import SMALL_BUDGET, TINY, Result, invoke, make_calibrated_db, run_cli
+from tests.helpers import SMALL_BUDGET, TINY, Result, invoke, make_calibrated_db, run_cli
 
 HEADER = "import sys, threading, time\nfrom tests.tiny_models import TinyNet\nfrom tests.custom_steps import plain_step\n"
 PROBE = ("probe", "--patch", "16", "16", "16", "--batch", "1", "--device", "trace")
@@ -54,7 +54,7 @@ class _Planted:
 def _planted_sweep(db: Path, job_id: str) -> Path:
     folder = Path(f"{db}.sweep")
     folder.mkdir()
-    key = f"{TINY}/fp32/any"
+    key = f"{TINY}/default/any"  # no --precision: the default rule on the node
     state = {"jobs": {key: job_id}, "executors": {key: "local"}}
     (folder / "sweep.json").write_text(json.dumps(state))
     return folder
@@ -118,7 +118,17 @@ def test_a_sweep_job_leaves_json_and_its_status_reads_no_pickle(
     db_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("submitit")
-    arguments = ("sweep", "--arch", TINY, "--device", "trace", "--budget", SMALL_BUDGET, "--db", str(db_path))
+    arguments = (
+        "sweep",
+        "--arch",
+        TINY,
+        "--device",
+        "trace",
+        "--gpu-mem",
+        SMALL_BUDGET,
+        "--db",
+        str(db_path),
+    )
     first = invoke(capsys, *arguments, "--json")
     assert first.code == 0, first.err
     (job,) = json.loads(first.out)

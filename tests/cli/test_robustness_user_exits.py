@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.robustness_helpers import MEMPROBE, run_cli, wait_for
+from tests.helpers import MEMPROBE, run_cli, wait_for
 
 HEADER = "import os, sys\nfrom tests.tiny_models import TinyNet\n"
 

@@ -10,7 +10,7 @@ import pytest
 
 import memprobe
 from memprobe.core.errors import InvalidInputError, MemprobeError
-from tests.robustness_helpers import make_calibrated_db, run_cli
+from tests.helpers import make_calibrated_db, run_cli
 
 SUGGEST_PATCH = ("suggest", "--gpu-mem", "24GiB", "--precision", "fp32", "--batch", "2")
 SUGGEST_BATCH = ("suggest", "--gpu-mem", "24GiB", "--precision", "fp32", "--patch", "64", "64", "64")

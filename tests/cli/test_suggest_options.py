@@ -12,7 +12,7 @@ from memprobe.api import estimate
 from memprobe.backends.trace_backend import TraceBackend
 from memprobe.core.archs.registry import resolve_arch
 from memprobe.core.config import make_step_config
-from tests.robustness_helpers import TINY, invoke
+from tests.helpers import TINY, invoke
 
 PATCH = (128, 128, 128)
 TRACE_BUDGET = 24 * 2**30
@@ -36,6 +36,7 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _total_need(db: str, **changes: object) -> int:
+    changes = {"precision": "fp32", **changes}  # the calibrations' own precision unless changed
     return estimate(TINY, PATCH, 1, db=db, device="trace", **changes).total_bytes  # type: ignore[arg-type]
 
 
@@ -84,7 +85,7 @@ def test_when_fp32_does_not_fit_the_alternatives_that_do_are_listed_and_confirme
         measured = TraceBackend().measure(config).peak_allocated_bytes
         assert measured is not None
         calibration = estimate(
-            TINY, PATCH, planned["batch"], db=calibrated, device="trace", **changes
+            TINY, PATCH, planned["batch"], db=calibrated, device="trace", **{"precision": "fp32", **changes}
         ).calibration  # type: ignore[arg-type]
         predicted = calibration.predict_peak_bytes(spec, PATCH, planned["batch"])
         error = abs(predicted - measured) / measured
@@ -117,7 +118,7 @@ def test_options_also_list_alternatives_when_the_configuration_fits(
 
 
 def test_the_library_returns_each_alternative_with_its_plan_or_why_not(calibrated: str) -> None:
-    found = {a.change: a for a in alternatives(TINY, PATCH, "8GiB", db=calibrated, device="trace")}
+    found = {a.change: a for a in alternatives(TINY, PATCH, "8GiB", "fp32", db=calibrated, device="trace")}
     bf16 = found["bf16-mixed instead of fp32"]
     assert bf16.plan is not None and bf16.plan.calibration.precision == "bf16-mixed"
     checkpointed = found["activation checkpointing"].plan

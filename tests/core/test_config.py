@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from memprobe.core.config import StepConfig, make_step_config, nearest_valid_sizes
-from memprobe.core.enums import OptimizerName, Precision
+from memprobe.core.config import Setup, StepConfig, make_step_config, nearest_valid_sizes
+from memprobe.core.enums import OptimizerName, Precision, Strategy
 from memprobe.core.errors import InvalidInputError
 
 
@@ -21,7 +23,13 @@ def _error(*args: object, **kwargs: object) -> str:
 def test_valid_input_becomes_a_config() -> None:
     """Text sizes, upper-case modes and aliases are normalised into the canonical config."""
     config = make_step_config("MedNeXt-S", ("128", 128, 96), "2", precision="BF16-Mixed", optimizer="SGD")
-    assert config == StepConfig("mednext", (128, 128, 96), 2, Precision.BF16_MIXED, OptimizerName.SGD)
+    assert config == StepConfig(
+        arch="mednext",
+        patch=(128, 128, 96),
+        batch=2,
+        precision=Precision.BF16_MIXED,
+        optimizer=OptimizerName.SGD,
+    )
     assert config.voxels == 128 * 128 * 96
     assert config.label() == "mednext 128x128x96 b2 bf16-mixed"
 
@@ -129,7 +137,9 @@ def test_custom_model_accepts_any_positive_patch() -> None:
 def test_config_helpers_keep_other_fields() -> None:
     """with_batch/with_patch change one field; to_dict is plain data."""
     config = make_step_config("mednext", (64, 64, 64), 1, precision="fp16-mixed", in_channels=4)
-    assert config.with_batch(3) == StepConfig("mednext", (64, 64, 64), 3, Precision.FP16_MIXED, in_channels=4)
+    assert config.with_batch(3) == StepConfig(
+        arch="mednext", patch=(64, 64, 64), batch=3, precision=Precision.FP16_MIXED, in_channels=4
+    )
     assert config.with_patch([32, 64, 96]).patch == (32, 64, 96)
     data = config.to_dict()
     assert (
@@ -140,10 +150,56 @@ def test_config_helpers_keep_other_fields() -> None:
 
 def test_step_config_from_dict_inverts_to_dict() -> None:
     config = StepConfig(
-        "mednext", (64, 96, 128), 3, Precision.BF16_MIXED, OptimizerName.SGD, 4, 5, True, "monai", True
+        "mednext",
+        Precision.BF16_MIXED,
+        OptimizerName.SGD,
+        4,
+        5,
+        True,
+        "monai",
+        True,
+        patch=(64, 96, 128),
+        batch=3,
     )
     assert StepConfig.from_dict(config.to_dict()) == config
     older = {k: v for k, v in config.to_dict().items() if k not in ("step", "checkpointing")}
     assert StepConfig.from_dict(older) == StepConfig(
-        "mednext", (64, 96, 128), 3, Precision.BF16_MIXED, OptimizerName.SGD, 4, 5, True
+        "mednext", Precision.BF16_MIXED, OptimizerName.SGD, 4, 5, True, patch=(64, 96, 128), batch=3
     )
+
+
+def test_a_setup_is_checked_once_and_a_step_config_is_a_setup_at_a_size() -> None:
+    setup = Setup.of("MedNeXt-S", precision="BF16", in_channels="4", deep_supervision=True)
+    assert setup == Setup("mednext", Precision.BF16_MIXED, in_channels=4, deep_supervision=True)
+    config = setup.at((64, 64, 64), 2)
+    assert isinstance(config, Setup) and config.setup == setup and config.batch == 2
+    assert config == make_step_config(setup, (64, 64, 64), 2)
+    assert replace(setup, precision=Precision.FP32) == Setup.of(setup, precision="fp32")
+
+
+def test_setup_defaults_to_the_precision_the_gpu_runs_best() -> None:
+    from memprobe.core.gpus import GpuInfo
+
+    assert Setup.of("mednext").precision is Precision.BF16_MIXED  # no GPU in view
+    assert Setup.of("mednext", gpu=GpuInfo("Tesla V100", 0, (7, 0))).precision is Precision.FP16_MIXED
+    assert Setup.of("mednext", gpu=GpuInfo("H100", 0, (9, 0))).precision is Precision.BF16_MIXED
+    assert Setup.of("mednext", step="nnunet").precision is Precision.FP16_MIXED  # nnU-Net's own
+
+
+def test_a_setup_refuses_an_unknown_setting_and_a_changed_world_size_rechooses_the_strategy() -> None:
+    with pytest.raises(InvalidInputError, match="unknown setting 'batch_size'"):
+        Setup.of("mednext", batch_size=2)
+    ddp = Setup.of("mednext", world_size=4)
+    assert ddp.strategy is Strategy.DDP
+    assert Setup.of(ddp, world_size=1).strategy is Strategy.SINGLE
+    with pytest.raises(InvalidInputError, match="no deep supervision"):
+        Setup.of("unet", deep_supervision=True)
+
+
+def test_a_gpu_named_but_not_detected_gets_bf16_by_its_family() -> None:
+    from memprobe.core.gpus import GpuInfo
+
+    assert GpuInfo("NVIDIA A100-SXM4-80GB", 0).supports_bf16
+    assert GpuInfo("NVIDIA H100 80GB HBM3", 0).supports_bf16
+    assert not GpuInfo("Tesla V100-SXM2-32GB", 0).supports_bf16
+    assert not GpuInfo("Tesla T4", 0).supports_bf16

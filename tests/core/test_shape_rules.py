@@ -124,7 +124,7 @@ def test_calibrate_finds_the_rule_plans_valid_patches_and_probes_them(tmp_path: 
             "trace",
             "--precision",
             "fp32",
-            "--budget",
+            "--gpu-mem",
             "8GiB",
             "--no-search",
             "--db",
@@ -162,7 +162,7 @@ def test_calibrate_finds_the_rule_plans_valid_patches_and_probes_them(tmp_path: 
 
 
 def test_probe_of_a_shape_the_model_fails_on_is_one_line() -> None:
-    from tests.robustness_helpers import run_cli
+    from tests.helpers import run_cli
 
     result = run_cli(
         "probe", "--arch", ANISO, "--patch", "10", "24", "24", "--batch", "1", "--device", "trace"
@@ -175,7 +175,7 @@ def test_probe_of_a_shape_the_model_fails_on_is_one_line() -> None:
 
 
 def test_a_rule_that_cannot_be_found_exits_2_naming_divisor(tmp_path: Path) -> None:
-    from tests.robustness_helpers import run_cli
+    from tests.helpers import run_cli
 
     shapeless = "tests.aniso_models:shapeless_net"
     result = run_cli("calibrate", "--arch", shapeless, "--device", "trace", "--db", str(tmp_path / "d"))
@@ -184,7 +184,7 @@ def test_a_rule_that_cannot_be_found_exits_2_naming_divisor(tmp_path: Path) -> N
 
 
 def test_a_given_rule_is_checked() -> None:
-    from tests.robustness_helpers import run_cli
+    from tests.helpers import run_cli
 
     result = run_cli("calibrate", "--arch", ANISO, "--divisor", "4", "8", "8", "--min-patch", "6", "16", "16")
     assert result.code == 2
@@ -197,7 +197,7 @@ def test_plan_takes_optimizer() -> None:
 
 
 def test_probe_refuses_a_patch_against_the_given_divisors() -> None:
-    from tests.robustness_helpers import run_cli
+    from tests.helpers import run_cli
 
     result = run_cli(
         "probe", "--arch", ANISO, "--divisor", "4", "8", "8", "--patch", "10", "24", "24", "--device", "trace"

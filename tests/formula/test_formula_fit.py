@@ -60,9 +60,9 @@ def _synthetic(
                     for phase, c in coefficients.items()
                 }
                 config = StepConfig(
-                    spec.name,
-                    patch,
-                    batch,
+                    arch=spec.name,
+                    patch=patch,
+                    batch=batch,
                     in_channels=cin,
                     out_channels=cout,
                     deep_supervision=deep_supervision,
@@ -163,7 +163,7 @@ def test_fit_ignores_failed_measurements() -> None:
     """Out-of-memory and failed steps carry no peak and do not disturb the fit."""
     spec = get_arch("mednext")
     good = _synthetic(spec, TRUE_COEFFICIENTS, TRUE_PARAMETERS)
-    config = StepConfig("mednext", (256, 256, 256), 64)
+    config = StepConfig(arch="mednext", patch=(256, 256, 256), batch=64)
     bad = [
         Measurement(config, ENVIRONMENT, None, oom=True),
         Measurement(config, ENVIRONMENT, None, error="crash"),
@@ -203,7 +203,9 @@ def test_fit_parameter_model_with_constant_channels() -> None:
     assert model["in_channels"] == model["out_channels"] == 0.0
     assert model["constant"] == pytest.approx(5e6 + 1000 + 1000)
     with pytest.raises(ValueError):
-        fit_parameter_model(spec, [Measurement(StepConfig("mednext", (64, 64, 64), 1), ENVIRONMENT, 1)])
+        fit_parameter_model(
+            spec, [Measurement(StepConfig(arch="mednext", patch=(64, 64, 64), batch=1), ENVIRONMENT, 1)]
+        )
 
 
 def test_stage_voxels_never_below_one() -> None:

@@ -161,7 +161,7 @@ def test_max_sw_batch_size_plans_the_buffer_as_its_own_term(
     from memprobe.inference.api import max_sw_batch_size
 
     db = _shipped_unet(monkeypatch, db_path)
-    ask = dict(gpu_mem="6GiB", db=db, device="trace", stitch="cpu", overlap=0.25)
+    ask = dict(gpu_mem="6GiB", precision="fp32", db=db, device="trace", stitch="cpu", overlap=0.25)
     plan = max_sw_batch_size("unet", (96, 96, 96), (400, 512, 512), buffer_steps=1, **ask)  # type: ignore[arg-type]
     config = plan.config
     assert config.buffer_steps == 1 and plan.sliding_window_kwargs()["buffer_steps"] == 1

@@ -11,7 +11,7 @@ import pytest
 from memprobe.store.database import Database
 from memprobe.store.inference_rows import add_inference_calibration
 from tests.cli.test_inference_cli import TINY, _calibration, _suggest
-from tests.robustness_helpers import invoke
+from tests.helpers import invoke
 
 PROBE = ("probe", "--mode", "inference", "--arch", TINY, "--patch", "16", "16", "16", "--device", "trace")
 

@@ -9,7 +9,7 @@ import pytest
 
 from memprobe.core.archs.registry import ARCHS
 from memprobe.inference.api import shipped_inference_calibrations
-from tests.robustness_helpers import invoke
+from tests.helpers import invoke
 
 
 @pytest.fixture(autouse=True)

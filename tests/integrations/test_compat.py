@@ -26,7 +26,7 @@ from memprobe.integrations.pytc.compat import (
 )
 from memprobe.planning.size_search import plan_batch
 from memprobe.store.database import Database
-from tests.factories import make_calibration
+from tests.helpers import make_calibration, write_calibrations
 
 GB = 1024**3
 
@@ -38,10 +38,9 @@ FP32 = make_calibration(precision="fp32")
 @pytest.fixture
 def calibrated_db(db_path: Path) -> Path:
     """MedNeXt calibrated at fp16-mixed and fp32, BasicUNet at fp16-mixed."""
-    with Database.open(db_path) as db:
-        for calibration in (FP16, FP32, make_calibration("basicunet", "fp16-mixed", per_voxel=20.0)):
-            db.add_calibration(calibration)
-    return db_path
+    return write_calibrations(
+        db_path, FP16, FP32, make_calibration("basicunet", "fp16-mixed", per_voxel=20.0)
+    )
 
 
 def test_estimate_is_gib_as_a_float(calibrated_db: Path) -> None:
@@ -397,3 +396,16 @@ def test_seed_example_custom_planning(planner_db: Path) -> None:
     assert custom.reasons["patch_size"] == plain.reasons["patch_size"]
     with pytest.raises(InvalidInputError, match=r"no network memprobe can measure.*memprobe archs"):
         CustomPlanner("my_custom_arch")
+
+
+def test_the_old_module_path_still_works_and_says_its_new_one() -> None:
+    import importlib
+    import sys
+
+    sys.modules.pop("memprobe.compat", None)
+    with pytest.warns(DeprecationWarning, match="memprobe.integrations.pytc.compat"):
+        old = importlib.import_module("memprobe.compat")
+    from memprobe.integrations.pytc import compat
+
+    assert old.suggest_batch_size is compat.suggest_batch_size
+    assert old.estimate_gpu_memory_required is compat.estimate_gpu_memory_required

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from memprobe.cli.main import cli
-from tests.robustness_helpers import invoke
+from tests.helpers import invoke
 
 INSTALL = "pip install 'memprobe[nnunet]'"
 

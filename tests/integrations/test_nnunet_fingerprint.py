@@ -55,7 +55,7 @@ def test_suggest_plans_from_a_fingerprint(tmp_path: Path) -> None:
 
     from memprobe.cli.main import cli
     from memprobe.store.database import Database
-    from tests.factories import make_calibration
+    from tests.helpers import make_calibration
 
     db = tmp_path / "db.sqlite"
     with Database.open(db) as database:
@@ -87,7 +87,7 @@ def test_suggest_and_plan_say_the_axes_are_transposed(tmp_path: Path) -> None:
 
     from memprobe.cli.main import cli
     from memprobe.store.database import Database
-    from tests.factories import make_calibration
+    from tests.helpers import make_calibration
 
     db = tmp_path / "db.sqlite"
     with Database.open(db) as database:
@@ -107,7 +107,7 @@ def test_suggest_and_plan_say_the_axes_are_transposed(tmp_path: Path) -> None:
 
 
 def test_suggest_without_a_fingerprint_exits_2(tmp_path: Path) -> None:
-    from tests.robustness_helpers import run_cli
+    from tests.helpers import run_cli
 
     result = run_cli(
         "suggest", "--batch", "2", "--gpu-mem", "24GiB", "--nnunet-fingerprint", str(tmp_path / "no.json")

@@ -47,7 +47,7 @@ def test_a_users_nnunet_factory_calibrates_and_its_plans_probe(tmp_path) -> None
             "trace",
             "--precision",
             "fp32",
-            "--budget",
+            "--gpu-mem",
             "8GiB",
             "--no-search",
             "--db",

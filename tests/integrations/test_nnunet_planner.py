@@ -78,7 +78,7 @@ def test_a_dataset_without_a_fingerprint_exits_2(
 
     import nnunetv2
 
-    from tests.robustness_helpers import run_cli
+    from tests.helpers import run_cli
 
     (nnunet_paths / NAME / "dataset_fingerprint.json").unlink()
     site = str(Path(nnunetv2.__file__).resolve().parents[1])
@@ -115,7 +115,7 @@ def _seed_calibrations(db: Path, preset: str, budget_bytes: int) -> list[str]:
 
     from memprobe.integrations.nnunet.planner import measured_planner
     from memprobe.store.database import Database
-    from tests.factories import make_calibration
+    from tests.helpers import make_calibration
 
     visited: list[str] = []
 
@@ -142,7 +142,7 @@ def test_nnunet_plan_answers_from_stored_calibrations_through_the_cli(
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from memprobe.integrations.nnunet.planner import memprobe_plans_name
-    from tests.robustness_helpers import invoke, query
+    from tests.helpers import invoke, query
 
     preprocessed = _use_dataset(tmp_path, monkeypatch, [[0.8, 0.8, 3.0]] * 6, [[96, 96, 24]] * 6)
     db = tmp_path / "calibrations.sqlite"

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import invoke
 from tests.nnunet_dataset import NAME, make_dataset
-from tests.robustness_helpers import invoke
 
 pytest.importorskip("nnunetv2")
 

@@ -17,8 +17,7 @@ from memprobe.core.errors import InvalidInputError
 from memprobe.integrations.pytc.compat import AutoConfigPlanner, auto_plan_config
 from memprobe.integrations.pytc.config_file import is_explicit, plan_config
 from memprobe.integrations.pytc.yaml_config import plan_config_file
-from memprobe.store.database import Database
-from tests.factories import make_calibration
+from tests.helpers import make_calibration, write_calibrations
 
 GIB = 2**30
 
@@ -56,12 +55,14 @@ training:
 @pytest.fixture
 def calibrated_db(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """MedNeXt and BasicUNet at fp32 and both mixed precisions; also the default database."""
-    with Database.open(db_path) as db:
-        for arch in ("mednext", "basicunet"):
-            for precision in ("fp32", "fp16-mixed", "bf16-mixed"):
-                db.add_calibration(
-                    make_calibration(arch, precision, per_voxel=40.0 if precision == "fp32" else 24.0)
-                )
+    write_calibrations(
+        db_path,
+        *(
+            make_calibration(arch, precision, per_voxel=40.0 if precision == "fp32" else 24.0)
+            for arch in ("mednext", "basicunet")
+            for precision in ("fp32", "fp16-mixed", "bf16-mixed")
+        ),
+    )
     monkeypatch.setenv("MEMPROBE_DB", str(db_path))
     return db_path
 

@@ -14,8 +14,7 @@ from memprobe.integrations.pytc.config_file import plan_config
 from memprobe.integrations.pytc.planner import AutoConfigPlanner
 from memprobe.planning.exports import ddp_buckets
 from memprobe.store.database import Database
-from tests.factories import make_calibration
-from tests.robustness_helpers import invoke
+from tests.helpers import invoke, make_calibration
 
 CONFIG = """\
 model:
@@ -159,12 +158,17 @@ def test_plan_config_refuses_a_strategy_on_one_gpu_in_one_line(
     assert "--gpus 2 or more" in result.err
 
 
-def test_num_gpus_help_says_it_is_for_workers_not_data_parallelism(
-    capsys: pytest.CaptureFixture[str],
+def test_num_gpus_is_the_old_name_of_gpus_and_says_so(
+    capsys: pytest.CaptureFixture[str], layouts_db: Path
 ) -> None:
-    result = invoke(capsys, "plan", "--help")
-    assert result.code == 0
-    assert "dataloader workers" in " ".join(result.out.split())
+    """One name for the GPUs a plan is for: ``--num-gpus`` still works, warning with the new one."""
+    result = invoke(
+        capsys, "plan", "--gpu-mem", "24GiB", "--num-gpus", "4", "--db", str(layouts_db), "--json"
+    )
+    assert "--num-gpus is deprecated: use --gpus" in result.err
+    new = invoke(capsys, "plan", "--gpu-mem", "24GiB", "--gpus", "4", "--db", str(layouts_db), "--json")
+    assert (result.code, result.out) == (new.code, new.out)
+    assert "--num-gpus" not in invoke(capsys, "plan", "--help").out
 
 
 def test_the_planner_api_plans_per_rank_and_gives_the_global_batch(layouts_db: Path) -> None:
@@ -242,7 +246,7 @@ def test_a_calibration_that_recorded_its_buckets_gives_them_as_measured() -> Non
 
 def test_calibrate_records_the_bucket_settings_it_measured_ddp_with(db_path: Path) -> None:
     from memprobe.api import calibrate
-    from tests.robustness_helpers import SMALL_BUDGET
+    from tests.helpers import SMALL_BUDGET
 
     report = calibrate(
         "tests.tiny_models:tiny_net", device="trace", budget=SMALL_BUDGET, db=db_path,

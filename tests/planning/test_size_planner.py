@@ -7,10 +7,11 @@ import math
 import pytest
 
 from memprobe.core.archs.registry import get_arch, smallest_patch_size
+from memprobe.core.checks import MAX_BATCH_SIZE as MAX_BATCH
 from memprobe.core.errors import InvalidInputError, NothingFitsError
 from memprobe.formula.calibration import Calibration, FitQuality
 from memprobe.planning.need import memory_need
-from memprobe.planning.size_search import MAX_BATCH, initial_patch, is_anisotropic, plan_batch, plan_patch
+from memprobe.planning.size_search import initial_patch, is_anisotropic, plan_batch, plan_patch
 
 GIB = 2**30
 SPEC = get_arch("mednext")

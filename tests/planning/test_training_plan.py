@@ -10,9 +10,8 @@ import pytest
 from memprobe.core.archs.registry import get_arch
 from memprobe.core.errors import InvalidInputError
 from memprobe.core.gpus import GpuInfo
-from memprobe.store.database import Database
 from memprobe.training_plan import choose_precision, make_plan
-from tests.factories import make_calibration
+from tests.helpers import make_calibration, write_calibrations
 
 GIB = 2**30
 VALUES = (
@@ -31,13 +30,14 @@ V100 = GpuInfo("Tesla V100-SXM2-32GB", 32 * GIB, (7, 0))
 @pytest.fixture
 def calibrated_db(db_path: Path) -> Path:
     """MedNeXt and DynUNet calibrated on trace at every precision."""
-    with Database.open(db_path) as db:
-        for arch in ("mednext", "dynunet"):
-            for precision in ("fp32", "fp16-mixed", "bf16-mixed"):
-                db.add_calibration(
-                    make_calibration(arch, precision, per_voxel=40.0 if precision == "fp32" else 24.0)
-                )
-    return db_path
+    return write_calibrations(
+        db_path,
+        *(
+            make_calibration(arch, precision, per_voxel=40.0 if precision == "fp32" else 24.0)
+            for arch in ("mednext", "dynunet")
+            for precision in ("fp32", "fp16-mixed", "bf16-mixed")
+        ),
+    )
 
 
 def _assert_complete(plan: object) -> None:

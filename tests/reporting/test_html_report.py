@@ -11,7 +11,7 @@ import pytest
 from memprobe.planning.need import memory_need
 from memprobe.reporting.content import ReportContent
 from tests.browser import chromium, render
-from tests.robustness_helpers import invoke
+from tests.helpers import invoke
 
 ARGS = dict(patches=[(32, 32, 32), (64, 64, 64)], precision="fp32", compare=["unet"], options=True)
 

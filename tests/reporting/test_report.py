@@ -25,7 +25,7 @@ def _run(tmp_path: Path) -> dict[str, Any]:
         "--arch",
         TINY,
         *PATCHES,
-        "--budget",
+        "--gpu-mem",
         BUDGET,
         "--out",
         str(tmp_path / "report.png"),
@@ -84,7 +84,7 @@ def test_report_help_has_an_example() -> None:
 
 def test_report_html_sets_architectures_side_by_side_and_names_those_it_cannot(tmp_path: Path) -> None:
     page = tmp_path / "report.html"
-    arguments = ["--arch", TINY, "--arch", "basicunet", *PATCHES, "--budget", BUDGET, "--html", str(page),
+    arguments = ["--arch", TINY, "--arch", "basicunet", *PATCHES, "--gpu-mem", BUDGET, "--html", str(page),
                  "--db", str(tmp_path / "report.sqlite"), "--json"]  # fmt: skip
     result = CliRunner().invoke(report, arguments)
     assert result.exit_code == 0, result.output

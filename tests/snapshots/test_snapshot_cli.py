@@ -17,7 +17,7 @@ from memprobe.core.config import make_step_config
 from memprobe.core.errors import InvalidInputError
 from memprobe.snapshots.record import record_step, sidecar_path
 from tests.backends.test_cuda_backend import FakeRuntime, fake_step_runner
-from tests.robustness_helpers import invoke
+from tests.helpers import invoke
 from tests.snapshot_helpers import load_shared, shared_trace, write_pickle
 
 PROBE = ("probe", "--arch", "basicunet", "--patch", "32", "32", "32", "--batch", "1", "--device", "trace")
@@ -230,7 +230,7 @@ def test_a_plan_charges_the_gap_of_the_users_own_imported_runs(
 ) -> None:
     """With an imported real run of the same setup, the margin comes from it and says so."""
     from memprobe.store.database import Database
-    from tests.factories import make_calibration
+    from tests.helpers import make_calibration
 
     db = str(tmp_path / "db.sqlite")
     with Database.open(db) as database:

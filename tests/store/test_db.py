@@ -16,11 +16,11 @@ from memprobe.core.measurement import MEASUREMENT_CODE_VERSION, Environment, Mea
 from memprobe.formula.calibration import Calibration, FitQuality
 from memprobe.store.database import Database
 from memprobe.store.schema import SCHEMA_VERSION
-from tests.robustness_helpers import file_state, query
+from tests.helpers import file_state, query
 
 ENVIRONMENT = Environment("trace", "trace", torch_version="2.13", memprobe_version="0.1.0", host="here")
 GPU = Environment("cuda", "NVIDIA H100", total_memory_bytes=80 * 2**30, driver_version="550", host="here")
-CONFIG = StepConfig("mednext", (128, 128, 128), 2)
+CONFIG = StepConfig(arch="mednext", patch=(128, 128, 128), batch=2)
 
 
 def measurement(

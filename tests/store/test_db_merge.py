@@ -10,7 +10,7 @@ import pytest
 
 from memprobe.core.config import StepConfig
 from memprobe.store.database import Database
-from tests.robustness_helpers import invoke
+from tests.helpers import invoke
 from tests.store.test_db import ENVIRONMENT, GPU, calibration, measurement
 
 
@@ -27,7 +27,7 @@ def _two_overlapping(tmp_path: Path) -> tuple[Path, Path]:
     shared = measurement()
     with Database.open(first) as database:
         database.add_measurement(shared)
-        database.add_measurement(measurement(StepConfig("mednext", (64, 64, 64), 1)))
+        database.add_measurement(measurement(StepConfig(arch="mednext", patch=(64, 64, 64), batch=1)))
         database.add_calibration(calibration(created_at="2026-01-01T00:00:00+00:00"), ENVIRONMENT)
     with Database.open(second) as database:
         database.add_measurement(shared)  # the same measurement, taken on both machines' copies
@@ -156,7 +156,7 @@ def test_merge_and_import_keep_each_gpu_layout_apart(
 
     from memprobe.core.enums import Strategy
 
-    single = StepConfig("mednext", (64, 64, 64), 2)
+    single = StepConfig(arch="mednext", patch=(64, 64, 64), batch=2)
     rank = replace(single, strategy=Strategy.DDP, world_size=4)
     first, second = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
     created = "2026-01-01T00:00:00+00:00"

@@ -10,7 +10,7 @@ import pytest
 from memprobe.store.database import Database
 from memprobe.store.postgres import _translated, ddl, redacted
 from memprobe.store.schema import SCHEMA_VERSION
-from tests.robustness_helpers import SMALL_BUDGET, TINY, invoke, start_cli
+from tests.helpers import SMALL_BUDGET, TINY, invoke, start_cli
 from tests.store.test_db import CONFIG, ENVIRONMENT, GPU, calibration, measurement
 
 
@@ -110,7 +110,7 @@ CALIBRATE = (
     "trace",
     "--precision",
     "fp32",
-    "--budget",
+    "--gpu-mem",
     SMALL_BUDGET,
 )
 VARIANTS = {

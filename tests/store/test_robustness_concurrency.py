@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 from memprobe.store.schema import SCHEMA_VERSION
-from tests.robustness_helpers import SMALL_BUDGET, TINY, query, repeated_configurations, start_cli, wait_for
+from tests.helpers import SMALL_BUDGET, TINY, query, repeated_configurations, start_cli, wait_for
 
 VARIANTS = {
     ("fp32", "adamw"): (),
@@ -29,7 +29,7 @@ def test_concurrent_calibrations_keep_every_measurement(db_path: Path) -> None:
             "trace",
             "--precision",
             "fp32",
-            "--budget",
+            "--gpu-mem",
             SMALL_BUDGET,
             "--db",
             str(db_path),
@@ -76,7 +76,7 @@ _WRITER = textwrap.dedent("""
     environment = Environment("trace", "trace", host=f"writer-{writer % 2}")
     with Database.open(db_path) as database:
         for batch in range(1, count + 1):
-            config = StepConfig(f"arch-{writer}", (32, 32, 32), batch)
+            config = StepConfig(arch=f"arch-{writer}", patch=(32, 32, 32), batch=batch)
             database.add_measurement(Measurement(config, environment, 1000 * batch))
             assert database.find_measurement(config, environment).peak_allocated_bytes == 1000 * batch
         database.add_calibration(Calibration(f"arch-{writer}", "trace", "fp32", "adamw", False, {}, {},

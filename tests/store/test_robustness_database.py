@@ -21,7 +21,7 @@ import pytest
 import memprobe
 from memprobe.core.errors import DatabaseError
 from memprobe.store.schema import SCHEMA_VERSION
-from tests.robustness_helpers import (
+from tests.helpers import (
     MEMPROBE,
     SMALL_BUDGET,
     TINY,
@@ -83,7 +83,17 @@ DAMAGED = {
 }
 
 COMMANDS = {
-    "calibrate": ("calibrate", "--arch", TINY, "--device", "trace", "--budget", SMALL_BUDGET, "--db", "{db}"),
+    "calibrate": (
+        "calibrate",
+        "--arch",
+        TINY,
+        "--device",
+        "trace",
+        "--gpu-mem",
+        SMALL_BUDGET,
+        "--db",
+        "{db}",
+    ),
     "suggest": (
         "suggest",
         "--arch",
@@ -171,7 +181,7 @@ def test_the_api_raises_database_error(damaged: tuple[Path, str], call: str) -> 
         elif call == "max_batch_size":
             memprobe.max_batch_size("mednext", (128, 128, 128), "24GiB", db=path)
         else:
-            memprobe.api.calibrate(TINY, device="trace", budget=SMALL_BUDGET, db=path)
+            memprobe.api.calibrate(TINY, device="trace", gpu_mem=SMALL_BUDGET, db=path)
     assert file_state(path) == before
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from memprobe.core.errors import DatabaseError, InvalidInputError
-from tests.robustness_helpers import SMALL_BUDGET, TINY, Result, file_state, invoke, make_calibrated_db
+from tests.helpers import SMALL_BUDGET, TINY, Result, file_state, invoke, make_calibrated_db
 
 VERIFY_OUTPUTS = ("verify.json", "gpu_truth.md", "measurements.jsonl")
 
@@ -69,7 +69,7 @@ def test_verify_refuses_an_out_folder_that_holds_the_database(
     before = file_state(db)
     result = invoke(
         capsys,
-        *("verify", "--rehearse", "--arch", TINY, "--precision", "fp32", "--budget", "16MiB"),
+        *("verify", "--rehearse", "--arch", TINY, "--precision", "fp32", "--gpu-mem", "16MiB"),
         *("--out", str(out), "--db", str(db)),
     )
     _assert_one_line(result, "which memprobe reads")
@@ -104,7 +104,7 @@ DB_READS = {
     "suggest": ("suggest", "--patch", "64", "64", "64", "--gpu-mem", "24GiB", "--precision", "fp32"),
 }
 DB_WRITES = {
-    "calibrate": ("calibrate", "--arch", TINY, "--device", "trace", "--budget", SMALL_BUDGET),
+    "calibrate": ("calibrate", "--arch", TINY, "--device", "trace", "--gpu-mem", SMALL_BUDGET),
     "db migrate": ("db", "migrate"),
 }
 
@@ -227,7 +227,7 @@ def test_a_server_without_a_column_of_its_schema_is_refused_for_reads_and_writes
 
 
 def _shipped_calibration() -> object:
-    from tests.robustness_helpers import shipped_calibration
+    from tests.helpers import shipped_calibration
 
     return shipped_calibration(("mednext", "trace", "fp32", "adamw", False))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.robustness_helpers import file_state, make_calibrated_db, query, run_cli
+from tests.helpers import file_state, make_calibrated_db, query, run_cli
 
 GOOD_COEFFICIENTS = '{"forward": {"constant": 1e8, "input_voxels": 10.0}}'
 QUALITY = '{"points": 10, "median_relative_error": 0.01, "max_relative_error": 0.02}'

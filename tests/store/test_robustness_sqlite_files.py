@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from memprobe.store.schema import SCHEMA_VERSION
-from tests.robustness_helpers import file_state, make_calibrated_db, run_cli
+from tests.helpers import file_state, make_calibrated_db, run_cli
 
 
 def _listing(folder: Path) -> dict[str, str]:
@@ -167,7 +167,7 @@ WRITES = {
         "calibrate",
         "--arch",
         "tests.tiny_models:tiny_net",
-        "--budget",
+        "--gpu-mem",
         "1MiB",
         "--device",
         "trace",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import memprobe
+from memprobe.core.config import Setup
 from memprobe.core.errors import NoCalibrationError
 from memprobe.formula.calibration import Calibration, FitQuality
 from memprobe.store.calibration_sources import (
@@ -16,7 +17,7 @@ from memprobe.store.calibration_sources import (
     shipped_calibrations,
     user_calibrations,
 )
-from memprobe.store.database import Database
+from tests.helpers import write_calibrations
 
 GPU_NAME = "NVIDIA H100 80GB HBM3"
 
@@ -58,16 +59,9 @@ def shipped(monkeypatch: pytest.MonkeyPatch) -> list[Calibration]:
     return SHIPPED
 
 
-def _write(path: Path, *calibrations: Calibration) -> Path:
-    with Database.open(path) as db:
-        for calibration in calibrations:
-            db.add_calibration(calibration)
-    return path
-
-
 def test_user_calibration_takes_precedence_over_shipped(shipped: list[Calibration], db_path: Path) -> None:
     """For the same key the user's calibration is used; shipped ones fill the other keys."""
-    _write(db_path, make_calibration(per_voxel=99.0))
+    write_calibrations(db_path, make_calibration(per_voxel=99.0))
     calibrations = all_calibrations(db_path)
     by_key = {c.key: c for c in calibrations}
     assert len(calibrations) == len(by_key) == 3
@@ -82,9 +76,11 @@ def test_user_calibration_takes_precedence_over_shipped(shipped: list[Calibratio
 
 def test_precedence_reaches_estimates(shipped: list[Calibration], db_path: Path) -> None:
     """Estimates use the user's calibration where one exists and the shipped one elsewhere."""
-    _write(db_path, make_calibration(per_voxel=99.0))
-    assert memprobe.estimate("mednext", (64, 64, 64), 1, db=db_path).calibration.source == str(db_path)
-    assert memprobe.estimate("basicunet", (64, 64, 64), 1, db=db_path).calibration.source == "shipped"
+    write_calibrations(db_path, make_calibration(per_voxel=99.0))
+    assert memprobe.estimate("mednext", (64, 64, 64), 1, "fp32", db=db_path).calibration.source == str(
+        db_path
+    )
+    assert memprobe.estimate("basicunet", (64, 64, 64), 1, "fp32", db=db_path).calibration.source == "shipped"
 
 
 def test_shipped_only_when_the_user_has_no_database(shipped: list[Calibration]) -> None:
@@ -96,7 +92,7 @@ def test_shipped_only_when_the_user_has_no_database(shipped: list[Calibration]) 
 
 def test_newest_user_calibration_wins(db_path: Path) -> None:
     """Calibrating again replaces the previous calibration of the same key."""
-    _write(db_path, make_calibration(per_voxel=1.0), make_calibration(per_voxel=2.0))
+    write_calibrations(db_path, make_calibration(per_voxel=1.0), make_calibration(per_voxel=2.0))
     (calibration,) = user_calibrations(db_path)
     assert calibration.phase_coefficients["forward"]["feature_maps"] == 2.0
 
@@ -136,17 +132,29 @@ def test_shipped_calibrations_cover_every_architecture_and_precision(monkeypatch
 def test_choose_exact_device() -> None:
     """The calibration of the asked-for device is chosen, without a warning."""
     calibrations = [make_calibration(), make_calibration(device=GPU_NAME, per_voxel=50.0)]
-    choice = choose_calibration(calibrations, "mednext", "fp32", "adamw", False, GPU_NAME)
+    choice = choose_calibration(
+        calibrations,
+        Setup.of("mednext", precision="fp32"),
+        GPU_NAME,
+    )
     assert choice.calibration.device == GPU_NAME and choice.warning is None
     assert (
-        choose_calibration(calibrations, "mednext", "fp32", "adamw", False, None).calibration.device
+        choose_calibration(
+            calibrations,
+            Setup.of("mednext", precision="fp32"),
+            None,
+        ).calibration.device
         == "trace"
     )
 
 
 def test_choose_falls_back_to_trace_with_a_warning() -> None:
     """A GPU without its own calibration gets the trace one and a warning saying what to run."""
-    choice = choose_calibration([make_calibration()], "mednext", "fp32", "adamw", False, GPU_NAME)
+    choice = choose_calibration(
+        [make_calibration()],
+        Setup.of("mednext", precision="fp32"),
+        GPU_NAME,
+    )
     assert choice.calibration.device == "trace"
     assert (
         choice.warning
@@ -164,10 +172,19 @@ def test_choose_never_substitutes_another_key() -> None:
         make_calibration(deep_supervision=True),
     ]
     with pytest.raises(NoCalibrationError) as caught:
-        choose_calibration(others, "mednext", "fp32", "adamw", False, "trace")
+        choose_calibration(
+            others,
+            Setup.of("mednext", precision="fp32"),
+            "trace",
+        )
     assert "--device trace" in str(caught.value)
     with pytest.raises(NoCalibrationError) as caught:
-        choose_calibration(others, "mednext", "fp32", "adamw", True, GPU_NAME, fallback_device=None)
+        choose_calibration(
+            others,
+            Setup.of("mednext", precision="fp32", deep_supervision=True),
+            GPU_NAME,
+            fallback_device=None,
+        )
     assert "--deep-supervision --device cuda" in str(caught.value)
 
 
@@ -175,7 +192,10 @@ def test_no_fallback_when_none_allowed() -> None:
     """With no fallback device, a GPU without its own calibration is an error."""
     with pytest.raises(NoCalibrationError):
         choose_calibration(
-            [make_calibration()], "mednext", "fp32", "adamw", False, GPU_NAME, fallback_device=None
+            [make_calibration()],
+            Setup.of("mednext", precision="fp32"),
+            GPU_NAME,
+            fallback_device=None,
         )
 
 
@@ -183,16 +203,27 @@ def test_a_plan_for_ddp_x4_never_uses_a_single_gpu_calibration_nor_the_reverse()
     single = make_calibration()
     ddp4 = replace(make_calibration(per_voxel=50.0), strategy="ddp", world_size=4)
     with pytest.raises(NoCalibrationError) as missing:
-        choose_calibration([single], "mednext", "fp32", "adamw", False, "trace", strategy="ddp", world_size=4)
+        choose_calibration(
+            [single],
+            Setup.of("mednext", precision="fp32", strategy="ddp", world_size=4),
+            "trace",
+        )
     assert "--gpus 4 --strategy ddp --device trace" in str(missing.value)
     assert "calibrated for one GPU" in str(missing.value)
     with pytest.raises(NoCalibrationError) as missing:
-        choose_calibration([ddp4], "mednext", "fp32", "adamw", False, "trace")
+        choose_calibration(
+            [ddp4],
+            Setup.of("mednext", precision="fp32"),
+            "trace",
+        )
     assert "ddp x4: --gpus 4 --strategy ddp" in str(missing.value)
     chosen = choose_calibration(
-        [single, ddp4], "mednext", "fp32", "adamw", False, "trace", strategy="ddp", world_size=4
+        [single, ddp4],
+        Setup.of("mednext", precision="fp32", strategy="ddp", world_size=4),
+        "trace",
     )
     assert chosen.calibration is ddp4
     assert (
-        choose_calibration([single, ddp4], "mednext", "fp32", "adamw", False, "trace").calibration is single
+        choose_calibration([single, ddp4], Setup.of("mednext", precision="fp32"), "trace").calibration
+        is single
     )

@@ -9,7 +9,7 @@ from memprobe.core.archs.registry import resolve_arch
 from memprobe.core.config import make_step_config
 from memprobe.training.checkpointing import CheckpointedStage
 from memprobe.training.networks import build_model
-from tests.robustness_helpers import TINY
+from tests.helpers import TINY
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])

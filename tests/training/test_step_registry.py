@@ -8,7 +8,7 @@ import pytest
 
 from memprobe.backends.recorder import MeasurementLog
 from memprobe.backends.trace_backend import CpuBackend, TraceBackend
-from memprobe.core.config import make_step_config
+from memprobe.core.config import Setup, make_step_config
 from memprobe.core.errors import InvalidInputError, NoCalibrationError
 from memprobe.core.measurement import Environment, Measurement
 from memprobe.core.step_names import check_step_name
@@ -16,7 +16,7 @@ from memprobe.formula.calibration import Calibration, FitQuality
 from memprobe.store.calibration_sources import choose_calibration
 from memprobe.store.database import Database
 from tests.custom_steps import EXTRA_BYTES
-from tests.robustness_helpers import TINY, invoke
+from tests.helpers import TINY, invoke
 
 PATCH = (16, 16, 16)
 EXTRA = "tests.custom_steps:step_with_extra"
@@ -57,13 +57,25 @@ def test_each_calibration_plans_only_for_its_own_step(fresh_db: Database) -> Non
     stored = fresh_db.calibrations()
     assert [c.step for c in stored] == ["monai"]
     assert (
-        choose_calibration(stored, TINY, "fp32", "adamw", False, "trace", step="monai").calibration.step
+        choose_calibration(
+            stored,
+            Setup.of(TINY, precision="fp32", step="monai"),
+            "trace",
+        ).calibration.step
         == "monai"
     )
     with pytest.raises(NoCalibrationError, match="calibrated for the training step monai"):
-        choose_calibration([_calibration("monai")], TINY, "fp32", "adamw", False, "trace")
+        choose_calibration(
+            [_calibration("monai")],
+            Setup.of(TINY, precision="fp32"),
+            "trace",
+        )
     with pytest.raises(NoCalibrationError, match="step monai"):
-        choose_calibration([_calibration("memprobe")], TINY, "fp32", "adamw", False, "trace", step="monai")
+        choose_calibration(
+            [_calibration("memprobe")],
+            Setup.of(TINY, precision="fp32", step="monai"),
+            "trace",
+        )
 
 
 def test_a_calibration_without_a_step_loads_as_memprobes() -> None:

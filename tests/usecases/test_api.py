@@ -15,26 +15,17 @@ import pytest
 import memprobe
 from memprobe.core.archs.registry import resolve_arch
 from memprobe.core.errors import InvalidInputError, NoCalibrationError, NothingFitsError
-from memprobe.formula.calibration import Calibration
 from memprobe.planning.size_search import plan_batch, plan_patch
-from memprobe.store.database import Database
-from tests.factories import make_calibration
+from tests.helpers import make_calibration, write_calibrations
 
 GIB = 2**30
 GPU_NAME = "NVIDIA A100-SXM4-80GB"
 
 
-def write_db(path: Path, *calibrations: Calibration) -> Path:
-    with Database.open(path) as db:
-        for calibration in calibrations:
-            db.add_calibration(calibration)
-    return path
-
-
 @pytest.fixture
 def mednext_db(db_path: Path) -> Path:
-    """A database holding one trace calibration of MedNeXt in fp32."""
-    return write_db(db_path, make_calibration())
+    """Trace calibrations of MedNeXt at fp32 and at the default precision (no GPU in view: bf16-mixed)."""
+    return write_calibrations(db_path, make_calibration(), make_calibration(precision="bf16-mixed"))
 
 
 _CHILD = """
@@ -80,7 +71,7 @@ def test_estimate(mednext_db: Path) -> None:
     result = memprobe.estimate("MedNeXt-S", ("128", 128, 128), 2, db=mednext_db)  # type: ignore[arg-type]
     expected = make_calibration().predict_peak_bytes(resolve_arch("mednext"), (128, 128, 128), 2)
     assert result.arch == "mednext" and result.patch == (128, 128, 128) and result.batch == 2
-    assert result.precision == "fp32" and result.warning is None
+    assert result.precision == "bf16-mixed" and result.warning is None  # the default with no GPU in view
     assert result.peak_allocated_bytes == pytest.approx(expected)
     assert result.peak_gib == pytest.approx(expected / GIB)
     assert result.calibration.device == "trace" and result.calibration.source == str(mednext_db)
@@ -133,11 +124,12 @@ def test_missing_calibration_names_the_command(mednext_db: Path) -> None:
     """Without a matching calibration the error says exactly what to run."""
     with pytest.raises(NoCalibrationError) as caught:
         memprobe.estimate("basicunet", (128, 128, 128), 2, db=mednext_db)
-    assert "memprobe calibrate --arch basicunet --precision fp32 --optimizer adamw --device trace" in str(
-        caught.value
+    assert (
+        "memprobe calibrate --arch basicunet --precision bf16-mixed --optimizer adamw --device trace"
+        in str(caught.value)
     )
-    with pytest.raises(NoCalibrationError, match="--precision bf16-mixed"):
-        memprobe.max_batch_size("mednext", (128, 128, 128), "24GiB", "bf16-mixed", db=mednext_db)
+    with pytest.raises(NoCalibrationError, match="--precision fp16-mixed"):
+        memprobe.max_batch_size("mednext", (128, 128, 128), "24GiB", "fp16-mixed", db=mednext_db)
     with pytest.raises(NoCalibrationError, match="--device cuda"):
         memprobe.estimate(
             "mednext", (128, 128, 128), 2, precision="fp16-mixed", db=mednext_db, device=GPU_NAME
@@ -160,11 +152,12 @@ def test_gpu_without_its_calibration_falls_back_with_a_warning(mednext_db: Path)
 
 def test_gpu_calibration_is_preferred_over_trace(db_path: Path) -> None:
     """When the GPU has its own calibration it is used, silently."""
-    write_db(db_path, make_calibration(), make_calibration(device=GPU_NAME, per_voxel=80.0))
+    write_calibrations(db_path, make_calibration(), make_calibration(device=GPU_NAME, per_voxel=80.0))
+    # An A100 runs bf16: the default precision there; these calibrations are fp32, so ask for it.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        on_gpu = memprobe.estimate("mednext", (128, 128, 128), 2, db=db_path, device=GPU_NAME)
-        on_trace = memprobe.estimate("mednext", (128, 128, 128), 2, db=db_path, device="trace")
+        on_gpu = memprobe.estimate("mednext", (128, 128, 128), 2, "fp32", db=db_path, device=GPU_NAME)
+        on_trace = memprobe.estimate("mednext", (128, 128, 128), 2, "fp32", db=db_path, device="trace")
     assert on_gpu.calibration.device == GPU_NAME and on_gpu.warning is None
     assert on_gpu.peak_allocated_bytes > on_trace.peak_allocated_bytes
 
@@ -183,16 +176,16 @@ def test_default_db_comes_from_the_environment(
 
 def test_new_calibration_is_seen_without_restarting(db_path: Path) -> None:
     """A calibration added to the database after a first estimate answers the next one."""
-    write_db(db_path, make_calibration())
+    write_calibrations(db_path, make_calibration(precision="bf16-mixed"))
     with pytest.raises(NoCalibrationError):
         memprobe.estimate("basicunet", (128, 128, 128), 2, db=db_path)
-    write_db(db_path, make_calibration(arch="basicunet"))
+    write_calibrations(db_path, make_calibration(arch="basicunet", precision="bf16-mixed"))
     assert memprobe.estimate("basicunet", (128, 128, 128), 2, db=db_path).arch == "basicunet"
 
 
 def test_custom_model_calibration_answers_estimates(db_path: Path) -> None:
     """A calibration of a package.module:factory model is used for that model's estimates."""
-    write_db(db_path, make_calibration(arch="tests.tiny_models:tiny_net"))
+    write_calibrations(db_path, make_calibration(arch="tests.tiny_models:tiny_net", precision="bf16-mixed"))
     result = memprobe.estimate("tests.tiny_models:tiny_net", (64, 64, 64), 2, db=db_path)
     assert result.arch == "tests.tiny_models:tiny_net" and result.peak_allocated_bytes > 0
     plan = memprobe.max_batch_size("tests.tiny_models:tiny_net", (64, 64, 64), "8GiB", db=db_path)
@@ -230,7 +223,7 @@ def test_bad_input_is_an_input_error(mednext_db: Path, call: object, fragment: s
 def test_calibrate_a_custom_model_then_estimate(db_path: Path) -> None:
     """A package.module:factory model calibrates on trace, and its estimates match a probe."""
     tiny = "tests.tiny_models:tiny_net"
-    report = memprobe.calibrate(tiny, device="trace", budget="2GiB", db=db_path)  # 1.5 GiB of it overheads
+    report = memprobe.calibrate(tiny, device="trace", gpu_mem="2GiB", db=db_path)  # 1.5 GiB of it overheads
     assert report.calibration.arch == tiny and report.calibration.device == "trace"
     assert report.searches and all(search.result.largest >= 1 for search in report.searches)
     estimate = memprobe.estimate(tiny, (48, 48, 48), 2, db=db_path)
@@ -266,7 +259,7 @@ def test_results_are_exported_with_one_line_reprs(mednext_db: Path) -> None:
     batch = memprobe.max_batch_size("mednext", (128, 128, 128), "24GiB", db=mednext_db)
     patch = memprobe.max_patch_size("mednext", 2, "24GiB", db=mednext_db)
     measured = memprobe.Measurement(
-        StepConfig("mednext", (64, 64, 64), 1), Environment("trace", "trace"), 2**30
+        StepConfig(arch="mednext", patch=(64, 64, 64), batch=1), Environment("trace", "trace"), 2**30
     )
     for result in (estimate, batch, patch, batch.need, batch.calibration, measured):
         text = repr(result)
@@ -285,9 +278,36 @@ def test_the_pytorch_connectomics_drop_ins_live_in_compat() -> None:
     assert memprobe.suggest_batch_size is memprobe.integrations.pytc.compat.suggest_batch_size
 
 
-def test_the_api_builds_every_step_configuration_through_one_helper() -> None:
+def test_the_api_builds_every_step_configuration_from_a_checked_setup() -> None:
+    """Every configuration comes from ``Setup.of(...).at(...)``: checked once, the same way."""
     import inspect
 
     import memprobe.api
 
-    assert inspect.getsource(memprobe.api).count("make_step_config(") == 1
+    source = inspect.getsource(memprobe.api)
+    assert "make_step_config(" not in source and "StepConfig(" not in source
+    assert "Setup.of(" in source
+
+
+def test_renamed_arguments_keep_working_and_say_their_new_name(mednext_db: Path) -> None:
+    """``budget=`` became ``gpu_mem=``: old scripts run, warned; giving both is refused."""
+    with (
+        pytest.warns(DeprecationWarning, match="budget= is deprecated: use gpu_mem="),
+        pytest.raises(InvalidInputError, match="cannot read memory size"),
+    ):
+        memprobe.probe("mednext", (64, 64, 64), 1, device="trace", budget="24XB")
+    with pytest.warns(DeprecationWarning), pytest.raises(InvalidInputError, match="give only gpu_mem"):
+        memprobe.probe("mednext", (64, 64, 64), 1, device="trace", budget="1GiB", gpu_mem="1GiB")
+
+
+def test_one_default_precision_everywhere(tmp_path: Path) -> None:
+    """A calibration made with the defaults is the one the plans read with the defaults."""
+    from memprobe.core.config import Setup
+
+    db = write_calibrations(
+        tmp_path / "db.sqlite", make_calibration(precision=Setup.of("mednext").precision.value)
+    )
+    assert memprobe.estimate("mednext", (64, 64, 64), 1, db=db).calibration.precision == "bf16-mixed"
+    assert (
+        memprobe.max_batch_size("mednext", (64, 64, 64), "24GiB", db=db).calibration.precision == "bf16-mixed"
+    )

@@ -10,7 +10,7 @@ from memprobe.core.enums import DeviceKind
 from memprobe.core.measurement import Environment, Measurement
 from memprobe.planning.need import need_from_peaks
 from memprobe.planning.size_search import plan_batch
-from tests.factories import make_calibration
+from tests.helpers import make_calibration
 
 GIB = 2**30
 PER_SAMPLE = 300 * 2**20
@@ -33,7 +33,7 @@ def test_the_batch_search_judges_measured_steps_by_their_whole_need() -> None:
     calibration = make_calibration()
     budget = 24 * GIB
     log = MeasurementLog(_LinearBackend(), None, budget)
-    config = StepConfig("mednext", (64, 64, 64), 1)
+    config = StepConfig(arch="mednext", patch=(64, 64, 64), batch=1)
     found = search_largest_batch(log, config, budget, calibration, resolve_arch("mednext")).largest
     need = lambda b: need_from_peaks(calibration, PER_SAMPLE * b, 1.1 * PER_SAMPLE * b).total_bytes
     assert need(found) <= budget < need(found + 1)

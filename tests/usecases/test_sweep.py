@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.robustness_helpers import SMALL_BUDGET, TINY, invoke
+from tests.helpers import SMALL_BUDGET, TINY, invoke
 
 pytest.importorskip("submitit", reason="submitit is not installed: pip install 'memprobe[cluster]'")
 
 SWEEP = ("sweep", "--arch", TINY, "--precision", "fp32", "--precision", "bf16-mixed")
-ON_TRACE = ("--device", "trace", "--budget", SMALL_BUDGET, "--executor", "local")
+ON_TRACE = ("--device", "trace", "--gpu-mem", SMALL_BUDGET, "--executor", "local")
 
 
 def test_local_sweep_runs_each_calibration_as_a_job_and_a_rerun_submits_nothing(
@@ -99,7 +99,7 @@ def test_a_sweep_for_several_gpus_passes_the_layout_into_each_job(
     result = invoke(capsys, "sweep", "--arch", TINY, "--gpus", "4", "--strategy", "fsdp", "--db", str(db_path),
                     "--no-wait", "--json")  # fmt: skip
     assert result.code == 0, result.err
-    assert submitted[0][-2:] == ("fsdp", 4)
+    assert submitted[0][-3:-1] == ("fsdp", 4)
     (job,) = json.loads(result.out)
     assert job["layout"] == "fsdp x4"
     refused = invoke(

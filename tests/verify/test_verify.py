@@ -38,7 +38,7 @@ from memprobe.verify.run import VerifyTools, run_verify
 from memprobe.verify.safety import check_suggestion, suggest_from_calibrations
 from memprobe.verify.table import SafetyCase
 from tests.conftest import REPO_ROOT, TINY
-from tests.factories import make_calibration
+from tests.helpers import make_calibration
 
 GIB = 2**30
 MIB = 2**20
@@ -384,7 +384,10 @@ def test_suggestions_come_from_the_trace_calibration(db_path: Path) -> None:
     with Database.open(db_path) as db:
         db.add_calibration(make_calibration())
     batch, source = suggest_from_calibrations(CASE, 24 * GIB, db_path)
-    assert batch == max_batch_size("mednext", (128, 128, 128), 24 * GIB, device="trace", db=db_path).batch
+    assert (
+        batch
+        == max_batch_size("mednext", (128, 128, 128), 24 * GIB, "fp32", device="trace", db=db_path).batch
+    )
     assert batch > 0 and "trace calibration" in source
 
 

@@ -1,4 +1,4 @@
-"""Render a command's Report as a table, JSON, YAML or CSV, chosen by name."""
+"""Render a command's Report as a table, JSON or YAML, chosen by name."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ __all__ = ["Report", "Reporter", "get_reporter"]
 
 
 def get_reporter(name: str) -> Reporter:
-    """The reporter called ``name``: table, json, yaml or csv."""
+    """The reporter called ``name``: table, json or yaml."""
     from memprobe.cli.render.json_output import JsonReporter
-    from memprobe.cli.render.table import CsvReporter, TableReporter
+    from memprobe.cli.render.table import TableReporter
     from memprobe.cli.render.yaml_output import YamlReporter
 
     reporters: dict[str, type[Reporter]] = {
         "table": TableReporter,
         "json": JsonReporter,
         "yaml": YamlReporter,
-        "csv": CsvReporter,
     }
     return reporters[name]()

@@ -6,7 +6,7 @@ from typing import Any
 
 from memprobe.alternatives import Alternative
 from memprobe.cli.render.plans import calibration_data, calibration_text
-from memprobe.core.units import format_bytes
+from memprobe.core.units import format_bytes, format_shape
 
 
 def options_rows(found: list[Alternative]) -> list[dict[str, Any]]:
@@ -18,7 +18,7 @@ def options_rows(found: list[Alternative]) -> list[dict[str, Any]]:
             {
                 "change": alternative.change,
                 "batch": plan.batch if plan is not None else "-",
-                "patch": "x".join(map(str, plan.patch)) if plan is not None else "-",
+                "patch": format_shape(plan.patch) if plan is not None else "-",
                 "accumulate": getattr(plan, "accumulate_grad_batches", 1) if plan is not None else "-",
                 "total need": format_bytes(plan.need.total_bytes) if plan is not None else "-",
                 "calibration": calibration_text(plan.calibration)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-
 from memprobe.cli.render.base import Report
 
 
@@ -22,14 +19,3 @@ class TableReporter:
             parts.append("")
         parts.extend(report.notes)
         return "\n".join(parts).rstrip()
-
-
-class CsvReporter:
-    def render(self, report: Report) -> str:
-        buffer = io.StringIO()
-        for _, rows in report.tables:
-            if rows:
-                writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-        return buffer.getvalue().rstrip()

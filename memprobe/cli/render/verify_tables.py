@@ -9,7 +9,7 @@ from pathlib import Path
 from memprobe.cli.render import Report
 from memprobe.core.errors import InvalidInputError
 from memprobe.core.output_paths import check_output_folder, write_atomically
-from memprobe.core.units import format_bytes
+from memprobe.core.units import format_bytes, format_shape
 from memprobe.verify.results import VerifyResult
 
 JSON_NAME = "verify.json"
@@ -47,7 +47,7 @@ def build_report(result: VerifyResult) -> Report:
     safety = [
         {
             "arch": s.arch,
-            "patch": "x".join(map(str, s.patch)),
+            "patch": format_shape(s.patch),
             "precision": s.precision,
             "suggested batch": s.suggested_batch,
             "3 steps fit": "yes" if s.fits_suggested else "NO",

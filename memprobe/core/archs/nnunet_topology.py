@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from memprobe.core.errors import InvalidInputError
+from memprobe.core.units import format_shape
 
 MIN_EDGE = 4  # nnU-Net's UNet_featuremap_min_edge_length
 BASE_FEATURES = 32
@@ -45,7 +46,7 @@ class Topology:
         return tuple(min(MAX_FEATURES, BASE_FEATURES * 2**i) for i in range(self.stages))
 
     def label(self) -> str:
-        return "x".join(map(str, self.pools))
+        return format_shape(self.pools)
 
 
 def topology_for(spacing: Sequence[float], patch: Sequence[float]) -> Topology:

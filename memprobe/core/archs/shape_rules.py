@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from memprobe.core.errors import InvalidInputError
+from memprobe.core.units import format_shape
 
 _SUFFIX = re.compile(r"^(?P<factory>[^\[\]]+)\[div=(?P<div>\d+x\d+x\d+)(?:,min=(?P<min>\d+x\d+x\d+))?\]$")
 CUBE_CANDIDATES = (16, 32, 64, 128, 192, 256)
@@ -38,7 +39,7 @@ class ShapeRule:
 
 
 def _text(sizes: Sequence[int]) -> str:
-    return "x".join(map(str, sizes))
+    return format_shape(sizes)
 
 
 def _triple(text: str) -> tuple[int, int, int]:

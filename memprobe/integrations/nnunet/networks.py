@@ -10,8 +10,7 @@ from memprobe.core.archs.nnunet_specs import INSTALL_HINT
 from memprobe.core.archs.nnunet_topology import parse_arch_name
 from memprobe.core.archs.registry import ArchSpec
 from memprobe.core.errors import InvalidInputError
-
-RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
+from memprobe.integrations.nnunet.parameters import RESENC_BLOCKS
 
 
 def unet_classes() -> Any:

@@ -1,4 +1,5 @@
-"""Helpers the robustness tests share: running the CLI, and looking at database files."""
+"""What the tests share: one in-process CLI runner, hand-made calibrations and the databases
+that hold them, and the sizes and names many tests use."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from memprobe.formula.calibration import Calibration, FitQuality
+
 MEMPROBE = [sys.executable, "-m", "memprobe.cli.main"]
 TINY = "tests.tiny_models:tiny_net"
 # Small enough that every search stops at its first probe: a calibration is its design points.
 SMALL_BUDGET = "1MiB"
+GIB = 2**30
 SIDECARS = ("-wal", "-shm", "-journal")
 
 
@@ -144,7 +148,7 @@ def make_calibrated_db(path: Path, measurements: int = 0) -> Path:
     environment = Environment("trace", "trace", host="test")
     with Database.open(path) as database:
         for batch in range(1, measurements + 1):
-            config = StepConfig("mednext", (64, 64, 64), batch)
+            config = StepConfig(arch="mednext", patch=(64, 64, 64), batch=batch)
             database.add_measurement(
                 Measurement(config, environment, 2**20 * batch, phase_peaks_bytes={"forward": 1})
             )
@@ -152,4 +156,50 @@ def make_calibrated_db(path: Path, measurements: int = 0) -> Path:
             shipped_calibration(("mednext", "trace", "fp32", "adamw", False)),  # type: ignore[arg-type]
             environment,
         )
+    return path
+
+
+def make_calibration(
+    arch: str = "mednext",
+    precision: str = "fp32",
+    *,
+    device: str = "trace",
+    per_voxel: float = 40.0,
+) -> Calibration:
+    """A calibration with simple coefficients: about 3.6 GiB per sample at 128^3 for MedNeXt at 40 B/voxel."""
+    return Calibration(
+        arch=arch,
+        device=device,
+        precision=precision,
+        optimizer="adamw",
+        deep_supervision=False,
+        phase_coefficients={
+            "forward": {
+                "constant": 1e8,
+                "parameters": 16.0,
+                "feature_maps": per_voxel,
+                "input_voxels": 4.0,
+                "output_voxels": 8.0,
+            },
+            "backward": {"constant": 1e8, "parameters": 20.0, "feature_maps": 0.75 * per_voxel},
+        },
+        parameter_model={"constant": 5.6e6, "in_channels": 100.0, "out_channels": 100.0, "tokens": 0.0},
+        quality=FitQuality(10, 0.01, 0.02, 4, 0.015, 0.03),
+        created_at="2026-01-01T00:00:00+00:00",
+        fit_range={
+            "batch": [1, 64],
+            "voxels": [32**3, 512**3],
+            "in_channels": [1, 8],
+            "out_channels": [1, 16],
+        },
+    )
+
+
+def write_calibrations(path: Path, *calibrations: object) -> Path:
+    """A database at ``path`` holding ``calibrations`` (each stored as by `memprobe calibrate`)."""
+    from memprobe.store.database import Database
+
+    with Database.open(path) as database:
+        for calibration in calibrations:
+            database.add_calibration(calibration)  # type: ignore[arg-type]
     return path
