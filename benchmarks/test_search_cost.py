@@ -30,7 +30,7 @@ from benchmarks.harness import (
     selected_archs,
     write_results,
 )
-from memprobe.calibration_run import MAX_BATCH, design_points, patch_unit
+from memprobe.calibration_run import MAX_MEASURED_BATCH, design_points, patch_unit
 from memprobe.core.archs.registry import get_arch
 from memprobe.core.bisection import (
     Outcome,
@@ -83,7 +83,7 @@ def formula_batch(
     """The largest batch whose predicted allocated peak fits the budget (0 if not even batch 1 does)."""
     spec = get_arch(arch)
     predict = lambda b: calibration.predict_peak_bytes(spec, patch, b, in_channels, out_channels)
-    return largest_at_most(predict, BUDGET_BYTES, 1, MAX_BATCH) if predict(1) <= BUDGET_BYTES else 0
+    return largest_at_most(predict, BUDGET_BYTES, 1, MAX_MEASURED_BATCH) if predict(1) <= BUDGET_BYTES else 0
 
 
 def _calibration_patches(arch: str) -> set[tuple[int, ...]]:
@@ -145,9 +145,9 @@ def run_case(
         return calibration.predict_peak_bytes(spec, base.patch, batch, base.in_channels, base.out_channels)
 
     results = {
-        "exhaustive": exhaustive_search(outcome, upper=MAX_BATCH),
-        "doubling": doubling_search(outcome, upper=MAX_BATCH),
-        "memprobe": guided_search(outcome, BUDGET_BYTES, predict=predict, upper=MAX_BATCH),
+        "exhaustive": exhaustive_search(outcome, upper=MAX_MEASURED_BATCH),
+        "doubling": doubling_search(outcome, upper=MAX_MEASURED_BATCH),
+        "memprobe": guided_search(outcome, BUDGET_BYTES, predict=predict, upper=MAX_MEASURED_BATCH),
     }
     step_seconds = lambda n: measurements.measure(base.with_batch(n)).step_seconds or 0.0
     seconds = {name: sum(step_seconds(n) for n, _ in result.probes) for name, result in results.items()}
