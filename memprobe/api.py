@@ -19,6 +19,7 @@ from memprobe.core.checks import (
     check_shape,
     check_spacing,
     check_text,
+    renamed_argument,
 )
 from memprobe.core.config import Setup, StepConfig
 from memprobe.core.errors import InvalidInputError, NoCalibrationError, StandInCalibrationWarning
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
     from memprobe.backends.recorder import ProgressCallback
     from memprobe.calibration_run import CalibrationReport
     from memprobe.core.measurement import Environment, Measurement
-
-DEFAULT_TRACE_BUDGET_BYTES = DEFAULT_GPU_MEM_BYTES
 
 P = TypeVar("P", BatchPlan, PatchPlan)
 
@@ -117,12 +116,15 @@ def resolve_device(device: str | None) -> tuple[str, str | None]:
     return (gpu.name, "trace") if gpu else ("trace", None)
 
 
-def _choose(setup: Setup, db: str | Path | None, device: str | None) -> Choice:
-    """The calibration that answers for ``setup`` on ``device``; warn on a stand-in."""
+def _choose(setup: Setup, db: str | Path | None, device: str | None, depth: int = 0) -> Choice:
+    """The calibration that answers for ``setup`` on ``device``; warn on a stand-in.
+
+    The warning points at the caller's line: ``depth`` is how many private frames lie between.
+    """
     wanted, fallback = resolve_device(device)
     choice = choose_calibration(load_calibrations(db), setup, wanted, fallback)
     if choice.warning:
-        warnings.warn(choice.warning, StandInCalibrationWarning, stacklevel=3)
+        warnings.warn(choice.warning, StandInCalibrationWarning, stacklevel=3 + depth)
     return choice
 
 
@@ -266,36 +268,39 @@ def max_patch_size(
     from memprobe.integrations.nnunet.patch_plan import is_preset, plan_over_topologies
 
     name = arch.arch if isinstance(arch, Setup) else arch
+    batch = _not_text(batch, "batch size")  # type: ignore[assignment]
+    geometry = (spacing, median_shape)
     if is_preset(name):  # nnU-Net's network changes with the patch: one calibration per topology
         chosen = _setup(arch, precision, setup, db, device, check_arch=False)
-        topology_plan = lambda topology_arch: max_patch_size(
-            Setup.of(replace(chosen, arch=topology_arch)),
-            batch,
-            gpu_mem,
-            safety=safety,
-            spacing=spacing,
-            median_shape=median_shape,
-            db=db,
-            device=device,
-        )
-        return plan_over_topologies(
-            name,
-            spacing,
-            median_shape,
-            _or_predicted(topology_plan, chosen, batch, budget_bytes, db, device, (spacing, median_shape)),
-        )
-    chosen = _setup(arch, precision, setup, db, device)
-    spec = resolve_arch(chosen.arch)
-    config = chosen.at(smallest_patch(spec), _not_text(batch, "batch size"))
-    choice = _choose(config, db, device)
+        planner = _topology_planner(chosen, batch, budget_bytes, safety, geometry, db, device)
+        return plan_over_topologies(name, spacing, median_shape, planner)
+    return _patch_plan(
+        _setup(arch, precision, setup, db, device), batch, budget_bytes, safety, geometry, db, device
+    )
+
+
+def _patch_plan(
+    setup: Setup,
+    batch: int,
+    budget_bytes: int,
+    safety: float,
+    geometry: tuple[Sequence[float] | None, Sequence[int] | None],
+    db: str | Path | None,
+    device: str | None,
+    calibration: Calibration | None = None,
+) -> PatchPlan:
+    """The largest patch for ``setup`` at ``batch``: from ``calibration``, else the one that answers."""
+    spec = resolve_arch(setup.arch)
+    config = setup.at(smallest_patch(spec), batch)
+    choice = _choose(config, db, device, depth=1) if calibration is None else Choice(calibration)
     plan = plan_patch(
         choice.calibration,
         spec,
         config.batch,
         budget_bytes,
         safety=safety,
-        spacing=spacing,
-        median_shape=median_shape,
+        spacing=geometry[0],
+        median_shape=geometry[1],
         in_channels=config.in_channels,
         out_channels=config.out_channels,
         gpu=target_gpu(device),
@@ -303,42 +308,36 @@ def max_patch_size(
     return _with_warning(plan, choice.warning)
 
 
-def _or_predicted(
-    plan: Callable[[str], PatchPlan],
+def _topology_planner(
     setup: Setup,
     batch: int,
     budget_bytes: int,
-    db: object,
-    device: str | None,
+    safety: float,
     geometry: tuple[Sequence[float] | None, Sequence[int] | None],
+    db: str | Path | None,
+    device: str | None,
 ) -> Callable[[str], PatchPlan]:
-    """A topology's plan from its own calibration; else, in nnU-Net's own training modes, from the
-    topology family's prediction where it was validated (``memprobe nnunet plan`` calibrates the rest).
-
-    Nothing is measured here: an estimate never imports torch.
+    """Plan one nnU-Net topology: from its own calibration; else, in nnU-Net's own training modes,
+    from the topology family's prediction where it was validated (``memprobe nnunet plan``
+    calibrates the rest). Nothing is measured here: an estimate never imports torch.
     """
+    sources: Any = None  # the topology sources, read once for every topology the plan visits
 
     def planned(topology_arch: str) -> PatchPlan:
+        nonlocal sources
+        topology = Setup.of(replace(setup, arch=topology_arch))
         try:
-            return plan(topology_arch)
+            return _patch_plan(topology, batch, budget_bytes, safety, geometry, db, device)
         except NoCalibrationError:
-            if (setup.step, setup.precision.value, setup.optimizer.value) != ("nnunet", "fp16-mixed", "sgd"):
-                raise
-        from memprobe.integrations.nnunet.topology_sources import TopologyCalibrations
+            from memprobe.integrations.nnunet import topology_sources
 
-        sources = TopologyCalibrations(check_db(db), device, calibrate=False)
+            modes = (topology_sources.STEP, topology_sources.PRECISION, topology_sources.OPTIMIZER)
+            if (setup.step, setup.precision.value, setup.optimizer.value) != modes:
+                raise
+            if sources is None:
+                sources = topology_sources.TopologyCalibrations(db, device, calibrate=False)
         calibration = sources.calibration(topology_arch)  # raises, naming `memprobe nnunet plan`, if not
-        found = plan_patch(
-            calibration,
-            resolve_arch(topology_arch),
-            batch,
-            budget_bytes,
-            spacing=geometry[0],
-            median_shape=geometry[1],
-            in_channels=setup.in_channels,
-            out_channels=setup.out_channels,
-            gpu=target_gpu(device),
-        )
+        found = _patch_plan(topology, batch, budget_bytes, safety, geometry, db, device, calibration)
         answer = sources.answers[topology_arch]
         return replace(
             found, reasons=(*found.reasons, f"{topology_arch}: {answer.figure.value} ({answer.source})")
@@ -356,22 +355,18 @@ def _setup(
     *,
     check_arch: bool = True,
 ) -> Setup:
-    """The checked Setup a planning function answers for; a custom model gets its stored shape rule."""
-    given = {} if precision is None and isinstance(arch, Setup) else {"precision": precision}
-    if isinstance(arch, Setup):
-        arch = replace(arch, arch=_with_stored_rule(arch.arch, db))
-    elif isinstance(arch, str):
-        arch = _with_stored_rule(arch, db)
-    if not check_arch:
-        from memprobe.core.archs.nnunet_specs import DEFAULT_TOPOLOGY
-        from memprobe.core.archs.nnunet_topology import arch_name
+    """The checked Setup a planning function answers for; a custom model gets its stored shape rule.
 
-        name = arch.arch if isinstance(arch, Setup) else arch
-        checked = Setup.of(
-            arch_name(name, DEFAULT_TOPOLOGY), gpu=target_gpu(device), **{**overrides, **given}
-        )
-        return replace(checked, arch=name)
-    return Setup.of(arch, gpu=target_gpu(device), **{**overrides, **given})
+    Without ``check_arch`` (an nnU-Net preset, which names a family of topologies) the name is
+    kept as given once its fields are checked.
+    """
+    named = replace(arch, arch=_with_stored_rule(arch.arch, db)) if isinstance(arch, Setup) else arch
+    if isinstance(named, str):
+        named = _with_stored_rule(named, db)
+    checked = Setup.of(named, gpu=target_gpu(device), **_given(arch, precision, overrides))
+    if check_arch:
+        return checked
+    return replace(checked, arch=named.arch if isinstance(named, Setup) else named)
 
 
 def _with_stored_rule(arch: str, db: str | Path | None) -> str:
@@ -428,10 +423,8 @@ def probe(
 
     device = check_text(device, "device")
     isolate = check_bool(isolate, "isolate")
-    gpu_mem = _renamed(setup, "budget", "gpu_mem", gpu_mem)
-    config = Setup.of(arch, gpu=measuring_gpu(device), **_given(arch, precision, setup)).at(
-        patch, _not_text(batch, "batch size")
-    )
+    gpu_mem = renamed_argument(setup, "budget", "gpu_mem", gpu_mem)
+    config = _measured_setup(arch, precision, setup, device).at(patch, _not_text(batch, "batch size"))
     if config.world_size > 1:
         raise InvalidInputError("one rank of several GPUs is measured by probe_ranks (--gpus N on the CLI)")
     load_step(config.step)  # a wrong reference is refused before anything runs
@@ -473,9 +466,7 @@ def probe_ranks(
     from memprobe.training.named_steps import load_step
 
     device = check_text(device, "device") or default_device_kind().value
-    config = Setup.of(arch, gpu=measuring_gpu(device), **_given(arch, precision, setup)).at(
-        patch, _not_text(batch, "batch size")
-    )
+    config = _measured_setup(arch, precision, setup, device).at(patch, _not_text(batch, "batch size"))
     if check_bool(gradient_as_bucket_view, "gradient_as_bucket_view") and config.strategy is not Strategy.DDP:
         raise InvalidInputError("--gradient-as-bucket-view is DDP's: add --gpus N (N of 2 or more)")
     if config.strategy is Strategy.SINGLE:
@@ -540,8 +531,8 @@ def calibrate(
 
     db, device = _checked_source(db, device)
     isolate = check_bool(isolate, "isolate")
-    gpu_mem = _renamed(setup, "budget", "gpu_mem", gpu_mem)
-    chosen = Setup.of(arch, gpu=measuring_gpu(device), **_given(arch, precision, setup))
+    gpu_mem = renamed_argument(setup, "budget", "gpu_mem", gpu_mem)
+    chosen = _measured_setup(arch, precision, setup, device)
     chosen = replace(
         chosen, arch=_calibration_arch(chosen.arch, chosen.in_channels, chosen.out_channels, find=not isolate)
     )
@@ -566,19 +557,16 @@ def calibrate(
             close()  # stops the pool of ranks of a --gpus N calibration on CUDA
 
 
+def _measured_setup(
+    arch: str | Setup, precision: str | None, setup: dict[str, Any], device: str | None
+) -> Setup:
+    """The checked Setup a measurement on ``device`` runs: its default precision is that device's GPU's."""
+    return Setup.of(arch, gpu=measuring_gpu(device), **_given(arch, precision, setup))
+
+
 def _given(arch: str | Setup, precision: str | None, setup: dict[str, Any]) -> dict[str, Any]:
     """The Setup fields a caller gave: a precision of None on a Setup keeps the Setup's own."""
     return setup if precision is None and isinstance(arch, Setup) else {**setup, "precision": precision}
-
-
-def _renamed(arguments: dict[str, Any], old: str, new: str, value: Any) -> Any:
-    """Take a keyword argument under its old name, with a DeprecationWarning naming the new one."""
-    if old not in arguments:
-        return value
-    warnings.warn(f"{old}= is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
-    if value is not None:
-        raise InvalidInputError(f"{old} and {new} name the same value: give only {new}")
-    return arguments.pop(old)
 
 
 def _calibration_arch(arch: str, in_channels: int, out_channels: int, *, find: bool) -> str:
@@ -607,4 +595,4 @@ def default_budget_bytes(environment: Environment, budget: str | int | None) -> 
     """The budget given, else the GPU's memory, else 24 GiB (a common card) for trace and cpu."""
     if budget is not None:
         return parse_bytes(budget)
-    return environment.total_memory_bytes or DEFAULT_TRACE_BUDGET_BYTES
+    return environment.total_memory_bytes or DEFAULT_GPU_MEM_BYTES

@@ -21,11 +21,12 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from memprobe.core.config import Setup
 from memprobe.core.errors import InvalidInputError
 from memprobe.core.input_files import read_input_text, shown
 from memprobe.core.output_paths import write_atomically
@@ -102,8 +103,7 @@ class SweepSpec:
     @property
     def variant(self) -> str:
         """The Setup's fields besides architecture, precision and layout that differ from the defaults."""
-        defaults = {"optimizer": "adamw", "in_channels": 1, "out_channels": 2, "deep_supervision": False,
-                    "step": "memprobe", "checkpointing": False}  # fmt: skip
+        defaults = {f.name: f.default for f in fields(Setup)}
         return " ".join(
             f"{name}={value}" for name, value in self.setup.items() if defaults.get(name) != value
         )

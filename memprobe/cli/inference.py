@@ -13,9 +13,10 @@ from typing import Any
 
 import click
 
-from memprobe.cli.options import BATCH, INFERENCE, SHAPE_SIZE, inference_option, refuse_other_modes
+from memprobe.cli.options import BATCH, INFERENCE, SHAPE_SIZE, given, inference_option, refuse_other_modes
 from memprobe.cli.render import Report
 from memprobe.core.gpus import measuring_gpu
+from memprobe.core.inference_config import inference_precision
 from memprobe.core.units import format_bytes, format_shape
 
 F = Callable[..., Any]
@@ -136,18 +137,12 @@ _SUGGEST_NAMES = ("max_image_shape", "fingerprint")
 _SHARED_NAMES = ("fingerprint",)  # taken in both modes
 
 
-def _given(context: click.Context, name: str) -> bool:
-    from click.core import ParameterSource
-
-    return context.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
-
-
 def _refuse(context: click.Context, names: tuple[str, ...], why: str) -> None:
     from memprobe.core.errors import InvalidInputError
 
     flags = {param.name: param.opts[0] for param in context.command.params}
     for name in names:
-        if _given(context, name):
+        if given(context, name):
             raise InvalidInputError(f"{flags.get(name, '--' + name.replace('_', '-'))} {why}")
 
 
@@ -202,15 +197,16 @@ def _base(arch: str, patch: Any, image_shape: Any, sw_batch_size: Any, options: 
         out_channels=options["out_channels"],
         stitch=options.get("stitch") or "gpu",
         buffer_steps=options.get("buffer_steps"),
-        **predictor_options(options, options.get("gpu")),
+        **predictor_options(options, options["gpu"]),
     )
 
 
-def predictor_options(options: dict[str, Any], gpu: Any = None) -> dict[str, Any]:
+def predictor_options(options: dict[str, Any], gpu: Any) -> dict[str, Any]:
     """The predictor's settings, with nnU-Net's defaults where its options were left out.
 
     nnU-Net's predictor: tile_step_size 0.5 (--overlap 0.5), gaussian weighting, mirroring on
-    all axes, fp16 autocast; MONAI's: the options as given. nnunetv2 must be installed.
+    all axes, fp16 autocast; MONAI's: the options as given. nnunetv2 must be installed. The
+    precision not given is the one ``inference_precision`` chooses for ``gpu``.
     """
     predictor = options.get("predictor") or "monai"
     chosen = {
@@ -225,12 +221,9 @@ def predictor_options(options: dict[str, Any], gpu: Any = None) -> dict[str, Any
 
         require_nnunet()
         context = click.get_current_context()
-        nnunet_defaults = {"overlap": "0.5", "blend": "gaussian", "precision": "fp16-mixed"}
-        chosen |= {name: value for name, value in nnunet_defaults.items() if not _given(context, name)}
-    if chosen["precision"] is None:  # the one default rule, for the GPU it runs on
-        from memprobe.core.config import default_precision
-
-        chosen["precision"] = default_precision(gpu)[0].value
+        nnunet_defaults = {"overlap": "0.5", "blend": "gaussian"}
+        chosen |= {name: value for name, value in nnunet_defaults.items() if not given(context, name)}
+    chosen["precision"] = inference_precision(chosen["precision"], predictor, gpu)
     return chosen
 
 
@@ -388,13 +381,12 @@ def suggest_view(
     from memprobe.core.errors import InvalidInputError
     from memprobe.inference.api import largest_image_shape, max_sw_batch_size
 
-    if _given(click.get_current_context(), "sw_batch_size"):
+    if given(click.get_current_context(), "sw_batch_size"):
         raise InvalidInputError("--sw-batch-size is what suggest plans: drop it")
+    budget_bytes, gpu = resolve_budget(gpu_mem)
     chosen = predictor_options(
-        {name: options[name] for name in ("predictor", "overlap", "blend", "precision", "mirror_axes")}
+        {name: options[name] for name in ("predictor", "overlap", "blend", "precision", "mirror_axes")}, gpu
     )
-    if chosen["predictor"] != "nnunet" and options["precision"] is None:
-        chosen["precision"] = None  # the default rule, for the GPU planned for (below)
     shapes = [s for s in (_shape(image_shape), _shape(max_image_shape)) if s]
     if fingerprint:
         shapes.append(tuple(map(str, largest_image_shape(fingerprint))))
@@ -404,7 +396,6 @@ def suggest_view(
         )
     if patch is None:
         raise InvalidInputError("give the window as --patch D H W (MONAI's roi_size) with --mode inference")
-    budget_bytes, gpu = resolve_budget(gpu_mem)
     plan = max_sw_batch_size(
         arch,
         patch,

@@ -34,6 +34,11 @@ def inference_option(*declarations: str, **attributes: Any) -> Callable[[F], F]:
     return click.option(*declarations, cls=ModeOption, modes=(INFERENCE,), **attributes)
 
 
+def given(context: click.Context, name: str) -> bool:
+    """Whether option ``name`` was given (on the command line or by the environment), not defaulted."""
+    return context.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+
+
 def refuse_other_modes(context: click.Context, mode: str) -> None:
     """Refuse, naming it, an option given on the command line that the chosen mode does not take."""
     from memprobe.core.errors import InvalidInputError
@@ -42,7 +47,7 @@ def refuse_other_modes(context: click.Context, mode: str) -> None:
         modes = getattr(parameter, "modes", None)
         if modes is None or mode in modes or parameter.name is None:
             continue
-        if context.get_parameter_source(parameter.name) not in (None, ParameterSource.DEFAULT):
+        if given(context, parameter.name):
             flag = parameter.opts[0]
             raise InvalidInputError(
                 f"{flag} is a training option: drop it with --mode inference"

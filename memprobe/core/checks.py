@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import MutableMapping, Sequence
 from numbers import Integral, Real
 from pathlib import Path
+from typing import Any, TypeVar
 
 from memprobe.core.errors import InvalidInputError
+
+T = TypeVar("T")
 
 MAX_BATCH_SIZE = 65_536  # no 3D training step holds more samples than this
 MAX_SPACING_MM = 1e6
@@ -105,3 +109,19 @@ def check_db(value: object) -> str | Path | None:
 def check_gigabytes(value: object, name: str) -> float:
     """A memory size in GB (the PyTorch Connectomics planner's unit): a number, never text."""
     return check_positive(value, name, 2**20)
+
+
+def renamed_argument(
+    arguments: MutableMapping[str, Any], old: str, new: str, value: T, default: object = None
+) -> T:
+    """A keyword argument taken under its old name (popped from ``arguments``), warning with the new one.
+
+    ``value`` is what the new name received; one other than its ``default`` as well as the old
+    name is refused, since the two name the same thing.
+    """
+    if old not in arguments:
+        return value
+    warnings.warn(f"{old}= is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
+    if value is not default:
+        raise InvalidInputError(f"{old} and {new} name the same value: give only {new}")
+    return arguments.pop(old)  # type: ignore[no-any-return]

@@ -7,14 +7,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from memprobe.core.archs.registry import resolve_arch
 from memprobe.core.checks import check_triple
-from memprobe.core.config import _positive_int, validate_patch
+from memprobe.core.config import _positive_int, default_precision, validate_patch
 from memprobe.core.enums import Precision, parse_enum
 from memprobe.core.errors import InvalidInputError
 from memprobe.core.input_files import shown
 from memprobe.core.units import format_shape
+
+if TYPE_CHECKING:
+    from memprobe.core.gpus import GpuInfo
 
 # An image beyond this is refused: 2048^3 voxels of one float32 class are 32 GiB on the host alone.
 MAX_IMAGE_VOXELS = 2048**3
@@ -325,3 +329,13 @@ def _mirror_axes(axes: Sequence[object]) -> tuple[int, ...]:
     if any(axis not in NNUNET_AXES for axis in parsed):
         raise InvalidInputError(f"mirror axes are 0, 1 and 2 (depth, height, width), got {list(axes)}")
     return parsed
+
+
+def inference_precision(given: str | None, predictor: str, gpu: GpuInfo | None) -> str:
+    """The precision an inference runs at: ``given``; else nnU-Net's predictor's own fp16 autocast;
+    else the default rule every command uses, for ``gpu`` (``default_precision``)."""
+    if given is not None:
+        return given
+    if predictor == Predictor.NNUNET.value:
+        return Precision.FP16_MIXED.value
+    return default_precision(gpu)[0].value

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 from memprobe.core.archs.registry import resolve_arch
 from memprobe.core.checks import check_db, check_fraction, check_text
 from memprobe.core.errors import InvalidInputError, NoCalibrationError
-from memprobe.core.inference_config import InferenceConfig, Predictor, StitchDevice, make_inference_config
+from memprobe.core.inference_config import (
+    InferenceConfig,
+    Predictor,
+    StitchDevice,
+    inference_precision,
+    make_inference_config,
+)
 from memprobe.core.input_files import read_input_text, shown
 from memprobe.core.units import parse_bytes
 from memprobe.formula.inference_calibration import InferenceCalibration
@@ -205,10 +211,7 @@ def max_sw_batch_size(
     predictor = settings.get("predictor", "monai")
     overlap, blend = settings.get("overlap"), settings.get("blend")
     nnunet = predictor == Predictor.NNUNET.value
-    if precision is None and not nnunet:
-        from memprobe.core.config import default_precision
-
-        precision = default_precision(target_gpu(device))[0].value
+    precision = inference_precision(precision, predictor, target_gpu(device))
     base = make_inference_config(
         arch,
         roi,
@@ -216,7 +219,7 @@ def max_sw_batch_size(
         1,
         overlap=(0.5 if nnunet else 0.25) if overlap is None else overlap,
         blend=blend or ("gaussian" if nnunet else "constant"),
-        precision=precision or ("fp16-mixed" if nnunet else "fp32"),
+        precision=precision,
         in_channels=settings.get("in_channels", 1),
         out_channels=settings.get("out_channels", 2),
         predictor=predictor,
@@ -267,7 +270,6 @@ def calibrate_inference(
     from dataclasses import replace
 
     from memprobe.backends.sliding_window import InferenceRunner
-    from memprobe.core.config import default_precision
     from memprobe.core.gpus import measuring_gpu
     from memprobe.inference.calibration_run import calibrate_inference as run_calibration
     from memprobe.store.database import Database
@@ -278,8 +280,7 @@ def calibrate_inference(
         from memprobe.core.inference_config import require_nnunet
 
         require_nnunet()
-    if precision is None:
-        precision = "fp16-mixed" if nnunet else default_precision(measuring_gpu(device))[0].value
+    precision = inference_precision(precision, predictor, measuring_gpu(device))
     base = make_inference_config(
         arch,
         (2 * spec.divisor,) * 3,

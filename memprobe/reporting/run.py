@@ -57,14 +57,14 @@ def report(
     from memprobe.backends.recorder import MeasurementLog
     from memprobe.backends.trace_backend import TraceBackend
     from memprobe.core.archs.registry import resolve_arch, smallest_patch_size
+    from memprobe.core.checks import renamed_argument
     from memprobe.core.config import validate_patch
     from memprobe.core.gpus import measuring_gpu
     from memprobe.core.units import parse_bytes
     from memprobe.reporting.memory_figure import default_patches, find_or_calibrate, memory_report
     from memprobe.store.database import Database
 
-    if "budget" in setup:  # its old name
-        gpu_mem = setup.pop("budget")
+    gpu_mem = renamed_argument(setup, "budget", "gpu_mem", gpu_mem, DEFAULT_GPU_MEM_BYTES)
     budget_bytes = parse_bytes(gpu_mem)
     given = {} if precision is None and isinstance(arch, Setup) else {"precision": precision}
     chosen_setup = Setup.of(arch, gpu=measuring_gpu(device), **{**setup, **given})
