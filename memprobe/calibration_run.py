@@ -13,19 +13,11 @@ from memprobe.core.archs.registry import ArchSpec, axis_divisors, resolve_arch, 
 from memprobe.core.bisection import Outcome, SearchResult, guided_search
 from memprobe.core.config import StepConfig
 from memprobe.core.enums import Strategy
-from memprobe.core.errors import InvalidInputError, ModelError
+from memprobe.core.errors import ModelError
 from memprobe.core.measurement import Measurement
 from memprobe.core.units import format_shape
 from memprobe.formula.calibration import Calibration
-from memprobe.formula.fit import (
-    RESERVED,
-    fit_parameter_model,
-    fit_phase_coefficients,
-    fit_quality,
-    fit_reserved_coefficients,
-    has_reserved,
-    measured_range,
-)
+from memprobe.formula.fit import fit_formula
 from memprobe.planning.exports import DDP_DEFAULT_BUCKET_CAP_MB, DDP_DEFAULT_GRADIENT_AS_BUCKET_VIEW
 from memprobe.planning.need import memory_need, need_from_peaks
 from memprobe.planning.size_search import DEFAULT_SAFETY
@@ -147,38 +139,20 @@ def fit_calibration(
     environment: dict[str, object],
 ) -> Calibration:
     """Fit coefficients to ``fitted`` and report their error on ``heldout`` too."""
-    usable = [m for m in fitted if m.ok]
-    if len(usable) < 3:
-        raise InvalidInputError(
-            f"only {len(usable)} of {len(fitted)} calibration steps of {spec.name} ran within the budget: "
-            "raise --budget or calibrate on a larger GPU"
-        )
-    parameters = fit_parameter_model(spec, usable)
-    coefficients = fit_phase_coefficients(spec, usable)
-    reserved = reserved_quality = None
-    if has_reserved(usable):
-        reserved = fit_reserved_coefficients(spec, usable, coefficients, parameters)
-        reserved_quality = fit_quality(spec, reserved, parameters, usable, heldout, RESERVED, coefficients)
-    contexts = sorted(m.context_bytes for m in usable if m.context_bytes is not None)
+    formula = fit_formula(spec, fitted, heldout)
     return Calibration(
         arch=spec.name,
         device=device,
         precision=base.precision.value,
         optimizer=base.optimizer.value,
         deep_supervision=base.deep_supervision,
-        phase_coefficients=coefficients,
-        parameter_model=parameters,
-        quality=fit_quality(spec, coefficients, parameters, usable, heldout),
         environment=environment,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        reserved_coefficients=reserved,
-        reserved_quality=reserved_quality,
-        fit_range=measured_range(usable),
-        context_bytes=contexts[len(contexts) // 2] if contexts else None,
         step=base.step,
         checkpointing=base.checkpointing,
         strategy=base.strategy.value,
         world_size=base.world_size,
+        **formula.fields(),
     )
 
 

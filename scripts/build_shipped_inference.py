@@ -15,9 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from memprobe.backends.sliding_window import InferenceRunner
+from memprobe.backends import get_inference_backend
+from memprobe.backends.recorder import MeasurementLog
 from memprobe.core.archs.registry import ARCHS, axis_divisors, resolve_arch
 from memprobe.core.inference_config import make_inference_config
+from memprobe.formula.inference_calibration import with_predictor
 from memprobe.inference.calibration_run import calibrate_inference
 from memprobe.store.database import Database
 
@@ -56,9 +58,9 @@ def main() -> int:
         "--missing", action="store_true", help="Keep --out's calibrations; add only those it lacks."
     )
     args = parser.parse_args()
-    runner = InferenceRunner("trace")
+    backend = get_inference_backend("trace")
     shipped = json.loads(args.out.read_text()) if args.missing and args.out.exists() else []
-    have = {(item["arch"], item["step"], item["precision"]) for item in shipped}
+    have = {(item["arch"], with_predictor(item)["predictor"].value, item["precision"]) for item in shipped}
     with Database.open(args.db) as db:
         for arch, settings in jobs(args.arch):
             if (arch, settings.get("predictor", "monai"), settings["precision"]) in have:
@@ -67,7 +69,7 @@ def main() -> int:
             divisors = axis_divisors(resolve_arch(arch))  # nnU-Net's anisotropic topologies differ per axis
             roi, image = tuple(2 * d for d in divisors), tuple(4 * d for d in divisors)
             base = make_inference_config(arch, roi, image, **settings)  # type: ignore[arg-type]
-            report = calibrate_inference(runner, base, db)
+            report = calibrate_inference(MeasurementLog(backend, db), base)
             quality = report.calibration.quality
             print(
                 f"{arch:42s} {base.predictor.value:6s} {base.precision.value:10s} held-out median "

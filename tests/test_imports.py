@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "memprobe.sweep",
         "memprobe.training_plan",
         "memprobe.alternatives",
+        "memprobe.suggestion",
         "memprobe.compat",
         "memprobe.inference",
         "memprobe.verify",

@@ -134,3 +134,13 @@ class RankRuntime:
 def exits_when_built(in_channels: int, out_channels: int) -> nn.Module:
     """A factory whose process ends abruptly, as one killed for host memory would (no traceback)."""
     os._exit(3)
+
+
+class _ExitsInForward(TinyNet):
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        raise SystemExit(0)  # what a script's sys.exit(0) raises
+
+
+def exits_in_forward(in_channels: int, out_channels: int) -> nn.Module:
+    """tiny_net whose forward ends the process as sys.exit would, were memprobe not in the way."""
+    return _ExitsInForward(in_channels, out_channels)

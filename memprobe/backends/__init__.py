@@ -1,12 +1,19 @@
-"""Measuring backends: run a training step and report its peak memory; chosen by name here."""
+"""Measuring backends: run a training step or a sliding-window inference and report its peak memory; chosen by name here."""
 
 from __future__ import annotations
 
-from memprobe.backends.base import Backend
+from memprobe.backends.base import Backend, InferenceBackend
 from memprobe.core.enums import DeviceKind, parse_enum
 from memprobe.core.errors import DeviceUnavailableError
 
-__all__ = ["Backend", "cuda_available", "default_device_kind", "get_backend"]
+__all__ = [
+    "Backend",
+    "InferenceBackend",
+    "cuda_available",
+    "default_device_kind",
+    "get_backend",
+    "get_inference_backend",
+]
 
 
 def cuda_available() -> bool:
@@ -57,3 +64,20 @@ def get_backend(
     from memprobe.backends.trace_backend import CpuBackend, TraceBackend
 
     return (TraceBackend if kind is DeviceKind.TRACE else CpuBackend)(**ddp)  # type: ignore[arg-type]
+
+
+def get_inference_backend(
+    device: str | DeviceKind | None = None, *, isolate: bool = False
+) -> InferenceBackend:
+    """The sliding-window inference backend on ``device`` (default: cuda if available, else trace).
+
+    ``isolate`` runs each inference in a child process, as it runs a training step's.
+    """
+    kind = default_device_kind() if device is None else parse_enum(DeviceKind, str(device), "device")
+    if isolate:
+        from memprobe.backends.isolated import IsolatedBackend
+
+        return IsolatedBackend(get_inference_backend(kind))
+    from memprobe.backends.sliding_window import SlidingWindowBackend
+
+    return SlidingWindowBackend(kind)

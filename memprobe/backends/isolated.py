@@ -1,4 +1,4 @@
-"""Run each probe in a child process, so a crash becomes a failed measurement.
+"""Run each probe (a training step or a sliding-window inference) in a child process, so a crash becomes a failed measurement.
 
 A segfault, a CUDA error that poisons the context, or a kill by the OOM killer ends only the
 child; the parent records what happened and goes on with the next probe. A model that raises
@@ -15,12 +15,14 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, overload
 
-from memprobe.backends.base import Backend
+from memprobe.backends.base import Backend, InferenceBackend
 from memprobe.core import errors
 from memprobe.core.config import StepConfig
 from memprobe.core.enums import DeviceKind
+from memprobe.core.inference_config import InferenceConfig
+from memprobe.core.inference_measurement import InferenceMeasurement
 from memprobe.core.measurement import Environment, Measurement
 
 CHILD_TIMEOUT_SECONDS = 3600
@@ -36,7 +38,8 @@ def _describe_exit(returncode: int, stderr: str) -> str:
         )
         return f"the probe's process was killed by {name}"
     last_line = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "")
-    return f"the probe's process exited with code {returncode}: {last_line}"[:500]
+    said = f": {last_line}" if last_line else ""
+    return f"the probe's process exited with code {returncode}{said}"[:500]
 
 
 def _last_json_line(stdout: str) -> dict[str, Any] | None:
@@ -54,10 +57,17 @@ def _error_class(name: object) -> type[errors.MemprobeError]:
     return found if isinstance(found, type) and issubclass(found, errors.MemprobeError) else errors.ModelError
 
 
-class IsolatedBackend:
-    """Wrap a backend: each ``measure`` runs ``python -m memprobe.backends.worker`` once."""
+INFERENCE = "inference"  # the request's mode for a sliding-window inference
 
-    def __init__(self, inner: Backend, budget_bytes: int | None = None) -> None:
+
+class IsolatedBackend:
+    """Wrap a backend: each ``measure`` runs ``python -m memprobe.backends.worker`` once.
+
+    The configuration's type says what the child measures: a ``StepConfig`` a training step, an
+    ``InferenceConfig`` a sliding-window inference; either comes back as its measurement.
+    """
+
+    def __init__(self, inner: Backend | InferenceBackend, budget_bytes: int | None = None) -> None:
         self.inner = inner
         self.kind: DeviceKind = inner.kind
         self.budget_bytes = budget_bytes
@@ -85,13 +95,19 @@ class IsolatedBackend:
             self._environment = Environment(**report)
         return self._environment
 
-    def measure(self, config: StepConfig) -> Measurement:
+    @overload
+    def measure(self, config: StepConfig) -> Measurement: ...
+    @overload
+    def measure(self, config: InferenceConfig) -> InferenceMeasurement: ...
+    def measure(self, config: StepConfig | InferenceConfig) -> Measurement | InferenceMeasurement:
+        inference = isinstance(config, InferenceConfig)
         request = json.dumps(
             {
                 "device": self.kind.value,
                 "budget_bytes": self.budget_bytes,
                 "config": config.to_dict(),
                 "parent_pid": os.getpid(),
+                **({"mode": INFERENCE} if inference else {}),
             }
         )
         try:
@@ -112,10 +128,12 @@ class IsolatedBackend:
         if report is not None and _ERROR_KEY in report:
             raise _error_class(report[_ERROR_KEY])(str(report.get("message", "")))
         if completed.returncode == 0 and report is not None:
-            return Measurement.from_dict(report)
+            return InferenceMeasurement.from_dict(report) if inference else Measurement.from_dict(report)
         return self._failed(config, _describe_exit(completed.returncode, completed.stderr))
 
-    def _failed(self, config: StepConfig, error: str) -> Measurement:
+    def _failed(self, config: StepConfig | InferenceConfig, error: str) -> Measurement | InferenceMeasurement:
+        if isinstance(config, InferenceConfig):
+            return InferenceMeasurement(config, self.environment(), None, error=error)
         return Measurement(config, self.environment(), None, error=error, budget_bytes=self.budget_bytes)
 
 
@@ -156,7 +174,7 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 def run_child() -> int:
     """Measure the configuration read from stdin and print the measurement as JSON."""
-    from memprobe.backends import get_backend
+    from memprobe.backends import get_backend, get_inference_backend
 
     # Ctrl-C reaches the whole process group: the parent stops, and ends this process itself,
     # so an interrupted probe is never recorded as a crashed one.
@@ -166,9 +184,14 @@ def run_child() -> int:
     if request.get("environment"):
         _report(get_backend(request["device"], budget_bytes=request["budget_bytes"]).environment().to_dict())
         return 0
-    config = StepConfig.from_dict(request["config"])
     try:
-        measurement = get_backend(request["device"], budget_bytes=request["budget_bytes"]).measure(config)
+        measurement: Measurement | InferenceMeasurement
+        if request.get("mode") == INFERENCE:
+            inference = InferenceConfig.from_dict(request["config"])
+            measurement = get_inference_backend(request["device"]).measure(inference)
+        else:
+            config = StepConfig.from_dict(request["config"])
+            measurement = get_backend(request["device"], budget_bytes=request["budget_bytes"]).measure(config)
     except errors.MemprobeError as error:
         _report({_ERROR_KEY: type(error).__name__, "message": str(error)})
         return error.exit_code

@@ -48,6 +48,7 @@ from memprobe.core.errors import DeviceUnavailableError, InvalidInputError, Memp
 from memprobe.core.inference_config import BlendMode, InferenceConfig, StitchDevice
 from memprobe.core.inference_measurement import InferenceMeasurement
 from memprobe.core.measurement import Environment
+from memprobe.core.user_code import model_exited, raised_by_user_code
 from memprobe.training.networks import build_model
 
 FORWARD, STITCH = "forward", "stitch"  # the two segments of an inference the formula fits
@@ -261,8 +262,12 @@ def _monai_sliding_window(
         on_phase(None)
 
 
-class InferenceRunner:
-    """Measure sliding-window inference on ``trace``, ``cpu`` or ``cuda``; the network is built once per key."""
+class SlidingWindowBackend:
+    """Measure sliding-window inference on ``trace``, ``cpu`` or ``cuda``; the network is built once per key.
+
+    An inference backend (``memprobe.backends.base.InferenceBackend``): ``get_inference_backend``
+    makes one, and wraps it for ``--isolate`` as it wraps a training step's.
+    """
 
     def __init__(self, device: str | DeviceKind | None = None) -> None:
         from memprobe.backends import default_device_kind
@@ -312,6 +317,10 @@ class InferenceRunner:
             raise ModelError(
                 f"sliding-window inference of {config.label()} failed: {type(error).__name__}: {error}"
             ) from error
+        except BaseException as error:
+            if not raised_by_user_code(error):
+                raise
+            raise model_exited(error, f"predicting {config.label()}") from None
         finally:
             gc.collect()
 

@@ -44,8 +44,10 @@ _EXPECTED_STEPS = 10 + 4 + 6
     help="Memory the limit searches plan for (default: the GPU's memory; 24GiB on trace); "
     "--budget is its old name.",
 )
-@training_option(
-    "--isolate", is_flag=True, help="Run every probe in a child process; a crash is recorded and skipped."
+@click.option(
+    "--isolate",
+    is_flag=True,
+    help="Run every probe (training step or inference) in a child process; a crash is recorded and skipped.",
 )
 @db_option
 @json_option

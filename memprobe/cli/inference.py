@@ -242,18 +242,29 @@ def probe_view(
     image_shape: Any,
     sw_batch_size: int,
     device: str | None,
+    isolate: bool,
+    divisors: tuple[int, int, int] | None,
+    min_patch: tuple[int, int, int] | None,
     as_json: bool,
     **options: Any,
 ) -> None:
     """``memprobe probe --mode inference``."""
+    from memprobe.cli.options import custom_arch_with_rule
     from memprobe.inference.api import probe_inference
 
+    arch = custom_arch_with_rule(
+        arch, divisors, min_patch, options["in_channels"], options["out_channels"], find=False
+    )
     config = _base(arch, patch, _shape(image_shape), sw_batch_size, {**options, "gpu": measuring_gpu(device)})
     click.echo(
         f"measuring {config.label()} ({config.windows()} windows) on {device or 'the default device'} ...",
         err=True,
     )
-    m = probe_inference(config, device)
+    m = probe_inference(config, device, isolate=isolate)
+    if m.error is not None:  # an isolated inference's process crashed or exited
+        from memprobe.core.errors import ModelError
+
+        raise ModelError(f"the model exited abnormally: {m.error}")
     notes = [f"on the GPU: {COUNTED[config.stitch.value]}; peak reserved {m.reserved_source or '-'}"]
     notes += [config.padding_note()] if config.padded else []
     if not config.nnunet and config.sw_batch_size > config.window_batch:
@@ -284,12 +295,17 @@ def calibrate_view(
     device: str | None,
     precision: str,
     predictor: str,
+    isolate: bool,
+    divisors: tuple[int, int, int] | None,
+    min_patch: tuple[int, int, int] | None,
+    in_channels: int,
+    out_channels: int,
     db_path: str | None,
     as_json: bool,
     **_: Any,
 ) -> None:
     """``memprobe calibrate --mode inference``."""
-    from memprobe.cli.options import emit
+    from memprobe.cli.options import custom_arch_with_rule, emit
     from memprobe.cli.progress import Progress
     from memprobe.core.archs.registry import resolve_arch
     from memprobe.inference.api import calibrate_inference
@@ -299,6 +315,7 @@ def calibrate_view(
         ("image_shape", "sw_batch_size", "overlap", "blend", "stitch", "mirror_axes", "buffer_steps"),
         "is not for calibrate: it measures its own windows, images, batches and mirroring",
     )
+    arch = custom_arch_with_rule(arch, divisors, min_patch, in_channels, out_channels, find=not isolate)
     spec = resolve_arch(arch)
     label = f"calibrating inference of {spec.name} on {device or 'the default device'}"
     with Progress(label, 17) as progress:
@@ -308,6 +325,7 @@ def calibrate_view(
             device=device,
             db=db_path,
             predictor=predictor,
+            isolate=isolate,
             on_measurement=lambda m, reused: progress.advance(
                 m.config.label() + (" (stored)" if reused else "")
             ),

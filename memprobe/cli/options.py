@@ -70,8 +70,8 @@ def emit(report: Report, as_json: bool = False, fmt: str | None = None) -> None:
 
 
 def shape_rule_options(function: F) -> F:
-    """``--divisor`` and ``--min-patch``: the patches a custom model takes."""
-    function = training_option(
+    """``--divisor`` and ``--min-patch``: the patches (and windows) a custom model takes, in either mode."""
+    function = click.option(
         "--min-patch",
         nargs=3,
         type=DIVISOR,
@@ -79,7 +79,7 @@ def shape_rule_options(function: F) -> F:
         metavar="D H W",
         help="Custom model: the smallest patch it takes (default twice the divisors).",
     )(function)
-    return training_option(
+    return click.option(
         "--divisor",
         "divisors",
         nargs=3,

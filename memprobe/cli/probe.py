@@ -52,8 +52,10 @@ def measurement_row(m: Measurement) -> dict[str, object]:
     type=BYTES,
     help="Cap CUDA memory at this size, e.g. 24GiB (emulates a smaller GPU); --budget is its old name.",
 )
-@training_option(
-    "--isolate", is_flag=True, help="Run the step in a child process (a crash becomes a result)."
+@click.option(
+    "--isolate",
+    is_flag=True,
+    help="Run the step (or inference) in a child process (a crash becomes a result).",
 )
 @training_option(
     "--snapshot",

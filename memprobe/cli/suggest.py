@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +24,9 @@ from memprobe.cli.render.plans import calibration_data, calibration_text, check_
 from memprobe.cli.setup_options import SetupChoice, command, setup_options
 from memprobe.core.units import format_bytes, format_shape
 from memprobe.planning.size_search import DEFAULT_SAFETY, largest_batch_rule
+
+if TYPE_CHECKING:
+    from memprobe.alternatives import Alternative
 
 
 @command(renamed={"--nnunet-fingerprint": "--fingerprint", "--device": "--calibrated-on"})
@@ -124,123 +128,59 @@ def suggest(
     --gpus N --strategy ...`); the output gives the global batch and nnU-Net's and Lightning's
     batch_size for it.
     """
-    from memprobe.api import load_calibrations, max_batch_size, max_patch_size
     from memprobe.cli.budget import resolve_budget
-    from memprobe.core.archs.registry import known_arch_names
     from memprobe.core.config import precision_with_reason
-    from memprobe.core.errors import InvalidInputError, NothingFitsError
+    from memprobe.suggestion import suggest as suggest_from_calibrations
 
-    arch, device = setup.arch, calibrated_on
     budget_bytes, gpu = resolve_budget(gpu_mem)
     precision, precision_text = precision_with_reason(setup.precision, gpu)
     if fingerprint is not None:
         from memprobe.cli.options import geometry_from_fingerprint
 
         spacing, median_shape = geometry_from_fingerprint(fingerprint, spacing, median_shape)
-    if patch is None and batch is None:
-        raise InvalidInputError("give --patch D H W (to plan the batch) or --batch N (to plan the patch)")
-    if patch is not None and batch is not None:
-        raise InvalidInputError(
-            "give --patch (to plan the batch) or --batch (to plan the patch), not both; "
-            "`memprobe plan --patch D H W --batch N` checks one configuration"
-        )
-    archs = [arch]
-    if all_archs:
-        from memprobe.core.config import data_parallel
-        from memprobe.core.enums import Precision, parse_enum
-
-        wanted_precision = parse_enum(Precision, precision, "precision").value
-        layout = data_parallel(setup.strategy, setup.world_size)
-        calibrated = {
-            c.arch
-            for c in load_calibrations(db_path)
-            if c.precision == wanted_precision and (c.strategy, c.world_size) == tuple(layout.values())
-        }
-        archs = [name for name in known_arch_names() if name in calibrated]
-        if setup.deep_supervision:
-            archs = _with_deep_supervision(archs)
-    common: dict[str, Any] = dict(safety=safety, db=db_path, device=device, **setup.overrides())
-    if show_options and all_archs:
-        raise InvalidInputError("--options plans the batch of one architecture: drop --all-archs")
-    if show_options and patch is None:
-        raise InvalidInputError(
-            "--options plans the batch of one architecture for a patch: give --patch D H W, not --batch"
-        )
-    if patch is not None:
-        sizes: Any = patch  # whole numbers (click); the library checks them against the network
-        note = budget_note(budget_bytes, gpu, gpu_mem)
-        notes = (precision_text, note)
-        try:
-            batch_plans = [
-                max_batch_size(a, sizes, budget_bytes, precision, effective_batch=effective_batch, **common)
-                for a in archs
-            ]
-        except NothingFitsError:
-            if all_archs:
-                raise
-            emit(
-                _options_report(None, arch, sizes, budget_bytes, precision, effective_batch, common, notes),
-                as_json,
-            )
-            raise  # exit 3, with the smallest need
-        report = _batch_report(batch_plans, budget_bytes, notes)
-        if show_options:
-            report = _options_report(
-                report, arch, sizes, budget_bytes, precision, effective_batch, common, notes
-            )
+    found = suggest_from_calibrations(
+        setup.arch,
+        budget_bytes,
+        precision,
+        patch=patch,  # whole numbers (click); the library checks them against the network
+        batch=batch,
+        all_archs=all_archs,
+        safety=safety,
+        effective_batch=effective_batch,
+        spacing=spacing,
+        median_shape=median_shape,
+        db=db_path,
+        device=calibrated_on,
+        options=show_options,
+        on_skip=lambda note: click.echo(note, err=True),
+        **setup.overrides(),
+    )
+    notes = (precision_text, budget_note(budget_bytes, gpu, gpu_mem))
+    if found.nothing_fits is not None:
+        emit(_options_report(None, found.alternatives or (), notes), as_json)
+        raise found.nothing_fits  # exit 3, with the smallest need
+    if patch is None:
+        report = _patch_report(list(found.patch_plans), budget_bytes, notes)
     else:
-        assert batch is not None
-        patch_plans = [
-            max_patch_size(
-                a,
-                batch,
-                budget_bytes,
-                precision,
-                spacing=list(spacing) if spacing else None,
-                median_shape=list(median_shape) if median_shape else None,
-                **common,
-            )
-            for a in archs
-        ]
-        report = _patch_report(
-            patch_plans, budget_bytes, (precision_text, budget_note(budget_bytes, gpu, gpu_mem))
-        )
+        report = _batch_report(list(found.batch_plans), budget_bytes, notes)
+    if found.alternatives is not None:
+        report = _options_report(report, found.alternatives, notes)
     emit(report, as_json, "yaml" if as_yaml else None)
 
 
 def _options_report(
-    report: Report | None,
-    arch: str,
-    patch: Any,
-    budget_bytes: int,
-    precision: str,
-    effective_batch: int | None,
-    common: dict[str, Any],
-    budget_text: tuple[str, ...],
+    report: Report | None, found: Sequence[Alternative], budget_text: tuple[str, ...]
 ) -> Report:
     """``report`` (None: nothing fits as asked) with the alternatives' table and data added."""
-    from memprobe.alternatives import alternatives
     from memprobe.cli.render.alternatives import options_data, options_rows
 
-    found = alternatives(arch, patch, budget_bytes, precision, effective_batch=effective_batch, **common)
     title = "What would make it fit" if report is None else "Alternatives"
-    table = (f"{title} (same patch and budget, one change each)", options_rows(found))
+    table = (f"{title} (same patch and budget, one change each)", options_rows(list(found)))
     if report is None:
-        data: dict[str, Any] = {"fits": False, "alternatives": options_data(found)}
+        data: dict[str, Any] = {"fits": False, "alternatives": options_data(list(found))}
         return Report(data, (table,), ("nothing fits as asked", *budget_text))
-    data = {**report.data, "alternatives": options_data(found)}
+    data = {**report.data, "alternatives": options_data(list(found))}
     return Report(data, (*report.tables, table), report.notes)
-
-
-def _with_deep_supervision(archs: list[str]) -> list[str]:
-    """The networks that have deep-supervision heads; the others are named once on stderr and skipped."""
-    from memprobe.core.archs.registry import resolve_arch
-
-    kept = [a for a in archs if resolve_arch(a).supports_deep_supervision]
-    skipped = [a for a in archs if a not in kept]
-    if skipped:
-        click.echo(f"skipped {', '.join(skipped)}: no deep supervision", err=True)
-    return kept
 
 
 def _batch_report(plans: list[Any], budget_bytes: int, budget_text: tuple[str, ...]) -> Report:

@@ -118,6 +118,15 @@ class StepConfig(Setup):
     def voxels(self) -> int:
         return math.prod(self.patch)
 
+    def range_values(self) -> dict[str, int]:
+        """The sizes a calibration's fit range spans (``memprobe.formula.fit.measured_range``)."""
+        return {
+            "batch": self.batch,
+            "voxels": self.voxels,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+        }
+
     def with_batch(self, batch: int) -> StepConfig:
         return _replace(self, batch=batch)
 

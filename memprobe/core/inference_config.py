@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from memprobe.core.archs.registry import resolve_arch
 from memprobe.core.checks import check_triple
@@ -193,6 +193,38 @@ class InferenceConfig:
             mirror_axes=list(self.mirror_axes),
         )
         return data
+
+    def range_values(self) -> dict[str, int]:
+        """The sizes an inference calibration's fit range spans (``memprobe.formula.fit.measured_range``)."""
+        return {
+            "sw_batch_size": self.window_batch,
+            "voxels": math.prod(self.roi),
+            "image_voxels": self.image_voxels,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InferenceConfig:
+        """Inverse of :meth:`to_dict`."""
+        roi_d, roi_h, roi_w = (int(size) for size in data["roi"])
+        depth, height, width = (int(size) for size in data["image_shape"])
+        buffer_steps = data.get("buffer_steps")
+        return cls(
+            arch=str(data["arch"]),
+            roi=(roi_d, roi_h, roi_w),
+            image_shape=(depth, height, width),
+            sw_batch_size=int(data["sw_batch_size"]),
+            overlap=float(data["overlap"]),
+            blend=BlendMode(data["blend"]),
+            precision=Precision(data["precision"]),
+            in_channels=int(data["in_channels"]),
+            out_channels=int(data["out_channels"]),
+            stitch=StitchDevice(data["stitch"]),
+            predictor=Predictor(data.get("predictor", Predictor.MONAI.value)),
+            mirror_axes=tuple(int(axis) for axis in data.get("mirror_axes", ())),
+            buffer_steps=None if buffer_steps is None else int(buffer_steps),
+        )
 
     def label(self) -> str:
         """Short human-readable form: ``unet roi 96x96x96 image 600x512x512 sw4 fp32 c1->16 stitch gpu``."""

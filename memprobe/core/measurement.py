@@ -1,11 +1,13 @@
-"""The result of measuring one training step, and the machine it was measured on."""
+"""What a measurement holds, whatever was measured, the machine it was measured on, and a training step's result."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import KW_ONLY, asdict, dataclass, field
+from typing import Any, Generic, TypeVar
 
 from memprobe.core.config import StepConfig
+
+ConfigT = TypeVar("ConfigT")
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,8 @@ class ReuseKey:
 
 
 @dataclass(frozen=True)
-class Measurement:
-    """Peak memory of one training step (the second, when optimizer state exists).
+class PeakMeasurement(Generic[ConfigT]):
+    """The part every measurement shares: a training step's (``Measurement``) and an inference's.
 
     ``peak_allocated_bytes`` is what ``torch.cuda.max_memory_allocated`` counts on CUDA; on
     trace and cpu, the live tensor storage, each rounded up to 512 bytes. ``peak_reserved_bytes``
@@ -61,28 +63,84 @@ class Measurement:
     replaying every allocation through a model of the allocator (``reserved_source`` says
     which), which also gives ``simulated_allocated_bytes`` (blocks after splitting, so unsplit
     tails count). ``phase_peaks_bytes`` and ``reserved_phase_peaks_bytes`` hold the peak of each
-    phase (forward with loss, backward, optimizer; on trace also windows of a phase) so the
-    formula can model each. ``context_bytes`` is the CUDA context this process holds outside
-    the allocator (CUDA only); ``warmup_steps`` the steps run before the measured one (until
-    the optimizer had state). ``oom`` marks a step that ran out of memory; ``error`` records
-    any other failure of an isolated probe.
+    segment (a phase, or on trace a window of one) so the formula can model each.
+    ``context_bytes`` is the CUDA context this process holds outside the allocator (CUDA only).
+    ``oom`` marks a run out of memory; ``error`` any other failure of an isolated probe.
     """
 
-    config: StepConfig
+    config: ConfigT
     environment: Environment
     peak_allocated_bytes: int | None
     peak_reserved_bytes: int | None = None
+    _: KW_ONLY
     phase_peaks_bytes: dict[str, int] = field(default_factory=dict)
-    step_seconds: float | None = None
+    reserved_phase_peaks_bytes: dict[str, int] = field(default_factory=dict)
     oom: bool = False
     error: str | None = None
-    budget_bytes: int | None = None
     parameter_count: int | None = None
-    breakdown_bytes: dict[str, int] = field(default_factory=dict)
     reserved_source: str | None = None  # "measured" (cuda) or "simulated" (trace, cpu)
     simulated_allocated_bytes: int | None = None
-    reserved_phase_peaks_bytes: dict[str, int] = field(default_factory=dict)
     context_bytes: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.oom and self.error is None and self.peak_allocated_bytes is not None
+
+    def fits(self, budget_bytes: int | None) -> bool:
+        """Whether it ran within ``budget_bytes`` (any budget, if None)."""
+        if not self.ok:
+            return False
+        return budget_bytes is None or (self.peak_allocated_bytes or 0) <= budget_bytes
+
+    def peaks_dict(self) -> dict[str, Any]:
+        """The shared fields as JSON-ready values (each kind's ``to_dict`` adds its own)."""
+        return {
+            "device": self.environment.device_kind,
+            "device_name": self.environment.device_name,
+            "peak_allocated_bytes": self.peak_allocated_bytes,
+            "peak_reserved_bytes": self.peak_reserved_bytes,
+            "phase_peaks_bytes": dict(self.phase_peaks_bytes),
+            "reserved_phase_peaks_bytes": dict(self.reserved_phase_peaks_bytes),
+            "oom": self.oom,
+            "error": self.error,
+            "parameter_count": self.parameter_count,
+            "reserved_source": self.reserved_source,
+            "simulated_allocated_bytes": self.simulated_allocated_bytes,
+            "context_bytes": self.context_bytes,
+        }
+
+    @staticmethod
+    def peaks_fields(data: dict[str, Any]) -> dict[str, Any]:
+        """The shared fields read back from :meth:`peaks_dict` (older records lack some: their defaults)."""
+        return {
+            "environment": Environment(**data["environment"]),
+            "peak_allocated_bytes": data["peak_allocated_bytes"],
+            "peak_reserved_bytes": data.get("peak_reserved_bytes"),
+            "phase_peaks_bytes": data.get("phase_peaks_bytes", {}),
+            "reserved_phase_peaks_bytes": data.get("reserved_phase_peaks_bytes", {}),
+            "oom": data.get("oom", False),
+            "error": data.get("error"),
+            "parameter_count": data.get("parameter_count"),
+            "reserved_source": data.get("reserved_source"),
+            "simulated_allocated_bytes": data.get("simulated_allocated_bytes"),
+            "context_bytes": data.get("context_bytes"),
+        }
+
+
+@dataclass(frozen=True)
+class Measurement(PeakMeasurement[StepConfig]):
+    """Peak memory of one training step (the second, when optimizer state exists).
+
+    Besides the shared peaks (:class:`PeakMeasurement`): ``phase_peaks_bytes`` are forward
+    with loss, backward and optimizer (on trace also windows of each); ``warmup_steps`` the
+    steps run before the measured one (until the optimizer had state); ``budget_bytes`` the cap
+    the step ran under; ``breakdown_bytes`` what was live at the peak, by kind.
+    """
+
+    _: KW_ONLY
+    step_seconds: float | None = None
+    budget_bytes: int | None = None
+    breakdown_bytes: dict[str, int] = field(default_factory=dict)
     warmup_steps: int | None = None
 
     def __repr__(self) -> str:
@@ -92,34 +150,13 @@ class Measurement:
             outcome = "OOM" if self.oom else f"failed: {self.error}"
         return f"Measurement({self.config.label()} on {self.environment.device_name}: {outcome})"
 
-    @property
-    def ok(self) -> bool:
-        return not self.oom and self.error is None and self.peak_allocated_bytes is not None
-
-    def fits(self, budget_bytes: int | None) -> bool:
-        """Whether the step ran within ``budget_bytes`` (any budget, if None)."""
-        if not self.ok:
-            return False
-        return budget_bytes is None or (self.peak_allocated_bytes or 0) <= budget_bytes
-
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.config.to_dict(),
-            "device": self.environment.device_kind,
-            "device_name": self.environment.device_name,
-            "peak_allocated_bytes": self.peak_allocated_bytes,
-            "peak_reserved_bytes": self.peak_reserved_bytes,
-            "phase_peaks_bytes": dict(self.phase_peaks_bytes),
+            **self.peaks_dict(),
             "step_seconds": self.step_seconds,
-            "oom": self.oom,
-            "error": self.error,
             "budget_bytes": self.budget_bytes,
-            "parameter_count": self.parameter_count,
             "breakdown_bytes": dict(self.breakdown_bytes),
-            "reserved_source": self.reserved_source,
-            "simulated_allocated_bytes": self.simulated_allocated_bytes,
-            "reserved_phase_peaks_bytes": dict(self.reserved_phase_peaks_bytes),
-            "context_bytes": self.context_bytes,
             "warmup_steps": self.warmup_steps,
             "environment": self.environment.to_dict(),
         }
@@ -127,22 +164,11 @@ class Measurement:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
         """Inverse of :meth:`to_dict` (how an isolated probe's child process reports back)."""
-        config = StepConfig.from_dict(data)
         return cls(
-            config=config,
-            environment=Environment(**data["environment"]),
-            peak_allocated_bytes=data["peak_allocated_bytes"],
-            peak_reserved_bytes=data["peak_reserved_bytes"],
-            phase_peaks_bytes=data["phase_peaks_bytes"],
+            StepConfig.from_dict(data),
+            **cls.peaks_fields(data),
             step_seconds=data["step_seconds"],
-            oom=data["oom"],
-            error=data["error"],
             budget_bytes=data["budget_bytes"],
-            parameter_count=data["parameter_count"],
             breakdown_bytes=data.get("breakdown_bytes", {}),
-            reserved_source=data.get("reserved_source"),
-            simulated_allocated_bytes=data.get("simulated_allocated_bytes"),
-            reserved_phase_peaks_bytes=data.get("reserved_phase_peaks_bytes", {}),
-            context_bytes=data.get("context_bytes"),
             warmup_steps=data.get("warmup_steps"),
         )

@@ -47,6 +47,8 @@ class Fittable(Protocol):
     def reserved_phase_peaks_bytes(self) -> dict[str, int]: ...
     @property
     def parameter_count(self) -> int | None: ...
+    @property
+    def context_bytes(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -274,11 +276,70 @@ def fit_quality(
 
 
 def measured_range(measurements: Sequence[Fittable]) -> dict[str, list[int]]:
-    """The smallest and largest batch, voxels and channel counts among ``measurements``."""
-    values = {
-        "batch": [m.config.batch for m in measurements],
-        "voxels": [m.config.voxels for m in measurements],
-        "in_channels": [m.config.in_channels for m in measurements],
-        "out_channels": [m.config.out_channels for m in measurements],
-    }
-    return {name: [min(seen), max(seen)] for name, seen in values.items()}
+    """The smallest and largest of each size the configurations span (their ``range_values``):
+    batch, voxels and channels of a training step; window batch, window and image voxels and
+    channels of an inference."""
+    seen: dict[str, list[int]] = {}
+    for m in measurements:
+        for name, value in m.config.range_values().items():
+            seen.setdefault(name, []).append(value)
+    return {name: [min(values), max(values)] for name, values in seen.items()}
+
+
+@dataclass(frozen=True)
+class FittedFormula:
+    """What one fit finds, for a training step or an inference: the fields of a Calibration it fills."""
+
+    phase_coefficients: dict[str, dict[str, float]]
+    parameter_model: dict[str, float]
+    quality: FitQuality
+    reserved_coefficients: dict[str, dict[str, float]] | None
+    reserved_quality: FitQuality | None
+    fit_range: dict[str, list[int]]
+    context_bytes: int | None
+
+    def fields(self) -> dict[str, Any]:
+        """As keyword arguments of a Calibration."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def fit_formula(
+    spec: ArchSpec,
+    fitted: Sequence[Fittable],
+    heldout: Sequence[Fittable],
+    model: TermModel | None = None,
+    *,
+    points: str = "calibration steps",
+    advice: str = "raise --gpu-mem or calibrate on a larger GPU",
+) -> FittedFormula:
+    """Fit allocated (and, where every point has one, reserved) coefficients to ``fitted``; test on ``heldout``.
+
+    ``model`` gives the terms (default: the training step's); ``points`` and ``advice`` word the
+    error when too few points ran.
+
+    Raises:
+        InvalidInputError: fewer than 3 points ran, or fewer than the coefficients to fit.
+    """
+    usable = [m for m in fitted if m.ok]
+    if len(usable) < 3:
+        raise InvalidInputError(
+            f"only {len(usable)} of {len(fitted)} {points} of {spec.name} ran within the memory: {advice}"
+        )
+    parameters = fit_parameter_model(spec, usable)
+    coefficients = fit_phase_coefficients(spec, usable, model=model)
+    reserved = reserved_quality = None
+    if has_reserved(usable):
+        reserved = fit_reserved_coefficients(spec, usable, coefficients, parameters, model)
+        reserved_quality = fit_quality(
+            spec, reserved, parameters, usable, heldout, RESERVED, coefficients, model
+        )
+    contexts = sorted(m.context_bytes for m in usable if m.context_bytes is not None)
+    return FittedFormula(
+        phase_coefficients=coefficients,
+        parameter_model=parameters,
+        quality=fit_quality(spec, coefficients, parameters, usable, heldout, model=model),
+        reserved_coefficients=reserved,
+        reserved_quality=reserved_quality,
+        fit_range=measured_range(usable),
+        context_bytes=contexts[len(contexts) // 2] if contexts else None,
+    )

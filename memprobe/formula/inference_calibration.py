@@ -11,22 +11,34 @@ from memprobe.formula.calibration import Calibration, FitQuality
 from memprobe.formula.inference_terms import buffered_peak, inference_term_values
 from memprobe.formula.terms import evaluate, evaluate_reserved, predict_parameter_count
 
-INFERENCE = "inference"  # what an inference calibration has in place of a training optimizer
+INFERENCE = "inference"  # what an inference calibration has in place of a training optimizer and step
 
 
 @dataclass(frozen=True)
 class InferenceCalibration(Calibration):
     """Fitted coefficients of sliding-window inference (segments ``forward`` and ``stitch``).
 
-    A Calibration with ``optimizer`` set to ``inference`` and no deep supervision, so a plan's
-    overheads and margin (``memprobe.planning.overheads``) are charged exactly as for training; predict
-    with the ``inference_*`` methods, never the training ones. ``step`` names the predictor
-    measured (``monai`` or ``nnunet``: their aggregation differs), read as ``predictor``.
+    A Calibration with ``optimizer`` and ``step`` set to ``inference`` and no deep supervision,
+    so a plan's overheads and margin (``memprobe.planning.overheads``) are charged exactly as
+    for training; predict with the ``inference_*`` methods, never the training ones.
+    ``predictor`` names the sliding window measured (MONAI's or nnU-Net's: their aggregation
+    differs).
     """
 
+    step: str = INFERENCE
+    predictor: Predictor = Predictor.MONAI
+
     @property
-    def predictor(self) -> Predictor:
-        return Predictor.NNUNET if self.step == Predictor.NNUNET.value else Predictor.MONAI
+    def key(self) -> tuple[str, str, str, str, str]:  # type: ignore[override]
+        """What the store keeps one of: architecture, device, precision and predictor."""
+        return self.arch, self.device, self.precision, INFERENCE, self.predictor.value
+
+    def answers_inference(self, arch: str, precision: str, predictor: Predictor) -> bool:
+        """Whether this calibration answers for an inference of ``arch`` by ``predictor`` at ``precision``."""
+        return (self.arch, self.precision, self.predictor) == (arch, precision, predictor)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "predictor": self.predictor.value}
 
     def _inference_terms(self, spec: ArchSpec, config: InferenceConfig) -> dict[str, float]:
         parameters = predict_parameter_count(
@@ -60,8 +72,16 @@ class InferenceCalibration(Calibration):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InferenceCalibration:
+        """Inverse of :meth:`to_dict`; a record from before ``predictor`` was a field named it as its ``step``."""
         fields = dict(data)
         fields["quality"] = FitQuality(**fields["quality"])
         if fields.get("reserved_quality"):
             fields["reserved_quality"] = FitQuality(**fields["reserved_quality"])
-        return cls(**fields)
+        return cls(**with_predictor(fields))
+
+
+def with_predictor(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with ``predictor`` a Predictor and ``step`` ``inference``, also from a record that kept its predictor as its step."""
+    step = str(fields.get("step", INFERENCE))
+    predictor = fields.get("predictor") or (step if step in set(Predictor) else Predictor.MONAI.value)
+    return {**fields, "step": INFERENCE, "predictor": Predictor(predictor)}

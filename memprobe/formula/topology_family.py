@@ -111,6 +111,7 @@ class _Segmented:
     phase_peaks_bytes: dict[str, int]
     reserved_phase_peaks_bytes: dict[str, int]
     parameter_count: int | None
+    context_bytes: int | None = None  # a family is fitted to trace measurements: no CUDA context
 
     @classmethod
     def of(cls, m: Fittable, spec: ArchSpec) -> _Segmented:

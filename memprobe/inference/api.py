@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from memprobe.core.archs.registry import resolve_arch
 from memprobe.core.checks import check_db, check_fraction, check_text
-from memprobe.core.errors import InvalidInputError, NoCalibrationError
+from memprobe.core.errors import InvalidInputError
 from memprobe.core.inference_config import (
     InferenceConfig,
     Predictor,
@@ -31,48 +31,23 @@ if TYPE_CHECKING:
 
 def inference_calibrations(db: str | Path | None = None) -> list[InferenceCalibration]:
     """The inference calibrations in the user's database (none while it does not exist, however named)."""
-    from memprobe.store.database import Database, database_exists
-    from memprobe.store.inference_rows import inference_calibrations as stored
+    from memprobe.store.calibration_sources import user_inference_calibrations
 
-    if not database_exists(db):
-        return []
-    with Database.open(db, create=False, readonly=True) as database:
-        return stored(database)
-
-
-INFERENCE_SHIPPED_FILE = "inference_calibrations.json"
+    return user_inference_calibrations(db)
 
 
 def shipped_inference_calibrations() -> list[InferenceCalibration]:
     """Inference calibrations packaged with memprobe (`make shipped`); none with MEMPROBE_NO_SHIPPED=1."""
-    from memprobe.store.calibration_sources import shipped_items
+    from memprobe.store.calibration_sources import shipped_inference_calibrations as shipped
 
-    return shipped_items(INFERENCE_SHIPPED_FILE, "shipped inference calibration", _shipped_inference)
-
-
-def _shipped_inference(item: Any) -> InferenceCalibration:
-    import dataclasses
-
-    from memprobe.formula.inference_calibration import INFERENCE
-    from memprobe.store.row_checks import BadRowError, calibration_from_fields
-
-    if not isinstance(item, dict) or item.get("optimizer") != INFERENCE:
-        raise BadRowError("not an inference calibration")
-    # Checked as a training calibration's fields are; "optimizer" names the mode, not an optimizer.
-    checked = calibration_from_fields({**item, "optimizer": "adamw"}, source="shipped")
-    fields = {f.name: getattr(checked, f.name) for f in dataclasses.fields(checked)}
-    return InferenceCalibration(**{**fields, "optimizer": INFERENCE})
+    return shipped()
 
 
 def all_inference_calibrations(db: str | Path | None = None) -> list[InferenceCalibration]:
     """The user's inference calibrations, then the shipped ones for keys the user has not calibrated."""
-    own = inference_calibrations(db)
-    keys = {_key(c) for c in own}
-    return own + [c for c in shipped_inference_calibrations() if _key(c) not in keys]
+    from memprobe.store.calibration_sources import all_inference_calibrations as every
 
-
-def _key(calibration: InferenceCalibration) -> tuple[str, str, str, str]:
-    return calibration.arch, calibration.device, calibration.precision, calibration.predictor.value
+    return every(db)
 
 
 def choose_inference_calibration(
@@ -84,38 +59,23 @@ def choose_inference_calibration(
 ) -> InferenceCalibration:
     """The inference calibration of ``arch``'s ``predictor`` at ``precision`` for ``device`` (default: the detected GPU, else trace).
 
-    A GPU without its own calibration is answered by the trace one, with a warning.
+    A GPU without its own calibration is answered by the trace one, with a warning (the rule
+    training's calibrations follow: ``memprobe.store.calibration_sources``).
 
     Raises:
         NoCalibrationError: none exists; the message names the command to run.
     """
     from memprobe.api import resolve_device
+    from memprobe.core.errors import StandInCalibrationWarning
+    from memprobe.store.calibration_sources import all_inference_calibrations as every
+    from memprobe.store.calibration_sources import choose_inference_calibration as choose
 
     wanted, fallback = resolve_device(device)
-    matching = [
-        c
-        for c in all_inference_calibrations(db)
-        if c.arch == arch and c.precision == precision and c.predictor is predictor
-    ]
-    for name in (wanted, fallback):
-        found = [c for c in matching if c.device == name]
-        if found:
-            if name != wanted:
-                warnings.warn(
-                    f"no inference calibration of {arch} for {wanted}; using the {name} one: run "
-                    f"`memprobe calibrate --mode inference --arch {arch}{_flag(predictor)} --device cuda` on that GPU",
-                    stacklevel=3,
-                )
-            return found[0]
-    raise NoCalibrationError(
-        f"no inference calibration of {arch}{_flag(predictor)} ({precision}) for {wanted}: run `memprobe calibrate "
-        f"--mode inference --arch {arch}{_flag(predictor)} --precision {precision} "
-        f"--device {'trace' if wanted in ('trace', 'cpu') else 'cuda'}`"
-    )
-
-
-def _flag(predictor: Predictor) -> str:
-    return " --predictor nnunet" if predictor is Predictor.NNUNET else ""
+    choice = choose(every(db), arch, precision, predictor, wanted, fallback)
+    if choice.warning:
+        warnings.warn(choice.warning, StandInCalibrationWarning, stacklevel=3)
+    assert isinstance(choice.calibration, InferenceCalibration)
+    return choice.calibration
 
 
 def largest_image_shape(fingerprint: str | Path) -> tuple[int, int, int]:
@@ -242,11 +202,16 @@ def max_sw_batch_size(
     )
 
 
-def probe_inference(config: InferenceConfig, device: str | None = None) -> InferenceMeasurement:
-    """Run and measure one sliding-window inference (imports torch)."""
-    from memprobe.backends.sliding_window import InferenceRunner
+def probe_inference(
+    config: InferenceConfig, device: str | None = None, *, isolate: bool = False
+) -> InferenceMeasurement:
+    """Run and measure one sliding-window inference (imports torch).
 
-    return InferenceRunner(device).measure(config)
+    ``isolate`` runs it in a child process: a crash becomes a measurement with an ``error``.
+    """
+    from memprobe.backends import get_inference_backend
+
+    return get_inference_backend(device, isolate=isolate).measure(config)
 
 
 def calibrate_inference(
@@ -256,20 +221,25 @@ def calibrate_inference(
     device: str | None = None,
     db: str | Path | None = None,
     predictor: str = "monai",
+    isolate: bool = False,
     on_measurement: Callable[[InferenceMeasurement, bool], None] | None = None,
 ) -> InferenceCalibrationReport:
     """Measure ``arch``'s inference across windows, batches, images and classes; fit and store it in ``db``.
+
+    Each measurement is committed as it is taken: an interrupted run resumes where it stopped.
 
     Args:
         precision: default bf16-mixed, or fp16-mixed on a GPU without bf16 (the rule every
             command uses); nnU-Net's predictor: its fp16 autocast.
         device: ``cuda``, ``trace`` or ``cpu`` (default: cuda if available, else trace).
         predictor: ``monai`` (sliding_window_inference) or ``nnunet`` (nnUNetPredictor).
+        isolate: run each inference in a child process: a crash is recorded and its point left out of the fit.
         on_measurement: called with each measurement and whether it was reused from ``db``.
     """
     from dataclasses import replace
 
-    from memprobe.backends.sliding_window import InferenceRunner
+    from memprobe.backends import get_inference_backend
+    from memprobe.backends.recorder import MeasurementLog
     from memprobe.core.gpus import measuring_gpu
     from memprobe.inference.calibration_run import calibrate_inference as run_calibration
     from memprobe.store.database import Database
@@ -290,7 +260,10 @@ def calibrate_inference(
         overlap=0.5 if nnunet else 0.0,  # as nnU-Net predicts; MONAI's calibration needs no overlap
         blend="gaussian" if nnunet else "constant",
     )
-    runner = InferenceRunner(device)
+    backend = get_inference_backend(device, isolate=isolate)
     with Database.open(db) as database:
-        report = run_calibration(runner, base, database, on_measurement)
+        log = MeasurementLog(backend, database)
+        if on_measurement is not None:
+            log.on_measurement = on_measurement
+        report = run_calibration(log, base)
         return replace(report, stored_in=str(database.path or database.location))

@@ -6,29 +6,23 @@ image terms carry the fit to whole CT volumes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, cast
 
-from memprobe.backends.sliding_window import InferenceRunner
+from memprobe.backends.recorder import MeasurementLog
 from memprobe.calibration_run import patch_unit, patch_units
 from memprobe.core.archs.registry import ArchSpec, axis_divisors, resolve_arch
-from memprobe.core.errors import InvalidInputError
 from memprobe.core.inference_config import BlendMode, InferenceConfig, StitchDevice
 from memprobe.core.inference_measurement import InferenceMeasurement
-from memprobe.formula.fit import (
-    RESERVED,
-    fit_parameter_model,
-    fit_phase_coefficients,
-    fit_quality,
-    fit_reserved_coefficients,
-    has_reserved,
-)
+from memprobe.formula.fit import fit_formula
 from memprobe.formula.inference_calibration import INFERENCE, InferenceCalibration
 from memprobe.formula.inference_terms import inference_terms
 
+if TYPE_CHECKING:
+    from memprobe.store.database import Database
+
 GPU, CPU = StitchDevice.GPU, StitchDevice.CPU
-Progress = Callable[[InferenceMeasurement, bool], None]
 
 
 @dataclass(frozen=True)
@@ -192,29 +186,15 @@ def nnunet_design_points(base: InferenceConfig, spec: ArchSpec) -> InferenceDesi
 
 @dataclass(frozen=True)
 class InferenceCalibrationReport:
+    """What an inference calibration measured and fitted: the points fitted and held out, how many
+    were measured now and reused from the database, and the database it was stored in."""
+
     calibration: InferenceCalibration
     fitted: tuple[InferenceMeasurement, ...]
     heldout: tuple[InferenceMeasurement, ...]
     measured: int = 0
     reused: int = 0
     stored_in: str | None = None  # the database it was stored in
-
-
-def inference_range(measurements: list[InferenceMeasurement]) -> dict[str, list[int]]:
-    """The smallest and largest window batch, window voxels, image voxels and channels measured."""
-    values = {
-        "sw_batch_size": [m.config.window_batch for m in measurements],
-        "voxels": [_roi_voxels(m.config) for m in measurements],
-        "image_voxels": [m.config.image_voxels for m in measurements],
-        "in_channels": [m.config.in_channels for m in measurements],
-        "out_channels": [m.config.out_channels for m in measurements],
-    }
-    return {name: [min(seen), max(seen)] for name, seen in values.items()}
-
-
-def _roi_voxels(config: InferenceConfig) -> int:
-    depth, height, width = config.roi
-    return depth * height * width
 
 
 def fit_inference_calibration(
@@ -226,91 +206,45 @@ def fit_inference_calibration(
     environment: dict[str, object],
 ) -> InferenceCalibration:
     """Fit the inference coefficients to ``fitted`` (allocated and reserved) and test them on ``heldout``."""
-    usable = [m for m in fitted if m.ok]
-    if len(usable) < 3:
-        raise InvalidInputError(
-            f"only {len(usable)} of {len(fitted)} inference points of {spec.name} ran: calibrate on a larger GPU"
-        )
-    model = inference_terms(spec, base.predictor)
-    parameters = fit_parameter_model(spec, usable)
-    coefficients = fit_phase_coefficients(spec, usable, model=model)
-    reserved = reserved_quality = None
-    if has_reserved(usable):
-        reserved = fit_reserved_coefficients(spec, usable, coefficients, parameters, model)
-        reserved_quality = fit_quality(
-            spec, reserved, parameters, usable, heldout, RESERVED, coefficients, model
-        )
-    contexts = sorted(m.context_bytes for m in usable if m.context_bytes is not None)
+    formula = fit_formula(
+        spec,
+        fitted,
+        heldout,
+        inference_terms(spec, base.predictor),
+        points="inference points",
+        advice="calibrate on a larger GPU",
+    )
     return InferenceCalibration(
         arch=spec.name,
         device=device,
         precision=base.precision.value,
         optimizer=INFERENCE,
         deep_supervision=False,
-        phase_coefficients=coefficients,
-        parameter_model=parameters,
-        quality=fit_quality(spec, coefficients, parameters, usable, heldout, model=model),
         environment=environment,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        reserved_coefficients=reserved,
-        reserved_quality=reserved_quality,
-        fit_range=inference_range(usable),
-        context_bytes=contexts[len(contexts) // 2] if contexts else None,
-        step=base.predictor.value,
+        predictor=base.predictor,
+        **formula.fields(),
     )
 
 
 def calibrate_inference(
-    runner: InferenceRunner,
-    base: InferenceConfig,
-    db: object | None = None,
-    on_measurement: Progress | None = None,
+    log: MeasurementLog[InferenceConfig, InferenceMeasurement], base: InferenceConfig
 ) -> InferenceCalibrationReport:
-    """Measure the design points (reusing stored ones), fit, and store the calibration in ``db``.
+    """Measure the design points through ``log`` (reusing stored ones), fit, and store the calibration in its database.
 
-    ``base`` fixes the architecture and precision; its sizes are ignored.
+    ``base`` fixes the architecture, precision and predictor; its sizes are ignored. The same
+    log as training's measures, commits and reuses each point.
     """
-    from memprobe.store.database import Database
-    from memprobe.store.inference_rows import (
-        add_inference_calibration,
-        add_inference_measurement,
-        find_inference_measurement,
-    )
-
-    database = db if isinstance(db, Database) else None
     spec = resolve_arch(base.arch)
-    environment = runner.environment()
-    model_hash = _model_hash(base.arch)
-    counts = {"measured": 0, "reused": 0}
-
-    def measure(config: InferenceConfig) -> InferenceMeasurement:
-        stored = find_inference_measurement(database, config, environment, model_hash) if database else None
-        reused = stored is not None
-        if stored is None:
-            stored = runner.measure(config)
-            if database is not None:
-                add_inference_measurement(database, stored, model_hash)
-        counts["reused" if reused else "measured"] += 1
-        if on_measurement is not None:
-            on_measurement(stored, reused)
-        return stored
-
+    environment = log.backend.environment()
     design = (nnunet_design_points if base.nnunet else inference_design_points)(base, spec)
-    fitted = [measure(config) for config in design.fit]
-    heldout = [measure(config) for config in design.heldout]
+    fitted = [log.measure(config) for config in design.fit]
+    heldout = [log.measure(config) for config in design.heldout]
     calibration = fit_inference_calibration(
         spec, base, environment.calibration_device, fitted, heldout, environment.to_dict()
     )
-    if database is not None:
-        add_inference_calibration(database, calibration, environment)
+    if log.db is not None:
+        cast("Database", log.db).add_calibration(calibration, environment)
     return InferenceCalibrationReport(
-        calibration, tuple(fitted), tuple(heldout), counts["measured"], counts["reused"]
+        calibration, tuple(fitted), tuple(heldout), measured=len(log.taken), reused=log.reused
     )
-
-
-def _model_hash(arch: str) -> str | None:
-    if ":" not in arch:
-        return None
-    from memprobe.training.networks import factory_source_hash
-
-    return factory_source_hash(resolve_arch(arch))

@@ -10,7 +10,7 @@ output and count map move to the CPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import KW_ONLY, dataclass, fields, replace
 
 from memprobe.core.archs.registry import ArchSpec
 from memprobe.core.bisection import largest_at_most
@@ -20,7 +20,7 @@ from memprobe.core.inference_config import InferenceConfig, StitchDevice
 from memprobe.core.units import format_bytes
 from memprobe.formula.inference_calibration import InferenceCalibration
 from memprobe.formula.inference_terms import BUFFER_ITEM_BYTES, buffer_bytes
-from memprobe.planning.need import EXTRAPOLATION_FACTOR, MemoryNeed, need_from_peaks
+from memprobe.planning.need import EXTRAPOLATION_FACTOR, MemoryNeed, MemoryPlan, need_from_peaks
 from memprobe.planning.size_search import _check_budget, _check_fixed_overheads, describe_need
 
 
@@ -77,28 +77,16 @@ def _buffer_source(config: InferenceConfig, added: float) -> str:
 
 
 @dataclass(frozen=True)
-class InferencePlan:
+class InferencePlan(MemoryPlan):
     """The planned configuration (largest ``sw_batch_size``, stitch device) and what it needs."""
 
+    calibration: InferenceCalibration
+    _: KW_ONLY
     config: InferenceConfig
-    need: MemoryNeed
     next_need: MemoryNeed | None  # one more window in the batch (None: the image has no more windows)
     gpu_stitch_need: (
         MemoryNeed  # one window at a time, stitching on the GPU: why the stitch device was chosen
     )
-    budget_bytes: int
-    safety: float
-    calibration: InferenceCalibration
-    reasons: tuple[str, ...] = field(default=())
-    warnings: tuple[str, ...] = field(default=())
-
-    @property
-    def usable_bytes(self) -> float:
-        return self.budget_bytes * self.safety
-
-    @property
-    def utilisation(self) -> float:
-        return self.need.total_bytes / self.budget_bytes
 
     def sliding_window_kwargs(self) -> dict[str, object]:
         """What to pass to ``monai.inferers.sliding_window_inference``."""
@@ -166,15 +154,15 @@ def plan_inference(
     planned = at(batch)
     reasons.append(_window_count(planned))
     return InferencePlan(
-        planned,
         need(planned),
-        need(at(batch + 1)) if batch < windows else None,
-        on_gpu,
         budget_bytes,
         safety,
         calibration,
-        tuple(r for r in reasons if r),
-        tuple(_extrapolation_warnings(calibration, planned)),
+        reasons=tuple(r for r in reasons if r),
+        warnings=tuple(_extrapolation_warnings(calibration, planned)),
+        config=planned,
+        next_need=need(at(batch + 1)) if batch < windows else None,
+        gpu_stitch_need=on_gpu,
     )
 
 

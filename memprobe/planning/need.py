@@ -11,7 +11,7 @@ calibration's own error (and, for trace, its unchecked gap to a GPU) calls for.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from memprobe.core.archs.registry import ArchSpec
 from memprobe.core.gpus import GpuInfo
@@ -152,3 +152,31 @@ def extrapolation_warnings(
                 "the prediction extrapolates; probe it or calibrate closer to it"
             )
     return warnings
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What every plan shares (a training batch or patch plan, an inference plan): the need at the
+    planned size, the budget and share of it planned for, the calibration that answered, and why."""
+
+    need: MemoryNeed
+    budget_bytes: int
+    safety: float
+    calibration: Calibration
+    reasons: tuple[str, ...] = field(default=(), kw_only=True)
+    warnings: tuple[str, ...] = field(default=(), kw_only=True)
+
+    @property
+    def predicted_peak_bytes(self) -> float:
+        """Predicted peak allocated bytes (tensors only) at the planned size."""
+        return self.need.allocated_bytes
+
+    @property
+    def usable_bytes(self) -> float:
+        """The share of the budget a plan may fill."""
+        return self.budget_bytes * self.safety
+
+    @property
+    def utilisation(self) -> float:
+        """The whole need as a share of the budget."""
+        return self.need.total_bytes / self.budget_bytes

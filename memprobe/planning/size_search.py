@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass
 
 from memprobe.core.archs.registry import ArchSpec, axis_divisors, smallest_patch
 from memprobe.core.bisection import largest_at_most
@@ -13,7 +13,7 @@ from memprobe.core.errors import InvalidInputError, NothingFitsError
 from memprobe.core.gpus import GpuInfo
 from memprobe.core.units import format_bytes, format_shape
 from memprobe.formula.calibration import Calibration
-from memprobe.planning.need import MemoryNeed, extrapolation_warnings, memory_need
+from memprobe.planning.need import MemoryNeed, MemoryPlan, extrapolation_warnings, memory_need
 
 # The one rule for "the largest batch" in suggest, plan, report and calibrate's searches: the
 # whole need (allocated, allocator reserve, CUDA context, workspaces, margin) within budget x safety.
@@ -22,38 +22,20 @@ ANISOTROPY_THRESHOLD = 3.0  # spacing ratio beyond which data counts as anisotro
 
 
 @dataclass(frozen=True)
-class BatchPlan:
+class BatchPlan(MemoryPlan):
     """The largest batch whose whole need (see ``MemoryNeed``) fits ``budget_bytes * safety``."""
 
+    _: KW_ONLY
     arch: str
     patch: tuple[int, int, int]
     batch: int
-    need: MemoryNeed
     next_need: MemoryNeed
-    budget_bytes: int
-    safety: float
     accumulate_grad_batches: int
     effective_batch: int
-    calibration: Calibration
-    warnings: tuple[str, ...] = field(default=())
-
-    @property
-    def predicted_peak_bytes(self) -> float:
-        """Predicted peak allocated bytes (tensors only) at the planned batch."""
-        return self.need.allocated_bytes
 
     @property
     def next_batch_peak_bytes(self) -> float:
         return self.next_need.allocated_bytes
-
-    @property
-    def usable_bytes(self) -> float:
-        return self.budget_bytes * self.safety
-
-    @property
-    def utilisation(self) -> float:
-        """The whole need as a share of the budget."""
-        return self.need.total_bytes / self.budget_bytes
 
     def __repr__(self) -> str:
         accumulate = (
@@ -67,26 +49,13 @@ class BatchPlan:
 
 
 @dataclass(frozen=True)
-class PatchPlan:
+class PatchPlan(MemoryPlan):
     """The largest patch (for a batch) whose whole need fits, with the reasoning."""
 
+    _: KW_ONLY
     arch: str
     patch: tuple[int, int, int]
     batch: int
-    need: MemoryNeed
-    budget_bytes: int
-    safety: float
-    calibration: Calibration
-    reasons: tuple[str, ...] = field(default=())
-    warnings: tuple[str, ...] = field(default=())
-
-    @property
-    def predicted_peak_bytes(self) -> float:
-        return self.need.allocated_bytes
-
-    @property
-    def utilisation(self) -> float:
-        return self.need.total_bytes / self.budget_bytes
 
     def __repr__(self) -> str:
         return (
@@ -171,17 +140,17 @@ def plan_batch(
         batch = math.ceil(effective_batch / accumulation)
     warnings += extrapolation_warnings(calibration, patch, batch, in_channels, out_channels)
     return BatchPlan(
-        calibration.arch,
-        _three(patch),
-        batch,
         need(batch),
-        need(batch + 1),
         budget_bytes,
         safety,
-        accumulation,
-        batch * accumulation,
         calibration,
-        tuple(warnings),
+        warnings=tuple(warnings),
+        arch=calibration.arch,
+        patch=_three(patch),
+        batch=batch,
+        next_need=need(batch + 1),
+        accumulate_grad_batches=accumulation,
+        effective_batch=batch * accumulation,
     )
 
 
@@ -263,15 +232,15 @@ def plan_patch(
                 break
     reasons.append(f"largest within {format_bytes(usable)} at batch {batch}: {'x'.join(map(str, patch))}")
     return PatchPlan(
-        calibration.arch,
-        _three(patch),
-        batch,
         need(patch),
         budget_bytes,
         safety,
         calibration,
-        tuple(reasons),
-        tuple(extrapolation_warnings(calibration, patch, batch, in_channels, out_channels)),
+        reasons=tuple(reasons),
+        warnings=tuple(extrapolation_warnings(calibration, patch, batch, in_channels, out_channels)),
+        arch=calibration.arch,
+        patch=_three(patch),
+        batch=batch,
     )
 
 

@@ -5,9 +5,10 @@ Reading them needs neither torch nor numpy, so planning answers in milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from memprobe.core.config import Setup
 from memprobe.core.errors import NoCalibrationError
+from memprobe.core.inference_config import Predictor
 from memprobe.formula.calibration import Calibration
+from memprobe.formula.inference_calibration import InferenceCalibration
 from memprobe.store.database import Database, database_exists
 from memprobe.store.row_checks import BadRowError, calibration_from_fields, warn_bad_row
 
@@ -29,6 +32,7 @@ NNUNET_FILE, FAMILIES_FILE = "nnunet_calibrations.json", "nnunet_families.json"
 
 NO_SHIPPED_VARIABLE = "MEMPROBE_NO_SHIPPED"
 T = TypeVar("T")
+C = TypeVar("C", bound=Calibration)
 
 
 def shipped_calibrations() -> list[Calibration]:
@@ -133,20 +137,11 @@ def choose_calibration(
     """
     wanted = device or "trace"
     matching = [c for c in calibrations if c.answers(setup)]
-    exact = [c for c in matching if c.device == wanted]
-    if exact:
-        return Choice(exact[0])
-    stand_in = [c for c in matching if c.device == fallback_device]
     arch, precision, optimizer = setup.arch, setup.precision.value, setup.optimizer.value
-    if stand_in:
-        return Choice(
-            stand_in[0],
-            warning=(
-                f"no calibration of {arch} for {wanted}; using the {fallback_device} calibration, which counts "
-                f"tensors only (no CUDA context or cuDNN workspace): run `memprobe calibrate --arch {arch} "
-                f"--device cuda --precision {precision}` on that GPU"
-            ),
-        )
+    rerun = f"memprobe calibrate --arch {arch} --device cuda --precision {precision}"
+    found = _on_device(matching, wanted, fallback_device, f"calibration of {arch}", rerun)
+    if found is not None:
+        return found
     deep_supervision, step, checkpointing = setup.deep_supervision, setup.step, setup.checkpointing
     strategy, world_size = setup.strategy.value, setup.world_size
     flags = " --deep-supervision" if deep_supervision else ""
@@ -167,6 +162,26 @@ def choose_calibration(
             strategy,
             world_size,
         )
+    )
+
+
+def _on_device(
+    matching: Sequence[C], wanted: str, fallback_device: str | None, what: str, rerun: str
+) -> Choice | None:
+    """The first of ``matching`` measured on ``wanted``, else on ``fallback_device`` with a warning
+    naming ``rerun`` (the command that calibrates on that GPU); None when neither has one."""
+    exact = [c for c in matching if c.device == wanted]
+    if exact:
+        return Choice(exact[0])
+    stand_in = [c for c in matching if c.device == fallback_device]
+    if not stand_in:
+        return None
+    return Choice(
+        stand_in[0],
+        warning=(
+            f"no {what} for {wanted}; using the {fallback_device} calibration, which counts tensors only "
+            f"(no CUDA context or cuDNN workspace): run `{rerun}` on that GPU"
+        ),
     )
 
 
@@ -217,3 +232,71 @@ def _other_steps(
         }
     )
     return f" (it is calibrated for the training step {', '.join(others)}: pass --step)" if others else ""
+
+
+# Inference ------------------------------------------------------------------------------------
+
+INFERENCE_SHIPPED_FILE = "inference_calibrations.json"
+
+
+def user_inference_calibrations(db_path: str | Path | None = None) -> list[InferenceCalibration]:
+    """The inference calibrations in the user's database (none while it does not exist, however named)."""
+    if not database_exists(db_path):
+        return []
+    with Database.open(db_path, create=False, readonly=True) as db:
+        return db.inference_calibrations()
+
+
+def shipped_inference_calibrations() -> list[InferenceCalibration]:
+    """Inference calibrations packaged with memprobe (`make shipped`); none with MEMPROBE_NO_SHIPPED=1."""
+    return shipped_items(INFERENCE_SHIPPED_FILE, "shipped inference calibration", _shipped_inference)
+
+
+def _shipped_inference(item: Any) -> InferenceCalibration:
+    from memprobe.formula.inference_calibration import INFERENCE, with_predictor
+
+    if not isinstance(item, dict) or item.get("optimizer") != INFERENCE:
+        raise BadRowError("not an inference calibration")
+    # Checked as a training calibration's fields are; "optimizer" and "step" name the mode.
+    fields = with_predictor(item)
+    checked = calibration_from_fields(
+        {name: value for name, value in fields.items() if name != "predictor"} | {"optimizer": "adamw"},
+        source="shipped",
+    )
+    checked_fields = {f.name: getattr(checked, f.name) for f in dataclasses.fields(checked)}
+    return InferenceCalibration(**checked_fields | {"optimizer": INFERENCE, "predictor": fields["predictor"]})
+
+
+def all_inference_calibrations(db_path: str | Path | None = None) -> list[InferenceCalibration]:
+    """The user's inference calibrations, then the shipped ones for keys the user has not calibrated."""
+    own = user_inference_calibrations(db_path)
+    keys = {c.key for c in own}
+    return own + [c for c in shipped_inference_calibrations() if c.key not in keys]
+
+
+def choose_inference_calibration(
+    calibrations: list[InferenceCalibration],
+    arch: str,
+    precision: str,
+    predictor: Predictor,
+    device: str | None,
+    fallback_device: str | None = "trace",
+) -> Choice:
+    """Pick the inference calibration of ``arch``'s ``predictor`` at ``precision`` on ``device``,
+    as :func:`choose_calibration` picks a training one (the ``fallback_device`` one with a warning).
+
+    Raises:
+        NoCalibrationError: none answers; the message names the command to run.
+    """
+    wanted = device or "trace"
+    flag = " --predictor nnunet" if predictor is Predictor.NNUNET else ""
+    matching = [c for c in calibrations if c.answers_inference(arch, precision, predictor)]
+    rerun = f"memprobe calibrate --mode inference --arch {arch}{flag} --device cuda"
+    found = _on_device(matching, wanted, fallback_device, f"inference calibration of {arch}", rerun)
+    if found is not None:
+        return found
+    raise NoCalibrationError(
+        f"no inference calibration of {arch}{flag} ({precision}) for {wanted}: run `memprobe calibrate "
+        f"--mode inference --arch {arch}{flag} --precision {precision} "
+        f"--device {'trace' if wanted in ('trace', 'cpu') else 'cuda'}`"
+    )

@@ -16,15 +16,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import quote
 
 from memprobe.core.config import StepConfig
 from memprobe.core.errors import DatabaseError
+from memprobe.core.inference_config import InferenceConfig
+from memprobe.core.inference_measurement import InferenceMeasurement
 from memprobe.core.input_files import shown
 from memprobe.core.measurement import Environment, Measurement, ReuseKey
 from memprobe.formula.calibration import Calibration
+from memprobe.formula.inference_calibration import InferenceCalibration
 from memprobe.store import schema
+from memprobe.store.inference_rows import INFERENCE_REUSE_KEY, InferenceTables
 from memprobe.store.row_checks import (
     BadRowError,
     calibration_from_row,
@@ -135,8 +139,14 @@ def _retry_when_locked(action: Callable[[], T], attempts: int = 20) -> T:
     raise AssertionError("unreachable")
 
 
-class Database:
-    """A memprobe benchmark database file (use :meth:`open`)."""
+class Database(InferenceTables):
+    """A memprobe benchmark database file (use :meth:`open`).
+
+    Training steps and sliding-window inferences are kept in tables of their own; the same
+    methods store and find either (``add_measurement``, ``find_measurement``,
+    ``add_calibration``), and each kind is read back with its own (``measurements`` and
+    ``calibrations``, ``inference_measurements`` and ``inference_calibrations``).
+    """
 
     def __init__(
         self,
@@ -280,12 +290,24 @@ class Database:
 
     # Measurements -------------------------------------------------------------------------
 
-    def add_measurement(self, measurement: Measurement, reuse_key: ReuseKey = _CURRENT_CODE) -> int:
-        """Store one measurement, committed at once.
+    @overload
+    def add_measurement(self, measurement: Measurement, reuse_key: ReuseKey | None = None) -> int: ...
+    @overload
+    def add_measurement(
+        self, measurement: InferenceMeasurement, reuse_key: ReuseKey | None = None
+    ) -> int: ...
+    def add_measurement(
+        self, measurement: Measurement | InferenceMeasurement, reuse_key: ReuseKey | None = None
+    ) -> int:
+        """Store one measurement (a training step's or an inference's), committed at once.
 
         ``reuse_key`` (measurement-code version, model source hash) decides what later runs
-        may reuse it: only those measuring with the same code the same model source.
+        may reuse it: only those measuring with the same code the same model source (default:
+        a registered network measured by this memprobe).
         """
+        if isinstance(measurement, InferenceMeasurement):
+            return self._add_inference_measurement(measurement, reuse_key or INFERENCE_REUSE_KEY)
+        reuse_key = reuse_key or _CURRENT_CODE
         environment_id = self.environment_id(measurement.environment)
         c = measurement.config
         m = measurement
@@ -331,19 +353,38 @@ class Database:
             )
         return int(cursor.lastrowid or 0)
 
+    @overload
     def find_measurement(
         self,
         config: StepConfig,
         environment: Environment,
         budget_bytes: int | None = None,
-        reuse_key: ReuseKey = _CURRENT_CODE,
-    ) -> Measurement | None:
+        reuse_key: ReuseKey | None = None,
+    ) -> Measurement | None: ...
+    @overload
+    def find_measurement(
+        self,
+        config: InferenceConfig,
+        environment: Environment,
+        budget_bytes: int | None = None,
+        reuse_key: ReuseKey | None = None,
+    ) -> InferenceMeasurement | None: ...
+    def find_measurement(
+        self,
+        config: StepConfig | InferenceConfig,
+        environment: Environment,
+        budget_bytes: int | None = None,
+        reuse_key: ReuseKey | None = None,
+    ) -> Measurement | InferenceMeasurement | None:
         """A stored measurement of ``config`` on this environment, to reuse instead of re-measuring.
 
         Only one taken by the same measurement code of the same model source (``reuse_key``)
         is reused. A successful peak does not depend on the budget; an out-of-memory result
-        does, so it is reused only for the same budget.
+        does, so it is reused only for the same budget (an inference's never is).
         """
+        if isinstance(config, InferenceConfig):
+            return self._find_inference_measurement(config, environment, reuse_key or INFERENCE_REUSE_KEY)
+        reuse_key = reuse_key or _CURRENT_CODE
         environment_id = self._known_environment_id(environment)  # a lookup must not write
         if environment_id is None:
             return None
@@ -434,6 +475,9 @@ class Database:
     # Calibrations -------------------------------------------------------------------------
 
     def add_calibration(self, calibration: Calibration, environment: Environment | None = None) -> int:
+        """Store a calibration (a training step's or an inference's); the newest per key answers plans."""
+        if isinstance(calibration, InferenceCalibration):
+            return self._add_inference_calibration(calibration, environment)
         environment_id = self.environment_id(environment) if environment else None
         with self._write() as connection:
             cursor = connection.execute(

@@ -18,9 +18,8 @@ from memprobe.core.measurement import Environment, Measurement
 from memprobe.core.output_paths import write_atomically
 from memprobe.core.units import format_shape
 from memprobe.formula.calibration import Calibration, FitQuality
-from memprobe.formula.inference_calibration import INFERENCE
+from memprobe.formula.inference_calibration import INFERENCE, InferenceCalibration
 from memprobe.store.database import Database
-from memprobe.store.inference_rows import inference_calibrations, inference_measurements
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -161,7 +160,7 @@ def load_measurements(db: str | Path | None = None) -> pd.DataFrame:
     """
     with Database.open(db, create=False, readonly=True) as database:
         rows = [_training_measurement(m) for m in database.measurements()]
-        rows += [_inference_measurement(m) for m in inference_measurements(database)]
+        rows += [_inference_measurement(m) for m in database.inference_measurements()]
     return _frame(rows, _MEASUREMENT_COLUMNS)
 
 
@@ -200,7 +199,7 @@ def load_calibrations(db: str | Path | None = None) -> pd.DataFrame:
     """
     with Database.open(db, create=False, readonly=True) as database:
         rows = [_calibration(c, TRAINING) for c in database.calibrations()]
-        rows += [_calibration(c, INFERENCE) for c in inference_calibrations(database)]
+        rows += [_calibration(c, INFERENCE) for c in database.inference_calibrations()]
     return _frame(rows, _CALIBRATION_COLUMNS)
 
 
@@ -368,8 +367,8 @@ def _calibration(c: Calibration, mode: str) -> dict[str, Any]:
             "strategy": c.strategy,
             "world_size": c.world_size,
         }
-        if mode == TRAINING
-        else {"predictor": c.step}  # an inference calibration keeps its predictor as its step
+        if not isinstance(c, InferenceCalibration)
+        else {"predictor": c.predictor.value}
     )
     return {
         "mode": mode,

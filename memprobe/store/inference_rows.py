@@ -1,7 +1,10 @@
-"""Inference measurements and calibrations in the benchmark database, apart from training's tables.
+"""The inference tables of the benchmark database: ``Database`` reads and writes them through these methods.
 
-Each measurement is committed the moment it is taken (an interrupted calibration resumes),
-and one taken by the same measuring code on the same environment is reused.
+Inference rows live apart from training's (their keys differ), but one ``Database`` serves
+both: ``add_measurement``, ``find_measurement`` and ``add_calibration`` take either kind and
+come here for an inference's. Each measurement is committed the moment it is taken (an
+interrupted calibration resumes), and one taken by the same measuring code on the same
+environment is reused.
 
 What a configuration sets beyond MONAI's defaults (the nnU-Net predictor and its mirroring,
 MONAI's ``buffer_steps``: ``InferenceConfig.settings``) is one JSON column of both inference
@@ -13,21 +16,20 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memprobe.core.enums import Precision
 from memprobe.core.inference_config import BlendMode, InferenceConfig, Predictor, StitchDevice
-from memprobe.core.inference_measurement import InferenceMeasurement
-from memprobe.core.measurement import Environment
+from memprobe.core.inference_measurement import INFERENCE_CODE_VERSION, InferenceMeasurement
+from memprobe.core.measurement import Environment, ReuseKey
 from memprobe.formula.calibration import FitQuality
 from memprobe.formula.inference_calibration import INFERENCE, InferenceCalibration
-from memprobe.store.database import Database
 from memprobe.store.row_checks import column
 
-# Bump when a change to the inference measuring code changes what a measurement would read.
-INFERENCE_CODE_VERSION = 2  # 2: an eval-mode dropout is the identity on trace, as on a GPU
+INFERENCE_REUSE_KEY = ReuseKey(INFERENCE_CODE_VERSION)  # a registered network measured by this memprobe
 SETTINGS = "settings_json"
 _NO_SETTINGS = "{}"  # the column's default: MONAI's sliding window as it comes
 
@@ -76,61 +78,117 @@ def _config_values(c: InferenceConfig) -> dict[str, object]:
     }
 
 
-def add_inference_measurement(db: Database, m: InferenceMeasurement, model_hash: str | None = None) -> int:
-    """Store one inference measurement, committed at once."""
-    values = {
-        "environment_id": db.environment_id(m.environment),
-        **_config_values(m.config),
-        SETTINGS: _settings_text(m.config.settings()),
-        "peak_allocated_bytes": m.peak_allocated_bytes,
-        "peak_reserved_bytes": m.peak_reserved_bytes,
-        "phase_peaks_json": json.dumps(m.phase_peaks_bytes),
-        "reserved_phase_peaks_json": json.dumps(m.reserved_phase_peaks_bytes),
-        "seconds": m.seconds,
-        "oom": int(m.oom),
-        "error": m.error,
-        "parameter_count": m.parameter_count,
-        "reserved_source": m.reserved_source,
-        "simulated_allocated_bytes": m.simulated_allocated_bytes,
-        "context_bytes": m.context_bytes,
-        "code_version": INFERENCE_CODE_VERSION,
-        "model_hash": model_hash,
-        "created_at": _now(),
-    }
-    with db._write() as connection:
-        cursor = connection.execute(
-            f"INSERT INTO inference_measurements ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
-            tuple(values.values()),
+class InferenceTables:
+    """The inference half of ``memprobe.store.database.Database`` (a mixin: the database's connection does the work)."""
+
+    if TYPE_CHECKING:  # what the database provides
+
+        @property
+        def location(self) -> str: ...
+        def environment_id(self, environment: Environment) -> int: ...
+        def _known_environment_id(self, environment: Environment) -> int | None: ...
+        def _rows(self, query: str, parameters: tuple[Any, ...] = ()) -> list[Any]: ...
+        def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
+        def _environment(self, environment_id: object) -> Environment: ...
+
+    def _add_inference_measurement(self, m: InferenceMeasurement, reuse_key: ReuseKey) -> int:
+        values = {
+            "environment_id": self.environment_id(m.environment),
+            **_config_values(m.config),
+            SETTINGS: _settings_text(m.config.settings()),
+            "peak_allocated_bytes": m.peak_allocated_bytes,
+            "peak_reserved_bytes": m.peak_reserved_bytes,
+            "phase_peaks_json": json.dumps(m.phase_peaks_bytes),
+            "reserved_phase_peaks_json": json.dumps(m.reserved_phase_peaks_bytes),
+            "seconds": m.seconds,
+            "oom": int(m.oom),
+            "error": m.error,
+            "parameter_count": m.parameter_count,
+            "reserved_source": m.reserved_source,
+            "simulated_allocated_bytes": m.simulated_allocated_bytes,
+            "context_bytes": m.context_bytes,
+            "code_version": reuse_key.code_version,
+            "model_hash": reuse_key.model_hash,
+            "created_at": _now(),
+        }
+        with self._write() as connection:
+            cursor = connection.execute(
+                f"INSERT INTO inference_measurements ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                tuple(values.values()),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def _find_inference_measurement(
+        self, config: InferenceConfig, environment: Environment, reuse_key: ReuseKey
+    ) -> InferenceMeasurement | None:
+        environment_id = self._known_environment_id(environment)  # a lookup must not write
+        if environment_id is None:
+            return None
+        values = {**_config_values(config), SETTINGS: _settings_text(config.settings())}
+        where = " AND ".join(f"{name} = ?" for name in values)
+        rows = self._rows(
+            f"SELECT * FROM inference_measurements WHERE environment_id = ? AND {where} AND oom = 0 "
+            "AND error IS NULL AND code_version = ? AND model_hash IS ? ORDER BY id DESC LIMIT 1",
+            (environment_id, *values.values(), reuse_key.code_version, reuse_key.model_hash),
         )
-    return int(cursor.lastrowid or 0)
+        return inference_measurement_from_row(rows[0], environment) if rows else None
+
+    def inference_measurements(self, arch: str | None = None) -> list[InferenceMeasurement]:
+        """Stored inference measurements, oldest first."""
+        rows = self._rows(
+            "SELECT * FROM inference_measurements WHERE (? IS NULL OR arch = ?) ORDER BY id", (arch, arch)
+        )
+        return [inference_measurement_from_row(row, self._environment(row["environment_id"])) for row in rows]
+
+    def _add_inference_calibration(
+        self, calibration: InferenceCalibration, environment: Environment | None = None
+    ) -> int:
+        settings: dict[str, object] = {}
+        if calibration.predictor is Predictor.NNUNET:
+            settings["predictor"] = calibration.predictor.value
+        values = {
+            SETTINGS: _settings_text(settings),
+            "arch": calibration.arch,
+            "device": calibration.device,
+            "precision": calibration.precision,
+            "environment_id": self.environment_id(environment) if environment else None,
+            "phase_coefficients_json": json.dumps(calibration.phase_coefficients),
+            "parameter_model_json": json.dumps(calibration.parameter_model),
+            "quality_json": json.dumps(calibration.quality.__dict__),
+            "reserved_coefficients_json": _json(calibration.reserved_coefficients),
+            "reserved_quality_json": _json(
+                calibration.reserved_quality.__dict__ if calibration.reserved_quality else None
+            ),
+            "fit_range_json": _json(calibration.fit_range),
+            "context_bytes": calibration.context_bytes,
+            "created_at": calibration.created_at or _now(),
+        }
+        with self._write() as connection:
+            cursor = connection.execute(
+                f"INSERT INTO inference_calibrations ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                tuple(values.values()),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def inference_calibrations(self) -> list[InferenceCalibration]:
+        """The newest inference calibration for each (arch, device, precision, predictor)."""
+        newest: dict[tuple[str, ...], sqlite3.Row] = {}
+        for row in self._rows("SELECT * FROM inference_calibrations ORDER BY id DESC"):
+            key = (row["arch"], row["device"], row["precision"], _stored_settings(row))
+            newest.setdefault(
+                key, row
+            )  # grouped here, not in SQL: a server read as it is may lack the column
+        return [self.inference_calibration_from_row(newest[key]) for key in sorted(newest)]
+
+    def inference_calibration_from_row(self, row: sqlite3.Row) -> InferenceCalibration:
+        """The inference calibration in ``row``, with its environment."""
+        environment_id = row["environment_id"]
+        environment = self._environment(environment_id).to_dict() if environment_id is not None else {}
+        return _calibration_from_row(row, environment, self.location)
 
 
-def find_inference_measurement(
-    db: Database, config: InferenceConfig, environment: Environment, model_hash: str | None = None
-) -> InferenceMeasurement | None:
-    """A successful stored measurement of ``config`` on ``environment`` by this code, to reuse."""
-    environment_id = db._known_environment_id(environment)
-    if environment_id is None:
-        return None
-    values = {**_config_values(config), SETTINGS: _settings_text(config.settings())}
-    where = " AND ".join(f"{name} = ?" for name in values)
-    rows = db._rows(
-        f"SELECT * FROM inference_measurements WHERE environment_id = ? AND {where} AND oom = 0 "
-        "AND error IS NULL AND code_version = ? AND model_hash IS ? ORDER BY id DESC LIMIT 1",
-        (environment_id, *values.values(), INFERENCE_CODE_VERSION, model_hash),
-    )
-    return _measurement_from_row(rows[0], environment) if rows else None
-
-
-def inference_measurements(db: Database, arch: str | None = None) -> list[InferenceMeasurement]:
-    """Stored inference measurements, oldest first."""
-    rows = db._rows(
-        "SELECT * FROM inference_measurements WHERE (? IS NULL OR arch = ?) ORDER BY id", (arch, arch)
-    )
-    return [_measurement_from_row(row, db._environment(row["environment_id"])) for row in rows]
-
-
-def _measurement_from_row(row: sqlite3.Row, environment: Environment) -> InferenceMeasurement:
+def inference_measurement_from_row(row: sqlite3.Row, environment: Environment) -> InferenceMeasurement:
+    """The inference measurement in ``row`` (plain errors on a bad row: the caller names the row)."""
     config = InferenceConfig(
         row["arch"],
         (row["roi_d"], row["roi_h"], row["roi_w"]),
@@ -143,21 +201,20 @@ def _measurement_from_row(row: sqlite3.Row, environment: Environment) -> Inferen
         row["out_channels"],
         StitchDevice(row["stitch"]),
     )
-    config = _with_settings(config, _settings_of(row))
     return InferenceMeasurement(
-        config,
+        _with_settings(config, _settings_of(row)),
         environment,
         row["peak_allocated_bytes"],
         row["peak_reserved_bytes"],
-        json.loads(row["phase_peaks_json"]),
-        json.loads(row["reserved_phase_peaks_json"]),
-        row["seconds"],
-        bool(row["oom"]),
-        row["error"],
-        row["parameter_count"],
-        row["reserved_source"],
-        row["simulated_allocated_bytes"],
-        row["context_bytes"],
+        phase_peaks_bytes=json.loads(row["phase_peaks_json"]),
+        reserved_phase_peaks_bytes=json.loads(row["reserved_phase_peaks_json"]),
+        seconds=row["seconds"],
+        oom=bool(row["oom"]),
+        error=row["error"],
+        parameter_count=row["parameter_count"],
+        reserved_source=row["reserved_source"],
+        simulated_allocated_bytes=row["simulated_allocated_bytes"],
+        context_bytes=row["context_bytes"],
     )
 
 
@@ -170,50 +227,8 @@ def _with_settings(config: InferenceConfig, settings: dict[str, Any]) -> Inferen
     )
 
 
-def add_inference_calibration(
-    db: Database, calibration: InferenceCalibration, environment: Environment | None = None
-) -> int:
-    """Store an inference calibration; the newest per (arch, device, precision, predictor) answers plans."""
-    settings: dict[str, object] = {}
-    if calibration.predictor is Predictor.NNUNET:
-        settings["predictor"] = calibration.predictor.value
-    values = {
-        SETTINGS: _settings_text(settings),
-        "arch": calibration.arch,
-        "device": calibration.device,
-        "precision": calibration.precision,
-        "environment_id": db.environment_id(environment) if environment else None,
-        "phase_coefficients_json": json.dumps(calibration.phase_coefficients),
-        "parameter_model_json": json.dumps(calibration.parameter_model),
-        "quality_json": json.dumps(calibration.quality.__dict__),
-        "reserved_coefficients_json": _json(calibration.reserved_coefficients),
-        "reserved_quality_json": _json(
-            calibration.reserved_quality.__dict__ if calibration.reserved_quality else None
-        ),
-        "fit_range_json": _json(calibration.fit_range),
-        "context_bytes": calibration.context_bytes,
-        "created_at": calibration.created_at or _now(),
-    }
-    with db._write() as connection:
-        cursor = connection.execute(
-            f"INSERT INTO inference_calibrations ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
-            tuple(values.values()),
-        )
-    return int(cursor.lastrowid or 0)
-
-
-def inference_calibrations(db: Database) -> list[InferenceCalibration]:
-    """The newest inference calibration for each (arch, device, precision, settings)."""
-    newest: dict[tuple[str, ...], sqlite3.Row] = {}
-    for row in db._rows("SELECT * FROM inference_calibrations ORDER BY id DESC"):
-        key = (row["arch"], row["device"], row["precision"], _stored_settings(row))
-        newest.setdefault(key, row)  # grouped here, not in SQL: a server read as it is may lack the column
-    return [_calibration_from_row(db, newest[key]) for key in sorted(newest)]
-
-
-def _calibration_from_row(db: Database, row: sqlite3.Row) -> InferenceCalibration:
+def _calibration_from_row(row: sqlite3.Row, environment: dict[str, Any], source: str) -> InferenceCalibration:
     reserved_quality = _loads(row["reserved_quality_json"])
-    environment_id = row["environment_id"]
     return InferenceCalibration(
         row["arch"],
         row["device"],
@@ -223,12 +238,12 @@ def _calibration_from_row(db: Database, row: sqlite3.Row) -> InferenceCalibratio
         json.loads(row["phase_coefficients_json"]),
         json.loads(row["parameter_model_json"]),
         FitQuality(**json.loads(row["quality_json"])),
-        db._environment(environment_id).to_dict() if environment_id is not None else {},
+        environment,
         row["created_at"],
-        source=db.location,
+        source=source,
         reserved_coefficients=_loads(row["reserved_coefficients_json"]),
         reserved_quality=FitQuality(**reserved_quality) if reserved_quality else None,
         fit_range=_loads(row["fit_range_json"]),
         context_bytes=row["context_bytes"],
-        step=_settings_of(row).get("predictor", Predictor.MONAI.value),
+        predictor=Predictor(_settings_of(row).get("predictor", Predictor.MONAI.value)),
     )

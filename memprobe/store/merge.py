@@ -232,15 +232,13 @@ def _row_checks(source: Database, where: str) -> dict[str, Callable[[Row], objec
         return calibration_from_row(row, environment, source=where)
 
     def inference_measurement(row: Row) -> object:
-        from memprobe.store import inference_rows as store
+        from memprobe.store.inference_rows import inference_measurement_from_row
 
         environment = source._environment(row["environment_id"])
-        return _checked(lambda: store._measurement_from_row(row, environment))  # type: ignore[arg-type]
+        return _checked(lambda: inference_measurement_from_row(row, environment))  # type: ignore[arg-type]
 
     def inference_calibration(row: Row) -> object:
-        from memprobe.store import inference_rows as store
-
-        return _checked(lambda: store._calibration_from_row(source, row))  # type: ignore[arg-type]
+        return _checked(lambda: source.inference_calibration_from_row(row))  # type: ignore[arg-type]
 
     return {
         "measurements": measurement,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from memprobe.backends.sliding_window import InferenceRunner
+from memprobe.backends.sliding_window import SlidingWindowBackend
 from memprobe.core.archs.registry import ARCHS, axis_divisors, get_arch, smallest_patch
 from memprobe.core.inference_config import make_inference_config
 
@@ -22,7 +22,7 @@ def test_trace_equals_cpu_execution_in_inference(arch: str) -> None:
     roi = smallest_patch(spec)
     image = (roi[0] + axis_divisors(spec)[0], roi[1], roi[2])
     config = make_inference_config(arch, roi, image, 2)
-    traced, executed = (InferenceRunner(kind).measure(config) for kind in ("trace", "cpu"))
+    traced, executed = (SlidingWindowBackend(kind).measure(config) for kind in ("trace", "cpu"))
     assert traced.peak_allocated_bytes == executed.peak_allocated_bytes, arch
     assert traced.phase_peaks_bytes["forward"] == executed.phase_peaks_bytes["forward"], arch
 
@@ -30,5 +30,5 @@ def test_trace_equals_cpu_execution_in_inference(arch: str) -> None:
 def test_an_eval_mode_dropout_is_not_counted_as_a_copy() -> None:
     """BasicUNet's nn.Dropout in eval: ATen returns its input; the decomposition fake tensors run cloned it."""
     config = make_inference_config("basicunet", (32, 32, 32), (40, 72, 56), 2)
-    traced, executed = (InferenceRunner(kind).measure(config) for kind in ("trace", "cpu"))
+    traced, executed = (SlidingWindowBackend(kind).measure(config) for kind in ("trace", "cpu"))
     assert traced.peak_allocated_bytes == executed.peak_allocated_bytes

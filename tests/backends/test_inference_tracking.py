@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from memprobe.backends.sliding_window import InferenceRunner
+from memprobe.backends.sliding_window import SlidingWindowBackend
 from memprobe.core.inference_config import make_inference_config
 
 TINY = "tests.tiny_models:tiny_net"
 
 
 @pytest.fixture(scope="module")
-def runners() -> tuple[InferenceRunner, InferenceRunner]:
-    return InferenceRunner("trace"), InferenceRunner("cpu")
+def runners() -> tuple[SlidingWindowBackend, SlidingWindowBackend]:
+    return SlidingWindowBackend("trace"), SlidingWindowBackend("cpu")
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,7 @@ def runners() -> tuple[InferenceRunner, InferenceRunner]:
     ],
 )
 def test_trace_peak_equals_real_cpu_execution(
-    runners: tuple[InferenceRunner, InferenceRunner],
+    runners: tuple[SlidingWindowBackend, SlidingWindowBackend],
     image: tuple[int, int, int],
     sw_batch: int,
     stitch: str,
@@ -44,7 +44,9 @@ def test_trace_peak_equals_real_cpu_execution(
 
 
 @pytest.mark.slow
-def test_trace_equals_cpu_for_a_registered_network(runners: tuple[InferenceRunner, InferenceRunner]) -> None:
+def test_trace_equals_cpu_for_a_registered_network(
+    runners: tuple[SlidingWindowBackend, SlidingWindowBackend],
+) -> None:
     """MONAI's UNet, 32^3 windows on a 48^3 image: the same peak on fakes as executed."""
     config = make_inference_config("unet", (32, 32, 32), (48, 48, 48), 2, out_channels=4, overlap=0.0)
     trace, cpu = (runner.measure(config) for runner in runners)
@@ -52,7 +54,7 @@ def test_trace_equals_cpu_for_a_registered_network(runners: tuple[InferenceRunne
 
 
 def test_stitching_on_the_cpu_leaves_the_image_buffers_off_the_gpu(
-    runners: tuple[InferenceRunner, InferenceRunner],
+    runners: tuple[SlidingWindowBackend, SlidingWindowBackend],
 ) -> None:
     """Output (3 classes), count map and input image, 4 bytes a voxel each, are counted only when stitching on the GPU."""
     on_gpu, on_cpu = (
@@ -66,7 +68,7 @@ def test_stitching_on_the_cpu_leaves_the_image_buffers_off_the_gpu(
 
 
 def test_more_classes_grow_the_gpu_stitched_peak_by_the_output_buffer(
-    runners: tuple[InferenceRunner, InferenceRunner],
+    runners: tuple[SlidingWindowBackend, SlidingWindowBackend],
 ) -> None:
     """Each class adds a float32 image to the output buffer (and a little to each window's output)."""
     peaks = [

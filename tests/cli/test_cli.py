@@ -11,14 +11,13 @@ from pathlib import Path
 import click
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from memprobe.cli.main import cli, main
 from memprobe.cli.render.plans import TRACE_NOTE
 from memprobe.core.archs.registry import ARCHS, get_arch
 from memprobe.planning.size_search import plan_batch
 from memprobe.store.database import Database
-from tests.helpers import make_calibration, write_calibrations
+from tests.helpers import invoke, make_calibration, write_calibrations
 
 GIB = 2**30
 TINY = "tests.tiny_models:tiny_net"
@@ -48,17 +47,17 @@ COMMAND_PATHS = [path for path, _ in _walk(cli)]
 
 
 @pytest.mark.parametrize("path", COMMAND_PATHS, ids=[" ".join(p) or "memprobe" for p in COMMAND_PATHS])
-def test_every_command_has_help(path: tuple[str, ...]) -> None:
+def test_every_command_has_help(path: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
     """Every command and subcommand documents itself and each of its options."""
     command = dict(_walk(cli))[path]
     assert command.help and command.help.strip()
     for parameter in command.params:
         if isinstance(parameter, click.Option) and parameter.name not in ("help", "version"):
             assert parameter.help, f"{' '.join(path)} {parameter.opts} has no help"
-    result = CliRunner().invoke(cli, [*path, "--help"])
-    assert result.exit_code == 0 and "Usage:" in result.output
+    result = invoke(capsys, *path, "--help")
+    assert result.code == 0 and "Usage:" in result.out
     first_line = " ".join(command.help.strip().splitlines()[0].split())
-    assert first_line in " ".join(result.output.split())
+    assert first_line in " ".join(result.out.split())
 
 
 def test_commands_are_registered() -> None:
@@ -66,62 +65,71 @@ def test_commands_are_registered() -> None:
     assert {"archs", "probe", "calibrate", "suggest", "plan", "db"} <= set(cli.commands)
 
 
-def test_version() -> None:
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     """--version prints the package version."""
     from memprobe import __version__
 
-    result = CliRunner().invoke(cli, ["--version"])
-    assert result.exit_code == 0 and __version__ in result.output
+    result = invoke(capsys, "--version")
+    assert result.code == 0 and __version__ in result.out
 
 
-def test_archs_json_lists_the_registry() -> None:
+def test_archs_json_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     """archs --json is parseable and lists every registered architecture with its divisor."""
-    result = CliRunner().invoke(cli, ["archs", "--json"])
-    assert result.exit_code == 0
-    data = json.loads(result.stdout)
+    result = invoke(capsys, "archs", "--json")
+    assert result.code == 0
+    data = json.loads(result.out)
     assert [item["name"] for item in data][: len(ARCHS)] == list(ARCHS)
     assert all(item["divisor"] == ARCHS[item["name"]].divisor for item in data if item["name"] in ARCHS)
 
 
-def test_archs_table() -> None:
+def test_archs_table(capsys: pytest.CaptureFixture[str]) -> None:
     """archs without --json prints a table naming every architecture."""
-    result = CliRunner().invoke(cli, ["archs"])
-    assert result.exit_code == 0 and all(name in result.output for name in ARCHS)
+    result = invoke(capsys, "archs")
+    assert result.code == 0 and all(name in result.out for name in ARCHS)
 
 
-def test_probe_tiny_model_on_trace() -> None:
+def test_probe_tiny_model_on_trace(capsys: pytest.CaptureFixture[str]) -> None:
     """probe of a user model on trace prints a measurement with its peak as JSON."""
-    result = CliRunner().invoke(
-        cli,
-        ["probe", "--arch", TINY, "--patch", "16", "16", "16", "--batch", "2", "--device", "trace", "--json"],
+    result = invoke(
+        capsys,
+        "probe",
+        "--arch",
+        TINY,
+        "--patch",
+        "16",
+        "16",
+        "16",
+        "--batch",
+        "2",
+        "--device",
+        "trace",
+        "--json",
     )
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
     assert data["arch"] == TINY and data["patch"] == [16, 16, 16] and data["batch"] == 2
     assert data["device"] == "trace" and not data["oom"]
     assert isinstance(data["peak_allocated_bytes"], int) and data["peak_allocated_bytes"] > 0
     assert data["peak_allocated_bytes"] % 512 == 0
 
 
-def test_suggest_json_is_a_consistent_plan(calibrated_db: Path) -> None:
+def test_suggest_json_is_a_consistent_plan(calibrated_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """suggest --json gives the largest batch: it fits budget*safety and the next does not."""
-    result = CliRunner().invoke(
-        cli,
-        [
-            "suggest",
-            "--patch",
-            "128",
-            "128",
-            "128",
-            "--gpu-mem",
-            "24GiB",
-            "--db",
-            str(calibrated_db),
-            "--json",
-        ],
+    result = invoke(
+        capsys,
+        "suggest",
+        "--patch",
+        "128",
+        "128",
+        "128",
+        "--gpu-mem",
+        "24GiB",
+        "--db",
+        str(calibrated_db),
+        "--json",
     )
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
     budget = 24 * GIB
     assert data["budget_bytes"] == budget and data["safety"] == 1.0
     assert data["need"]["total_bytes"] <= budget < data["next_batch_total_bytes"]
@@ -143,125 +151,61 @@ def test_suggest_json_is_a_consistent_plan(calibrated_db: Path) -> None:
     assert sum(t["bytes"] for t in terms) == pytest.approx(data["need"]["total_bytes"], abs=len(terms))
 
 
-def test_suggest_yaml_parses(calibrated_db: Path) -> None:
+def test_suggest_yaml_parses(calibrated_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """suggest --yaml is valid YAML with the same plan as --json."""
-    result = CliRunner().invoke(
-        cli,
-        [
-            "suggest",
-            "--patch",
-            "128",
-            "128",
-            "128",
-            "--gpu-mem",
-            "24GiB",
-            "--db",
-            str(calibrated_db),
-            "--yaml",
-            "--effective-batch",
-            "16",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    data = yaml.safe_load(result.stdout)
+    result = invoke(capsys, "suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB",
+                    "--db", str(calibrated_db), "--yaml", "--effective-batch", "16")  # fmt: skip
+    assert result.code == 0, result.err
+    data = yaml.safe_load(result.out)
     # 5 fit; 16 needs 4 steps of 5, and then 4 steps of 4 reach it exactly with a smaller batch
     assert data["batch"] == 4 and data["accumulate_grad_batches"] == 4 and data["effective_batch"] == 16
     assert data["pytorch_connectomics"]["training.accumulate_grad_batches"] == 4
 
 
-def test_suggest_patch_for_a_batch(calibrated_db: Path) -> None:
+def test_suggest_patch_for_a_batch(calibrated_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """suggest --batch plans a divisible patch within the budget and the median shape."""
-    result = CliRunner().invoke(
-        cli,
-        [
-            "suggest",
-            "--batch",
-            "2",
-            "--gpu-mem",
-            "24GiB",
-            "--spacing",
-            "5",
-            "0.8",
-            "0.8",
-            "--median-shape",
-            "64",
-            "320",
-            "320",
-            "--db",
-            str(calibrated_db),
-            "--json",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
+    result = invoke(capsys, "suggest", "--batch", "2", "--gpu-mem", "24GiB", "--spacing", "5", "0.8", "0.8",
+                    "--median-shape", "64", "320", "320", "--db", str(calibrated_db), "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
     assert all(size % 16 == 0 for size in data["patch"])
     assert all(size <= limit for size, limit in zip(data["patch"], (64, 320, 320), strict=True))
     assert data["predicted_peak_bytes"] <= 24 * GIB * 0.9 and data["reasons"]
 
 
-def test_suggest_all_archs(calibrated_db: Path) -> None:
+def test_suggest_all_archs(calibrated_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--all-archs compares every architecture calibrated at the precision."""
-    result = CliRunner().invoke(
-        cli,
-        [
-            "suggest",
-            "--patch",
-            "128",
-            "128",
-            "128",
-            "--gpu-mem",
-            "24GiB",
-            "--all-archs",
-            "--precision",
-            "fp32",
-            "--db",
-            str(calibrated_db),
-            "--json",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert [plan["arch"] for plan in json.loads(result.stdout)] == ["mednext", "basicunet"]
+    result = invoke(capsys, "suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--all-archs",
+                    "--precision", "fp32", "--db", str(calibrated_db), "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    assert [plan["arch"] for plan in json.loads(result.out)] == ["mednext", "basicunet"]
 
 
-def test_suggest_all_archs_reads_precision_in_any_case(calibrated_db: Path) -> None:
+def test_suggest_all_archs_reads_precision_in_any_case(
+    calibrated_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--all-archs finds the calibrated networks whatever the case of --precision, as planning does."""
-    result = CliRunner().invoke(
-        cli,
-        [
-            "suggest",
-            "--patch",
-            "128",
-            "128",
-            "128",
-            "--gpu-mem",
-            "24GiB",
-            "--all-archs",
-            "--precision",
-            "FP32",
-            "--db",
-            str(calibrated_db),
-            "--json",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert [plan["arch"] for plan in json.loads(result.stdout)] == ["mednext", "basicunet"]
+    result = invoke(capsys, "suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--all-archs",
+                    "--precision", "FP32", "--db", str(calibrated_db), "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    assert [plan["arch"] for plan in json.loads(result.out)] == ["mednext", "basicunet"]
 
 
-def test_suggest_table(calibrated_db: Path) -> None:
+def test_suggest_table(calibrated_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The default table shows the batch and the budget."""
-    result = CliRunner().invoke(
-        cli, ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--db", str(calibrated_db)]
+    result = invoke(
+        capsys, "suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--db", str(calibrated_db)
     )
-    assert result.exit_code == 0 and "| mednext" in result.output and "24.00 GiB" in result.output
+    assert result.code == 0 and "| mednext" in result.out and "24.00 GiB" in result.out
 
 
-def test_plan_json(calibrated_db: Path) -> None:
+def test_plan_json(calibrated_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """plan --json fills every value, with a reason for each."""
-    result = CliRunner().invoke(
-        cli, ["plan", "--gpu-mem", "24GiB", "--precision", "fp32", "--db", str(calibrated_db), "--json"]
+    result = invoke(
+        capsys, "plan", "--gpu-mem", "24GiB", "--precision", "fp32", "--db", str(calibrated_db), "--json"
     )
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
     for name in (
         "precision",
         "patch_size",
@@ -505,22 +449,26 @@ def test_flags_that_contradict_each_other_are_refused(
     assert code == 2 and message in err and err.count("\n") == 1 and not out
 
 
-def test_suggest_and_plan_default_to_one_precision_and_show_it(calibrated_db: Path) -> None:
+def test_suggest_and_plan_default_to_one_precision_and_show_it(
+    calibrated_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Without --precision both plan at bf16-mixed (plan's rule for a GPU with bf16, or none) and say so."""
     patch = ["--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--db", str(calibrated_db)]
-    table = CliRunner().invoke(cli, ["suggest", *patch])
-    assert table.exit_code == 0, table.output
-    assert "| precision" in table.stdout and "precision bf16-mixed (the default;" in table.stdout
-    suggested = CliRunner().invoke(cli, ["suggest", *patch, "--json"])
-    assert json.loads(suggested.stdout)["precision"] == "bf16-mixed"
+    table = invoke(capsys, "suggest", *patch)
+    assert table.code == 0, table.err
+    assert "| precision" in table.out and "precision bf16-mixed (the default;" in table.out
+    suggested = invoke(capsys, "suggest", *patch, "--json")
+    assert json.loads(suggested.out)["precision"] == "bf16-mixed"
     batch = ["--batch", "2", "--gpu-mem", "24GiB", "--db", str(calibrated_db), "--json"]
-    assert json.loads(CliRunner().invoke(cli, ["suggest", *batch]).stdout)["precision"] == "bf16-mixed"
-    planned = CliRunner().invoke(cli, ["plan", "--gpu-mem", "24GiB", "--db", str(calibrated_db), "--json"])
-    assert planned.exit_code == 0, planned.output
-    assert json.loads(planned.stdout)["precision"] == "bf16-mixed"
+    assert json.loads(invoke(capsys, "suggest", *batch).out)["precision"] == "bf16-mixed"
+    planned = invoke(capsys, "plan", "--gpu-mem", "24GiB", "--db", str(calibrated_db), "--json")
+    assert planned.code == 0, planned.err
+    assert json.loads(planned.out)["precision"] == "bf16-mixed"
 
 
-def test_all_archs_with_deep_supervision_skips_networks_without_it(db_path: Path) -> None:
+def test_all_archs_with_deep_supervision_skips_networks_without_it(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--all-archs --deep-supervision names the networks without heads once and plans the others."""
     from dataclasses import replace
 
@@ -528,12 +476,10 @@ def test_all_archs_with_deep_supervision_skips_networks_without_it(db_path: Path
         db.add_calibration(replace(make_calibration(), deep_supervision=True))
         db.add_calibration(make_calibration(arch="basicunet"))
     arguments = ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--precision", "fp32"]
-    result = CliRunner().invoke(
-        cli, [*arguments, "--all-archs", "--deep-supervision", "--db", str(db_path), "--json"]
-    )
-    assert result.exit_code == 0, result.output
-    assert result.stderr.splitlines() == ["skipped basicunet: no deep supervision"]
-    assert json.loads(result.stdout)["arch"] == "mednext"
+    result = invoke(capsys, *arguments, "--all-archs", "--deep-supervision", "--db", str(db_path), "--json")
+    assert result.code == 0, result.err
+    assert result.err.splitlines() == ["skipped basicunet: no deep supervision"]
+    assert json.loads(result.out)["arch"] == "mednext"
 
 
 # Metavars the options use for numbers: a size per axis, a spacing per axis, a memory size.

@@ -12,7 +12,6 @@ from memprobe.cli.main import main
 from memprobe.formula.calibration import FitQuality
 from memprobe.formula.inference_calibration import INFERENCE, InferenceCalibration
 from memprobe.store.database import Database
-from memprobe.store.inference_rows import add_inference_calibration, inference_calibrations
 
 TINY = "tests.tiny_models:tiny_net"
 GIB = 2**30
@@ -53,7 +52,7 @@ def _calibration(per_window_voxel: float = 400.0, precision: str = "bf16-mixed")
 @pytest.fixture
 def inference_db(db_path: Path) -> Path:
     with Database.open(db_path) as database:
-        add_inference_calibration(database, _calibration())
+        database.add_calibration(_calibration())
     return db_path
 
 
@@ -94,7 +93,7 @@ def _suggest(db: Path, *extra: str) -> list[str]:
 def test_inference_calibrations_are_stored_apart_from_training(inference_db: Path) -> None:
     with Database.open(inference_db) as database:
         assert database.calibrations() == []
-        stored = inference_calibrations(database)
+        stored = database.inference_calibrations()
     assert [c.arch for c in stored] == ["unet"] and stored[
         0
     ].phase_coefficients == _calibration().phase_coefficients
@@ -316,7 +315,7 @@ def test_calibrate_inference_stores_apart_and_suggest_answers_from_it(
     assert data["mode"] == "inference" and len(data["measurements"]) == 17
     assert data["calibration"]["optimizer"] == "inference"
     with Database.open(db_path) as database:
-        assert database.calibrations() == [] and [c.arch for c in inference_calibrations(database)] == [TINY]
+        assert database.calibrations() == [] and [c.arch for c in database.inference_calibrations()] == [TINY]
     code, out, err = _run(
         [
             "suggest",
@@ -351,6 +350,10 @@ def test_calibrate_inference_stores_apart_and_suggest_answers_from_it(
 def test_db_list_shows_inference_calibrations(inference_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(["db", "list", "--db", str(inference_db), "--json"], capsys)
     assert code == 0 and [(c["arch"], c["optimizer"]) for c in json.loads(out)] == [("unet", "inference")]
+    assert [c["predictor"] for c in json.loads(out)] == ["monai"]
+    code, out, _ = _run(["db", "list", "--db", str(inference_db), "--no-shipped"], capsys)
+    [row] = [line for line in out.splitlines() if line.startswith("| unet")]
+    assert code == 0 and "monai" in row.split()  # the step column names the sliding window measured
 
 
 def test_calibrate_inference_refuses_sizes_it_chooses_itself(capsys: pytest.CaptureFixture[str]) -> None:
@@ -358,3 +361,40 @@ def test_calibrate_inference_refuses_sizes_it_chooses_itself(capsys: pytest.Capt
         ["calibrate", "--mode", "inference", "--arch", TINY, "--image-shape", "64", "64", "64"], capsys
     )
     assert code == 2 and "--image-shape is not for calibrate" in err
+
+
+def test_calibrate_inference_passes_isolate_and_a_shape_rule_to_the_library(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--isolate and --divisor are taken in inference mode (they were training's only) and reach the one library call."""
+    import memprobe.inference.api as inference_api
+
+    asked: dict[str, object] = {}
+
+    def calibrate(arch: str, precision: str, **options: object) -> None:
+        asked.update(options, arch=arch)
+        raise SystemExit(0)  # stop before rendering: what was asked is the test
+
+    monkeypatch.setattr(inference_api, "calibrate_inference", calibrate)
+    code, _, err = _run(
+        [
+            "calibrate",
+            "--mode",
+            "inference",
+            "--arch",
+            TINY,
+            "--device",
+            "trace",
+            "--isolate",
+            "--divisor",
+            "8",
+            "8",
+            "8",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert asked["isolate"] is True and asked["device"] == "trace"
+    assert (
+        str(asked["arch"]).startswith(TINY) and str(asked["arch"]) != TINY
+    )  # the rule travels with the name

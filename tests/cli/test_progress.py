@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from memprobe.cli.progress import Progress
-from tests.helpers import SMALL_BUDGET, TINY
+from tests.helpers import SMALL_BUDGET, TINY, invoke
 
 
 class _Terminal(io.StringIO):
@@ -41,11 +40,10 @@ def test_on_a_terminal_a_bar_is_drawn() -> None:
 
 
 def test_calibrate_runs_the_library_function_with_a_callback(
-    monkeypatch: pytest.MonkeyPatch, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, db_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``memprobe calibrate`` is a view over ``memprobe.calibrate``; its progress comes from the callback."""
     import memprobe.api
-    from memprobe.cli.main import cli
 
     calls: list[dict[str, Any]] = []
     library = memprobe.api.calibrate
@@ -55,13 +53,11 @@ def test_calibrate_runs_the_library_function_with_a_callback(
         return library(*arguments, **options)
 
     monkeypatch.setattr(memprobe.api, "calibrate", recording)
-    result = CliRunner().invoke(
-        cli,
-        ["calibrate", "--arch", TINY, "--device", "trace", "--gpu-mem", SMALL_BUDGET, "--db", str(db_path)],
-    )
-    assert result.exit_code == 0, result.output
+    result = invoke(capsys, "calibrate", "--arch", TINY, "--device", "trace", "--gpu-mem", SMALL_BUDGET,
+                    "--db", str(db_path))  # fmt: skip
+    assert result.code == 0, result.err
     assert len(calls) == 1 and callable(calls[0]["on_measurement"])
-    lines = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    lines = [line for line in result.err.splitlines() if line.startswith("[")]
     assert lines[0].startswith("[1/20] calibrating tests.tiny_models:tiny_net (bf16-mixed) on trace: ")
     assert len(lines) >= 14  # ten design points and four held out, each on its own line
 

@@ -8,15 +8,14 @@ import math
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from memprobe.calibration_run import design_points, measure_or_record
-from memprobe.cli.main import cli
 from memprobe.core.archs.registry import axis_divisors, resolve_arch, smallest_patch
 from memprobe.core.archs.shape_rules import arch_with_rule, find_rule, parse_rule_suffix
 from memprobe.core.config import make_step_config, validate_patch
 from memprobe.core.errors import InvalidInputError, ModelError
 from memprobe.formula.terms import stage_voxels
+from tests.helpers import invoke
 
 ANISO = "tests.aniso_models:aniso_net"
 DECLARED = "tests.aniso_models:declared_aniso_net"
@@ -110,31 +109,16 @@ def test_a_declared_rule_is_read_from_the_factory() -> None:
     assert name == f"{DECLARED}[div=4x8x8,min=8x16x16]"
 
 
-def test_calibrate_finds_the_rule_plans_valid_patches_and_probes_them(tmp_path: Path) -> None:
+def test_calibrate_finds_the_rule_plans_valid_patches_and_probes_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The whole path for an anisotropically pooling network: found rule, fit, plan, probe."""
     db = str(tmp_path / "db.sqlite")
-    runner = CliRunner()
-    result = runner.invoke(
-        cli,
-        [
-            "calibrate",
-            "--arch",
-            ANISO,
-            "--device",
-            "trace",
-            "--precision",
-            "fp32",
-            "--gpu-mem",
-            "8GiB",
-            "--no-search",
-            "--db",
-            db,
-            "--json",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert "patch sizes divisible by 4x8x8" in result.stderr and "(found)" in result.stderr
-    data = json.loads(result.stdout)
+    result = invoke(capsys, "calibrate", "--arch", ANISO, "--device", "trace", "--precision", "fp32",
+                    "--gpu-mem", "8GiB", "--no-search", "--db", db, "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    assert "patch sizes divisible by 4x8x8" in result.err and "(found)" in result.err
+    data = json.loads(result.out)
     assert data["calibration"]["arch"].startswith(f"{ANISO}[div=4x8x8")
     assert data["searches"] == []
     quality = data["calibration"]["quality"]
@@ -144,16 +128,14 @@ def test_calibrate_finds_the_rule_plans_valid_patches_and_probes_them(tmp_path: 
     assert min(widths) == 2 * min(depths)  # the design follows the network's anisotropic pooling
 
     for spacing, shape in (((3, 0.8, 0.8), (70, 199, 199)), ((1, 1, 1), (90, 101, 133))):
-        planned = runner.invoke(
-            cli,
-            [
-                *("suggest", "--arch", ANISO, "--batch", "2", "--gpu-mem", "3GiB", "--device", "trace"),
-                *("--precision", "fp32"),  # as calibrated above; suggest's default is bf16-mixed
-                *("--db", db, "--spacing", *map(str, spacing), "--median-shape", *map(str, shape), "--json"),
-            ],
+        planned = invoke(
+            capsys,
+            *("suggest", "--arch", ANISO, "--batch", "2", "--gpu-mem", "3GiB", "--device", "trace"),
+            *("--precision", "fp32"),  # as calibrated above; suggest's default is bf16-mixed
+            *("--db", db, "--spacing", *map(str, spacing), "--median-shape", *map(str, shape), "--json"),
         )
-        assert planned.exit_code == 0, planned.output
-        patch = json.loads(planned.stdout)["patch"]
+        assert planned.code == 0, planned.err
+        patch = json.loads(planned.out)["patch"]
         assert [p % d for p, d in zip(patch, (4, 8, 8), strict=True)] == [0, 0, 0]
         from memprobe.api import probe
 
@@ -191,9 +173,9 @@ def test_a_given_rule_is_checked() -> None:
     assert "not divisible by the divisors 4x8x8" in result.err
 
 
-def test_plan_takes_optimizer() -> None:
-    result = CliRunner().invoke(cli, ["plan", "--help"])
-    assert "--optimizer" in result.output
+def test_plan_takes_optimizer(capsys: pytest.CaptureFixture[str]) -> None:
+    result = invoke(capsys, "plan", "--help")
+    assert "--optimizer" in result.out
 
 
 def test_probe_refuses_a_patch_against_the_given_divisors() -> None:

@@ -48,7 +48,7 @@ def test_a_16_class_ct_plan_says_where_to_stitch_and_a_trace_probe_of_it_fits(
     report: InferenceCalibrationReport,
 ) -> None:
     """600x512x512, 16 classes, 24 GiB: the plan names the stitch device; the planned run, traced, fits."""
-    from memprobe.backends.sliding_window import InferenceRunner
+    from memprobe.backends.sliding_window import SlidingWindowBackend
     from memprobe.core.inference_config import StitchDevice, make_inference_config
     from memprobe.planning.inference_plan import plan_inference
 
@@ -63,7 +63,7 @@ def test_a_16_class_ct_plan_says_where_to_stitch_and_a_trace_probe_of_it_fits(
     assert plan.need.total_bytes <= 24 * GIB and plan.config.sw_batch_size >= 1
     assert plan.next_need is None or plan.next_need.total_bytes > 24 * GIB
 
-    measured = InferenceRunner("trace").measure(plan.config)
+    measured = SlidingWindowBackend("trace").measure(plan.config)
     overheads = plan.need.fixed_bytes
     assert measured.peak_reserved_bytes + overheads <= 24 * GIB
     assert measured.peak_allocated_bytes <= plan.need.allocated_bytes + plan.need.margin_bytes
@@ -84,3 +84,20 @@ def test_a_smaller_card_moves_the_ct_s_stitching_to_the_cpu(report: InferenceCal
         and plan.sliding_window_kwargs()["sw_device"] == "cuda"
     )
     assert plan.nnunet_predictor_kwargs()["perform_everything_on_device"] is False
+
+
+@pytest.mark.slow
+def test_a_rerun_reuses_every_stored_point_through_the_shared_log(report: InferenceCalibrationReport) -> None:
+    """Inference measures through training's MeasurementLog: a second run measures nothing and fits the same."""
+    from memprobe.inference.api import calibrate_inference
+
+    seen: list[bool] = []
+    again = calibrate_inference(
+        "unet", device="trace", db=report.stored_in, on_measurement=lambda m, reused: seen.append(reused)
+    )
+    assert report.measured == len(report.fitted) + len(report.heldout) and report.reused == 0
+    assert (
+        (again.measured, again.reused) == (0, report.measured) and all(seen) and len(seen) == report.measured
+    )
+    assert again.calibration.phase_coefficients == report.calibration.phase_coefficients
+    assert again.calibration.fit_range == report.calibration.fit_range

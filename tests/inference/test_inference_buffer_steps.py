@@ -18,20 +18,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memprobe.backends.sliding_window import InferenceRunner
+from memprobe.backends.sliding_window import SlidingWindowBackend
 from memprobe.core.archs.registry import resolve_arch
 from memprobe.core.inference_config import InferenceConfig, make_inference_config
 from memprobe.formula.inference_terms import buffer_bytes, buffered_peak
 from memprobe.planning.inference_plan import inference_need
-from memprobe.store.inference_rows import add_inference_calibration
 
 TINY = "tests.tiny_models:tiny_net"
 GIB = 2**30
 
 
 @pytest.fixture(scope="module")
-def runner() -> InferenceRunner:
-    return InferenceRunner("trace")
+def runner() -> SlidingWindowBackend:
+    return SlidingWindowBackend("trace")
 
 
 def _config(image: tuple[int, int, int], sw: int, steps: int | None, **options: object) -> InferenceConfig:
@@ -70,7 +69,7 @@ def test_buffers_are_monais(
     assert len(config.buffer_widths()) == n_per_batch
 
 
-def _predicted(runner: InferenceRunner, config: InferenceConfig) -> float:
+def _predicted(runner: SlidingWindowBackend, config: InferenceConfig) -> float:
     """``buffered_peak`` over the segment peaks of the same inference probed without a buffer."""
     plain = runner.measure(replace(config, buffer_steps=None, sw_batch_size=config.window_batch))
     segments = {k: v for k, v in plain.phase_peaks_bytes.items() if k in ("forward", "stitch")}
@@ -96,7 +95,7 @@ EXACT = [  # (image, sw_batch_size, out_channels, overlap, buffer_steps, stitch,
 
 @pytest.mark.parametrize(("image", "sw", "classes", "overlap", "steps", "stitch", "precision"), EXACT)
 def test_the_buffer_term_is_the_trace_peak_to_the_byte(
-    runner: InferenceRunner,
+    runner: SlidingWindowBackend,
     image: tuple[int, int, int],
     sw: int,
     classes: int,
@@ -122,7 +121,7 @@ UPPER = [  # (image, sw_batch_size, buffer_steps, stitch)
 
 @pytest.mark.parametrize(("image", "sw", "steps", "stitch"), UPPER)
 def test_elsewhere_the_buffer_term_is_an_upper_bound(
-    runner: InferenceRunner, image: tuple[int, int, int], sw: int, steps: int, stitch: str
+    runner: SlidingWindowBackend, image: tuple[int, int, int], sw: int, steps: int, stitch: str
 ) -> None:
     """Over by less than the buffer and the batch's outputs together (measured: at most 29% of the peak
     of a network whose outputs are most of its memory)."""
@@ -151,7 +150,7 @@ def _shipped_unet(monkeypatch: pytest.MonkeyPatch, db_path: Path) -> Path:
     from memprobe.store.database import Database
 
     with Database.open(db_path) as database:
-        add_inference_calibration(database, shipped[0])
+        database.add_calibration(shipped[0])
     return db_path
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from memprobe.store.database import Database
-from memprobe.store.inference_rows import add_inference_calibration
 from tests.cli.test_inference_cli import TINY, _calibration, _suggest
 from tests.helpers import invoke
 
@@ -19,7 +18,7 @@ PROBE = ("probe", "--mode", "inference", "--arch", TINY, "--patch", "16", "16", 
 @pytest.fixture
 def calibrated(db_path: Path) -> Path:
     with Database.open(db_path) as database:
-        add_inference_calibration(database, _calibration())
+        database.add_calibration(_calibration())
     return db_path
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from memprobe.backends.allocation_tracker import AllocationTracker
-from memprobe.backends.sliding_window import InferenceRunner
+from memprobe.backends.sliding_window import SlidingWindowBackend
 from memprobe.cli.main import main
 from memprobe.core.archs.registry import resolve_arch
 from memprobe.core.inference_config import make_inference_config
@@ -175,7 +175,7 @@ def test_window_count_is_nnunets() -> None:
 def test_trace_peak_equals_real_cpu_execution_for_nnunets_predictor(options: dict[str, Any]) -> None:
     """The issue's check for nnU-Net's predictor: the same peak, segments and reserve on fakes as executed."""
     config = _nnunet(overlap=0.0, **options)
-    trace, cpu = (InferenceRunner(kind).measure(config) for kind in ("trace", "cpu"))
+    trace, cpu = (SlidingWindowBackend(kind).measure(config) for kind in ("trace", "cpu"))
     assert trace.ok and cpu.ok
     assert trace.peak_allocated_bytes == cpu.peak_allocated_bytes
     assert trace.phase_peaks_bytes == cpu.phase_peaks_bytes
@@ -186,7 +186,7 @@ def test_trace_peak_equals_real_cpu_execution_for_nnunets_predictor(options: dic
 def test_results_off_the_device_leave_nnunets_half_precision_buffers_on_the_host() -> None:
     """perform_everything_on_device=False: no logits (2 bytes a class-voxel), count map or input on the GPU."""
     on_gpu, on_cpu = (
-        InferenceRunner("trace").measure(_nnunet(stitch=s, mirror_axes=(), overlap=0.0))
+        SlidingWindowBackend("trace").measure(_nnunet(stitch=s, mirror_axes=(), overlap=0.0))
         for s in ("gpu", "cpu")
     )
     voxels = 32 * 32 * 40
@@ -198,20 +198,19 @@ def test_results_off_the_device_leave_nnunets_half_precision_buffers_on_the_host
 @needs_nnunet
 def test_nnunet_settings_are_stored_and_keep_measurements_apart(tmp_path: Path) -> None:
     from memprobe.store.database import Database
-    from memprobe.store.inference_rows import add_inference_measurement, find_inference_measurement
 
-    runner = InferenceRunner("trace")
+    runner = SlidingWindowBackend("trace")
     mirrored = _nnunet(mirror_axes=(0, 1, 2), overlap=0.5)
     plain = make_inference_config(TINY, (16, 16, 16), (32, 32, 40), 1, overlap=0.5, out_channels=3)
     with Database.open(tmp_path / "db.sqlite") as db:
-        add_inference_measurement(db, runner.measure(plain))  # a MONAI row (its settings: MONAI's)
-        assert find_inference_measurement(db, mirrored, runner.environment()) is None
-        add_inference_measurement(db, runner.measure(mirrored))
-        found = find_inference_measurement(db, mirrored, runner.environment())
+        db.add_measurement(runner.measure(plain))  # a MONAI row (its settings: MONAI's)
+        assert db.find_measurement(mirrored, runner.environment()) is None
+        db.add_measurement(runner.measure(mirrored))
+        found = db.find_measurement(mirrored, runner.environment())
         assert found is not None and found.config == mirrored
-        assert find_inference_measurement(db, plain, runner.environment()).config == plain  # type: ignore[union-attr]
+        assert db.find_measurement(plain, runner.environment()).config == plain  # type: ignore[union-attr]
         unmirrored = _nnunet(mirror_axes=(), overlap=0.5)
-        assert find_inference_measurement(db, unmirrored, runner.environment()) is None
+        assert db.find_measurement(unmirrored, runner.environment()) is None
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +281,7 @@ def test_a_trace_probe_of_the_planned_configuration_fits(
 
     plan = max_sw_batch_size(TINY, (64, 64, 64), (160, 192, 224), "8GiB", out_channels=5, db=nnunet_db[0],
                              device="trace", predictor="nnunet", mirror_axes=(2,))  # fmt: skip
-    measured = InferenceRunner("trace").measure(plan.config)
+    measured = SlidingWindowBackend("trace").measure(plan.config)
     assert measured.ok and plan.need.allocated_bytes <= plan.usable_bytes
     assert (
         abs(plan.need.allocated_bytes - measured.peak_allocated_bytes) <= 0.05 * measured.peak_allocated_bytes
@@ -330,7 +329,7 @@ def test_nnunet_only_options_need_the_nnunet_predictor(capsys: pytest.CaptureFix
 def test_buffer_steps_adds_its_slabs_to_the_gpu_and_is_passed_through() -> None:
     """MONAI's buffer_steps, stitching on the CPU: each step keeps a slab (classes x roi along the last axis
     x the rest of the image, float32) on the GPU; the argument is recorded and passed to MONAI."""
-    runner = InferenceRunner("trace")
+    runner = SlidingWindowBackend("trace")
     config = lambda steps: make_inference_config(TINY, (16, 16, 16), (48, 48, 48), 2, stitch="cpu", out_channels=3,
                                                  overlap=0.0, buffer_steps=steps)  # fmt: skip
     peaks = [runner.measure(config(steps)).peak_allocated_bytes for steps in (None, 1, 2)]
@@ -344,32 +343,30 @@ def test_buffer_steps_adds_its_slabs_to_the_gpu_and_is_passed_through() -> None:
 def test_db_merge_carries_the_settings_column(tmp_path: Path) -> None:
     """A database with nnU-Net rows merged with one without the column: both kinds kept, apart."""
     from memprobe.store.database import Database
-    from memprobe.store.inference_rows import add_inference_measurement, inference_measurements
     from memprobe.store.merge import merge_databases
 
-    runner = InferenceRunner("trace")
+    runner = SlidingWindowBackend("trace")
     nnunet = _nnunet(mirror_axes=(), overlap=0.0, image=(32, 32, 32))
     monai = make_inference_config(TINY, (16, 16, 16), (32, 32, 32), 1, overlap=0.0, out_channels=3)
     for name, config in (("monai", monai), ("nnunet", nnunet)):
         with Database.open(tmp_path / f"{name}.sqlite") as db:
-            add_inference_measurement(db, runner.measure(config))
+            db.add_measurement(runner.measure(config))
     merge_databases([tmp_path / "monai.sqlite", tmp_path / "nnunet.sqlite"], tmp_path / "out.sqlite")
     with Database.open(tmp_path / "out.sqlite") as db:
-        assert {m.config for m in inference_measurements(db)} == {monai, nnunet}
+        assert {m.config for m in db.inference_measurements()} == {monai, nnunet}
 
 
 @needs_nnunet
 def test_settings_round_trip_on_postgresql(postgres_url: str) -> None:
     """The settings column is added and read the same way on a PostgreSQL server."""
     from memprobe.store.database import Database
-    from memprobe.store.inference_rows import add_inference_measurement, find_inference_measurement
 
-    runner = InferenceRunner("trace")
+    runner = SlidingWindowBackend("trace")
     monai = make_inference_config(TINY, (16, 16, 16), (32, 32, 32), 1, overlap=0.0, out_channels=3)
     nnunet = _nnunet(mirror_axes=(), overlap=0.0, image=(32, 32, 32))
     with Database.open(postgres_url) as db:
-        add_inference_measurement(db, runner.measure(monai))
-        assert find_inference_measurement(db, nnunet, runner.environment()) is None
-        add_inference_measurement(db, runner.measure(nnunet))
+        db.add_measurement(runner.measure(monai))
+        assert db.find_measurement(nnunet, runner.environment()) is None
+        db.add_measurement(runner.measure(nnunet))
         for config in (monai, nnunet):
-            assert find_inference_measurement(db, config, runner.environment()).config == config  # type: ignore[union-attr]
+            assert db.find_measurement(config, runner.environment()).config == config  # type: ignore[union-attr]

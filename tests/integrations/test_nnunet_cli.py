@@ -6,9 +6,7 @@ import json
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from memprobe.cli.main import cli
 from tests.helpers import invoke
 
 INSTALL = "pip install 'memprobe[nnunet]'"
@@ -41,25 +39,27 @@ def test_without_the_networks_package_a_probe_names_the_install(
     assert INSTALL in last and "dynamic-network-architectures" in last
 
 
-def test_archs_lists_nnunets_networks_and_their_rule() -> None:
-    result = CliRunner().invoke(cli, ["archs", "--json"])
-    assert result.exit_code == 0, result.output
-    items = {item["name"]: item for item in json.loads(result.stdout)}
+def test_archs_lists_nnunets_networks_and_their_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    result = invoke(capsys, "archs", "--json")
+    assert result.code == 0, result.err
+    items = {item["name"]: item for item in json.loads(result.out)}
     for name in ("nnunet", "nnunet-resenc-m", "nnunet-resenc-l", "nnunet-resenc-xl"):
         assert "bottleneck edge of 4" in items[name]["topology"]
         assert items[name]["installed"] is (items[name]["install"] is None)
-    table = CliRunner().invoke(cli, ["archs"])
-    assert "nnunet-resenc-xl" in table.output and "one calibration per topology" in table.output
+    table = invoke(capsys, "archs")
+    assert "nnunet-resenc-xl" in table.out and "one calibration per topology" in table.out
 
 
-def test_archs_names_the_extra_when_the_networks_are_absent(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_archs_names_the_extra_when_the_networks_are_absent(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _hide(monkeypatch, "dynamic_network_architectures")
-    data = json.loads(CliRunner().invoke(cli, ["archs", "--json"]).stdout)
+    data = json.loads(invoke(capsys, "archs", "--json").out)
     assert {item["install"] for item in data if item["name"].startswith("nnunet")} == {INSTALL}
-    table = CliRunner().invoke(cli, ["archs"]).output
+    table = invoke(capsys, "archs").out
     assert f"dynamic-network-architectures, not installed: {INSTALL}" in table
 
 
-def test_the_command_has_help() -> None:
-    result = CliRunner().invoke(cli, ["nnunet", "plan", "--help"])
-    assert result.exit_code == 0 and "nnUNetv2_train" in result.output
+def test_the_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    result = invoke(capsys, "nnunet", "plan", "--help")
+    assert result.code == 0 and "nnUNetv2_train" in result.out

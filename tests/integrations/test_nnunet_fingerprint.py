@@ -50,12 +50,9 @@ def test_a_missing_fingerprint_names_the_nnunet_command(tmp_path: Path) -> None:
         read_fingerprint(tmp_path / "bad.json")
 
 
-def test_suggest_plans_from_a_fingerprint(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from memprobe.cli.main import cli
+def test_suggest_plans_from_a_fingerprint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from memprobe.store.database import Database
-    from tests.helpers import make_calibration
+    from tests.helpers import invoke, make_calibration
 
     db = tmp_path / "db.sqlite"
     with Database.open(db) as database:
@@ -73,37 +70,34 @@ def test_suggest_plans_from_a_fingerprint(tmp_path: Path) -> None:
         str(db),
         "--json",
     ]
-    result = CliRunner().invoke(cli, [*arguments, "--nnunet-fingerprint", str(fingerprint)])
-    assert result.exit_code == 0, result.output
-    assert "spacing 5 0.8 0.8 mm, median shape 40 512 512" in result.stderr
-    typed = CliRunner().invoke(
-        cli, [*arguments, "--spacing", "5", "0.8", "0.8", "--median-shape", "40", "512", "512"]
-    )
-    assert json.loads(result.stdout)["patch"] == json.loads(typed.stdout)["patch"]
+    result = invoke(capsys, *arguments, "--nnunet-fingerprint", str(fingerprint))
+    assert result.code == 0, result.err
+    assert "spacing 5 0.8 0.8 mm, median shape 40 512 512" in result.err
+    typed = invoke(capsys, *arguments, "--spacing", "5", "0.8", "0.8", "--median-shape", "40", "512", "512")
+    assert json.loads(result.out)["patch"] == json.loads(typed.out)["patch"]
 
 
-def test_suggest_and_plan_say_the_axes_are_transposed(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from memprobe.cli.main import cli
+def test_suggest_and_plan_say_the_axes_are_transposed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from memprobe.store.database import Database
-    from tests.helpers import make_calibration
+    from tests.helpers import invoke, make_calibration
 
     db = tmp_path / "db.sqlite"
     with Database.open(db) as database:
         database.add_calibration(make_calibration())
     fingerprint = _write(tmp_path / "f.json", [[0.8, 0.8, 5.0]] * 4, [[512, 512, 40]] * 4)
     arguments = ["--batch", "2", "--precision", "fp32", "--gpu-mem", "24GiB", "--db", str(db), "--json"]
-    typed = CliRunner().invoke(
-        cli, ["suggest", *arguments, "--spacing", "5", "0.8", "0.8", "--median-shape", "40", "512", "512"]
+    typed = invoke(
+        capsys, "suggest", *arguments, "--spacing", "5", "0.8", "0.8", "--median-shape", "40", "512", "512"
     )
     for command in ("suggest", "plan"):
-        result = CliRunner().invoke(cli, [command, *arguments, "--nnunet-fingerprint", str(fingerprint)])
-        assert result.exit_code == 0, result.output
-        assert "spacing 5 0.8 0.8 mm, median shape 40 512 512" in result.stderr
-        assert "transpose_forward 2 0 1" in result.stderr
-        data = json.loads(result.stdout)
-        assert data.get("patch", data.get("patch_size")) == json.loads(typed.stdout)["patch"]
+        result = invoke(capsys, command, *arguments, "--nnunet-fingerprint", str(fingerprint))
+        assert result.code == 0, result.err
+        assert "spacing 5 0.8 0.8 mm, median shape 40 512 512" in result.err
+        assert "transpose_forward 2 0 1" in result.err
+        data = json.loads(result.out)
+        assert data.get("patch", data.get("patch_size")) == json.loads(typed.out)["patch"]
 
 
 def test_suggest_without_a_fingerprint_exits_2(tmp_path: Path) -> None:

@@ -27,61 +27,27 @@ def test_a_planned_size_of_the_topology_passes_a_trace_probe() -> None:
     assert measured.ok and measured.peak_allocated_bytes
 
 
-def test_a_users_nnunet_factory_calibrates_and_its_plans_probe(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_users_nnunet_factory_calibrates_and_its_plans_probe(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     """The issue's check: an nnU-Net network with anisotropic pooling, wrapped as module:factory."""
     import json
 
-    from click.testing import CliRunner
-
-    from memprobe.cli.main import cli
+    from tests.helpers import invoke
 
     factory, db = "tests.nnunet_factories:aniso_plain_unet", str(tmp_path / "db.sqlite")
-    runner = CliRunner()
-    result = runner.invoke(
-        cli,
-        [
-            "calibrate",
-            "--arch",
-            factory,
-            "--device",
-            "trace",
-            "--precision",
-            "fp32",
-            "--gpu-mem",
-            "8GiB",
-            "--no-search",
-            "--db",
-            db,
-            "--json",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert "divisible by 4x8x8" in result.stderr
-    calibration = json.loads(result.stdout)["calibration"]
+    result = invoke(capsys, "calibrate", "--arch", factory, "--device", "trace", "--precision", "fp32",
+                    "--gpu-mem", "8GiB", "--no-search", "--db", db, "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    assert "divisible by 4x8x8" in result.err
+    calibration = json.loads(result.out)["calibration"]
     quality = calibration["quality"]
     assert quality["heldout_median_relative_error"] < 0.03 and quality["heldout_max_relative_error"] < 0.05
-    planned = runner.invoke(
-        cli,
-        [
-            *(
-                "suggest",
-                "--arch",
-                factory,
-                "--batch",
-                "2",
-                "--gpu-mem",
-                "4GiB",
-                "--device",
-                "trace",
-                "--precision",
-                "fp32",
-                "--db",
-                db,
-            ),
-            *("--spacing", "3", "0.8", "0.8", "--median-shape", "70", "199", "199", "--json"),
-        ],
+    planned = invoke(
+        capsys,
+        *("suggest", "--arch", factory, "--batch", "2", "--gpu-mem", "4GiB", "--device", "trace"),
+        *("--precision", "fp32", "--db", db),
+        *("--spacing", "3", "0.8", "0.8", "--median-shape", "70", "199", "199", "--json"),
     )
-    assert planned.exit_code == 0, planned.output
-    patch = json.loads(planned.stdout)["patch"]
+    assert planned.code == 0, planned.err
+    patch = json.loads(planned.out)["patch"]
     assert [p % d for p, d in zip(patch, (4, 8, 8), strict=True)] == [0, 0, 0]
     assert probe(calibration["arch"], patch, 2, device="trace").ok

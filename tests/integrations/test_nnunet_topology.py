@@ -61,7 +61,7 @@ def test_the_planner_settles_on_the_topology_nnunet_builds_for_its_patch() -> No
     def plan_with(arch: str) -> PatchPlan:
         asked.append(arch)
         size = 96 if arch == "nnunet[222.222.222.222.222]" else 112  # 96^3 pools only 4 times
-        return PatchPlan(arch, (size, size, size), 2, None, 0, 1.0, None)  # type: ignore[arg-type]
+        return PatchPlan(None, 0, 1.0, None, arch=arch, patch=(size, size, size), batch=2)  # type: ignore[arg-type]
 
     plan = plan_over_topologies("nnunet", (1, 1, 1), (128, 128, 128), plan_with)
     assert asked == ["nnunet[222.222.222.222.222]", "nnunet[222.222.222.222]"]

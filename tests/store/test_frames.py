@@ -22,7 +22,6 @@ from memprobe.formula.calibration import FitQuality
 from memprobe.formula.inference_calibration import INFERENCE, InferenceCalibration
 from memprobe.store.database import Database
 from memprobe.store.frames import load_calibrations, load_measurements
-from memprobe.store.inference_rows import add_inference_calibration, add_inference_measurement
 from tests.helpers import file_state, make_calibration
 
 TRACE = Environment("trace", "trace", torch_version="2.13", memprobe_version="0.1.0", host="here")
@@ -62,7 +61,7 @@ def _inference_calibration() -> InferenceCalibration:
         {"constant": 1e5},
         FitQuality(9, 0.02, 0.04, 3, 0.03, 0.05),
         created_at="2026-02-01T00:00:00+00:00",
-        step=Predictor.NNUNET.value,
+        predictor=Predictor.NNUNET,
     )
 
 
@@ -91,12 +90,12 @@ def fill(db_path: Path) -> Path:
                 StepConfig("mednext", patch=(256, 256, 256), batch=8), GPU, None, oom=True, budget_bytes=2**34
             )
         )
-        add_inference_measurement(database, InferenceMeasurement(WINDOWS, TRACE, 5000, 6000, seconds=1.5))
+        database.add_measurement(InferenceMeasurement(WINDOWS, TRACE, 5000, 6000, seconds=1.5))
         database.add_calibration(make_calibration(), TRACE)
         database.add_calibration(
             replace(make_calibration("basicunet", "bf16-mixed", device="NVIDIA H100"), context_bytes=500), GPU
         )
-        add_inference_calibration(database, _inference_calibration())
+        database.add_calibration(_inference_calibration())
     return db_path
 
 

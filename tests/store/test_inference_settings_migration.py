@@ -12,13 +12,6 @@ from memprobe.core.errors import DatabaseError
 from memprobe.core.inference_config import InferenceConfig, Predictor
 from memprobe.core.inference_measurement import InferenceMeasurement
 from memprobe.store.database import Database
-from memprobe.store.inference_rows import (
-    add_inference_calibration,
-    add_inference_measurement,
-    find_inference_measurement,
-    inference_calibrations,
-    inference_measurements,
-)
 from memprobe.store.merge import merge_databases
 from memprobe.store.schema import SCHEMA_VERSION, schema_columns
 from tests.cli.test_inference_cli import _calibration
@@ -41,11 +34,11 @@ def _measurement(config: InferenceConfig, peak: int) -> InferenceMeasurement:
 
 def _written(database: Database, *, with_nnunet: bool) -> None:
     """MONAI rows, and nnU-Net rows (which only a database with the settings column holds)."""
-    add_inference_measurement(database, _measurement(MONAI, 1000))
-    add_inference_calibration(database, _calibration())
+    database.add_measurement(_measurement(MONAI, 1000))
+    database.add_calibration(_calibration())
     if with_nnunet:
-        add_inference_measurement(database, _measurement(NNUNET, 2000))
-        add_inference_calibration(database, replace(_calibration(), step=Predictor.NNUNET.value))
+        database.add_measurement(_measurement(NNUNET, 2000))
+        database.add_calibration(replace(_calibration(), predictor=Predictor.NNUNET))
 
 
 def _as_schema_6(db_path: Path, *, ad_hoc_column: bool) -> None:
@@ -84,7 +77,7 @@ def _file_facts(db_path: Path) -> tuple[int, dict[str, list[str]]]:
 
 def _predictors(database: Database) -> set[Predictor]:
     """The predictors of the newest calibrations (one per settings)."""
-    return {c.predictor for c in inference_calibrations(database)}
+    return {c.predictor for c in database.inference_calibrations()}
 
 
 def _assert_current(db_path: Path) -> None:
@@ -96,7 +89,7 @@ def _assert_current(db_path: Path) -> None:
 def test_a_fresh_database_is_at_schema_7_with_the_column(db_path: Path) -> None:
     with Database.open(db_path) as database:
         _written(database, with_nnunet=True)
-        assert [m.config for m in inference_measurements(database)] == [MONAI, NNUNET]
+        assert [m.config for m in database.inference_measurements()] == [MONAI, NNUNET]
         assert _predictors(database) == {Predictor.MONAI, Predictor.NNUNET}
     _assert_current(db_path)
     assert all("settings_json" in schema_columns(7)[table] for table in TABLES)
@@ -109,10 +102,10 @@ def test_a_schema_6_file_migrates_to_7_keeping_its_rows(db_path: Path, ad_hoc_co
     with Database.open(db_path) as database:
         assert database.schema_version() == 7
         expected = [MONAI, NNUNET] if ad_hoc_column else [MONAI]
-        assert [m.config for m in inference_measurements(database)] == expected
+        assert [m.config for m in database.inference_measurements()] == expected
         assert _predictors(database) == {Predictor.MONAI, *([Predictor.NNUNET] if ad_hoc_column else [])}
-        assert find_inference_measurement(database, MONAI, ENVIRONMENT).peak_allocated_bytes == 1000  # type: ignore[union-attr]
-        add_inference_measurement(database, _measurement(replace(NNUNET, mirror_axes=()), 3000))
+        assert database.find_measurement(MONAI, ENVIRONMENT).peak_allocated_bytes == 1000  # type: ignore[union-attr]
+        database.add_measurement(_measurement(replace(NNUNET, mirror_axes=()), 3000))
     _assert_current(db_path)
 
 
@@ -122,7 +115,7 @@ def test_a_read_of_a_schema_6_file_leaves_it_as_it_was(db_path: Path, ad_hoc_col
     _schema_6_file(db_path, ad_hoc_column=ad_hoc_column)
     before = db_path.read_bytes()
     with Database.open(db_path, create=False, readonly=True) as database:
-        assert inference_measurements(database)[0].config == MONAI
+        assert database.inference_measurements()[0].config == MONAI
         assert Predictor.MONAI in _predictors(database)
     assert db_path.read_bytes() == before and _file_facts(db_path)[0] == 6
 
@@ -148,7 +141,7 @@ def test_db_merge_keeps_settings_and_fills_them_in_for_a_schema_6_file(tmp_path:
     assert merged.copied["inference_measurements"] == 2 and merged.duplicates["inference_measurements"] == 1
     assert merged.copied["inference_calibrations"] == 2 and merged.duplicates["inference_calibrations"] == 1
     with Database.open(tmp_path / "merged.sqlite", create=False, readonly=True) as database:
-        assert [m.config for m in inference_measurements(database)] == [MONAI, NNUNET]
+        assert [m.config for m in database.inference_measurements()] == [MONAI, NNUNET]
         assert _predictors(database) == {Predictor.MONAI, Predictor.NNUNET}
 
 
@@ -187,16 +180,16 @@ def test_a_schema_6_server_is_read_as_it_is_then_migrates_to_7(
     _server_as_schema_6(postgres_url, ad_hoc_column=ad_hoc_column)
     expected = [MONAI, NNUNET] if ad_hoc_column else [MONAI]
     with Database.open(postgres_url, create=False, readonly=True) as database:
-        assert [m.config for m in inference_measurements(database)] == expected
+        assert [m.config for m in database.inference_measurements()] == expected
         assert Predictor.MONAI in _predictors(database)
     merged = merge_databases([postgres_url], tmp_path / "merged.sqlite")  # read as it is, too
     assert merged.copied["inference_measurements"] == len(expected)
     assert _server_version(postgres_url) == 6
     with Database.open(postgres_url) as database:
         assert database.schema_version() == 7
-        assert [m.config for m in inference_measurements(database)] == expected
-        add_inference_measurement(database, _measurement(replace(NNUNET, mirror_axes=()), 3000))
-        found = find_inference_measurement(database, replace(NNUNET, mirror_axes=()), ENVIRONMENT)
+        assert [m.config for m in database.inference_measurements()] == expected
+        database.add_measurement(_measurement(replace(NNUNET, mirror_axes=()), 3000))
+        found = database.find_measurement(replace(NNUNET, mirror_axes=()), ENVIRONMENT)
         assert found is not None and found.peak_allocated_bytes == 3000
         indexed = database._rows(
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'inference_calibrations_by_key'"
