@@ -13,10 +13,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from memprobe.formula.calibration import Calibration, FitQuality
+
+if TYPE_CHECKING:
+    from memprobe.formula.inference_calibration import InferenceCalibration
 
 MEMPROBE = [sys.executable, "-m", "memprobe.cli.main"]
 TINY = "tests.tiny_models:tiny_net"
@@ -46,8 +50,8 @@ def invoke(capsys: pytest.CaptureFixture[str], *arguments: str) -> Result:
     try:
         main(list(arguments))
         code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
+    except SystemExit as done:  # the status Python would exit with: None is 0, text is 1
+        code = 0 if done.code is None else done.code if isinstance(done.code, int) else 1
     finally:
         signal.signal(signal.SIGTERM, sigterm)
     captured = capsys.readouterr()
@@ -192,6 +196,43 @@ def make_calibration(
             "in_channels": [1, 8],
             "out_channels": [1, 16],
         },
+    )
+
+
+def make_inference_calibration(
+    per_window_voxel: float = 400.0, precision: str = "bf16-mixed", predictor: str = "monai"
+) -> InferenceCalibration:
+    """A hand-made inference calibration of MONAI's UNet on trace: 4 bytes per output and image
+    voxel, ``per_window_voxel`` bytes of activations; bf16-mixed, the precision every command
+    defaults to with no GPU in view."""
+    from memprobe.core.inference_config import Predictor
+    from memprobe.formula.inference_calibration import INFERENCE, InferenceCalibration
+
+    return InferenceCalibration(
+        arch="unet",
+        device="trace",
+        precision=precision,
+        optimizer=INFERENCE,
+        deep_supervision=False,
+        phase_coefficients={
+            "forward": {
+                "constant": 1e8,
+                "input_voxels": per_window_voxel,
+                "image_output": 4.0,
+                "image_voxels": 4.0,
+            },
+            "stitch": {"constant": 1e8, "image_output": 4.0, "image_voxels": 4.0},
+        },
+        parameter_model={"constant": 1e6, "in_channels": 0.0, "out_channels": 0.0, "tokens": 0.0},
+        quality=FitQuality(13, 0.01, 0.02, 4, 0.02, 0.04),
+        created_at="2026-11-29T00:00:00+00:00",
+        fit_range={
+            "sw_batch_size": [1, 8],
+            "voxels": [32**3, 96**3],
+            "in_channels": [1, 3],
+            "out_channels": [2, 16],
+        },
+        predictor=Predictor(predictor),
     )
 
 

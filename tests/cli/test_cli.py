@@ -12,7 +12,7 @@ import click
 import pytest
 import yaml
 
-from memprobe.cli.main import cli, main
+from memprobe.cli.main import cli
 from memprobe.cli.render.plans import TRACE_NOTE
 from memprobe.core.archs.registry import ARCHS, get_arch
 from memprobe.planning.size_search import plan_batch
@@ -21,6 +21,8 @@ from tests.helpers import invoke, make_calibration, write_calibrations
 
 GIB = 2**30
 TINY = "tests.tiny_models:tiny_net"
+# The plan most tests ask for: the largest batch of a 128^3 patch on 24 GiB.
+SUGGEST_128 = ("suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB")
 
 
 @pytest.fixture
@@ -115,19 +117,7 @@ def test_probe_tiny_model_on_trace(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_suggest_json_is_a_consistent_plan(calibrated_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """suggest --json gives the largest batch: it fits budget*safety and the next does not."""
-    result = invoke(
-        capsys,
-        "suggest",
-        "--patch",
-        "128",
-        "128",
-        "128",
-        "--gpu-mem",
-        "24GiB",
-        "--db",
-        str(calibrated_db),
-        "--json",
-    )
+    result = invoke(capsys, *SUGGEST_128, "--db", str(calibrated_db), "--json")
     assert result.code == 0, result.err
     data = json.loads(result.out)
     budget = 24 * GIB
@@ -153,8 +143,7 @@ def test_suggest_json_is_a_consistent_plan(calibrated_db: Path, capsys: pytest.C
 
 def test_suggest_yaml_parses(calibrated_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """suggest --yaml is valid YAML with the same plan as --json."""
-    result = invoke(capsys, "suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB",
-                    "--db", str(calibrated_db), "--yaml", "--effective-batch", "16")  # fmt: skip
+    result = invoke(capsys, *SUGGEST_128, "--db", str(calibrated_db), "--yaml", "--effective-batch", "16")
     assert result.code == 0, result.err
     data = yaml.safe_load(result.out)
     # 5 fit; 16 needs 4 steps of 5, and then 4 steps of 4 reach it exactly with a smaller batch
@@ -175,8 +164,8 @@ def test_suggest_patch_for_a_batch(calibrated_db: Path, capsys: pytest.CaptureFi
 
 def test_suggest_all_archs(calibrated_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--all-archs compares every architecture calibrated at the precision."""
-    result = invoke(capsys, "suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--all-archs",
-                    "--precision", "fp32", "--db", str(calibrated_db), "--json")  # fmt: skip
+    result = invoke(capsys, *SUGGEST_128, "--all-archs", "--precision", "fp32", "--db", str(calibrated_db),
+                    "--json")  # fmt: skip
     assert result.code == 0, result.err
     assert [plan["arch"] for plan in json.loads(result.out)] == ["mednext", "basicunet"]
 
@@ -185,17 +174,15 @@ def test_suggest_all_archs_reads_precision_in_any_case(
     calibrated_db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--all-archs finds the calibrated networks whatever the case of --precision, as planning does."""
-    result = invoke(capsys, "suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--all-archs",
-                    "--precision", "FP32", "--db", str(calibrated_db), "--json")  # fmt: skip
+    result = invoke(capsys, *SUGGEST_128, "--all-archs", "--precision", "FP32", "--db", str(calibrated_db),
+                    "--json")  # fmt: skip
     assert result.code == 0, result.err
     assert [plan["arch"] for plan in json.loads(result.out)] == ["mednext", "basicunet"]
 
 
 def test_suggest_table(calibrated_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The default table shows the batch and the budget."""
-    result = invoke(
-        capsys, "suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--db", str(calibrated_db)
-    )
+    result = invoke(capsys, *SUGGEST_128, "--db", str(calibrated_db))
     assert result.code == 0 and "| mednext" in result.out and "24.00 GiB" in result.out
 
 
@@ -219,17 +206,6 @@ def test_plan_json(calibrated_db: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert data["precision"] == "fp32" and data["reasons"]["precision"] == "manual override"
 
 
-def _run_main(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the console entry point; its exit code (0 when it returns), stdout and stderr."""
-    try:
-        main(arguments)
-        code = 0
-    except SystemExit as exited:
-        code = int(exited.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 BAD_INPUT = [
     pytest.param(
         ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "abc"],
@@ -241,7 +217,7 @@ BAD_INPUT = [
         ["suggest", "--patch", "128", "128", "--gpu-mem", "24GiB"], "", id="patch-of-two-then-option"
     ),
     pytest.param(
-        ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--precision", "fp8"],
+        [*SUGGEST_128, "--precision", "fp8"],
         "'fp8' is not one of",
         id="unknown-precision",
     ),
@@ -251,7 +227,7 @@ BAD_INPUT = [
         id="not-divisible",
     ),
     pytest.param(
-        ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--arch", "resnet"],
+        [*SUGGEST_128, "--arch", "resnet"],
         "unknown architecture",
         id="unknown-arch",
     ),
@@ -276,19 +252,19 @@ def test_bad_input_is_one_line_exit_2(
     """Bad input exits with code 2 and a single 'memprobe: error:' line, no traceback."""
     if arguments[0] in ("suggest", "plan"):
         arguments = [arguments[0], "--db", str(calibrated_db), *arguments[1:]]
-    code, out, err = _run_main(arguments, capsys)
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("memprobe: error:"), err
-    assert fragment in lines[0] and "Traceback" not in err + out
+    result = invoke(capsys, *arguments)
+    assert result.code == 2
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memprobe: error:"), result.err
+    assert fragment in lines[0] and "Traceback" not in result.err + result.out
 
 
 def test_unknown_device_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown measuring device is refused with the known ones, exit code 2, no traceback."""
-    code, _, err = _run_main(["probe", "--patch", "32", "32", "32", "--device", "tpu"], capsys)
-    assert code == 2 and "Traceback" not in err
+    result = invoke(capsys, "probe", "--patch", "32", "32", "32", "--device", "tpu")
+    assert result.code == 2 and "Traceback" not in result.err
     assert (
-        err.strip().splitlines()[-1]
+        result.err.strip().splitlines()[-1]
         == "memprobe: error: unknown device 'tpu': choose one of cuda, trace, cpu"
     )
 
@@ -299,18 +275,17 @@ def test_a_missing_database_is_read_the_same_named_by_db_or_environment(
     """--db and $MEMPROBE_DB naming a file that does not exist: the same answer, nothing created."""
     monkeypatch.delenv("MEMPROBE_NO_SHIPPED")
     missing = tmp_path / "missing.sqlite"
-    suggest = ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--json"]
-    by_option = _run_main([*suggest, "--db", str(missing)], capsys)
+    by_option = invoke(capsys, *SUGGEST_128, "--json", "--db", str(missing))
     monkeypatch.setenv("MEMPROBE_DB", str(missing))
-    by_environment = _run_main(suggest, capsys)
-    assert by_option[0] == by_environment[0] == 0, by_option[2]
-    assert json.loads(by_option[1])["calibration"] == json.loads(by_environment[1])["calibration"]
-    assert json.loads(by_option[1])["calibration"]["source"] == "shipped"
-    listed = [_run_main(["db", "list", "--json", *db], capsys) for db in (["--db", str(missing)], [])]
-    assert listed[0] == listed[1] and listed[0][0] == 0
+    by_environment = invoke(capsys, *SUGGEST_128, "--json")
+    assert by_option.code == by_environment.code == 0, by_option.err
+    assert json.loads(by_option.out)["calibration"] == json.loads(by_environment.out)["calibration"]
+    assert json.loads(by_option.out)["calibration"]["source"] == "shipped"
+    listed = [invoke(capsys, "db", "list", "--json", *db) for db in (["--db", str(missing)], [])]
+    assert listed[0] == listed[1] and listed[0].code == 0
     for db in (["--db", str(missing)], []):  # measurements live only in that file: there are none to show
-        code, _, err = _run_main(["db", "measurements", *db], capsys)
-        assert code == 2 and err.strip() == (
+        result = invoke(capsys, "db", "measurements", *db)
+        assert result.code == 2 and result.err.strip() == (
             f"memprobe: error: no database at {missing}: run `memprobe calibrate` first or pass --db"
         )
     assert not missing.exists()
@@ -320,54 +295,24 @@ def test_no_calibration_is_exit_2_naming_the_command(
     calibrated_db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Planning an uncalibrated network says which calibrate command to run."""
-    code, _, err = _run_main(
-        [
-            "suggest",
-            "--arch",
-            "unet",
-            "--patch",
-            "128",
-            "128",
-            "128",
-            "--gpu-mem",
-            "24GiB",
-            "--db",
-            str(calibrated_db),
-        ],
-        capsys,
-    )
-    assert code == 2 and "memprobe calibrate --arch unet" in err and len(err.strip().splitlines()) == 1
+    result = invoke(capsys, *SUGGEST_128, "--arch", "unet", "--db", str(calibrated_db))
+    assert result.code == 2 and "memprobe calibrate --arch unet" in result.err
+    assert len(result.err.strip().splitlines()) == 1
 
 
 def test_model_failure_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     """A model whose forward raises is a one-line error with exit code 1."""
-    code, _, err = _run_main(
-        ["probe", "--arch", "tests.tiny_models:raising_net", "--patch", "8", "8", "8", "--device", "trace"],
-        capsys,
-    )
-    assert code == 1
-    assert err.strip().splitlines()[-1].startswith("memprobe: error:") and "forward failed on purpose" in err
-    assert "Traceback" not in err
+    result = invoke(capsys, "probe", "--arch", "tests.tiny_models:raising_net", "--patch", "8", "8", "8",
+                    "--device", "trace")  # fmt: skip
+    assert result.code == 1
+    assert result.err.strip().splitlines()[-1].startswith("memprobe: error:")
+    assert "forward failed on purpose" in result.err and "Traceback" not in result.err
 
 
 def test_success_exits_zero(calibrated_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """main() exits 0 after printing the report on stdout."""
-    code, out, err = _run_main(
-        [
-            "suggest",
-            "--patch",
-            "128",
-            "128",
-            "128",
-            "--gpu-mem",
-            "24GiB",
-            "--db",
-            str(calibrated_db),
-            "--json",
-        ],
-        capsys,
-    )
-    assert code == 0 and json.loads(out)["batch"] == 4 and "error" not in err
+    result = invoke(capsys, *SUGGEST_128, "--db", str(calibrated_db), "--json")
+    assert result.code == 0 and json.loads(result.out)["batch"] == 4 and "error" not in result.err
 
 
 def test_console_script_reports_errors_in_one_line(tmp_path: Path) -> None:
@@ -402,25 +347,25 @@ def test_console_script_reports_errors_in_one_line(tmp_path: Path) -> None:
 
 def test_bare_memprobe_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
     """`memprobe` alone prints the help and exits 0, not a usage error."""
-    code, out, err = _run_main([], capsys)
-    assert code == 0 and "Usage: memprobe" in out and "Commands:" in out and not err
+    result = invoke(capsys)
+    assert result.code == 0 and not result.err
+    assert "Usage: memprobe" in result.out and "Commands:" in result.out
 
 
 def test_a_patch_of_two_sizes_says_it_needs_three(capsys: pytest.CaptureFixture[str]) -> None:
     """--patch 128 128 --gpu-mem 24GiB names the real mistake, not the option it swallowed."""
-    code, _, err = _run_main(["suggest", "--patch", "128", "128", "--gpu-mem", "24GiB"], capsys)
-    assert code == 2 and "--patch needs 3 values" in err and err.count("\n") == 1
+    result = invoke(capsys, "suggest", "--patch", "128", "128", "--gpu-mem", "24GiB")
+    assert result.code == 2 and "--patch needs 3 values" in result.err and result.err.count("\n") == 1
 
 
 def test_a_stand_in_calibration_is_warned_about_once(
     calibrated_db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A GPU without its own calibration: one memprobe warning line, no raw UserWarning."""
-    arguments = ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--db", str(calibrated_db)]
-    code, out, err = _run_main([*arguments, "--device", "NVIDIA A100-SXM4-80GB"], capsys)
-    assert code == 0
-    assert (out + err).count("no calibration of mednext for NVIDIA A100-SXM4-80GB") == 1
-    assert "UserWarning" not in out + err
+    result = invoke(capsys, *SUGGEST_128, "--db", str(calibrated_db), "--device", "NVIDIA A100-SXM4-80GB")
+    assert result.code == 0
+    assert (result.out + result.err).count("no calibration of mednext for NVIDIA A100-SXM4-80GB") == 1
+    assert "UserWarning" not in result.out + result.err
 
 
 @pytest.mark.parametrize(
@@ -443,10 +388,8 @@ def test_flags_that_contradict_each_other_are_refused(
     calibrated_db: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Options that would be silently ignored or combined end in one line and exit 2."""
-    code, out, err = _run_main(
-        ["suggest", *arguments, "--gpu-mem", "24GiB", "--db", str(calibrated_db)], capsys
-    )
-    assert code == 2 and message in err and err.count("\n") == 1 and not out
+    result = invoke(capsys, "suggest", *arguments, "--gpu-mem", "24GiB", "--db", str(calibrated_db))
+    assert result.code == 2 and message in result.err and result.err.count("\n") == 1 and not result.out
 
 
 def test_suggest_and_plan_default_to_one_precision_and_show_it(
@@ -475,8 +418,8 @@ def test_all_archs_with_deep_supervision_skips_networks_without_it(
     with Database.open(db_path) as db:
         db.add_calibration(replace(make_calibration(), deep_supervision=True))
         db.add_calibration(make_calibration(arch="basicunet"))
-    arguments = ["suggest", "--patch", "128", "128", "128", "--gpu-mem", "24GiB", "--precision", "fp32"]
-    result = invoke(capsys, *arguments, "--all-archs", "--deep-supervision", "--db", str(db_path), "--json")
+    result = invoke(capsys, *SUGGEST_128, "--precision", "fp32", "--all-archs", "--deep-supervision",
+                    "--db", str(db_path), "--json")  # fmt: skip
     assert result.code == 0, result.err
     assert result.err.splitlines() == ["skipped basicunet: no deep supervision"]
     assert json.loads(result.out)["arch"] == "mednext"
@@ -534,8 +477,6 @@ def test_every_numeric_option_refuses_text_in_one_line_naming_itself(
     path: tuple[str, ...], option: click.Option, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Derived from the click types: each numeric option refuses ``abc`` where it is parsed, exit 2."""
-    from tests.helpers import invoke
-
     result = invoke(capsys, *path, option.opts[0], *(["abc"] * option.nargs))
     assert result.code == 2 and len(result.error_lines) == 1, result.err
     assert option.opts[0] in result.err or option.name in result.err
@@ -557,7 +498,7 @@ def test_a_calibration_made_with_defaults_is_the_one_plans_read_with_defaults(
 ) -> None:
     """calibrate, suggest and memprobe.estimate share one default precision (the auto rule)."""
     import memprobe
-    from tests.helpers import SMALL_BUDGET, invoke
+    from tests.helpers import SMALL_BUDGET
 
     tiny = "tests.tiny_models:tiny_net"
     made = invoke(capsys, "calibrate", "--arch", tiny, "--device", "trace", "--gpu-mem", SMALL_BUDGET,
@@ -600,8 +541,6 @@ def test_a_renamed_option_still_works_and_names_its_new_name(
     old: str, new: str, arguments: tuple[str, ...], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """Users' scripts keep working: the old flag is read as the new one, with a warning on stderr."""
-    from tests.helpers import invoke
-
     values = {"--budget": "1GiB", "--nnunet-fingerprint": str(tmp_path / "missing.json"), "--device": "trace",
               "--num-gpus": "0"}  # fmt: skip
     before = invoke(capsys, *arguments, old, values[old])

@@ -23,6 +23,7 @@ from memprobe.core.archs.registry import resolve_arch
 from memprobe.core.inference_config import InferenceConfig, make_inference_config
 from memprobe.formula.inference_terms import buffer_bytes, buffered_peak
 from memprobe.planning.inference_plan import inference_need
+from tests.helpers import invoke
 
 TINY = "tests.tiny_models:tiny_net"
 GIB = 2**30
@@ -178,19 +179,12 @@ def test_max_sw_batch_size_plans_the_buffer_as_its_own_term(
 def test_suggest_plans_buffer_steps_and_says_its_term(
     monkeypatch: pytest.MonkeyPatch, db_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from memprobe.cli.main import main
-
     db = _shipped_unet(monkeypatch, db_path)
-    arguments = ["suggest", "--mode", "inference", "--arch", "unet", "--patch", "96", "96", "96",
-                 "--max-image-shape", "400", "512", "512", "--gpu-mem", "8GiB", "--device", "trace",
-                 "--db", str(db), "--buffer-steps", "2", "--stitch", "cpu", "--json"]  # fmt: skip
-    try:
-        main(arguments)
-        code = 0
-    except SystemExit as exited:
-        code = int(exited.code or 0)
-    data = json.loads(capsys.readouterr().out)
-    assert code == 0 and data["buffer_steps"] == 2
+    result = invoke(capsys, "suggest", "--mode", "inference", "--arch", "unet", "--patch", "96", "96", "96",
+                    "--max-image-shape", "400", "512", "512", "--gpu-mem", "8GiB", "--device", "trace",
+                    "--db", str(db), "--buffer-steps", "2", "--stitch", "cpu", "--json")  # fmt: skip
+    data = json.loads(result.out)
+    assert result.code == 0 and data["buffer_steps"] == 2
     assert data["sliding_window_inference"]["buffer_steps"] == 2
     assert data["sliding_window_inference"]["buffer_dim"] == -1
     buffer = [t for t in data["need"]["terms"] if t["name"] == "buffer_steps buffer"]

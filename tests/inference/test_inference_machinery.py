@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from memprobe.core.errors import ModelError, StandInCalibrationWarning
-from memprobe.core.inference_config import InferenceConfig, Predictor, make_inference_config
+from memprobe.core.inference_config import InferenceConfig, make_inference_config
 from memprobe.core.inference_measurement import INFERENCE_CODE_VERSION, InferenceMeasurement
 from memprobe.core.measurement import MEASUREMENT_CODE_VERSION, Environment, ReuseKey
-from memprobe.formula.calibration import FitQuality
 from memprobe.formula.inference_calibration import INFERENCE, InferenceCalibration
 from memprobe.store.database import Database
-from tests.helpers import TINY, run_cli
+from tests.helpers import TINY, make_inference_calibration, run_cli
 
 TRACE = Environment("trace", "trace")
 
@@ -112,34 +111,20 @@ def test_one_database_stores_and_finds_either_kind(db_path: Path) -> None:
         assert database.find_measurement(config, TRACE).peak_allocated_bytes == 5000  # type: ignore[union-attr]
 
 
-def _calibration(**fields: object) -> InferenceCalibration:
-    return InferenceCalibration(
-        arch="unet",
-        device="trace",
-        precision="bf16-mixed",
-        optimizer=INFERENCE,
-        deep_supervision=False,
-        phase_coefficients={"forward": {"constant": 1e8}},
-        parameter_model={"constant": 1e6},
-        quality=FitQuality(13, 0.01, 0.02),
-        **fields,  # type: ignore[arg-type]
-    )
-
-
 def test_an_inference_calibration_has_a_predictor_field_and_reads_old_records() -> None:
-    nnunet = _calibration(predictor=Predictor.NNUNET)
+    nnunet = make_inference_calibration(predictor="nnunet")
     assert nnunet.to_dict()["predictor"] == "nnunet" and nnunet.step == INFERENCE
     assert InferenceCalibration.from_dict(nnunet.to_dict()) == nnunet
     old = {**nnunet.to_dict(), "step": "nnunet"}
     del old["predictor"]  # a record from before the field: the predictor was its step
     assert InferenceCalibration.from_dict(old) == nnunet
-    assert nnunet.key != _calibration().key  # one of each predictor is kept
+    assert nnunet.key != make_inference_calibration().key  # one of each predictor is kept
 
 
 def test_database_round_trips_the_predictor(db_path: Path) -> None:
     with Database.open(db_path) as database:
-        database.add_calibration(_calibration(predictor=Predictor.NNUNET))
-        database.add_calibration(_calibration())
+        database.add_calibration(make_inference_calibration(predictor="nnunet"))
+        database.add_calibration(make_inference_calibration())
         stored = database.inference_calibrations()
         assert database.calibrations() == []
     assert sorted(c.predictor.value for c in stored) == ["monai", "nnunet"]
@@ -150,7 +135,7 @@ def test_a_gpu_without_its_own_inference_calibration_is_answered_as_training_is(
     from memprobe.inference.api import choose_inference_calibration
 
     with Database.open(db_path) as database:
-        database.add_calibration(_calibration())
+        database.add_calibration(make_inference_calibration())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         chosen = choose_inference_calibration("unet", "bf16-mixed", db_path, device="NVIDIA A100-SXM4-80GB")

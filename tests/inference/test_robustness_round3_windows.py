@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from memprobe.store.database import Database
-from tests.cli.test_inference_cli import TINY, _calibration, _suggest
-from tests.helpers import invoke
+from tests.cli.test_inference_cli import TINY, _suggest
+from tests.helpers import invoke, make_inference_calibration
 
 PROBE = ("probe", "--mode", "inference", "--arch", TINY, "--patch", "16", "16", "16", "--device", "trace")
 
@@ -18,7 +18,7 @@ PROBE = ("probe", "--mode", "inference", "--arch", TINY, "--patch", "16", "16", 
 @pytest.fixture
 def calibrated(db_path: Path) -> Path:
     with Database.open(db_path) as database:
-        database.add_calibration(_calibration())
+        database.add_calibration(make_inference_calibration())
     return db_path
 
 

@@ -41,12 +41,12 @@ def test_a_new_user_gets_an_inference_plan_from_the_shipped_calibration(
 def test_the_users_own_inference_calibration_answers_before_the_shipped_one(tmp_path: Path) -> None:
     from memprobe.inference.api import all_inference_calibrations
     from memprobe.store.database import Database
-    from tests.cli.test_inference_cli import _calibration
+    from tests.helpers import make_inference_calibration
 
     db = tmp_path / "db.sqlite"
     with Database.open(db) as database:
-        database.add_calibration(_calibration())
-    own = _calibration()
+        database.add_calibration(make_inference_calibration())
+    own = make_inference_calibration()
     found = [
         c
         for c in all_inference_calibrations(db)

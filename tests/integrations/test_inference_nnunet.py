@@ -18,10 +18,10 @@ import torch
 
 from memprobe.backends.allocation_tracker import AllocationTracker
 from memprobe.backends.sliding_window import SlidingWindowBackend
-from memprobe.cli.main import main
 from memprobe.core.archs.registry import resolve_arch
 from memprobe.core.inference_config import make_inference_config
 from memprobe.inference.calibration_run import InferenceCalibrationReport
+from tests.helpers import invoke
 from tests.tiny_models import tiny_net
 
 needs_nnunet = pytest.mark.skipif(
@@ -30,17 +30,6 @@ needs_nnunet = pytest.mark.skipif(
 
 TINY = "tests.tiny_models:tiny_net"
 GIB = 2**30
-
-
-def _main(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the console entry point; its exit code, stdout and stderr."""
-    try:
-        main(arguments)
-        code = 0
-    except SystemExit as exited:
-        code = int(exited.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _nnunet(**kwargs: Any) -> Any:
@@ -242,14 +231,11 @@ def test_nnunet_held_out_images_within_3_and_5_percent(
 
 
 def _suggest(db: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
-    code, out, err = _main(
-        ["suggest", "--mode", "inference", "--predictor", "nnunet", "--arch", TINY, "--patch", "64", "64", "64",
-         "--max-image-shape", "600", "512", "512", "--out-channels", "16", "--device", "trace", "--db", str(db),
-         "--json", *extra],
-        capsys,
-    )  # fmt: skip
-    assert code == 0, err
-    return json.loads(out)  # type: ignore[no-any-return]
+    result = invoke(capsys, "suggest", "--mode", "inference", "--predictor", "nnunet", "--arch", TINY, "--patch",
+                    "64", "64", "64", "--max-image-shape", "600", "512", "512", "--out-channels", "16", "--device",
+                    "trace", "--db", str(db), "--json", *extra)  # fmt: skip
+    assert result.code == 0, result.err
+    return json.loads(result.out)  # type: ignore[no-any-return]
 
 
 @needs_nnunet
@@ -298,8 +284,8 @@ def test_without_nnunetv2_the_nnunet_predictor_is_exit_2_naming_the_extra(
         ["suggest", "--mode", "inference", "--arch", TINY, "--patch", "16", "16", "16", "--max-image-shape", "32",
          "32", "32", "--gpu-mem", "8GiB"],
     ):  # fmt: skip
-        code, _, err = _main([*command, "--predictor", "nnunet", "--device", "trace"], capsys)
-        assert code == 2 and "pip install 'memprobe[nnunet]'" in err, err
+        result = invoke(capsys, *command, "--predictor", "nnunet", "--device", "trace")
+        assert result.code == 2 and "pip install 'memprobe[nnunet]'" in result.err, result.err
 
 
 _PROBE = ["probe", "--mode", "inference", "--arch", TINY, "--patch", "16", "16", "16", "--image-shape", "32", "32",
@@ -313,17 +299,17 @@ _PROBE = ["probe", "--mode", "inference", "--arch", TINY, "--patch", "16", "16",
 def test_training_only_options_are_refused_with_inference_mode(
     option: list[str], flag: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = _main([*_PROBE, *option], capsys)
-    assert code == 2 and f"{flag} is a training option" in err
+    result = invoke(capsys, *_PROBE, *option)
+    assert result.code == 2 and f"{flag} is a training option" in result.err
 
 
 def test_nnunet_only_options_need_the_nnunet_predictor(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _main([*_PROBE, "--mirror-axes", "012"], capsys)
-    assert code == 2 and "--predictor nnunet" in err
-    code, _, err = _main([*_PROBE, "--predictor", "nnunet", "--sw-batch-size", "2"], capsys)
-    assert code == 2 and "one window at a time" in err
-    code, _, err = _main([*_PROBE, "--predictor", "nnunet", "--precision", "bf16-mixed"], capsys)
-    assert code == 2 and "fp16" in err
+    result = invoke(capsys, *_PROBE, "--mirror-axes", "012")
+    assert result.code == 2 and "--predictor nnunet" in result.err
+    result = invoke(capsys, *_PROBE, "--predictor", "nnunet", "--sw-batch-size", "2")
+    assert result.code == 2 and "one window at a time" in result.err
+    result = invoke(capsys, *_PROBE, "--predictor", "nnunet", "--precision", "bf16-mixed")
+    assert result.code == 2 and "fp16" in result.err
 
 
 def test_buffer_steps_adds_its_slabs_to_the_gpu_and_is_passed_through() -> None:

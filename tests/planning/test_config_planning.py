@@ -12,12 +12,11 @@ from typing import Any
 import pytest
 
 from memprobe.api import max_batch_size
-from memprobe.cli.main import main
 from memprobe.core.errors import InvalidInputError
 from memprobe.integrations.pytc.compat import AutoConfigPlanner, auto_plan_config
 from memprobe.integrations.pytc.config_file import is_explicit, plan_config
 from memprobe.integrations.pytc.yaml_config import plan_config_file
-from tests.helpers import make_calibration, write_calibrations
+from tests.helpers import Result, invoke, make_calibration, write_calibrations
 
 GIB = 2**30
 
@@ -82,16 +81,6 @@ def _plan(config: Any, **planning: Any) -> Any:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _run(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(arguments)
-        code = 0
-    except SystemExit as exited:
-        code = int(exited.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # --- auto_plan_config on plain dicts and OmegaConf ---
@@ -219,10 +208,8 @@ def test_plan_config_keeps_every_comment_and_untouched_key(
     """The planned file differs from the input only by the planned keys; the input is untouched."""
     before = _sha(seed_config)
     out = tmp_path / "planned.yaml"
-    code, _, err = _run(
-        ["plan", "--config", str(seed_config), "--gpu-mem", "24GiB", "--out", str(out)], capsys
-    )
-    assert code == 0, err
+    result = invoke(capsys, "plan", "--config", str(seed_config), "--gpu-mem", "24GiB", "--out", str(out))
+    assert result.code == 0, result.err
     assert _sha(seed_config) == before
     original, planned = SEED_CONFIG.splitlines(), out.read_text().splitlines()
     removed, added = [], []
@@ -246,19 +233,20 @@ def test_plan_config_without_out_prints_the_yaml(
 ) -> None:
     """Without --out the planned YAML goes to stdout and the file is left as it was."""
     before = _sha(seed_config)
-    code, out, _ = _run(["plan", "--config", str(seed_config), "--gpu-mem", "24GiB"], capsys)
-    assert code == 0 and _sha(seed_config) == before
-    assert out == plan_config_file(seed_config, gpu_memory_gb=24.0).text
-    assert "# These will be AUTO-DETERMINED:" in out and "train_image: 'datasets/lucchi/im.h5'" in out
+    result = invoke(capsys, "plan", "--config", str(seed_config), "--gpu-mem", "24GiB")
+    assert result.code == 0 and _sha(seed_config) == before
+    assert result.out == plan_config_file(seed_config, gpu_memory_gb=24.0).text
+    assert "# These will be AUTO-DETERMINED:" in result.out
+    assert "train_image: 'datasets/lucchi/im.h5'" in result.out
 
 
 def test_plan_config_json_lists_set_and_kept(
     calibrated_db: Path, seed_config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--json gives what was set and kept, the reasons and the calibration."""
-    code, out, _ = _run(["plan", "--config", str(seed_config), "--gpu-mem", "24GiB", "--json"], capsys)
-    data = json.loads(out)
-    assert code == 0 and data["kept"] == {"optimizer.lr": 0.0005}
+    result = invoke(capsys, "plan", "--config", str(seed_config), "--gpu-mem", "24GiB", "--json")
+    data = json.loads(result.out)
+    assert result.code == 0 and data["kept"] == {"optimizer.lr": 0.0005}
     assert set(data["set"]) == {
         "data.batch_size",
         "data.patch_size",
@@ -273,10 +261,10 @@ def test_plan_config_json_lists_set_and_kept(
     )
 
 
-def _one_line_error(code: int, out: str, err: str) -> str:
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("memprobe: error:"), err
-    assert "Traceback" not in out + err
+def _one_line_error(result: Result) -> str:
+    lines = result.err.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1 and lines[0].startswith("memprobe: error:"), result.err
+    assert "Traceback" not in result.out + result.err
     return lines[0]
 
 
@@ -288,7 +276,7 @@ def test_unparsable_yaml_names_line_and_column(
     bad.write_text("model:\n  architecture: mednext\ndata:\n  patch_size: [64, 64\n  batch_size: 2\n")
     before, out = _sha(bad), tmp_path / "planned.yaml"
     error = _one_line_error(
-        *_run(["plan", "--config", str(bad), "--gpu-mem", "24GiB", "--out", str(out)], capsys)
+        invoke(capsys, "plan", "--config", str(bad), "--gpu-mem", "24GiB", "--out", str(out))
     )
     assert "line 5, column 13" in error and str(bad) in error
     assert _sha(bad) == before and not out.exists()
@@ -299,7 +287,7 @@ def test_out_equal_to_the_input_is_refused(
 ) -> None:
     before = _sha(seed_config)
     error = _one_line_error(
-        *_run(["plan", "--config", str(seed_config), "--gpu-mem", "24GiB", "--out", str(seed_config)], capsys)
+        invoke(capsys, "plan", "--config", str(seed_config), "--gpu-mem", "24GiB", "--out", str(seed_config))
     )
     assert "is the input config" in error and _sha(seed_config) == before
 
@@ -315,7 +303,7 @@ def test_architecture_errors_exit_2(
     config = tmp_path / "config.yaml"
     config.write_text(f"model:\n  architecture: {architecture}  # mine\n")
     before = _sha(config)
-    error = _one_line_error(*_run(["plan", "--config", str(config), "--gpu-mem", "24GiB"], capsys))
+    error = _one_line_error(invoke(capsys, "plan", "--config", str(config), "--gpu-mem", "24GiB"))
     assert fragment in error and _sha(config) == before
 
 
@@ -328,7 +316,7 @@ def test_options_the_config_decides_are_refused(
     calibrated_db: Path, seed_config: Path, capsys: pytest.CaptureFixture[str], arguments: list[str]
 ) -> None:
     error = _one_line_error(
-        *_run(["plan", "--config", str(seed_config), "--gpu-mem", "24GiB", *arguments], capsys)
+        invoke(capsys, "plan", "--config", str(seed_config), "--gpu-mem", "24GiB", *arguments)
     )
     assert "cannot be combined with --config" in error
 
@@ -336,7 +324,7 @@ def test_options_the_config_decides_are_refused(
 def test_out_without_config_is_refused(
     calibrated_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    error = _one_line_error(*_run(["plan", "--gpu-mem", "24GiB", "--out", str(tmp_path / "x.yaml")], capsys))
+    error = _one_line_error(invoke(capsys, "plan", "--gpu-mem", "24GiB", "--out", str(tmp_path / "x.yaml")))
     assert "--out needs --config" in error and not (tmp_path / "x.yaml").exists()
 
 
@@ -370,7 +358,7 @@ def test_wrong_values_name_their_key(
     config = tmp_path / "config.yaml"
     config.write_text(content)
     before = _sha(config)
-    error = _one_line_error(*_run(["plan", "--config", str(config), "--gpu-mem", "24GiB"], capsys))
+    error = _one_line_error(invoke(capsys, "plan", "--config", str(config), "--gpu-mem", "24GiB"))
     assert fragment in error and _sha(config) == before
 
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from memprobe.cli.main import main
 from memprobe.core.archs.registry import ARCHS, get_arch, smallest_patch_size
 from memprobe.core.errors import NothingFitsError
 from memprobe.planning.size_search import plan_batch, plan_patch
 from memprobe.store.calibration_sources import shipped_calibrations
+from tests.helpers import invoke
 
 GIB = 2**30
 BUDGET = 24 * GIB
@@ -57,10 +57,23 @@ def test_no_shipped_plan_needs_more_than_24gib(shipped: list[object]) -> None:
 def test_probe_json_reports_a_simulated_reserve(arch: str, capsys: pytest.CaptureFixture[str]) -> None:
     """`memprobe probe --device trace --json` gives a simulated reserve for every registered network."""
     edge = str(smallest_patch_size(get_arch(arch)))
-    main(
-        ["probe", "--arch", arch, "--patch", edge, edge, edge, "--batch", "1", "--device", "trace", "--json"]
+    result = invoke(
+        capsys,
+        "probe",
+        "--arch",
+        arch,
+        "--patch",
+        edge,
+        edge,
+        edge,
+        "--batch",
+        "1",
+        "--device",
+        "trace",
+        "--json",
     )
-    data = json.loads(capsys.readouterr().out)
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
     assert data["reserved_source"] == "simulated"
     assert (
         data["peak_reserved_bytes"] >= data["simulated_allocated_bytes"] >= data["peak_allocated_bytes"] > 0

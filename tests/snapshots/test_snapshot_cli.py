@@ -47,8 +47,6 @@ def test_bad_snapshots_exit_2_in_one_line(capsys: pytest.CaptureFixture[str], tm
 @pytest.fixture(scope="module")
 def probe_snapshot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """A traced step written as a snapshot, and the probe's own measurement of it."""
-    from memprobe.cli.main import main
-
     path = tmp_path_factory.mktemp("probe") / "step.pickle"
     out = tmp_path_factory.mktemp("probe") / "out.json"
     code = subprocess.run(
@@ -57,7 +55,6 @@ def probe_snapshot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     )  # fmt: skip
     assert code.returncode == 0, code.stderr
     out.write_text(code.stdout)
-    del main
     return path, json.loads(code.stdout)
 
 

@@ -14,7 +14,7 @@ from memprobe.core.inference_measurement import InferenceMeasurement
 from memprobe.store.database import Database
 from memprobe.store.merge import merge_databases
 from memprobe.store.schema import SCHEMA_VERSION, schema_columns
-from tests.cli.test_inference_cli import _calibration
+from tests.helpers import make_inference_calibration
 from tests.store.test_db import ENVIRONMENT
 
 TABLES = ("inference_measurements", "inference_calibrations")
@@ -35,10 +35,10 @@ def _measurement(config: InferenceConfig, peak: int) -> InferenceMeasurement:
 def _written(database: Database, *, with_nnunet: bool) -> None:
     """MONAI rows, and nnU-Net rows (which only a database with the settings column holds)."""
     database.add_measurement(_measurement(MONAI, 1000))
-    database.add_calibration(_calibration())
+    database.add_calibration(make_inference_calibration())
     if with_nnunet:
         database.add_measurement(_measurement(NNUNET, 2000))
-        database.add_calibration(replace(_calibration(), predictor=Predictor.NNUNET))
+        database.add_calibration(replace(make_inference_calibration(), predictor=Predictor.NNUNET))
 
 
 def _as_schema_6(db_path: Path, *, ad_hoc_column: bool) -> None:

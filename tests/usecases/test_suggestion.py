@@ -102,32 +102,18 @@ def test_all_archs_follows_the_data_parallel_layout(archs_db: Path) -> None:
 def test_all_archs_with_deep_supervision_skips_networks_without_it(archs_db: Path) -> None:
     """Networks without deep-supervision heads are skipped, said at once through on_skip and in notes."""
     said: list[str] = []
+    plan_all = lambda: suggest(
+        None, "24GiB", "bf16-mixed", patch=PATCH, all_archs=True, deep_supervision=True, db=archs_db,
+        on_skip=said.append,
+    )  # fmt: skip
     with pytest.raises(NoCalibrationError, match="dynunet"):  # dynunet has heads but no such calibration
-        suggest(
-            None,
-            "24GiB",
-            "bf16-mixed",
-            patch=PATCH,
-            all_archs=True,
-            deep_supervision=True,
-            db=archs_db,
-            on_skip=said.append,
-        )
+        plan_all()
     assert said == ["skipped unet: no deep supervision"]  # told before the failure
     write_calibrations(
         archs_db, replace(make_calibration("dynunet", precision="bf16-mixed"), deep_supervision=True)
     )
     said.clear()
-    found = suggest(
-        None,
-        "24GiB",
-        "bf16-mixed",
-        patch=PATCH,
-        all_archs=True,
-        deep_supervision=True,
-        db=archs_db,
-        on_skip=said.append,
-    )
+    found = plan_all()
     assert found.archs == ("mednext", "dynunet") and found.skipped == ("unet",)
     assert said == ["skipped unet: no deep supervision"] and found.notes[-1] == said[0]
     assert all(p.calibration.deep_supervision for p in found.batch_plans)

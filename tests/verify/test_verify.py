@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from memprobe.cli.main import main
 from memprobe.cli.render.verify_tables import REHEARSAL_NOTE, build_report, write_outputs
 from memprobe.core.config import StepConfig, make_step_config
 from memprobe.core.enums import DeviceKind, Precision
@@ -38,7 +37,7 @@ from memprobe.verify.run import VerifyTools, run_verify
 from memprobe.verify.safety import check_suggestion, suggest_from_calibrations
 from memprobe.verify.table import SafetyCase
 from tests.conftest import REPO_ROOT, TINY
-from tests.helpers import make_calibration
+from tests.helpers import invoke, make_calibration
 
 GIB = 2**30
 MIB = 2**20
@@ -169,12 +168,10 @@ def test_without_cuda_verify_is_one_line_exit_2_and_creates_nothing(
     """No GPU: exit 2, one line saying what to run instead, and no output folder."""
     monkeypatch.setattr("memprobe.backends.cuda_available", lambda: False)
     out = tmp_path / "truth"
-    with pytest.raises(SystemExit) as exited:
-        main(["verify", "--quick", "--out", str(out)])
-    captured = capsys.readouterr()
-    assert exited.value.code == 2
-    assert captured.out == ""
-    lines = captured.err.splitlines()
+    result = invoke(capsys, "verify", "--quick", "--out", str(out))
+    assert result.code == 2
+    assert result.out == ""
+    lines = result.err.splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("memprobe: error: memprobe verify needs a CUDA GPU: ")
     assert "scripts/gpu_truth.sh" in lines[0] and "--device trace" in lines[0]
