@@ -360,22 +360,25 @@ def _setup(
     Without ``check_arch`` (an nnU-Net preset, which names a family of topologies) the name is
     kept as given once its fields are checked.
     """
-    named = replace(arch, arch=_with_stored_rule(arch.arch, db)) if isinstance(arch, Setup) else arch
+    named = replace(arch, arch=with_stored_rule(arch.arch, db)) if isinstance(arch, Setup) else arch
     if isinstance(named, str):
-        named = _with_stored_rule(named, db)
+        named = with_stored_rule(named, db)
     checked = Setup.of(named, gpu=target_gpu(device), **_given(arch, precision, overrides))
     if check_arch:
         return checked
     return replace(checked, arch=named.arch if isinstance(named, Setup) else named)
 
 
-def _with_stored_rule(arch: str, db: str | Path | None) -> str:
-    """A custom model named without its shape rule: the name it was calibrated under, with the rule."""
+def with_stored_rule(arch: str, db: str | Path | None, *, inference: bool = False) -> str:
+    """A custom model named without its shape rule: the name it was calibrated under, with the rule
+    (for a training step, or with ``inference`` a sliding-window inference)."""
     if not isinstance(arch, str) or ":" not in arch or "[" in arch:
         return arch
-    from memprobe.store.calibration_sources import with_stored_shape_rule
+    from memprobe.store.calibration_sources import all_inference_calibrations, with_stored_shape_rule
 
-    return with_stored_shape_rule(arch, load_calibrations(db))
+    return with_stored_shape_rule(
+        arch, all_inference_calibrations(db) if inference else load_calibrations(db)
+    )
 
 
 def _checked_source(db: object, device: object) -> tuple[str | Path | None, str | None]:
@@ -534,7 +537,8 @@ def calibrate(
     gpu_mem = renamed_argument(setup, "budget", "gpu_mem", gpu_mem)
     chosen = _measured_setup(arch, precision, setup, device)
     chosen = replace(
-        chosen, arch=_calibration_arch(chosen.arch, chosen.in_channels, chosen.out_channels, find=not isolate)
+        chosen,
+        arch=with_found_shape_rule(chosen.arch, chosen.in_channels, chosen.out_channels, find=not isolate),
     )
     spec = resolve_arch(chosen.arch)
     base = chosen.at(smallest_patch(spec), 1)
@@ -569,8 +573,9 @@ def _given(arch: str | Setup, precision: str | None, setup: dict[str, Any]) -> d
     return setup if precision is None and isinstance(arch, Setup) else {**setup, "precision": precision}
 
 
-def _calibration_arch(arch: str, in_channels: int, out_channels: int, *, find: bool) -> str:
-    """A custom model's name with its shape rule attached; without ``find``, only a declared rule."""
+def with_found_shape_rule(arch: str, in_channels: int, out_channels: int, *, find: bool) -> str:
+    """A custom model's name with its shape rule attached, as a calibration stores it; without
+    ``find`` (an isolated run, whose model may crash this process), only a declared rule."""
     if not isinstance(arch, str) or ":" not in arch or "[" in arch:
         return arch
     from memprobe.planning.shape_probe import shape_rule_arch

@@ -6,7 +6,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, cast
 
 from memprobe.backends.recorder import MeasurementLog
 from memprobe.core.archs.registry import ArchSpec, axis_divisors, resolve_arch, smallest_patch
@@ -21,9 +20,6 @@ from memprobe.formula.fit import fit_formula
 from memprobe.planning.exports import DDP_DEFAULT_BUCKET_CAP_MB, DDP_DEFAULT_GRADIENT_AS_BUCKET_VIEW
 from memprobe.planning.need import memory_need, need_from_peaks
 from memprobe.planning.size_search import DEFAULT_SAFETY
-
-if TYPE_CHECKING:
-    from memprobe.store.database import Database
 
 MAX_MEASURED_BATCH = 512  # the limit search measures at most this batch: a bound on its cost, not on plans
 
@@ -258,7 +254,7 @@ def calibrate(
     recorded = environment.to_dict() | _bucket_settings(log.backend, base)
     calibration = fit_calibration(spec, base, environment.calibration_device, fitted, heldout, recorded)
     if log.db is not None:  # stored before the searches: a search that fails must not lose the fit
-        cast("Database", log.db).add_calibration(calibration, environment)
+        log.db.add_calibration(calibration, environment)
     searches = _limit_searches(log, base, spec, budget_bytes, calibration) if search else []
     return CalibrationReport(
         calibration,

@@ -23,9 +23,9 @@ ProgressCallback = Callable[[Measurement, bool], None]
 
 
 class MeasurementStore(Protocol):
-    """Where measurements are kept (``memprobe.store.database.Database``): backends need only this.
+    """Where measurements and calibrations are kept (``memprobe.store.database.Database``): a log needs only this.
 
-    Both methods take either kind of configuration and measurement.
+    Each method takes either kind: a training step's or an inference's.
     """
 
     def find_measurement(
@@ -33,6 +33,8 @@ class MeasurementStore(Protocol):
     ) -> Any: ...
 
     def add_measurement(self, measurement: Any, reuse_key: ReuseKey) -> int: ...
+
+    def add_calibration(self, calibration: Any, environment: Environment | None = None) -> int: ...
 
 
 def _ignore(measurement: Any, reused: bool) -> None:

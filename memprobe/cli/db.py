@@ -13,7 +13,6 @@ from memprobe.cli.render import Report
 from memprobe.core.units import format_bytes
 
 if TYPE_CHECKING:
-    from memprobe.formula.calibration import Calibration
     from memprobe.store.frames import Export
     from memprobe.store.merge import MergeResult
 
@@ -48,7 +47,7 @@ def list_calibrations(db_path: str | None, shipped: bool, as_json: bool) -> None
             "precision": c.precision,
             "optimizer": c.optimizer,
             "deep sup.": "yes" if c.deep_supervision else "no",
-            "step": _step(c),
+            "step": c.measured_step + (" +checkpointing" if c.checkpointing else ""),
             "GPUs": "1" if c.strategy == "single" else f"{c.strategy} x{c.world_size}",
             "points": c.quality.points,
             "fit median %": round(100 * c.quality.median_relative_error, 2),
@@ -61,15 +60,6 @@ def list_calibrations(db_path: str | None, shipped: bool, as_json: bool) -> None
     ]
     note = "held-out %: the fit against the backend it was measured on (fit vs trace for a trace calibration)"
     emit(Report([c.to_dict() for c in calibrations], (("Calibrations", rows),), (note,)), as_json)
-
-
-def _step(calibration: Calibration) -> str:
-    """The training step measured, or for inference the sliding window's predictor (``monai``, ``nnunet``)."""
-    from memprobe.formula.inference_calibration import InferenceCalibration
-
-    if isinstance(calibration, InferenceCalibration):
-        return calibration.predictor.value
-    return calibration.step + (" +checkpointing" if calibration.checkpointing else "")
 
 
 @db.command("measurements")

@@ -337,13 +337,14 @@ def _calibration_report(report: Any, spec: Any, db_path: object) -> Report:
     calibration = report.calibration
     quality = calibration.quality
     rows = []
+    measured = (*report.fitted, *report.heldout)
     for m, role in [(m, "fit") for m in report.fitted] + [(m, "held out") for m in report.heldout]:
         predicted = calibration.inference_peak_bytes(spec, m.config)
         rows.append(
             {
                 "configuration": m.config.label(),
                 "role": role,
-                "allocated": format_bytes(m.peak_allocated_bytes) if m.ok else "OOM",
+                "allocated": format_bytes(m.peak_allocated_bytes) if m.ok else ("OOM" if m.oom else "failed"),
                 "formula": format_bytes(predicted),
                 "error %": round(100 * (predicted - m.peak_allocated_bytes) / m.peak_allocated_bytes, 2)
                 if m.ok
@@ -364,6 +365,7 @@ def _calibration_report(report: Any, spec: Any, db_path: object) -> Report:
         ),
         f"{report.measured} inferences measured, {report.reused} reused from {db_path or 'memory'}; stored apart "
         "from training calibrations",
+        *(f"failed, left out of the fit: {m.config.label()}: {m.error}" for m in measured if m.error),
     )
     data = {
         "mode": "inference",

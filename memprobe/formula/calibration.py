@@ -68,6 +68,12 @@ class Calibration:
         )
 
     @property
+    def measured_step(self) -> str:
+        """What ran, in a word, as plans and listings show it: the training step (``memprobe``,
+        ``nnunet``, a user's); an inference calibration says its sliding window's predictor."""
+        return self.step
+
+    @property
     def measured_on_gpu(self) -> bool:
         return self.device not in ("trace", "cpu")
 

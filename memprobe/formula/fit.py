@@ -171,7 +171,7 @@ def fit_phase_coefficients(
     if len(usable) < len(terms):
         raise InvalidInputError(
             f"only {len(usable)} usable measurements of {spec.name} to fit {len(terms)} coefficients "
-            f"of its {quantity} peak: raise --budget or calibrate on a larger GPU"
+            f"of its {quantity} peak: raise --gpu-mem or calibrate on a larger GPU"
         )
     rows = [model.measured(m) for m in usable]
     matrix = np.array([[row[t] for t in terms] for row in rows])
@@ -310,7 +310,7 @@ def fit_formula(
     model: TermModel | None = None,
     *,
     points: str = "calibration steps",
-    advice: str = "raise --gpu-mem or calibrate on a larger GPU",
+    advice: str = "raise --gpu-mem, calibrate on a larger GPU, or see the failed points' errors",
 ) -> FittedFormula:
     """Fit allocated (and, where every point has one, reserved) coefficients to ``fitted``; test on ``heldout``.
 
@@ -323,7 +323,8 @@ def fit_formula(
     usable = [m for m in fitted if m.ok]
     if len(usable) < 3:
         raise InvalidInputError(
-            f"only {len(usable)} of {len(fitted)} {points} of {spec.name} ran within the memory: {advice}"
+            f"only {len(usable)} of {len(fitted)} {points} of {spec.name} ran (the others ran out of memory "
+            f"or failed): {advice}"
         )
     parameters = fit_parameter_model(spec, usable)
     coefficients = fit_phase_coefficients(spec, usable, model=model)

@@ -33,6 +33,11 @@ class InferenceCalibration(Calibration):
         """What the store keeps one of: architecture, device, precision and predictor."""
         return self.arch, self.device, self.precision, INFERENCE, self.predictor.value
 
+    @property
+    def measured_step(self) -> str:
+        """The sliding window's predictor (``monai`` or ``nnunet``): what an inference calibration measured."""
+        return self.predictor.value
+
     def answers_inference(self, arch: str, precision: str, predictor: Predictor) -> bool:
         """Whether this calibration answers for an inference of ``arch`` by ``predictor`` at ``precision``."""
         return (self.arch, self.precision, self.predictor) == (arch, precision, predictor)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memprobe.core.archs.registry import resolve_arch
-from memprobe.core.checks import check_db, check_fraction, check_text
+from memprobe.core.checks import check_bool, check_db, check_fraction, check_text
 from memprobe.core.errors import InvalidInputError
 from memprobe.core.inference_config import (
     InferenceConfig,
@@ -168,6 +168,9 @@ def max_sw_batch_size(
         raise InvalidInputError(
             f"unknown setting {unknown[0]!r}: choose among {', '.join(INFERENCE_SETTINGS)}"
         )
+    from memprobe.api import with_stored_rule
+
+    arch = with_stored_rule(arch, db, inference=True)  # a custom model is calibrated under its shape rule
     predictor = settings.get("predictor", "monai")
     overlap, blend = settings.get("overlap"), settings.get("blend")
     nnunet = predictor == Predictor.NNUNET.value
@@ -238,12 +241,16 @@ def calibrate_inference(
     """
     from dataclasses import replace
 
+    from memprobe.api import with_found_shape_rule
     from memprobe.backends import get_inference_backend
     from memprobe.backends.recorder import MeasurementLog
+    from memprobe.calibration_run import design_patch
     from memprobe.core.gpus import measuring_gpu
     from memprobe.inference.calibration_run import calibrate_inference as run_calibration
     from memprobe.store.database import Database
 
+    isolate = check_bool(isolate, "isolate")
+    arch = with_found_shape_rule(str(check_text(arch, "arch", optional=False)), 1, 2, find=not isolate)
     spec = resolve_arch(arch)
     nnunet = predictor == Predictor.NNUNET.value
     if nnunet:
@@ -251,10 +258,10 @@ def calibrate_inference(
 
         require_nnunet()
     precision = inference_precision(precision, predictor, measuring_gpu(device))
-    base = make_inference_config(
+    base = make_inference_config(  # its sizes only need to be valid: the design points choose their own
         arch,
-        (2 * spec.divisor,) * 3,
-        (4 * spec.divisor,) * 3,
+        design_patch(spec, (2, 2, 2)),
+        design_patch(spec, (4, 4, 4)),
         precision=precision,
         predictor=predictor,
         overlap=0.5 if nnunet else 0.0,  # as nnU-Net predicts; MONAI's calibration needs no overlap

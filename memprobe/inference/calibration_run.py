@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, cast
 
 from memprobe.backends.recorder import MeasurementLog
 from memprobe.calibration_run import patch_unit, patch_units
@@ -18,9 +17,6 @@ from memprobe.core.inference_measurement import InferenceMeasurement
 from memprobe.formula.fit import fit_formula
 from memprobe.formula.inference_calibration import INFERENCE, InferenceCalibration
 from memprobe.formula.inference_terms import inference_terms
-
-if TYPE_CHECKING:
-    from memprobe.store.database import Database
 
 GPU, CPU = StitchDevice.GPU, StitchDevice.CPU
 
@@ -212,7 +208,7 @@ def fit_inference_calibration(
         heldout,
         inference_terms(spec, base.predictor),
         points="inference points",
-        advice="calibrate on a larger GPU",
+        advice="calibrate on a larger GPU, or see the failed points' errors",
     )
     return InferenceCalibration(
         arch=spec.name,
@@ -244,7 +240,7 @@ def calibrate_inference(
         spec, base, environment.calibration_device, fitted, heldout, environment.to_dict()
     )
     if log.db is not None:
-        cast("Database", log.db).add_calibration(calibration, environment)
+        log.db.add_calibration(calibration, environment)
     return InferenceCalibrationReport(
         calibration, tuple(fitted), tuple(heldout), measured=len(log.taken), reused=log.reused
     )

@@ -187,7 +187,8 @@ def _window_count(config: InferenceConfig) -> str:
     windows = config.windows()
     batch = 1 if config.nnunet else config.window_batch
     runs = sum(-(-w // batch) for w in config.buffer_windows() or (windows,))
-    text = f"{windows:,} windows at overlap {config.overlap:g}: the network runs {runs:,} times"
+    times = "once" if runs == 1 else f"{runs:,} times"
+    text = f"{windows:,} windows at overlap {config.overlap:g}: the network runs {times}"
     if windows > MANY_WINDOWS:
         text += " (lower --overlap: memory does not depend on the count, time does)"
     return text

@@ -112,7 +112,7 @@ def all_calibrations(db_path: str | Path | None = None) -> list[Calibration]:
                                     snapshot_measurements(db_path))  # fmt: skip
 
 
-def with_stored_shape_rule(arch: str, calibrations: list[Calibration]) -> str:
+def with_stored_shape_rule(arch: str, calibrations: Sequence[Calibration]) -> str:
     """``package.module:factory`` as the newest calibration of it names it, shape rule attached."""
     prefix = arch.strip() + "["
     return next((c.arch for c in calibrations if c.arch.startswith(prefix)), arch)

@@ -27,7 +27,7 @@ from memprobe.core.inference_measurement import INFERENCE_CODE_VERSION, Inferenc
 from memprobe.core.measurement import Environment, ReuseKey
 from memprobe.formula.calibration import FitQuality
 from memprobe.formula.inference_calibration import INFERENCE, InferenceCalibration
-from memprobe.store.row_checks import column
+from memprobe.store.row_checks import column, warn_bad_row
 
 INFERENCE_REUSE_KEY = ReuseKey(INFERENCE_CODE_VERSION)  # a registered network measured by this memprobe
 SETTINGS = "settings_json"
@@ -174,11 +174,15 @@ class InferenceTables:
         """The newest inference calibration for each (arch, device, precision, predictor)."""
         newest: dict[tuple[str, ...], sqlite3.Row] = {}
         for row in self._rows("SELECT * FROM inference_calibrations ORDER BY id DESC"):
-            key = (row["arch"], row["device"], row["precision"], _stored_settings(row))
-            newest.setdefault(
-                key, row
-            )  # grouped here, not in SQL: a server read as it is may lack the column
-        return [self.inference_calibration_from_row(newest[key]) for key in sorted(newest)]
+            # grouped here, not in SQL: a server read as it is may lack the column
+            newest.setdefault((row["arch"], row["device"], row["precision"], _stored_settings(row)), row)
+        calibrations = []
+        for key in sorted(newest):
+            try:
+                calibrations.append(self.inference_calibration_from_row(newest[key]))
+            except (ValueError, KeyError, TypeError) as error:  # e.g. a predictor a later memprobe added
+                warn_bad_row(self.location, "inference_calibrations", newest[key]["id"], str(error))
+        return calibrations
 
     def inference_calibration_from_row(self, row: sqlite3.Row) -> InferenceCalibration:
         """The inference calibration in ``row``, with its environment."""

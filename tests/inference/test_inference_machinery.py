@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +16,7 @@ from memprobe.core.inference_measurement import INFERENCE_CODE_VERSION, Inferenc
 from memprobe.core.measurement import MEASUREMENT_CODE_VERSION, Environment, ReuseKey
 from memprobe.formula.inference_calibration import INFERENCE, InferenceCalibration
 from memprobe.store.database import Database
-from tests.helpers import TINY, make_inference_calibration, run_cli
+from tests.helpers import TINY, invoke, make_inference_calibration, run_cli
 
 TRACE = Environment("trace", "trace")
 
@@ -152,3 +154,33 @@ def test_every_plan_shares_the_plan_type() -> None:
     from memprobe.planning.size_search import BatchPlan, PatchPlan
 
     assert all(issubclass(kind, MemoryPlan) for kind in (BatchPlan, PatchPlan, InferencePlan))
+
+
+def test_a_custom_model_is_planned_from_the_calibration_stored_under_its_rule(db_path: Path) -> None:
+    """calibrate_inference stores a custom model under its shape rule, as training's calibrate does;
+    planning it by its plain name finds that calibration (it did not: the user was told to calibrate again)."""
+    from memprobe.inference.api import calibrate_inference, max_sw_batch_size
+
+    aniso = "tests.aniso_models:aniso_net"  # pools depth by 4, height and width by 8: a rule to find
+    report = calibrate_inference(aniso, device="trace", db=db_path)
+    assert report.calibration.arch.startswith(aniso + "[div=4x8x8")  # the rule travels with the name
+    plan = max_sw_batch_size(aniso, (32, 32, 32), (128, 128, 128), "24GiB", db=db_path, device="trace")
+    assert plan.calibration.arch == report.calibration.arch and plan.calibration.source == str(db_path)
+
+
+def test_an_inference_calibration_row_a_later_memprobe_wrote_is_skipped_with_a_warning(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Database.open(db_path) as database:
+        database.add_calibration(make_inference_calibration())
+        database.add_calibration(make_inference_calibration(predictor="nnunet"))
+    with sqlite3.connect(db_path) as connection:
+        connection.execute(
+            "UPDATE inference_calibrations SET settings_json = ? WHERE settings_json LIKE '%nnunet%'",
+            ('{"predictor": "a-later-one"}',),
+        )
+    listed = invoke(capsys, "db", "list", "--db", str(db_path), "--no-shipped", "--json")
+    assert listed.code == 0, listed.err
+    assert [c["predictor"] for c in json.loads(listed.out)] == ["monai"]
+    assert listed.err.count("memprobe: warning: skipped inference_calibrations row 2 ") == 1
+    assert "'a-later-one' is not a valid Predictor" in listed.err

@@ -23,7 +23,7 @@ def calibration_text(calibration: Calibration) -> str:
     worst = _heldout_worst(calibration)
     fit = f"held-out worst {100 * worst:.1f}%" if worst is not None else "no held-out points"
     checked = "" if calibration.measured_on_gpu else f"; {TRACE_NOTE}"
-    step = "" if calibration.step == "memprobe" else f"step {calibration.step}, "
+    step = "" if calibration.measured_step == "memprobe" else f"step {calibration.measured_step}, "
     buckets = ddp_buckets(calibration)
     bucket_text = f"; {ddp_buckets_text(buckets)}" if buckets else ""
     return (
@@ -36,7 +36,7 @@ def calibration_data(calibration: Calibration) -> dict[str, Any]:
     quality, reserved = calibration.quality, calibration.reserved_quality
     return {
         "device": calibration.device,
-        "step": calibration.step,
+        "step": calibration.measured_step,
         "source": calibration.source,
         "created_at": calibration.created_at,
         "measured_on_gpu": calibration.measured_on_gpu,
