@@ -32,7 +32,9 @@ _EXPECTED_STEPS = 10 + 4 + 6
 
 
 @command(renamed={"--budget": "--gpu-mem"})
-@inference_mode(calibrate_view)
+@inference_mode(
+    calibrate_view, refused="is not for calibrate: it measures its own windows, images, batches and mirroring"
+)
 @setup_options()
 @click.option("--device", default=None, help="cuda, trace or cpu; default cuda if present, else trace.")
 @shape_rule_options

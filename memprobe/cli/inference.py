@@ -40,70 +40,82 @@ class MirrorAxes(click.ParamType):
         return tuple(sorted(int(axis) for axis in text))
 
 
-_INFERENCE_OPTIONS = (
-    click.option(
-        "--mode",
-        type=click.Choice(["training", "inference"]),
-        default="training",
-        show_default=True,
-        help="training: one training step; inference: a sliding-window prediction over a whole image.",
-    ),
-    inference_option(
-        "--predictor",
-        type=click.Choice(["monai", "nnunet"]),
-        default="monai",
-        show_default=True,
-        help="Inference: MONAI's sliding_window_inference, or nnU-Net v2's nnUNetPredictor "
-        "(one window at a time, fp16 autocast, --overlap is 1 - tile_step_size; needs nnunetv2).",
-    ),
-    inference_option(
-        "--mirror-axes",
-        type=MirrorAxes(),
-        default=None,
-        help="Inference, nnU-Net: mirroring axes of its test-time augmentation (default 012; none: off).",
-    ),
-    inference_option(
-        "--buffer-steps",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Inference, MONAI: sliding_window_inference's buffer_steps (buffer_dim -1); suggest plans its buffer.",
-    ),
-    inference_option(
-        "--image-shape",
-        nargs=3,
-        type=SHAPE_SIZE,
-        default=None,
-        metavar="D H W",
-        help="Inference: the whole image in voxels (--patch is the window, roi_size).",
-    ),
-    inference_option(
-        "--sw-batch-size",
-        default=1,
-        show_default=True,
-        type=BATCH,
-        help="Inference: windows the network sees at once.",
-    ),
-    inference_option(
-        "--overlap",
-        default=0.25,
-        show_default=True,
-        type=click.FloatRange(0, 1, max_open=True),
-        help="Inference: overlap of windows, in [0, 1).",
-    ),
-    inference_option(
-        "--blend",
-        type=click.Choice(["constant", "gaussian"]),
-        default="constant",
-        show_default=True,
-        help="Inference: how overlapping windows are blended (MONAI's mode).",
-    ),
-    inference_option(
-        "--stitch",
-        type=click.Choice(["gpu", "cpu"]),
-        default=None,
-        help="Inference: where the output is stitched (MONAI's device); suggest chooses when not given.",
-    ),
-)
+def _inference_options(refused: str | None) -> tuple[Callable[[F], F], ...]:
+    """``--mode`` and the inference options; ``refused``: why the command refuses the window, image
+    and batch options it declares (``calibrate`` chooses its own)."""
+    return (
+        click.option(
+            "--mode",
+            type=click.Choice(["training", "inference"]),
+            default="training",
+            show_default=True,
+            help="training: one training step; inference: a sliding-window prediction over a whole image.",
+        ),
+        inference_option(
+            "--predictor",
+            type=click.Choice(["monai", "nnunet"]),
+            default="monai",
+            show_default=True,
+            help="Inference: MONAI's sliding_window_inference, or nnU-Net v2's nnUNetPredictor "
+            "(one window at a time, fp16 autocast, --overlap is 1 - tile_step_size; needs nnunetv2).",
+        ),
+        inference_option(
+            "--mirror-axes",
+            refused=refused,
+            type=MirrorAxes(),
+            default=None,
+            help="Inference, nnU-Net: mirroring axes of its test-time augmentation (default 012; none: off).",
+        ),
+        inference_option(
+            "--buffer-steps",
+            refused=refused,
+            type=click.IntRange(min=1),
+            default=None,
+            help="Inference, MONAI: sliding_window_inference's buffer_steps (buffer_dim -1); suggest plans its buffer.",
+        ),
+        inference_option(
+            "--image-shape",
+            refused=refused,
+            nargs=3,
+            type=SHAPE_SIZE,
+            default=None,
+            metavar="D H W",
+            help="Inference: the whole image in voxels (--patch is the window, roi_size).",
+        ),
+        inference_option(
+            "--sw-batch-size",
+            refused=refused,
+            default=1,
+            show_default=True,
+            type=BATCH,
+            help="Inference: windows the network sees at once.",
+        ),
+        inference_option(
+            "--overlap",
+            refused=refused,
+            default=0.25,
+            show_default=True,
+            type=click.FloatRange(0, 1, max_open=True),
+            help="Inference: overlap of windows, in [0, 1).",
+        ),
+        inference_option(
+            "--blend",
+            refused=refused,
+            type=click.Choice(["constant", "gaussian"]),
+            default="constant",
+            show_default=True,
+            help="Inference: how overlapping windows are blended (MONAI's mode).",
+        ),
+        inference_option(
+            "--stitch",
+            refused=refused,
+            type=click.Choice(["gpu", "cpu"]),
+            default=None,
+            help="Inference: where the output is stitched (MONAI's device); suggest chooses when not given.",
+        ),
+    )
+
+
 _SUGGEST_OPTIONS = (
     inference_option(
         "--max-image-shape",
@@ -137,22 +149,14 @@ _SUGGEST_NAMES = ("max_image_shape", "fingerprint")
 _SHARED_NAMES = ("fingerprint",)  # taken in both modes
 
 
-def _refuse(context: click.Context, names: tuple[str, ...], why: str) -> None:
-    from memprobe.core.errors import InvalidInputError
-
-    flags = {param.name: param.opts[0] for param in context.command.params}
-    for name in names:
-        if given(context, name):
-            raise InvalidInputError(f"{flags.get(name, '--' + name.replace('_', '-'))} {why}")
-
-
-def inference_mode(view: F, suggest: bool = False) -> Callable[[F], F]:
+def inference_mode(view: F, suggest: bool = False, refused: str | None = None) -> Callable[[F], F]:
     """Add ``--mode`` and the inference options to a command, branching early into ``view``.
 
     Each option says which mode it belongs to (``ModeOption``): one given on the command line
-    that the chosen mode does not take is refused by name, exit 2.
+    that the chosen mode does not take is refused by name, exit 2; so is a window, image or
+    batch option of a command that chooses its own (``refused`` says why).
     """
-    extra = _INFERENCE_OPTIONS + (_SUGGEST_OPTIONS if suggest else ())
+    extra = _inference_options(refused) + (_SUGGEST_OPTIONS if suggest else ())
     names = _NAMES + (_SUGGEST_NAMES if suggest else ())
 
     def decorate(command: F) -> F:
@@ -310,11 +314,6 @@ def calibrate_view(
     from memprobe.core.archs.registry import resolve_arch
     from memprobe.inference.api import calibrate_inference
 
-    _refuse(
-        click.get_current_context(),
-        ("image_shape", "sw_batch_size", "overlap", "blend", "stitch", "mirror_axes", "buffer_steps"),
-        "is not for calibrate: it measures its own windows, images, batches and mirroring",
-    )
     arch = custom_arch_with_rule(arch, divisors, min_patch, in_channels, out_channels, find=not isolate)
     spec = resolve_arch(arch)
     label = f"calibrating inference of {spec.name} on {device or 'the default device'}"

@@ -17,11 +17,22 @@ TRAINING, INFERENCE = "training", "inference"
 
 
 class ModeOption(click.Option):
-    """An option that means something in some modes only (``--mode training|inference``)."""
+    """An option that means something in some modes only (``--mode training|inference``).
 
-    def __init__(self, *args: Any, modes: Collection[str] = (TRAINING, INFERENCE), **kwargs: Any) -> None:
+    ``refused`` says why a command declares it and still refuses it in its mode (``calibrate
+    --mode inference`` chooses its own windows): given there, it is refused with that reason.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        modes: Collection[str] = (TRAINING, INFERENCE),
+        refused: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.modes = frozenset(modes)
+        self.refused = refused
 
 
 def training_option(*declarations: str, **attributes: Any) -> Callable[[F], F]:
@@ -45,10 +56,12 @@ def refuse_other_modes(context: click.Context, mode: str) -> None:
 
     for parameter in context.command.params:
         modes = getattr(parameter, "modes", None)
-        if modes is None or mode in modes or parameter.name is None:
+        if modes is None or parameter.name is None or not given(context, parameter.name):
             continue
-        if given(context, parameter.name):
-            flag = parameter.opts[0]
+        flag = parameter.opts[0]
+        if mode in modes and getattr(parameter, "refused", None):
+            raise InvalidInputError(f"{flag} {parameter.refused}")  # type: ignore[attr-defined]
+        if mode not in modes:
             raise InvalidInputError(
                 f"{flag} is a training option: drop it with --mode inference"
                 if mode == INFERENCE

@@ -213,9 +213,28 @@ def test_db_list_shows_inference_calibrations(inference_db: Path, capsys: pytest
     assert table.code == 0 and "monai" in row.split()  # the step column names the sliding window measured
 
 
-def test_calibrate_inference_refuses_sizes_it_chooses_itself(capsys: pytest.CaptureFixture[str]) -> None:
-    result = invoke(capsys, *CALIBRATE, "--image-shape", "64", "64", "64")
-    assert result.code == 2 and "--image-shape is not for calibrate" in result.err
+@pytest.mark.parametrize(
+    "option",
+    [
+        ("--image-shape", "64", "64", "64"),
+        ("--sw-batch-size", "2"),
+        ("--overlap", "0.5"),
+        ("--blend", "gaussian"),
+        ("--stitch", "cpu"),
+        ("--mirror-axes", "012"),
+        ("--buffer-steps", "2"),
+    ],
+)
+def test_calibrate_inference_refuses_sizes_it_chooses_itself(
+    option: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Declared with the reason (ModeOption.refused): refused by name, exit 2, before anything is measured."""
+    result = invoke(capsys, *CALIBRATE, *option)
+    assert result.code == 2 and result.error_lines == [
+        f"memprobe: error: {option[0]} is not for calibrate: it measures its own windows, images, batches and mirroring"
+    ]
+    in_training = invoke(capsys, "calibrate", "--arch", TINY, *option)
+    assert in_training.code == 2 and f"{option[0]} needs --mode inference" in in_training.err
 
 
 def test_calibrate_inference_passes_isolate_and_a_shape_rule_to_the_library(
