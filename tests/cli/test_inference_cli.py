@@ -77,6 +77,7 @@ def test_suggest_json_gives_sliding_window_kwargs_and_where_to_stitch(
     }
     assert data["need"]["total_bytes"] <= 24 * GIB < data["next_batch_total_bytes"]
     assert {t["name"] for t in data["need"]["terms"]} >= {"allocated (tensors)", "CUDA context", "margin"}
+    assert data["calibration"]["step"] == "monai"  # the sliding window it measured, not "inference"
 
 
 def test_suggest_moves_stitching_to_the_cpu_when_the_output_does_not_fit(
@@ -94,7 +95,7 @@ def test_suggest_table_shows_the_need_term_by_term(
     inference_db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     result = invoke(capsys, *_suggest(inference_db, "--gpu-mem", "24GiB"))
-    assert result.code == 0 and "stitching on the GPU" in result.out
+    assert result.code == 0 and "stitching on the GPU" in result.out and "(step monai," in result.out
     assert "cuDNN workspace" in result.out and "margin" in result.out
 
 
@@ -256,3 +257,23 @@ def test_calibrate_inference_passes_isolate_and_a_shape_rule_to_the_library(
     assert (
         str(asked["arch"]).startswith(TINY) and str(asked["arch"]) != TINY
     )  # the rule travels with the name
+
+
+def test_a_crashed_calibration_point_is_shown_as_failed_with_its_error() -> None:
+    """With --isolate a point can crash: the report says "failed" and why, not "OOM"."""
+    from memprobe.cli.inference import _calibration_report
+    from memprobe.core.archs.registry import resolve_arch
+    from memprobe.core.inference_config import make_inference_config
+    from memprobe.core.inference_measurement import InferenceMeasurement
+    from memprobe.core.measurement import Environment
+    from memprobe.inference.calibration_run import InferenceCalibrationReport
+
+    trace = Environment("trace", "trace")
+    config = make_inference_config("unet", (32, 32, 32), (64, 64, 64), 1)
+    ran = InferenceMeasurement(config, trace, 10**8, phase_peaks_bytes={"forward": 10**8})
+    crashed = InferenceMeasurement(config, trace, None, error="the probe's process was killed by SIGSEGV")
+    oom = InferenceMeasurement(config, trace, None, oom=True)
+    report = InferenceCalibrationReport(make_inference_calibration(), (ran, crashed), (oom,), measured=3)
+    rendered = _calibration_report(report, resolve_arch("unet"), "db.sqlite")
+    assert [row["allocated"] for row in rendered.tables[0][1]][1:] == ["failed", "OOM"]
+    assert any("failed, left out of the fit" in note and "SIGSEGV" in note for note in rendered.notes)
