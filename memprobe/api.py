@@ -116,16 +116,25 @@ def resolve_device(device: str | None) -> tuple[str, str | None]:
     return (gpu.name, "trace") if gpu else ("trace", None)
 
 
-def _choose(setup: Setup, db: str | Path | None, device: str | None, depth: int = 0) -> Choice:
-    """The calibration that answers for ``setup`` on ``device``; warn on a stand-in.
+def choose_on_device(pick: Callable[[str, str | None], Choice], device: str | None, depth: int = 0) -> Choice:
+    """``pick(wanted, fallback)`` for ``device`` (``resolve_device``); warn on a stand-in.
 
-    The warning points at the caller's line: ``depth`` is how many private frames lie between.
+    Training's and inference's calibrations are chosen by this one rule. The warning points at
+    the caller's line: ``depth`` is how many private frames lie between.
     """
     wanted, fallback = resolve_device(device)
-    choice = choose_calibration(load_calibrations(db), setup, wanted, fallback)
+    choice = pick(wanted, fallback)
     if choice.warning:
         warnings.warn(choice.warning, StandInCalibrationWarning, stacklevel=3 + depth)
     return choice
+
+
+def _choose(setup: Setup, db: str | Path | None, device: str | None, depth: int = 0) -> Choice:
+    """The calibration that answers for ``setup`` on ``device``; warn on a stand-in."""
+    calibrations = load_calibrations(db)
+    return choose_on_device(
+        lambda wanted, fallback: choose_calibration(calibrations, setup, wanted, fallback), device, depth + 1
+    )
 
 
 def estimate(
@@ -369,16 +378,13 @@ def _setup(
     return replace(checked, arch=named.arch if isinstance(named, Setup) else named)
 
 
-def with_stored_rule(arch: str, db: str | Path | None, *, inference: bool = False) -> str:
-    """A custom model named without its shape rule: the name it was calibrated under, with the rule
-    (for a training step, or with ``inference`` a sliding-window inference)."""
+def with_stored_rule(arch: str, db: str | Path | None) -> str:
+    """A custom model named without its shape rule: the name it was calibrated under, with the rule."""
     if not isinstance(arch, str) or ":" not in arch or "[" in arch:
-        return arch
-    from memprobe.store.calibration_sources import all_inference_calibrations, with_stored_shape_rule
+        return arch  # nothing to look up: the calibrations are not read
+    from memprobe.store.calibration_sources import with_stored_shape_rule
 
-    return with_stored_shape_rule(
-        arch, all_inference_calibrations(db) if inference else load_calibrations(db)
-    )
+    return with_stored_shape_rule(arch, load_calibrations(db))
 
 
 def _checked_source(db: object, device: object) -> tuple[str | Path | None, str | None]:

@@ -7,15 +7,14 @@ a configuration fit when they are asked for or when nothing fits. From calibrati
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
-from enum import Enum
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from memprobe.alternatives import Alternative
 from memprobe.core.archs.registry import known_arch_names, resolve_arch
 from memprobe.core.checks import check_bool
-from memprobe.core.config import Setup, data_parallel, precision_with_reason
+from memprobe.core.config import SETUP_OVERRIDES, Setup, data_parallel, precision_with_reason
 from memprobe.core.enums import Precision, parse_enum
 from memprobe.core.errors import InvalidInputError, NothingFitsError
 from memprobe.core.gpus import target_gpu
@@ -204,10 +203,8 @@ def _setup_fields(
     setup: Setup, precision: str | None, overrides: dict[str, Any]
 ) -> tuple[str, str | None, dict[str, Any]]:
     """A Setup as an architecture, a precision and overrides; those given explicitly win."""
-    values = {f.name: getattr(setup, f.name) for f in fields(Setup)}
-    values = {name: value.value if isinstance(value, Enum) else value for name, value in values.items()}
-    arch, own_precision = values.pop("arch"), values.pop("precision")
-    return arch, precision or own_precision, {**values, **overrides}
+    fields = {name: getattr(setup, name) for name in SETUP_OVERRIDES if name != "precision"}
+    return setup.arch, precision or setup.precision.value, {**fields, **overrides}
 
 
 def _precision(precision: str | None, setup: dict[str, Any], device: str | None) -> tuple[str, str]:

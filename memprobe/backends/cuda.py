@@ -98,6 +98,13 @@ class TorchCudaRuntime:
         return max(0, used - reserved)
 
 
+def cuda_environment(runtime: CudaRuntime) -> Environment:
+    """The GPU and software a CUDA measurement (a training step's or an inference's) is taken on."""
+    return software_environment(
+        "cuda", runtime.device_name(), total_memory_bytes=runtime.total_memory_bytes(), **runtime.versions()
+    )
+
+
 class StepRun(NamedTuple):
     """What running the steps tells besides memory: time, size, and warm-up steps needed."""
 
@@ -181,12 +188,7 @@ class CudaBackend:
 
     def environment(self) -> Environment:
         if self._environment is None:
-            self._environment = software_environment(
-                "cuda",
-                self.runtime.device_name(),
-                total_memory_bytes=self.runtime.total_memory_bytes(),
-                **self.runtime.versions(),
-            )
+            self._environment = cuda_environment(self.runtime)
         return self._environment
 
     def measure(self, config: StepConfig) -> Measurement:

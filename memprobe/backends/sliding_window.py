@@ -283,15 +283,9 @@ class SlidingWindowBackend:
     def environment(self) -> Environment:
         if self._environment is None:
             if self.kind is DeviceKind.CUDA:
-                from memprobe.backends.cuda import TorchCudaRuntime
+                from memprobe.backends.cuda import TorchCudaRuntime, cuda_environment
 
-                runtime = TorchCudaRuntime()
-                self._environment = software_environment(
-                    "cuda",
-                    runtime.device_name(),
-                    total_memory_bytes=runtime.total_memory_bytes(),
-                    **runtime.versions(),
-                )
+                self._environment = cuda_environment(TorchCudaRuntime())
             else:
                 self._environment = software_environment(self.kind.value, self.kind.value)
         return self._environment

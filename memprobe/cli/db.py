@@ -35,11 +35,15 @@ def list_calibrations(db_path: str | None, shipped: bool, as_json: bool) -> None
     memprobe db list
     memprobe db list --db calib.sqlite --no-shipped --json
     """
-    from memprobe.inference.api import all_inference_calibrations, inference_calibrations
-    from memprobe.store.calibration_sources import shipped_calibrations, user_calibrations
+    from memprobe.store.calibration_sources import (
+        all_inference_calibrations,
+        shipped_calibrations,
+        user_calibrations,
+        user_inference_calibrations,
+    )
 
     calibrations = user_calibrations(db_path) + (shipped_calibrations() if shipped else [])
-    calibrations += all_inference_calibrations(db_path) if shipped else inference_calibrations(db_path)
+    calibrations += all_inference_calibrations(db_path) if shipped else user_inference_calibrations(db_path)
     rows = [
         {
             "arch": c.arch,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,27 +28,6 @@ if TYPE_CHECKING:
     from memprobe.inference.calibration_run import InferenceCalibrationReport
 
 
-def inference_calibrations(db: str | Path | None = None) -> list[InferenceCalibration]:
-    """The inference calibrations in the user's database (none while it does not exist, however named)."""
-    from memprobe.store.calibration_sources import user_inference_calibrations
-
-    return user_inference_calibrations(db)
-
-
-def shipped_inference_calibrations() -> list[InferenceCalibration]:
-    """Inference calibrations packaged with memprobe (`make shipped`); none with MEMPROBE_NO_SHIPPED=1."""
-    from memprobe.store.calibration_sources import shipped_inference_calibrations as shipped
-
-    return shipped()
-
-
-def all_inference_calibrations(db: str | Path | None = None) -> list[InferenceCalibration]:
-    """The user's inference calibrations, then the shipped ones for keys the user has not calibrated."""
-    from memprobe.store.calibration_sources import all_inference_calibrations as every
-
-    return every(db)
-
-
 def choose_inference_calibration(
     arch: str,
     precision: str,
@@ -60,20 +38,28 @@ def choose_inference_calibration(
     """The inference calibration of ``arch``'s ``predictor`` at ``precision`` for ``device`` (default: the detected GPU, else trace).
 
     A GPU without its own calibration is answered by the trace one, with a warning (the rule
-    training's calibrations follow: ``memprobe.store.calibration_sources``).
+    training's calibrations follow: ``memprobe.api.choose_on_device``).
 
     Raises:
         NoCalibrationError: none exists; the message names the command to run.
     """
-    from memprobe.api import resolve_device
-    from memprobe.core.errors import StandInCalibrationWarning
-    from memprobe.store.calibration_sources import all_inference_calibrations as every
+    from memprobe.store.calibration_sources import all_inference_calibrations
+
+    return _choose(all_inference_calibrations(db), arch, precision, device, predictor)
+
+
+def _choose(
+    calibrations: list[InferenceCalibration],
+    arch: str,
+    precision: str,
+    device: str | None,
+    predictor: Predictor,
+) -> InferenceCalibration:
+    from memprobe.api import choose_on_device
     from memprobe.store.calibration_sources import choose_inference_calibration as choose
 
-    wanted, fallback = resolve_device(device)
-    choice = choose(every(db), arch, precision, predictor, wanted, fallback)
-    if choice.warning:
-        warnings.warn(choice.warning, StandInCalibrationWarning, stacklevel=3)
+    pick = lambda wanted, fallback: choose(calibrations, arch, precision, predictor, wanted, fallback)
+    choice = choose_on_device(pick, device, depth=2)
     assert isinstance(choice.calibration, InferenceCalibration)
     return choice.calibration
 
@@ -168,9 +154,10 @@ def max_sw_batch_size(
         raise InvalidInputError(
             f"unknown setting {unknown[0]!r}: choose among {', '.join(INFERENCE_SETTINGS)}"
         )
-    from memprobe.api import with_stored_rule
+    from memprobe.store.calibration_sources import all_inference_calibrations, with_stored_shape_rule
 
-    arch = with_stored_rule(arch, db, inference=True)  # a custom model is calibrated under its shape rule
+    calibrations = all_inference_calibrations(db)  # read once: a custom model's stored name, then the choice
+    arch = with_stored_shape_rule(arch, calibrations) if isinstance(arch, str) else arch
     predictor = settings.get("predictor", "monai")
     overlap, blend = settings.get("overlap"), settings.get("blend")
     nnunet = predictor == Predictor.NNUNET.value
@@ -193,7 +180,7 @@ def max_sw_batch_size(
         from memprobe.core.inference_config import require_nnunet
 
         require_nnunet()
-    calibration = choose_inference_calibration(base.arch, base.precision.value, db, device, base.predictor)
+    calibration = _choose(calibrations, base.arch, base.precision.value, device, base.predictor)
     return plan_inference(
         calibration,
         resolve_arch(base.arch),

@@ -113,7 +113,10 @@ def all_calibrations(db_path: str | Path | None = None) -> list[Calibration]:
 
 
 def with_stored_shape_rule(arch: str, calibrations: Sequence[Calibration]) -> str:
-    """``package.module:factory`` as the newest calibration of it names it, shape rule attached."""
+    """``package.module:factory`` as the newest calibration of it names it, shape rule attached;
+    any other name (a registered network, or one with its rule) as it is."""
+    if ":" not in arch or "[" in arch:
+        return arch
     prefix = arch.strip() + "["
     return next((c.arch for c in calibrations if c.arch.startswith(prefix)), arch)
 

@@ -318,7 +318,7 @@ def _training_measurement(m: Measurement) -> dict[str, Any]:
         "in_channels": c.in_channels,
         "out_channels": c.out_channels,
         **_sizes("patch", c.patch),
-        "voxels": c.patch[0] * c.patch[1] * c.patch[2],
+        "voxels": c.voxels,
         "batch": c.batch,
         "optimizer": c.optimizer.value,
         "deep_supervision": c.deep_supervision,

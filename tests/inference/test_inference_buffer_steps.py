@@ -144,7 +144,7 @@ def test_batches_stop_at_a_buffers_end() -> None:
 
 
 def _shipped_unet(monkeypatch: pytest.MonkeyPatch, db_path: Path) -> Path:
-    from memprobe.inference.api import shipped_inference_calibrations
+    from memprobe.store.calibration_sources import shipped_inference_calibrations
 
     monkeypatch.delenv("MEMPROBE_NO_SHIPPED", raising=False)
     shipped = [c for c in shipped_inference_calibrations() if c.arch == "unet" and c.precision == "fp32"]

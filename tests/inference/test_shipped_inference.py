@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from memprobe.core.archs.registry import ARCHS
-from memprobe.inference.api import shipped_inference_calibrations
+from memprobe.store.calibration_sources import shipped_inference_calibrations
 from tests.helpers import invoke
 
 
@@ -39,7 +39,7 @@ def test_a_new_user_gets_an_inference_plan_from_the_shipped_calibration(
 
 
 def test_the_users_own_inference_calibration_answers_before_the_shipped_one(tmp_path: Path) -> None:
-    from memprobe.inference.api import all_inference_calibrations
+    from memprobe.store.calibration_sources import all_inference_calibrations
     from memprobe.store.database import Database
     from tests.helpers import make_inference_calibration
 
