@@ -10,4 +10,4 @@ else
   device=trace; gpu_mem=(--gpu-mem 24GiB)
 fi
 "$MEMPROBE" calibrate --arch mednext --device "$device"
-"$MEMPROBE" suggest --arch mednext --patch 128 128 128 --device "$( [ "$device" = cuda ] && .venv/bin/python -c 'import torch; print(torch.cuda.get_device_name())' || echo trace)" "${gpu_mem[@]}"
+"$MEMPROBE" suggest --arch mednext --patch 128 128 128 --calibrated-on "$( [ "$device" = cuda ] && .venv/bin/python -c 'import torch; print(torch.cuda.get_device_name())' || echo trace)" "${gpu_mem[@]}"
